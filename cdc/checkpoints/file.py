@@ -1,0 +1,60 @@
+"""``file``: the position as JSON, replaced atomically (temp file, fsync, rename, fsync dir)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ..config import Context
+from ..errors import CheckpointError
+
+__all__ = ["FileCheckpointStore"]
+
+
+class FileCheckpointStore:
+    def __init__(self, path: str, context: Context | None = None) -> None:
+        self.path = context.resolve_path(path) if context else Path(path)
+        self.source = context.source if context else ""
+
+    def load(self) -> dict | None:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read checkpoint {self.path}: {exc}") from exc
+        return data.get("position")
+
+    def saved_at(self) -> float | None:
+        try:
+            return json.loads(self.path.read_text()).get("saved_at")
+        except (OSError, ValueError):
+            return None
+
+    def save(self, position: dict) -> None:
+        body = json.dumps({"source": self.source, "position": position, "saved_at": time.time()})
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, body.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc.strerror}") from exc
+
+    def reset(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,199 @@
+"""``SourceRunner``: one source database, every pipeline declared on it.
+
+The main thread owns the source connection: it polls changes, runs the transforms,
+hands each sink its part of the batch, and saves the checkpoint when the tracker
+says all sinks acknowledged up to a commit.  Only then is the position confirmed to
+the database.  A lost source connection is resumed from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from ..config import Config, PipelineSpec
+from ..errors import CdcError, SourceConnectionError, TransformError
+from ..event import ChangeEvent, Commit
+from ..transforms.chain import TransformChain
+from .tracker import AckTracker
+from .worker import SinkWorker
+
+__all__ = ["SourceRunner"]
+
+log = logging.getLogger("cdc.runner")
+
+
+@dataclass
+class _Pipeline:
+    spec: PipelineSpec
+    tables: frozenset[str] | None
+    chain: TransformChain
+    workers: list[SinkWorker]
+
+
+class SourceRunner:
+    """Run with ``run()``; ``request_stop()`` (e.g. from a signal) drains and stops."""
+
+    def __init__(self, config: Config, source: str, *, grace_period: float = 30.0,
+                 poll_timeout: float = 0.2) -> None:
+        self.config = config
+        self.spec = config.sources[source]
+        self.name = source
+        self.grace_period = grace_period
+        self.poll_timeout = poll_timeout
+        self.source = self.spec.build()
+        self.store = self.spec.checkpoint.build()
+        self.tracker = AckTracker()
+        self.pipelines: list[_Pipeline] = []
+        self.workers: list[SinkWorker] = []
+        for p in config.pipelines_of(source):
+            chain = TransformChain(p.name, [(f"transforms[{i}]:{t.type}", t.build())
+                                            for i, t in enumerate(p.transforms)])
+            workers = [SinkWorker(s, s.build(), self.tracker, self._sink_failed) for s in p.sinks]
+            self.workers.extend(workers)
+            self.pipelines.append(_Pipeline(p, frozenset(p.tables) if p.tables else None, chain, workers))
+        self.counts = {"received": 0, "emitted": 0, "dropped": 0, "transactions": 0}
+        self.error: BaseException | None = None
+        self.saved_position: dict | None = None
+        self.saved_at: float | None = None
+        self._stop = threading.Event()
+        self._last_save = 0.0
+        self._bytes_seen = 0
+
+    # ---- control --------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _sink_failed(self, sink: str, exc: BaseException) -> None:
+        log.error("sink %s halted: %s", sink, exc)
+        if self.error is None:
+            self.error = exc if isinstance(exc, CdcError) else CdcError(f"sink {sink}: {exc}")
+        self._stop.set()
+
+    # ---- the loop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until stopped; 0 after a clean stop, 1 after an error."""
+        position = self.store.load()
+        self.saved_position = position
+        log.info("source %s: starting from %s", self.name, position or "the current position")
+        self.source.open(position)
+        for w in self.workers:
+            w.start()
+        try:
+            self._loop()
+        except TransformError as exc:
+            self.error = exc
+            log.error("%s", exc)
+        finally:
+            self._shutdown()
+        return 1 if self.error else 0
+
+    def _loop(self) -> None:
+        spec, tracker, source = self.spec, self.tracker, self.source
+        backoff = 1.0
+        while not self._stop.is_set():
+            if (tracker.events_in_flight >= spec.max_in_flight_events
+                    or tracker.bytes_in_flight >= spec.max_in_flight_bytes):
+                source.keepalive()
+                tracker.wait(0.2)
+                self._checkpoint()
+                continue
+            try:
+                items = source.poll(self.poll_timeout)
+            except SourceConnectionError as exc:
+                log.warning("source %s: %s; resuming from the checkpoint in %.0fs", self.name, exc, backoff)
+                self._reconnect(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 1.0
+            if items:
+                self._dispatch(items)
+            self._checkpoint()
+
+    def _dispatch(self, items: list) -> None:
+        events: list[ChangeEvent] = []
+        position = None
+        for item in items:
+            if item.__class__ is Commit:
+                position = item.position
+                self.counts["transactions"] += 1
+            else:
+                events.append(item)
+        deliveries = []
+        emitted = 0
+        for p in self.pipelines:
+            mine = events if p.tables is None else [e for e in events if e.table in p.tables]
+            if mine and p.chain:
+                mine = p.chain.apply(mine)  # may raise TransformError: nothing is submitted
+            if mine:
+                emitted += len(mine)
+                deliveries.extend((w, mine) for w in p.workers)
+        seen = getattr(self.source, "bytes_read", 0)
+        nbytes, self._bytes_seen = seen - self._bytes_seen, seen
+        seq = self.tracker.add(len(deliveries), position, len(events), nbytes)
+        for worker, mine in deliveries:
+            worker.submit(seq, mine)
+        self.counts["received"] += len(events)
+        self.counts["emitted"] += emitted
+
+    def _checkpoint(self, force: bool = False) -> None:
+        position = self.tracker.position
+        if position is None or position == self.saved_position:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_save < self.spec.checkpoint_interval:
+            return
+        self.store.save(position)
+        self.saved_position, self.saved_at, self._last_save = position, time.time(), now
+        try:
+            self.source.confirm(position)
+        except SourceConnectionError as exc:
+            log.warning("source %s: could not confirm %s: %s", self.name, position, exc)
+
+    def _drain(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.tracker.drained and self.error is None and time.monotonic() < deadline:
+            try:
+                self.source.keepalive()
+            except SourceConnectionError:
+                pass
+            self.tracker.wait(0.2)
+            self._checkpoint()
+        return self.tracker.drained
+
+    def _reconnect(self, delay: float) -> None:
+        """Wait for the sinks to finish what they hold, then reopen at the checkpoint,
+        so that nothing is read twice or skipped."""
+        self._drain(float("inf"))
+        self._checkpoint(force=True)
+        try:
+            self.source.close()
+        except Exception:
+            pass
+        while not self._stop.wait(delay):
+            try:
+                self.source.open(self.tracker.position or self.saved_position)
+                log.info("source %s: reconnected", self.name)
+                return
+            except SourceConnectionError as exc:
+                log.warning("source %s: still unavailable: %s", self.name, exc)
+                delay = min(delay * 2, 30.0)
+
+    def _shutdown(self) -> None:
+        drained = self._drain(self.grace_period if self.error is None else 5.0)
+        if not drained:
+            log.warning("source %s: stopping with %d events unacknowledged; they will be read again",
+                        self.name, self.tracker.events_in_flight)
+        for w in self.workers:
+            w.stop(timeout=5.0, abort=not drained)
+        self._checkpoint(force=True)
+        for closer in (self.source.close, self.store.close):
+            try:
+                closer()
+            except Exception as exc:
+                log.warning("source %s: error while closing: %s", self.name, exc)
+        log.info("source %s: stopped at %s", self.name, self.saved_position)

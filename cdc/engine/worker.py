@@ -1,0 +1,191 @@
+"""Runs one sink on its own thread: batches in order, the error policy, acknowledgements.
+
+What happens when events cannot be delivered (``on_error``):
+
+- transient errors (``TransientError``, ``OSError``) are retried with exponential
+  backoff and jitter, ``retry.max_attempts`` times (0: for ever), honouring a
+  server's ``retry_after``;
+- then, or at once for a permanent error, the batch is retried one event at a time
+  to find the events that fail, and for each of those: ``retry`` and ``stop`` halt
+  the source (the checkpoint stays before the event), ``skip`` logs and counts it,
+  ``dead_letter`` parks it in the dead-letter sink with everything needed to replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ..config import SinkSpec
+from ..errors import PermanentError, SinkError, TransientError
+from ..event import ChangeEvent
+from .tracker import AckTracker
+
+__all__ = ["SinkWorker", "SinkHalted"]
+
+log = logging.getLogger("cdc.sink")
+
+
+class SinkHalted(Exception):
+    """The worker stopped because its error policy said so."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, PermanentError):
+        return False
+    return isinstance(exc, (TransientError, OSError, TimeoutError, ConnectionError))
+
+
+class SinkWorker:
+    def __init__(self, spec: SinkSpec, sink: object, tracker: AckTracker,
+                 on_fatal: Callable[[str, BaseException], None],
+                 dead_letters: object | None = None) -> None:
+        self.spec = spec
+        self.name = spec.context.name
+        self.sink = sink
+        self.tracker = tracker
+        self.on_fatal = on_fatal
+        self.dead_letters = dead_letters
+        self.connected = False
+        self.last_error: str | None = None
+        self.counts = {"written": 0, "batches": 0, "failed": 0, "skipped": 0, "dead_lettered": 0}
+        self._queue: deque[tuple[int, list[ChangeEvent]]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._abort = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"sink {self.name}", daemon=True)
+
+    # ---- called by the runner ---------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, seq: int, events: list[ChangeEvent]) -> None:
+        with self._cond:
+            self._queue.append((seq, events))
+            self._cond.notify()
+
+    def stop(self, timeout: float, abort: bool = False) -> None:
+        """Finish what is queued (or, with ``abort``, give up now) and close the sink."""
+        with self._cond:
+            self._closing = True
+            if abort:
+                self._abort.set()
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # ---- the sink's thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._attempt(self.sink.open, "connect")
+            self.connected = True
+            while True:
+                taken = self._take()
+                if taken is None:
+                    break
+                seqs, events = taken
+                size = self.spec.batch_size
+                for start in range(0, len(events), size):
+                    self._deliver(events[start:start + size])
+                for seq in seqs:
+                    self.tracker.ack(seq)
+        except SinkHalted as exc:
+            self.on_fatal(self.name, exc.__cause__ or exc)
+        except Exception as exc:  # a bug in a sink must stop the source, not vanish
+            self.on_fatal(self.name, exc)
+        finally:
+            self.connected = False
+            try:
+                self.sink.close()
+            except Exception as exc:
+                log.warning("sink %s: error while closing: %s", self.name, exc)
+
+    def _take(self) -> tuple[list[int], list[ChangeEvent]] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            if self._abort.is_set():
+                return None
+            seqs: list[int] = []
+            events: list[ChangeEvent] = []
+            while self._queue and (not events or len(events) < self.spec.batch_size):
+                seq, batch = self._queue.popleft()
+                seqs.append(seq)
+                events.extend(batch)
+            return seqs, events
+
+    def _deliver(self, events: list[ChangeEvent]) -> None:
+        started = time.monotonic()
+        try:
+            self._attempt(lambda: self.sink.write(events), f"write {len(events)} events")
+        except SinkHalted as halted:
+            if self.spec.on_error not in ("skip", "dead_letter"):
+                raise
+            if len(events) == 1:
+                self._park(events[0], halted)
+            else:
+                self._one_by_one(events)
+        self.counts["written"] += len(events)
+        self.counts["batches"] += 1
+        self.latency = time.monotonic() - started
+
+    def _one_by_one(self, events: list[ChangeEvent]) -> None:
+        """Find the events the destination refuses; the policy decides for each."""
+        for event in events:
+            try:
+                self._attempt(lambda e=event: self.sink.write([e]), f"write event {event.id}")
+            except SinkHalted as halted:
+                self._park(event, halted)
+
+    def _park(self, event: ChangeEvent, halted: SinkHalted) -> None:
+        """Apply ``skip`` or ``dead_letter`` to one event, or re-raise to halt."""
+        error = halted.__cause__ or halted
+        if self.spec.on_error == "skip":
+            self.counts["skipped"] += 1
+            log.error("sink %s: skipped event %s (table %s, position %s): %s", self.name,
+                      event.id, event.table, event.position_text(), error)
+            return
+        if self.spec.on_error == "dead_letter" and self.dead_letters is not None:
+            self.dead_letters.park(event, self.name, error, halted.attempts, halted.first_failure)
+            self.counts["dead_lettered"] += 1
+            return
+        raise halted
+
+    def _attempt(self, action: Callable[[], object], what: str) -> None:
+        """Run ``action``, retrying transient errors as ``retry`` allows."""
+        retry = self.spec.retry
+        attempts = 0
+        first_failure = None
+        while True:
+            try:
+                action()
+                if attempts:
+                    log.info("sink %s: recovered after %d attempts", self.name, attempts + 1)
+                self.last_error = None
+                return
+            except Exception as exc:
+                attempts += 1
+                first_failure = first_failure or time.time()
+                self.counts["failed"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                give_up = (not is_transient(exc) or self._abort.is_set()
+                           or (retry.max_attempts and attempts >= retry.max_attempts))
+                if give_up:
+                    halted = SinkHalted(f"{what} failed after {attempts} attempt(s): {exc}")
+                    halted.attempts, halted.first_failure = attempts, first_failure
+                    raise halted from exc
+                delay = min(retry.max_backoff, retry.initial_backoff * 2 ** (attempts - 1))
+                delay *= random.uniform(0.5, 1.0)
+                if isinstance(exc, SinkError) and exc.retry_after:
+                    delay = max(delay, exc.retry_after)
+                log.warning("sink %s: %s failed (attempt %d), retrying in %.1fs: %s",
+                            self.name, what, attempts, delay, self.last_error)
+                if self._abort.wait(delay):
+                    continue  # loop once more; give_up is now true

@@ -1,0 +1,140 @@
+"""Decode pgoutput (protocol version 1) messages into ``ChangeEvent`` parts.
+
+Message layouts: https://www.postgresql.org/docs/15/protocol-logicalrep-message-formats.html
+Every integer is big-endian.  The decoder keeps a Relation map (relation id ->
+columns) that Relation messages replace, so a column added mid-stream shows up in
+later events.  Tuples are decoded with ``struct.unpack_from`` over the message.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ...event import UNAVAILABLE
+from .types import converter_for
+
+__all__ = ["Relation", "Decoder", "PG_EPOCH_MS"]
+
+PG_EPOCH_MS = 946_684_800_000
+_i32 = struct.Struct(">i").unpack_from
+_u32 = struct.Struct(">I").unpack_from
+_u16 = struct.Struct(">H").unpack_from
+_begin = struct.Struct(">QqI").unpack_from          # final_lsn, commit_ts, xid
+_commit = struct.Struct(">BQQq").unpack_from        # flags, commit_lsn, end_lsn, commit_ts
+_message_head = struct.Struct(">BQ").unpack_from    # flags, lsn
+
+
+class Relation:
+    __slots__ = ("oid", "schema", "table", "qualified", "names", "converters", "key", "identity")
+
+    def __init__(self, oid: int, schema: str, table: str, names: list[str],
+                 converters: list, key: list[str], identity: str) -> None:
+        self.oid = oid
+        self.schema = schema
+        self.table = table
+        self.qualified = f"{schema}.{table}"
+        self.names = names
+        self.converters = converters
+        self.key = key
+        self.identity = identity
+
+
+def _cstring(data: bytes, pos: int) -> tuple[str, int]:
+    end = data.index(0, pos)
+    return data[pos:end].decode(), end + 1
+
+
+class Decoder:
+    """Stateful pgoutput decoder; ``primary_keys`` overrides the replica identity key."""
+
+    def __init__(self, primary_keys: dict[str, list[str]] | None = None) -> None:
+        self.relations: dict[int, Relation] = {}
+        self.type_names: dict[int, str] = {}
+        self.primary_keys = primary_keys or {}
+
+    def relation(self, data: bytes) -> Relation:
+        oid = _u32(data, 1)[0]
+        schema, pos = _cstring(data, 5)
+        table, pos = _cstring(data, pos)
+        identity = chr(data[pos])
+        ncols = _u16(data, pos + 1)[0]
+        pos += 3
+        names, converters, flagged = [], [], []
+        for _ in range(ncols):
+            flags = data[pos]
+            name, pos = _cstring(data, pos + 1)
+            type_oid = _u32(data, pos)[0]
+            pos += 8  # type oid + typmod
+            names.append(name)
+            converters.append(converter_for(type_oid, self.type_names.get(type_oid)))
+            if flags & 1:
+                flagged.append(name)
+        qualified = f"{schema}.{table}"
+        key = [k for k in self.primary_keys.get(qualified, ()) if k in names] or flagged
+        rel = Relation(oid, schema, table, names, converters, key, identity)
+        self.relations[oid] = rel
+        return rel
+
+    def type(self, data: bytes) -> None:
+        oid = _u32(data, 1)[0]
+        _, pos = _cstring(data, 5)
+        name, _ = _cstring(data, pos)
+        self.type_names[oid] = name
+
+    @staticmethod
+    def tuple(data: bytes, pos: int, rel: Relation, old: dict | None = None) -> tuple[dict, int]:
+        """Decode TupleData at ``pos``; unchanged TOAST values come from ``old`` or
+        become ``UNAVAILABLE``.  Returns the row and the position after it."""
+        ncols = _u16(data, pos)[0]
+        pos += 2
+        names = rel.names
+        converters = rel.converters
+        row = {}
+        for i in range(ncols):
+            kind = data[pos]
+            if kind == 116:  # 't' text
+                n = _i32(data, pos + 1)[0]
+                pos += 5
+                conv = converters[i]
+                raw = data[pos:pos + n]
+                row[names[i]] = raw.decode() if conv is None else conv(raw)
+                pos += n
+            elif kind == 110:  # 'n' null
+                row[names[i]] = None
+                pos += 1
+            elif kind == 117:  # 'u' unchanged TOAST
+                name = names[i]
+                row[name] = old[name] if old is not None and name in old else UNAVAILABLE
+                pos += 1
+            else:  # 'b' binary, only with the binary option, which cdc does not request
+                n = _i32(data, pos + 1)[0]
+                row[names[i]] = data[pos + 5:pos + 5 + n].hex()
+                pos += 5 + n
+        return row, pos
+
+    @staticmethod
+    def begin(data: bytes) -> tuple[int, int, int]:
+        """(final_lsn, commit time in ms since the epoch, xid)."""
+        final_lsn, ts, xid = _begin(data, 1)
+        return final_lsn, ts // 1000 + PG_EPOCH_MS, xid
+
+    @staticmethod
+    def commit(data: bytes) -> tuple[int, int, int]:
+        """(commit_lsn, end_lsn, commit time in ms)."""
+        _, commit_lsn, end_lsn, ts = _commit(data, 1)
+        return commit_lsn, end_lsn, ts // 1000 + PG_EPOCH_MS
+
+    @staticmethod
+    def truncate(data: bytes) -> tuple[list[int], int]:
+        """(relation ids, options: 1 cascade, 2 restart identity)."""
+        n = _u32(data, 1)[0]
+        options = data[5]
+        return [_u32(data, 6 + 4 * i)[0] for i in range(n)], options
+
+    @staticmethod
+    def message(data: bytes) -> tuple[bool, int, str, bytes]:
+        """(transactional, lsn, prefix, content) of a logical decoding message."""
+        flags, lsn = _message_head(data, 1)
+        prefix, pos = _cstring(data, 10)
+        n = _u32(data, pos)[0]
+        return bool(flags & 1), lsn, prefix, data[pos + 4:pos + 4 + n]

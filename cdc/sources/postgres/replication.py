@@ -1,0 +1,105 @@
+"""A logical replication stream over psycopg 3's libpq-level copy-both calls.
+
+Why not psycopg2's ``LogicalReplicationConnection``: on the 400k bench workload
+both read pgoutput at the walsender's pace (psycopg2 0.96x, psycopg 3 0.92x of
+pg_recvlogical without decoding; 1.23x and 1.10x with a pure-Python decoder, the
+walsender being the limit on two cores).  psycopg 3 costs ~30% more client CPU per
+message but is already our dependency, so we keep one PostgreSQL driver.
+"""
+
+from __future__ import annotations
+
+import select
+import struct
+import time
+
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ...errors import SourceConnectionError, SourceError
+
+__all__ = ["ReplicationStream", "lsn_to_str", "str_to_lsn", "SESSION_OPTIONS"]
+
+PG_EPOCH_US = 946_684_800_000_000
+SESSION_OPTIONS = "-c DateStyle=ISO -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=3"
+_status = struct.Struct(">cQQQqB").pack
+
+
+def lsn_to_str(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def str_to_lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+class ReplicationStream:
+    """``START_REPLICATION`` on a walsender connection; ``read()`` returns raw
+    CopyData messages; ``send_status(flush_lsn)`` confirms a position."""
+
+    def __init__(self, dsn: str) -> None:
+        params = conninfo_to_dict(dsn)
+        options = " ".join(filter(None, [params.pop("options", ""), SESSION_OPTIONS]))
+        self.conninfo = make_conninfo(**params, replication="database", options=options,
+                                      application_name=params.get("application_name", "cdc"))
+        self.pgconn: pq.abc.PGconn | None = None
+        self.received_lsn = 0
+
+    def start(self, slot: str, start_lsn: int, options: dict[str, str]) -> None:
+        pgconn = pq.PGconn.connect(self.conninfo.encode())
+        if pgconn.status != pq.ConnStatus.OK:
+            message = pgconn.get_error_message(); pgconn.finish()
+            raise SourceConnectionError(message.strip() or "cannot connect")
+        opts = ", ".join(f"{quote_ident(k)} {quote_literal(v)}" for k, v in options.items())
+        command = f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {lsn_to_str(start_lsn)} ({opts})"
+        result = pgconn.exec_(command.encode())
+        if result.status != pq.ExecStatus.COPY_BOTH:
+            message = (result.error_message or pgconn.get_error_message()).decode(errors="replace").strip()
+            sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
+            pgconn.finish()
+            raise SourceError(f"START_REPLICATION failed: {message}",
+                              sqlstate=sqlstate.decode() if sqlstate else None)
+        self.pgconn = pgconn
+
+    def read(self, timeout: float) -> memoryview | None:
+        """The next CopyData message, or None when none arrived within ``timeout``."""
+        pgconn = self.pgconn
+        try:
+            nbytes, data = pgconn.get_copy_data(1)
+            if nbytes > 0:
+                return data
+            if nbytes == 0:
+                if timeout > 0 and select.select([pgconn.socket], [], [], timeout)[0]:
+                    pgconn.consume_input()
+                    nbytes, data = pgconn.get_copy_data(1)
+                    if nbytes > 0:
+                        return data
+                if nbytes == 0:
+                    return None
+        except psycopg.OperationalError as exc:
+            raise SourceConnectionError(f"replication connection lost: {exc}".strip()) from exc
+        raise SourceConnectionError("the server ended the replication stream")
+
+    def send_status(self, flush_lsn: int, reply: bool = False) -> None:
+        now = int(time.time() * 1_000_000) - PG_EPOCH_US
+        write = max(self.received_lsn, flush_lsn)
+        try:
+            self.pgconn.put_copy_data(_status(b"r", write, flush_lsn, flush_lsn, now, 1 if reply else 0))
+            self.pgconn.flush()
+        except psycopg.OperationalError as exc:
+            raise SourceConnectionError(f"replication connection lost: {exc}".strip()) from exc
+
+    def close(self) -> None:
+        if self.pgconn is not None:
+            self.pgconn.finish()
+            self.pgconn = None
