@@ -1,0 +1,77 @@
+"""Shared fixtures: throwaway servers, started on first use and stopped at session end.
+
+A skipped test fails the run: every test that needs a server starts one.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from cdc.servers import KafkaServer, MariaDBServer, PostgresServer, RabbitMQServer, RedisServer
+
+
+def _serve(server):
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    yield from _serve(PostgresServer())
+
+
+@pytest.fixture(scope="session")
+def mariadb_server():
+    yield from _serve(MariaDBServer())
+
+
+@pytest.fixture(scope="session")
+def kafka_server():
+    yield from _serve(KafkaServer())
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server():
+    yield from _serve(RabbitMQServer())
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    yield from _serve(RedisServer())
+
+
+def unique_name(prefix: str = "t") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def pg_database(pg_server) -> str:
+    """DSN of a fresh, empty database on the shared PostgreSQL server."""
+    return pg_server.create_database(unique_name())
+
+
+@pytest.fixture
+def mariadb_database(mariadb_server) -> str:
+    """DSN (root user) of a fresh, empty database on the shared MariaDB server."""
+    return mariadb_server.create_database(unique_name())
+
+
+def _skipped(config) -> int:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    return len(reporter.stats.get("skipped", [])) if reporter else 0
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _skipped(config):
+        terminalreporter.write_line(
+            f"FAILED: {_skipped(config)} test(s) skipped; skips are not allowed", red=True, bold=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped(session.config) and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
