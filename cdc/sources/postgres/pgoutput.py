@@ -25,7 +25,10 @@ _message_head = struct.Struct(">BQ").unpack_from    # flags, lsn
 
 
 class Relation:
-    __slots__ = ("oid", "schema", "table", "qualified", "names", "converters", "key", "identity")
+    """A table as the last Relation message described it, with its compiled decoder."""
+
+    __slots__ = ("oid", "schema", "table", "qualified", "names", "converters", "key", "identity",
+                 "decode")
 
     def __init__(self, oid: int, schema: str, table: str, names: list[str],
                  converters: list, key: list[str], identity: str) -> None:
@@ -37,6 +40,53 @@ class Relation:
         self.converters = converters
         self.key = key
         self.identity = identity
+        self.decode = _compile(self)
+
+
+def _compile(rel: Relation):
+    """``decode(data, pos, old) -> (row, key, pos)``, unrolled for this relation's
+    columns: one branch per column and dict literals at the end, about twice as fast
+    as a loop.  Falls back to ``Decoder.tuple`` when the column count differs."""
+    n = len(rel.names)
+    lines = [f"def decode(data, pos, old):",
+             f"    if _u16(data, pos)[0] != {n}:",
+             f"        row, pos = _generic(data, pos, rel, old)",
+             f"        return row, {{k: row[k] for k in rel.key}}, pos",
+             f"    pos += 2"]
+    env = {"_u16": _u16, "_i32": _i32, "_generic": Decoder.tuple, "rel": rel, "_other": _other}
+    for i, (name, conv) in enumerate(zip(rel.names, rel.converters)):
+        raw = "data[pos + 5:end]"
+        if conv is None:
+            value = f"{raw}.decode()"
+        elif conv is int:
+            value = f"int({raw})"
+        else:
+            env[f"c{i}"] = conv
+            value = f"c{i}({raw})"
+        lines += [f"    kind = data[pos]",
+                  f"    if kind == 116:",
+                  f"        end = pos + 5 + _i32(data, pos + 1)[0]",
+                  f"        v{i} = {value}",
+                  f"        pos = end",
+                  f"    elif kind == 110:",
+                  f"        v{i} = None",
+                  f"        pos += 1",
+                  f"    else:",
+                  f"        v{i}, pos = _other(data, pos, {name!r}, old)"]
+    fields = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(rel.names))
+    index = {name: i for i, name in enumerate(rel.names)}
+    key = ", ".join(f"{k!r}: v{index[k]}" for k in rel.key)
+    lines.append(f"    return {{{fields}}}, {{{key}}}, pos")
+    exec("\n".join(lines), env)
+    return env["decode"]
+
+
+def _other(data: bytes, pos: int, name: str, old: dict | None):
+    """An unchanged TOAST value ('u') or a binary one ('b')."""
+    if data[pos] == 117:
+        return (old[name] if old is not None and name in old else UNAVAILABLE), pos + 1
+    n = _i32(data, pos + 1)[0]
+    return data[pos + 5:pos + 5 + n].hex(), pos + 5 + n
 
 
 def _cstring(data: bytes, pos: int) -> tuple[str, int]:

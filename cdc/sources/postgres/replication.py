@@ -9,6 +9,7 @@ message but is already our dependency, so we keep one PostgreSQL driver.
 
 from __future__ import annotations
 
+import os
 import select
 import struct
 import time
@@ -24,6 +25,8 @@ __all__ = ["ReplicationStream", "lsn_to_str", "str_to_lsn", "SESSION_OPTIONS"]
 PG_EPOCH_US = 946_684_800_000_000
 SESSION_OPTIONS = "-c DateStyle=ISO -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=3"
 _status = struct.Struct(">cQQQqB").pack
+_frame_len = struct.Struct(">i").unpack_from
+_frame_head = struct.Struct(">i").pack
 
 
 def lsn_to_str(lsn: int) -> str:
@@ -44,8 +47,8 @@ def quote_literal(text: str) -> str:
 
 
 class ReplicationStream:
-    """``START_REPLICATION`` on a walsender connection; ``read()`` returns raw
-    CopyData messages; ``send_status(flush_lsn)`` confirms a position."""
+    """``START_REPLICATION`` on a walsender connection; ``receive()`` returns raw
+    protocol frames; ``send_status(flush_lsn)`` confirms a position."""
 
     def __init__(self, dsn: str) -> None:
         params = conninfo_to_dict(dsn)
@@ -54,6 +57,9 @@ class ReplicationStream:
                                       application_name=params.get("application_name", "cdc"))
         self.pgconn: pq.abc.PGconn | None = None
         self.received_lsn = 0
+        self._tail = b""
+        self._raw = False
+        self._fd = -1
 
     def start(self, slot: str, start_lsn: int, options: dict[str, str]) -> None:
         pgconn = pq.PGconn.connect(self.conninfo.encode())
@@ -70,25 +76,71 @@ class ReplicationStream:
             raise SourceError(f"START_REPLICATION failed: {message}",
                               sqlstate=sqlstate.decode() if sqlstate else None)
         self.pgconn = pgconn
+        self._fd = pgconn.socket
+        self._raw = not pgconn.ssl_in_use
+        self._tail = self._read_libpq(0, wait=False)  # what libpq already read
 
-    def read(self, timeout: float) -> memoryview | None:
-        """The next CopyData message, or None when none arrived within ``timeout``."""
-        pgconn = self.pgconn
+    def receive(self, timeout: float) -> bytes | None:
+        """Unprocessed bytes holding whole protocol messages (``d`` CopyData frames:
+        type, int32 length, payload), waiting up to ``timeout`` for more; None when
+        nothing arrived.  Call ``keep(buf, pos)`` with where processing stopped.
+
+        Without TLS the socket is read directly, in large chunks, after libpq's own
+        buffer is drained: one system call and no Python object per message is what
+        lets a Python reader keep up with the walsender."""
+        tail = self._tail
+        if self._has_frame(tail):
+            return tail
         try:
-            nbytes, data = pgconn.get_copy_data(1)
-            if nbytes > 0:
-                return data
-            if nbytes == 0:
-                if timeout > 0 and select.select([pgconn.socket], [], [], timeout)[0]:
-                    pgconn.consume_input()
-                    nbytes, data = pgconn.get_copy_data(1)
-                    if nbytes > 0:
-                        return data
-                if nbytes == 0:
-                    return None
+            chunk = self._read_socket(timeout) if self._raw else self._read_libpq(timeout)
         except psycopg.OperationalError as exc:
             raise SourceConnectionError(f"replication connection lost: {exc}".strip()) from exc
-        raise SourceConnectionError("the server ended the replication stream")
+        if not chunk:
+            return None
+        return tail + chunk if tail else chunk
+
+    def keep(self, buf: bytes, pos: int) -> None:
+        self._tail = buf[pos:] if pos < len(buf) else b""
+
+    @staticmethod
+    def _has_frame(buf: bytes) -> bool:
+        return len(buf) >= 5 and len(buf) >= 1 + _frame_len(buf, 1)[0]
+
+    def _read_socket(self, timeout: float) -> bytes:
+        try:
+            return os.read(self._fd, 1 << 20) or self._closed()
+        except BlockingIOError:
+            pass
+        if not select.select([self._fd], [], [], timeout)[0]:
+            return b""
+        try:
+            return os.read(self._fd, 1 << 20) or self._closed()
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            raise SourceConnectionError(f"replication connection lost: {exc.strerror}") from exc
+
+    def _closed(self) -> bytes:
+        raise SourceConnectionError("the server closed the replication connection")
+
+    def _read_libpq(self, timeout: float, wait: bool = True) -> bytes:
+        pgconn = self.pgconn
+        frames = []
+        while True:
+            nbytes, data = pgconn.get_copy_data(1)
+            if nbytes > 0:
+                frames.append(b"d" + _frame_head(nbytes + 4) + bytes(data))
+                continue
+            if nbytes == -1:
+                result = pgconn.get_result()
+                message = (result.error_message if result else b"").decode(errors="replace").strip()
+                raise SourceConnectionError(f"the server ended the replication stream {message}".strip())
+            if frames or not wait or timeout <= 0:
+                return b"".join(frames)
+            if not select.select([pgconn.socket], [], [], timeout)[0]:
+                return b""
+            pgconn.consume_input()
+            wait = False
 
     def send_status(self, flush_lsn: int, reply: bool = False) -> None:
         now = int(time.time() * 1_000_000) - PG_EPOCH_US

@@ -26,6 +26,7 @@ STATUS_INTERVAL = 10.0       # seconds between standby status updates
 IDLE_CONFIRM_INTERVAL = 10.0  # seconds between positions taken from keepalives
 _xlog_start = struct.Struct(">Q").unpack_from
 _relid = struct.Struct(">I").unpack_from
+_i32 = struct.Struct(">i").unpack_from
 _keepalive = struct.Struct(">QqB").unpack_from
 
 
@@ -134,56 +135,63 @@ class PostgresSource:
     def poll(self, timeout: float) -> list:
         out: list = []
         append = out.append
-        read = self.stream.read
+        stream = self.stream
+        buf = stream.receive(timeout)
+        if buf is None:
+            self._idle()
+            return out
         decoder = self.decoder
         relations = decoder.relations
         name, db = self.name, self.db
-        now_ms = 0
-        wait = timeout
-        while len(out) < self.max_poll_events:
-            data = read(wait)
-            if data is None:
+        now_ms = int(time.time() * 1000)
+        limit = self.max_poll_events
+        size = len(buf)
+        pos = 0
+        lsn = 0
+        while pos + 5 <= size:
+            end = pos + 1 + _i32(buf, pos + 1)[0]
+            if end > size or len(out) >= limit:
                 break
-            if wait:
-                wait = 0.0
-                now_ms = int(time.time() * 1000)
-            kind = data[0]
+            frame, pos = pos, end
+            if buf[frame] != 100:  # not CopyData: an error, or the end of the stream
+                self._not_copy_data(buf[frame:end])
+                continue
+            kind = buf[frame + 5]
             if kind == 119:  # 'w' XLogData: start lsn, end lsn, time, then the message
-                lsn = _xlog_start(data, 1)[0]
-                msg = bytes(data[25:])
-                self.bytes_read += len(msg)
-                t = msg[0]
+                lsn = _xlog_start(buf, frame + 6)[0]
+                p = frame + 30  # the pgoutput message
+                t = buf[p]
                 if t == 73 or t == 85 or t == 68:  # Insert, Update, Delete
-                    rel = relations[_relid(msg, 1)[0]]
+                    rel = relations[_relid(buf, p + 1)[0]]
                     index = self._index
                     self._index = index + 1
                     tx = self._tx
                     if self._skip[0] == tx[0] and index < self._skip[1]:
                         continue
-                    before = None
                     if t == 73:
-                        op = "c"
-                        after, _ = decoder.tuple(msg, 6, rel)
-                        keysrc = after
+                        op, before = "c", None
+                        after, key, _ = rel.decode(buf, p + 6, None)
                     else:
-                        pos = 5
-                        if msg[pos] in (75, 79):  # 'K' key or 'O' old row
-                            before, pos = decoder.tuple(msg, pos + 1, rel)
-                            if msg[5] == 75:
-                                before = {k: before[k] for k in rel.key}
+                        before = None
+                        q = p + 5
+                        if buf[q] == 79:  # 'O': the old row (REPLICA IDENTITY FULL)
+                            before, key, q = rel.decode(buf, q + 1, None)
+                        elif buf[q] == 75:  # 'K': the old key, when it changed
+                            _, key, q = rel.decode(buf, q + 1, None)
+                            before = dict(key)
                         if t == 85:
                             op = "u"
-                            after, _ = decoder.tuple(msg, pos + 1, rel, before)
-                            keysrc = after
+                            after, key, _ = rel.decode(buf, q + 1, before)
                         else:
-                            op, after, keysrc = "d", None, before
-                    key = {k: keysrc[k] for k in rel.key} if keysrc is not None else None
+                            op, after = "d", None
                     append(ChangeEvent(
                         f"{tx[3]}{index}", op, before, after, key,
                         {"connector": "postgresql", "name": name, "db": db, "schema": rel.schema,
                          "table": rel.table, "lsn": lsn, "txId": tx[2], "ts_ms": tx[1]},
                         now_ms, rel.qualified, lsn))
-                elif t == 66:  # Begin
+                    continue
+                msg = buf[p:end]
+                if t == 66:  # Begin
                     final_lsn, ts_ms, xid = decoder.begin(msg)
                     self._tx = (final_lsn, ts_ms, xid, f"{lsn_to_str(final_lsn)}:")
                     self._index = 0
@@ -201,22 +209,43 @@ class PostgresSource:
                     self._truncate(msg, lsn, now_ms, append)
                 elif t == 77:  # logical decoding message
                     self._message(msg, lsn, now_ms, append)
-                self.stream.received_lsn = lsn
             elif kind == 107:  # 'k' keepalive: wal end, server time, reply requested
-                wal_end, _, reply = _keepalive(data, 1)
-                if reply:
-                    self._send_status()
-                now = time.monotonic()
-                if (self._tx is None and wal_end > self._last_position
-                        and now - self._last_idle_commit >= IDLE_CONFIRM_INTERVAL):
-                    # Nothing is half-read: every commit before wal_end has reached us.
-                    self._last_idle_commit = now
-                    self._last_position = wal_end
-                    append(Commit({"lsn": lsn_to_str(wal_end)}))
+                self._keepalive_message(buf, frame + 6, append)
+        stream.keep(buf, pos)
+        self.bytes_read += pos
+        if lsn:
+            stream.received_lsn = lsn
+        self._idle()
+        return out
+
+    def _idle(self) -> None:
+        """Per poll, not per message: status updates and the optional heartbeat."""
         self.keepalive()
         if self.heartbeat_interval:
             self._heartbeat()
-        return out
+
+    def _keepalive_message(self, buf: bytes, pos: int, append) -> None:
+        wal_end, _, reply = _keepalive(buf, pos)
+        if reply:
+            self._send_status()
+        now = time.monotonic()
+        if (self._tx is None and wal_end > self._last_position
+                and now - self._last_idle_commit >= IDLE_CONFIRM_INTERVAL):
+            # Nothing is half-read: every commit before wal_end has reached us.
+            self._last_idle_commit = now
+            self._last_position = wal_end
+            append(Commit({"lsn": lsn_to_str(wal_end)}))
+
+    @staticmethod
+    def _not_copy_data(frame: bytes) -> None:
+        kind = chr(frame[0])
+        if kind == "E":  # ErrorResponse: fields of a type byte and a C string
+            fields = {f[:1]: f[1:].decode(errors="replace") for f in frame[5:].split(b"\0") if f}
+            raise SourceConnectionError(f"replication stream error: {fields.get(b'M', '?')} "
+                                        f"(SQLSTATE {fields.get(b'C', '?')})")
+        if kind == "c":  # CopyDone
+            raise SourceConnectionError("the server ended the replication stream")
+        # N (notice), S (parameter status) and the like need no action
 
     def _truncate(self, msg: bytes, lsn: int, now_ms: int, append) -> None:
         relids, _ = self.decoder.truncate(msg)
