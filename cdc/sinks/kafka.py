@@ -86,6 +86,9 @@ class KafkaSink:
         conf: dict[str, Any] = {"linger.ms": 5, "compression.type": "lz4",
                                 "queue.buffering.max.messages": 1_000_000}
         conf.update(self.extra)
+        for name, value in _REQUIRED.items():
+            if str(conf.get(name, value)).lower() not in (str(value).lower(), "-1"):
+                log.warning("sink %s: ignoring config %s: cdc needs %s=%s", self.name, name, name, value)
         conf.update(_REQUIRED)
         conf["bootstrap.servers"] = self.bootstrap_servers
         conf["message.timeout.ms"] = int(self.delivery_timeout * 1000)
