@@ -10,4 +10,7 @@ SINKS = {
     "file": "cdc.sinks.file:FileSink",
     "stdout": "cdc.sinks.stdout:StdoutSink",
     "discard": "cdc.sinks.discard:DiscardSink",
+    "kafka": "cdc.sinks.kafka:KafkaSink",
+    "rabbitmq": "cdc.sinks.rabbitmq:RabbitMQSink",
+    "redis": "cdc.sinks.redis:RedisSink",
 }

@@ -1,0 +1,177 @@
+"""``kafka``: one message per event, acknowledged by the broker's delivery reports.
+
+The producer is idempotent with ``acks=all``, so librdkafka's own retries neither
+reorder nor duplicate messages within a partition.  ``write`` produces the batch,
+then waits for every delivery report; it returns only when the broker has accepted
+every message, and otherwise raises ``TransientSinkError`` (broker down, timeout,
+leader moving) or ``PermanentSinkError`` (message too large, not authorised).  A
+retried batch may be delivered twice; consumers deduplicate on the ``id`` header.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from ..config import Context
+from ..errors import PermanentSinkError, TransientSinkError
+from ..event import ChangeEvent
+from ..templates import Template
+
+__all__ = ["KafkaSink", "DEFAULT_TOPIC"]
+
+log = logging.getLogger("cdc.sink.kafka")
+
+DEFAULT_TOPIC = "{source}.{schema}.{table}"
+
+# Settings cdc relies on for "nothing lost, nothing reordered"; `config` cannot weaken them.
+_REQUIRED = {"enable.idempotence": True, "acks": "all"}
+
+# Broker refusals that no retry can fix (librdkafka error names).
+_PERMANENT = frozenset({
+    "MSG_SIZE_TOO_LARGE", "INVALID_RECORD", "RECORD_LIST_TOO_LARGE", "INVALID_TOPIC_EXCEPTION",
+    "TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED",
+    "TRANSACTIONAL_ID_AUTHORIZATION_FAILED", "SASL_AUTHENTICATION_FAILED",
+    "_AUTHENTICATION", "_MSG_SIZE_TOO_LARGE", "_INVALID_ARG", "_UNKNOWN_TOPIC",
+    "UNSUPPORTED_FOR_MESSAGE_FORMAT", "POLICY_VIOLATION", "_SSL",
+})
+
+
+def _import_kafka() -> Any:
+    try:
+        import confluent_kafka
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise PermanentSinkError("the kafka sink needs confluent-kafka: pip install 'cdc[kafka]'") from None
+    return confluent_kafka
+
+
+class KafkaSink:
+    """Options:
+
+    - ``bootstrap_servers``: ``host:port[,host:port...]``.
+    - ``topic``: template (default ``{source}.{schema}.{table}``).  When ``topic`` is
+      not set and the ``route`` transform gave the event a destination, that wins.
+    - ``tombstones``: after a delete, also send a null-valued message with the same
+      key, so log compaction can drop the row.
+    - ``delivery_timeout``: seconds librdkafka keeps trying one message before the
+      batch fails as transient (``message.timeout.ms``).
+    - ``config``: any other librdkafka producer setting (``compression.type``,
+      ``security.protocol``, ``sasl.password``...).  Values are never logged.
+    """
+
+    default_batch_size = 5000
+
+    def __init__(self, bootstrap_servers: str, topic: str | None = None, tombstones: bool = False,
+                 delivery_timeout: float = 60.0, config: dict[str, Any] | None = None,
+                 context: Context | None = None) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.template = Template(topic or DEFAULT_TOPIC)
+        self.routed = topic is None
+        self.tombstones = tombstones
+        self.delivery_timeout = delivery_timeout
+        self.extra = dict(config or {})
+        self.name = context.name if context else "kafka"
+        problems = self.template.problems("topic")
+        if problems:
+            raise PermanentSinkError(str(problems[0]), sink=self.name)
+        self._producer: Any = None
+        self._failures: list[Any] = []
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def producer_config(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {"linger.ms": 5, "compression.type": "lz4",
+                                "queue.buffering.max.messages": 1_000_000}
+        conf.update(self.extra)
+        for name, value in _REQUIRED.items():
+            if str(conf.get(name, value)).lower() not in (str(value).lower(), "-1"):
+                log.warning("sink %s: ignoring config %s: cdc needs %s=%s", self.name, name, name, value)
+        conf.update(_REQUIRED)
+        conf["bootstrap.servers"] = self.bootstrap_servers
+        conf["message.timeout.ms"] = int(self.delivery_timeout * 1000)
+        conf["error_cb"] = self._on_error
+        conf["logger"] = logging.getLogger("cdc.sink.kafka.librdkafka")
+        return conf
+
+    def open(self) -> None:
+        kafka = _import_kafka()
+        try:
+            self._producer = kafka.Producer(self.producer_config())
+        except kafka.KafkaException as exc:  # a bad setting: says which, never the value
+            raise PermanentSinkError(f"invalid producer config: {exc.args[0].str()}", sink=self.name) from None
+        log.info("sink %s: producing to %s (settings: %s)", self.name, self.bootstrap_servers,
+                 ", ".join(sorted(self.extra)) or "defaults")
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(min(self.delivery_timeout, 10.0))
+            self._producer = None
+
+    def _on_error(self, err: Any) -> None:
+        # Connection trouble is reported here and retried by librdkafka itself.
+        log.debug("sink %s: %s", self.name, err.str())
+
+    # ---- writing ---------------------------------------------------------------
+
+    def topic_of(self, event: ChangeEvent) -> str:
+        if self.routed and event.destination:
+            return event.destination
+        return self.template.render(event)
+
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        if self._producer is None:
+            self.open()
+        producer = self._producer
+        failures = self._failures = []
+        on_delivery = self._on_delivery
+        for event in events:
+            topic = self.topic_of(event)
+            key = orjson.dumps(event.key, option=orjson.OPT_SORT_KEYS) if event.key is not None else None
+            headers = [("id", event.id.encode()), ("op", event.op.encode())]
+            self._produce(topic, event.to_json(), key, headers, on_delivery)
+            if self.tombstones and event.op == "d" and key is not None:
+                tombstone = [("id", f"{event.id}:tombstone".encode()), ("op", b"d")]
+                self._produce(topic, None, key, tombstone, on_delivery)
+        self._wait_for_reports()
+        if failures:
+            self._raise(failures)
+
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list,
+                 on_delivery: Any) -> None:
+        producer = self._producer
+        while True:
+            try:
+                producer.produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.1)
+            except _import_kafka().KafkaException as exc:
+                self._raise([exc.args[0]])
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(err)
+
+    def _wait_for_reports(self) -> None:
+        """Every message ends in a delivery report within ``delivery_timeout``."""
+        producer = self._producer
+        remaining = producer.flush(self.delivery_timeout + 30.0)
+        if remaining:
+            producer.purge()
+            producer.flush(5.0)
+            raise TransientSinkError(f"{remaining} messages without a delivery report", sink=self.name)
+
+    def _raise(self, failures: list[Any]) -> None:
+        fatal = [e for e in failures if e.fatal()]
+        if fatal:  # the producer instance is unusable; the next write builds a new one
+            log.warning("sink %s: producer failed fatally (%s); recreating it", self.name, fatal[0].str())
+            self._producer = None
+        permanent = [e for e in failures if e.name() in _PERMANENT]
+        first = failures[0]
+        message = f"{len(failures)} message(s) not delivered: {first.name()}: {first.str()}"
+        if len(permanent) == len(failures):
+            raise PermanentSinkError(message, sink=self.name)
+        raise TransientSinkError(message, sink=self.name)

@@ -1,0 +1,113 @@
+"""``redis``: Redis Streams (``XADD``) or pub/sub (``PUBLISH``).
+
+Streams keep messages: each event is one entry with the fields ``id``, ``op`` and
+``event`` (the JSON envelope), added in one pipelined round trip per batch.  The
+batch is acknowledged once Redis replied to every ``XADD``; how durable that is
+follows the server's persistence settings (``appendonly yes`` with
+``appendfsync always`` for no loss on a crash).
+
+Pub/sub keeps nothing: a message goes to whoever is subscribed at that moment, so
+a subscriber that is away misses it.  ``mode: pubsub`` is at-most-once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from ..config import Context
+from ..errors import PermanentSinkError, TransientSinkError
+from ..event import ChangeEvent
+from ..secrets import redact
+from ..templates import Template
+
+__all__ = ["RedisSink"]
+
+log = logging.getLogger("cdc.sink.redis")
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise PermanentSinkError("the redis sink needs redis-py: pip install 'cdc[redis]'") from None
+    return redis
+
+
+class RedisSink:
+    """Options:
+
+    - ``url``: ``redis://[:password@]host:port/db`` (the password is never logged).
+    - ``mode``: ``stream`` (default) or ``pubsub``.
+    - ``stream``: the stream key (or channel, in pub/sub mode) template, default
+      ``{source}.{schema}.{table}``.
+    - ``maxlen``: cap each stream at about this many entries (``XADD MAXLEN ~``);
+      ``approximate: false`` trims exactly (slower).
+    - ``id_field``: the field that carries the event id (default ``id``).
+    """
+
+    default_batch_size = 1000
+
+    def __init__(self, url: str, mode: Literal["stream", "pubsub"] = "stream",
+                 stream: str = "{source}.{schema}.{table}", maxlen: int | None = None,
+                 approximate: bool = True, id_field: str = "id", timeout: float = 10.0,
+                 context: Context | None = None) -> None:
+        self.url = url
+        self.mode = mode
+        self.stream = Template(stream)
+        self.maxlen = maxlen
+        self.approximate = approximate
+        self.id_field = id_field
+        self.timeout = timeout
+        self.name = context.name if context else "redis"
+        problems = self.stream.problems("stream")
+        if problems:
+            raise PermanentSinkError(str(problems[0]), sink=self.name)
+        self._client: Any = None
+
+    def open(self) -> None:
+        redis = _import_redis()
+        self._client = redis.Redis.from_url(self.url, socket_timeout=self.timeout,
+                                            socket_connect_timeout=self.timeout)
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            self._raise(redis, exc)
+        log.info("sink %s: connected to %s (%s)", self.name, redact(self.url), self.mode)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        redis = _import_redis()
+        if self._client is None:
+            self.open()
+        pipe = self._client.pipeline(transaction=False)
+        render = self.stream.render
+        if self.mode == "stream":
+            for event in events:
+                fields = {self.id_field: event.id, "op": event.op, "event": event.to_json()}
+                pipe.xadd(render(event), fields, maxlen=self.maxlen, approximate=self.approximate)
+        else:
+            for event in events:
+                pipe.publish(render(event), event.to_json())
+        try:
+            pipe.execute(raise_on_error=True)
+        except redis.RedisError as exc:
+            self._raise(redis, exc)
+
+    def _raise(self, redis: Any, exc: Exception) -> None:
+        message = redact(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, redis.AuthenticationError):  # a ConnectionError in redis-py
+            raise PermanentSinkError(message, sink=self.name) from None
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
+            raise TransientSinkError(message, sink=self.name) from None
+        if isinstance(exc, redis.ResponseError):
+            # WRONGTYPE, NOAUTH, a bad MAXLEN: the same command would fail again.
+            if "OOM" in str(exc) or "LOADING" in str(exc) or "READONLY" in str(exc):
+                raise TransientSinkError(message, sink=self.name) from None
+            raise PermanentSinkError(message, sink=self.name) from None
+        raise TransientSinkError(message, sink=self.name) from None
