@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..config import Config, PipelineSpec
 from ..errors import CdcError, SourceConnectionError, TransformError
@@ -31,6 +32,7 @@ class _Pipeline:
     tables: frozenset[str] | None
     chain: TransformChain
     workers: list[SinkWorker]
+    counts: dict = field(default_factory=lambda: {"received": 0, "emitted": 0, "dropped": 0})
 
 
 class SourceRunner:
@@ -61,6 +63,12 @@ class SourceRunner:
         self._stop = threading.Event()
         self._last_save = 0.0
         self._bytes_seen = 0
+        # read by cdc.observe (metrics, /readyz, the status file); updated per batch
+        self.source_connected = False
+        self.source_error: str | None = None
+        self.lag_seconds: float | None = None   # now - commit time of the newest transaction read
+        self.caught_up = False                  # the last poll returned nothing
+        self.on_tick: list[Callable[[SourceRunner], None]] = []
 
     # ---- control --------------------------------------------------------------
 
@@ -81,6 +89,7 @@ class SourceRunner:
         self.saved_position = position
         log.info("source %s: starting from %s", self.name, position or "the current position")
         self.source.open(position)
+        self.source_connected = True
         for w in self.workers:
             w.start()
         try:
@@ -106,20 +115,26 @@ class SourceRunner:
                 items = source.poll(self.poll_timeout)
             except SourceConnectionError as exc:
                 log.warning("source %s: %s; resuming from the checkpoint in %.0fs", self.name, exc, backoff)
+                self.source_connected, self.source_error = False, str(exc)
                 self._reconnect(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 1.0
+            self.caught_up = not items
             if items:
                 self._dispatch(items)
             self._checkpoint()
+            for tick in self.on_tick:
+                tick(self)
 
     def _dispatch(self, items: list) -> None:
         events: list[ChangeEvent] = []
         position = None
+        commit_ts = 0
         for item in items:
             if item.__class__ is Commit:
                 position = item.position
+                commit_ts = item.ts_ms or commit_ts
                 self.counts["transactions"] += 1
             else:
                 events.append(item)
@@ -127,8 +142,12 @@ class SourceRunner:
         emitted = 0
         for p in self.pipelines:
             mine = events if p.tables is None else [e for e in events if e.table in p.tables]
+            got = len(mine)
             if mine and p.chain:
                 mine = p.chain.apply(mine)  # may raise TransformError: nothing is submitted
+            p.counts["received"] += got
+            p.counts["emitted"] += len(mine)
+            p.counts["dropped"] += max(got - len(mine), 0)
             if mine:
                 emitted += len(mine)
                 deliveries.extend((w, mine) for w in p.workers)
@@ -139,6 +158,8 @@ class SourceRunner:
             worker.submit(seq, mine)
         self.counts["received"] += len(events)
         self.counts["emitted"] += emitted
+        if commit_ts:
+            self.lag_seconds = max(time.time() - commit_ts / 1000.0, 0.0)
 
     def _checkpoint(self, force: bool = False) -> None:
         position = self.tracker.position
@@ -177,9 +198,11 @@ class SourceRunner:
         while not self._stop.wait(delay):
             try:
                 self.source.open(self.tracker.position or self.saved_position)
+                self.source_connected, self.source_error = True, None
                 log.info("source %s: reconnected", self.name)
                 return
             except SourceConnectionError as exc:
+                self.source_error = str(exc)
                 log.warning("source %s: still unavailable: %s", self.name, exc)
                 delay = min(delay * 2, 30.0)
 
@@ -191,6 +214,7 @@ class SourceRunner:
         for w in self.workers:
             w.stop(timeout=5.0, abort=not drained)
         self._checkpoint(force=True)
+        self.source_connected = False
         for closer in (self.source.close, self.store.close):
             try:
                 closer()
