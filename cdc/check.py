@@ -83,7 +83,7 @@ def postgres_problems(source, position: dict | None = None) -> list[tuple[str, s
         max_slots = int(q("SHOW max_replication_slots")[0][0])
         max_senders = int(q("SHOW max_wal_senders")[0][0])
         slots = q("SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,"
-                  " plugin FROM pg_replication_slots")
+                  " database IS DISTINCT FROM current_database() FROM pg_replication_slots")
         mine = next((s for s in slots if s[0] == source.slot), None)
         if mine is None and len(slots) >= max_slots:
             out.append(("error", f"max_replication_slots is {max_slots} and all are used: raise it in "
@@ -92,7 +92,10 @@ def postgres_problems(source, position: dict | None = None) -> list[tuple[str, s
         if senders >= max_senders:
             out.append(("error", f"max_wal_senders is {max_senders} and {senders} are connected: raise it "
                                  f"in postgresql.conf and restart"))
-        if mine is not None and mine[1]:
+        if mine is not None and mine[3]:
+            out.append(("error", f"slot {source.slot} belongs to another database (slots are per server): "
+                                 f"set slot: to another name for this source"))
+        elif mine is not None and mine[1]:
             out.append(("warning", f"slot {source.slot} is in use by another connection: is cdc already running?"))
         if mine is None and position is not None:
             out.append(("warning", f"there is a checkpoint but slot {source.slot} is missing: it will be "

@@ -22,18 +22,31 @@ def make_orders(dsn: str) -> None:
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
 
 
-def insert(dsn: str, first: int, count: int, per_tx: int = 1) -> None:
+def insert(dsn: str, first: int, count: int, per_tx: int = 1, pause: float = 0.0) -> None:
     """Rows first .. first+count-1, ``per_tx`` rows per transaction."""
     with psycopg.connect(dsn) as conn:
         for start in range(first, first + count, per_tx):
+            time.sleep(pause)
             with conn.transaction():
                 for i in range(start, min(start + per_tx, first + count)):
                     conn.execute("INSERT INTO orders VALUES (%s, %s)", (i, f"order {i}"))
 
 
+def slot_name(dsn: str) -> str:
+    """Slots are per cluster: tests on the shared server name theirs after their database."""
+    return "cdc_" + dsn.rsplit("/", 1)[1].lower()
+
+
+def slot_lsn(dsn: str, slot: str | None = None) -> str | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                           (slot or slot_name(dsn),)).fetchone()
+    return row[0] if row else None
+
+
 def write_config(tmp: Path, dsn: str, body: str, name: str = "pipelines.yaml") -> Path:
     path = tmp / name
-    path.write_text(body.replace("{dsn}", dsn))
+    path.write_text(body.replace("{dsn}", dsn).replace("{slot}", slot_name(dsn)))
     return path
 
 
@@ -44,6 +57,7 @@ sources:
     type: postgres
     dsn: "{{dsn}}"
     tables: [orders]
+    slot: {slot_name(dsn)}
     checkpoint: {{type: file, path: state/shop.json}}
     checkpoint_interval: 0.2
 pipelines:

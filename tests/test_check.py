@@ -28,6 +28,7 @@ sources:
     type: postgres
     dsn: "{dsn}"
     tables: [orders, audit]
+    slot: {slot}
     checkpoint: {type: file, path: state/shop.json}
 pipelines:
   copy:

@@ -16,6 +16,7 @@ sources:
     type: postgres
     dsn: "{dsn}"
     tables: [orders]
+    slot: {slot}
     checkpoint: {type: file, path: state/shop.json}
     checkpoint_interval: 0.2
 pipelines:
