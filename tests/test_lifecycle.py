@@ -103,7 +103,7 @@ def test_second_signal_exits_at_once_and_keeps_the_checkpoint_safe(tmp_path, pg_
 
 def cdc_cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cdc", *args], capture_output=True, text=True,
-                          input=input, cwd=ROOT, timeout=60)
+                          input=input, cwd=ROOT, timeout=60, env={**os.environ, "COLUMNS": "200"})
 
 
 def test_position_commands(tmp_path, pg_database):
@@ -117,6 +117,9 @@ def test_position_commands(tmp_path, pg_database):
         wait_for(lambda: len(ids(out)) == 5 and (tmp_path / "state/shop.json").exists(), 60, "5 rows")
         shown = cdc_cli("checkpoint", "show", str(config), "--source", "shop")
         assert shown.returncode == 0 and json.loads(shown.stdout)["running"] is True
+        live = json.loads(cdc_cli("status", str(config), "--json").stdout)[0]
+        assert live["running"] is True and live["pid"] == cdc.proc.pid and live["position"]["lsn"]
+        assert live["lag_bytes"] >= 0 and live["checkpoint_age_s"] >= 0
         refused = cdc_cli("checkpoint", "set", str(config), "--source", "shop", "--position", '{"lsn": "0/0"}')
         assert refused.returncode == 1 and f"is running (pid {cdc.proc.pid})" in refused.stderr
         refused = cdc_cli("checkpoint", "reset", str(config), "--source", "shop", "--yes")
@@ -127,6 +130,11 @@ def test_position_commands(tmp_path, pg_database):
         cdc.stop()
     shown = json.loads(cdc_cli("checkpoint", "show", str(config), "--source", "shop").stdout)
     assert shown["running"] is False and shown["position"]["lsn"] == slot_lsn(pg_database)
+    stopped = json.loads(cdc_cli("status", str(config), "--json").stdout)[0]
+    assert stopped["running"] is False and stopped["position"] == shown["position"]
+    assert stopped["pipelines"][0]["sinks"][0]["acknowledged"] == 5 and stopped["last_error"] is None
+    table = cdc_cli("status", str(config))
+    assert table.returncode == 0 and "stopped" in table.stdout and shown["position"]["lsn"] in table.stdout
 
     insert(pg_database, 6, 5, per_tx=5)                # the "poison" transaction, to be skipped
     with psycopg.connect(pg_database) as conn:

@@ -93,3 +93,13 @@ def test_metrics_after_known_changes(tmp_path, pg_database):
     finally:
         cdc.signal()
         assert cdc.wait(60) == 0, cdc.text()
+
+
+def test_a_bad_metrics_key_is_a_config_error_with_its_path(tmp_path, pg_database):
+    import subprocess
+    import sys
+    config = write_config(tmp_path, pg_database, (CONFIG % 1).replace('listen: "127.0.0.1:1"', "listen: nowhere, port: 1"))
+    proc = subprocess.run([sys.executable, "-m", "cdc", "validate", str(config)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "metrics.listen: expected host:port, got 'nowhere'" in proc.stderr
+    assert "metrics.port: unknown key" in proc.stderr

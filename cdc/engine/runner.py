@@ -69,6 +69,8 @@ class SourceRunner:
         self.lag_seconds: float | None = None   # now - commit time of the newest transaction read
         self.caught_up = False                  # the last poll returned nothing
         self.on_tick: list[Callable[[SourceRunner], None]] = []
+        self._in_tx = False                     # the last item read was not a Commit
+        self._finish_by: float | None = None
 
     # ---- control --------------------------------------------------------------
 
@@ -104,7 +106,7 @@ class SourceRunner:
     def _loop(self) -> None:
         spec, tracker, source = self.spec, self.tracker, self.source
         backoff = 1.0
-        while not self._stop.is_set():
+        while not self._stop.is_set() or self._finishing_tx():
             if (tracker.events_in_flight >= spec.max_in_flight_events
                     or tracker.bytes_in_flight >= spec.max_in_flight_bytes):
                 source.keepalive()
@@ -127,10 +129,22 @@ class SourceRunner:
             for tick in self.on_tick:
                 tick(self)
 
+    def _finishing_tx(self) -> bool:
+        """After a stop request, read on to the end of a half-read transaction (for at
+        most half the grace period), so that the sinks hold whole transactions, the
+        final checkpoint is their last commit, and a restart repeats nothing."""
+        if not self._in_tx or self.error is not None:
+            return False
+        if self._finish_by is None:
+            self._finish_by = time.monotonic() + self.grace_period / 2
+            log.info("source %s: reading to the end of the current transaction", self.name)
+        return time.monotonic() < self._finish_by
+
     def _dispatch(self, items: list) -> None:
         events: list[ChangeEvent] = []
         position = None
         commit_ts = 0
+        self._in_tx = items[-1].__class__ is not Commit
         for item in items:
             if item.__class__ is Commit:
                 position = item.position
