@@ -28,7 +28,7 @@ sources:
     type: postgres
     dsn: ${SHOP_DSN}
     tables: [public.orders, public.customers]
-    checkpoint: {type: file, path: ${DEMO_DIR}/state/shop.json}
+    checkpoint: {type: file, path: "${DEMO_DIR}/state/shop.json"}
 pipelines:
   order-status:                      # a notification feed: only the id and new status
     source: shop
@@ -41,7 +41,7 @@ pipelines:
   everything:                        # a 1:1 copy of every change, as JSON Lines
     source: shop
     sinks:
-      - {type: file, path: ${DEMO_DIR}/out/changes.jsonl}
+      - {type: file, path: "${DEMO_DIR}/out/changes.jsonl"}
 """
 
 SCHEMA = """
@@ -71,12 +71,12 @@ def run_demo(duration: float | None = None, rate: float = 2.0) -> int:
     from .servers import PostgresServer
 
     workdir = Path(tempfile.mkdtemp(prefix="cdc-demo-"))
-    server = PostgresServer(data_dir=str(workdir / "pgdata"))
+    server = PostgresServer()  # its own private data directory, removed by close()
     stop = threading.Event()
     runner = None
     try:
-        log.info("starting a throwaway PostgreSQL in %s", workdir)
         server.start()
+        log.info("started a throwaway PostgreSQL on 127.0.0.1:%d (data in %s)", server.port, server.data_dir)
         dsn = server.create_database("shop")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(SCHEMA)
@@ -106,5 +106,5 @@ def run_demo(duration: float | None = None, rate: float = 2.0) -> int:
         return code
     finally:
         stop.set()
-        server.stop()
+        server.close()
         shutil.rmtree(workdir, ignore_errors=True)

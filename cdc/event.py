@@ -101,10 +101,11 @@ class ChangeEvent:
                    src, d.get("ts_ms", 0), table, position, None, d.get("message"))
 
     def position_text(self) -> str:
-        p = self.position
-        if p is None:
-            return str(self.source.get("lsn") or self.source.get("pos") or "?")
-        return str(p)
+        """The log position for messages (a PostgreSQL LSN as ``0/16B3748``)."""
+        p = self.position if self.position is not None else self.source.get("lsn", self.source.get("pos"))
+        if isinstance(p, int) and self.source.get("connector") == "postgresql":
+            return f"{p >> 32:X}/{p & 0xFFFFFFFF:X}"
+        return "?" if p is None else str(p)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ChangeEvent):

@@ -69,7 +69,11 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION) -> Path:
         log4j = next((work / "libs").glob("log4j-api-*.jar")).name[len("log4j-api-"):-len(".jar")]
         _mvn("dependency:copy", f"-Dartifact=org.apache.logging.log4j:log4j-slf4j-impl:{log4j}",
              "-DoutputDirectory=libs", cwd=work)
-        os.replace(work / "libs", libs)
+        try:
+            os.replace(work / "libs", libs)
+        except OSError:  # another process got there first
+            if not libs.is_dir():
+                raise
     return libs
 
 

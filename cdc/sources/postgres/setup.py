@@ -84,11 +84,15 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
             if missing and not alltables:
                 conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
                     sql.Identifier(publication), sql.SQL(", ").join(missing)))
-        slot_row = conn.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+        slot_row = conn.execute("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s",
+                                (slot,)).fetchone()
         if slot_row is None:
             if not create:
                 raise SourceSetupError(f"replication slot {slot} does not exist", source=source)
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        elif slot_row[1] != conn.info.dbname:
+            raise SourceSetupError(f"replication slot {slot} belongs to database {slot_row[1]}, not "
+                                   f"{conn.info.dbname}: set another slot name", source=source)
         elif slot_row[0] != "pgoutput":
             raise SourceSetupError(f"replication slot {slot} uses plugin {slot_row[0]}, not pgoutput: "
                                    f"choose another slot name", source=source)

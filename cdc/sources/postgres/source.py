@@ -29,13 +29,14 @@ _relid = struct.Struct(">I").unpack_from
 _keepalive = struct.Struct(">QqB").unpack_from
 
 
-def _default_name(source: str) -> str:
-    return "cdc_" + re.sub(r"[^a-z0-9_]", "_", source.lower())
+def _default_name(source: str, db: str) -> str:
+    """``cdc_<db>_<source>``: slots are per cluster, so the database is part of the name."""
+    return ("cdc_" + re.sub(r"[^a-z0-9_]", "_", f"{db}_{source}".lower()))[:63]
 
 
 class PostgresSource:
     """Options: ``dsn``, ``tables`` (``schema.table``), ``slot`` and ``publication``
-    (default ``cdc_<source>``; created when missing unless ``create: false``),
+    (default ``cdc_<db>_<source>``; created when missing unless ``create: false``),
     ``heartbeat_interval`` (seconds, 0: off) and ``messages`` (emit logical decoding
     messages as ``op: m`` events)."""
 
@@ -46,13 +47,13 @@ class PostgresSource:
         self.name = context.source if context else "postgres"
         self.dsn = dsn
         self.tables = tables
-        self.slot = slot or _default_name(self.name)
-        self.publication = publication or _default_name(self.name)
+        self.db = conninfo_to_dict(dsn).get("dbname", "")
+        self.slot = slot or _default_name(self.name, self.db)
+        self.publication = publication or _default_name(self.name, self.db)
         self.create = create
         self.heartbeat_interval = heartbeat_interval
         self.messages = messages
         self.max_poll_events = max_poll_events
-        self.db = conninfo_to_dict(dsn).get("dbname", "")
         self.bytes_read = 0
         self.confirmed_lsn = 0
         self.stream: ReplicationStream | None = None

@@ -1,0 +1,85 @@
+"""Built-in transforms and the plugin contract, without a database."""
+
+import pytest
+
+from cdc import DropEvent, TransformError
+from cdc.transforms.builtin import Filter, Mask, Python, Rename, Route, Select
+from cdc.transforms.chain import TransformChain
+from cdc.transforms.testing import make_event, run_transform
+
+ORDER = {"id": 7, "customer_id": 3, "status": "paid", "amount": "120.50", "note": "x"}
+
+
+def test_filter_by_op_table_and_columns():
+    keep_cu = Filter(where={"op": ["c", "u"]})
+    assert run_transform(keep_cu, make_event("c", after=ORDER))
+    assert not run_transform(keep_cu, make_event("d", before=ORDER))
+    by_table = Filter(where={"table": "public.customers"})
+    assert not run_transform(by_table, make_event("c", after=ORDER))
+    assert run_transform(by_table, make_event("c", after=ORDER, table="public.customers"))
+    big = Filter(where={"amount": {"gt": 100}, "status": ["paid", "shipped"]})
+    assert run_transform(big, make_event("c", after=ORDER))
+    assert not run_transform(big, make_event("c", after={**ORDER, "amount": "99.99"}))
+    assert not run_transform(big, make_event("c", after={**ORDER, "status": "new"}))
+
+
+def test_filter_changed_null_and_drop_mode():
+    changed = Filter(where={"status": {"changed": True}})
+    same = make_event("u", before=ORDER, after={**ORDER, "note": "y"})
+    moved = make_event("u", before=ORDER, after={**ORDER, "status": "shipped"})
+    assert run_transform(changed, same) == []
+    assert run_transform(changed, moved) == [moved]
+    no_note = Filter(where={"note": {"null": True}}, drop=True)
+    assert run_transform(no_note, make_event("c", after={**ORDER, "note": None})) == []
+    assert len(run_transform(no_note, make_event("c", after=ORDER))) == 1
+
+
+def test_select_rename_mask_route():
+    event = make_event("u", before=ORDER, after={**ORDER, "status": "shipped"})
+    [selected] = run_transform(Select(fields=["id", "status"]), event)
+    assert selected.after == {"id": 7, "status": "shipped"} and selected.before == {"id": 7, "status": "paid"}
+    [renamed] = run_transform(Rename(fields={"id": "order_id"}), event)
+    assert renamed.after["order_id"] == 7 and "id" not in renamed.after and renamed.key == {"order_id": 7}
+    [hashed] = run_transform(Mask(fields=["note"], salt="s"), event)
+    assert hashed.after["note"] != "x" and len(hashed.after["note"]) == 64
+    assert hashed.after["note"] == hashed.before["note"]  # equal values still join
+    [redacted] = run_transform(Mask(fields=["note"], method="redact"), event)
+    assert redacted.after["note"] is None
+    [routed] = run_transform(Route(destination="{source}.{schema}.{table}"), event)
+    assert routed.destination == "test.public.orders"
+
+
+def test_python_plugin_and_factory(tmp_path, monkeypatch):
+    (tmp_path / "plug.py").write_text(
+        "def only_paid(e):\n    return e if (e.after or {}).get('status') == 'paid' else None\n"
+        "def above(limit):\n    return lambda e: e if float(e.after['amount']) > limit else None\n"
+        "def split(e):\n    return [e.replace(id=e.id + 'a'), e.replace(id=e.id + 'b')]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    paid = make_event("c", after=ORDER)
+    assert run_transform(Python(function="plug:only_paid"), paid) == [paid]
+    assert run_transform(Python(function="plug:above", options={"limit": 500}), paid) == []
+    assert [e.id for e in run_transform(Python(function="plug:split"), paid)] == ["0/16B3748:0a", "0/16B3748:0b"]
+
+
+def test_drop_event_and_errors_name_the_event():
+    def dropper(e):
+        raise DropEvent
+
+    def broken(e):
+        return e.after["missing"]
+
+    assert run_transform(dropper, make_event("c", after=ORDER)) == []
+    chain = TransformChain("orders", [("transforms[0]:python", broken)])
+    with pytest.raises(TransformError) as info:
+        chain.apply([make_event("c", after=ORDER, id="0/AB:3")])
+    text = str(info.value)
+    assert "0/AB:3" in text and "public.orders" in text and "orders" in text and "KeyError" in text
+
+
+def test_run_transform_catches_mutation():
+    def mutate(e):
+        e.after["status"] = "oops"
+        return e
+
+    with pytest.raises(AssertionError, match="changed its input"):
+        run_transform(mutate, make_event("c", after=dict(ORDER)))
