@@ -74,7 +74,7 @@ def test_check_reports_every_postgres_problem(tmp_path, bad_pg):
                      "lacks the REPLICATION privilege: ALTER ROLE app WITH REPLICATION",
                      "public.audit has no primary key and no REPLICA IDENTITY",
                      "max_replication_slots is 1 and all are used",
-                     "cannot create publication cdc_shop", "GRANT CREATE ON DATABASE",
+                     "cannot create publication cdc_shop_shop", "GRANT CREATE ON DATABASE",
                      "unreachable"):
         assert expected in errors, f"{expected!r} not in:\n{errors}"
     sink = [f for f in findings if f["area"].startswith("sink")]
