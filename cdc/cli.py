@@ -1,4 +1,4 @@
-"""The ``cdc`` command: run, validate, status and demo."""
+"""The ``cdc`` command: run, validate, check, status, checkpoint and demo."""
 
 from __future__ import annotations
 
@@ -13,20 +13,16 @@ import click
 
 from .config import Config, load_config
 from .errors import CdcError, ConfigError
-from .secrets import RedactingFilter, redact
+from .secrets import redact
 
 __all__ = ["main"]
 
 log = logging.getLogger("cdc")
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.addFilter(RedactingFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+def setup_logging(level: str, fmt: str = "text") -> None:
+    from .observe.logging import setup_logging as setup
+    setup(level, fmt)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -53,10 +49,15 @@ def report_config_error(exc: ConfigError) -> None:
 @click.option("--log-level", default=lambda: os.environ.get("CDC_LOG_LEVEL", "info"),
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
               help="Log level (env CDC_LOG_LEVEL).")
+@click.option("--log-format", default=lambda: os.environ.get("CDC_LOG_FORMAT", "text"),
+              type=click.Choice(["text", "json"], case_sensitive=False),
+              help="text (for people) or json (one object per line; env CDC_LOG_FORMAT).")
 @click.version_option(package_name="cdc")
-def main(log_level: str) -> None:
+def main(log_level: str, log_format: str) -> None:
     """Change data capture: PostgreSQL and MySQL changes to files, brokers and APIs."""
-    setup_logging(log_level)
+    # children started by the supervisor inherit these
+    os.environ["CDC_LOG_LEVEL"], os.environ["CDC_LOG_FORMAT"] = log_level.lower(), log_format.lower()
+    setup_logging(log_level, log_format.lower())
 
 
 @main.command()
@@ -85,8 +86,25 @@ def run(config: str, source_name: str | None, grace_period: float) -> None:
     sys.exit(run_source(cfg, source_name, grace_period))
 
 
+def metrics_listen(cfg: Config, source_name: str) -> str | None:
+    """With several sources (one process each), source i listens on port + i."""
+    if not cfg.metrics_listen:
+        return None
+    host, _, port = cfg.metrics_listen.rpartition(":")
+    return f"{host}:{int(port) + list(cfg.sources).index(source_name)}"
+
+
 def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
     from .engine import SourceRunner
+    from .observe import LockHeld, SourceLock, attach
+    try:
+        lock = SourceLock(cfg.state_dir, source_name).acquire()
+    except LockHeld as exc:
+        log.error("%s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot lock source %s in %s: %s", source_name, cfg.state_dir, exc.strerror)
+        return 1
     try:
         runner = SourceRunner(cfg, source_name, grace_period=grace_period)
     except ConfigError as exc:
@@ -94,6 +112,11 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
         return 2
     except CdcError as exc:
         log.error("%s", exc)
+        return 1
+    try:
+        close_observers = attach(runner, metrics_listen(cfg, source_name), cfg.state_dir)
+    except OSError as exc:
+        log.error("cannot serve metrics on %s: %s", metrics_listen(cfg, source_name), exc.strerror)
         return 1
 
     def on_signal(signum: int, frame: object) -> None:
@@ -109,30 +132,111 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
     try:
         return runner.run()
     except CdcError as exc:
+        runner.error = runner.error or exc
         log.error("%s", exc)
         return 1
+    finally:
+        close_observers()
+        lock.release()
 
 
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config: str, as_json: bool) -> None:
-    """Each source's checkpoint, its age and the replication lag."""
-    from .status import source_status
+    """Per source and pipeline: position, checkpoint age, lag, dead letters, last error."""
+    from .status import all_status, render_table
     cfg = load_or_exit(config)
-    rows = [source_status(cfg, name) for name in cfg.sources]
+    rows = all_status(cfg)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        render_table(rows)
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(config: str, as_json: bool) -> None:
+    """Pre-flight: check every source's settings and every sink's reachability.
+
+    Exits 1 if anything blocks a run (warnings do not)."""
+    from .check import check_config
+    cfg = load_or_exit(config)
+    findings = check_config(cfg)
+    if as_json:
+        click.echo(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        mark = {"ok": "ok   ", "warning": "WARN ", "error": "ERROR"}
+        for f in findings:
+            click.echo(f"{mark[f.level]} {f.area}: {f.message}")
+    errors = sum(f.level == "error" for f in findings)
+    if not as_json:
+        warnings = sum(f.level == "warning" for f in findings)
+        click.echo(f"{errors} error(s), {warnings} warning(s)" + ("" if errors else ": ready to run"))
+    sys.exit(1 if errors else 0)
+
+
+@main.group()
+def checkpoint() -> None:
+    """Show, move or forget a source's position (refused while it runs)."""
+
+
+def _positions_call(fn, *args):
+    from .positions import PositionError
+    try:
+        return fn(*args)
+    except PositionError as exc:
+        fail(str(exc))
+    except CdcError as exc:
+        fail(str(exc))
+
+
+@checkpoint.command("show")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--source", "source_name", required=True)
+def checkpoint_show(config: str, source_name: str) -> None:
+    """Print the saved position as JSON."""
+    from . import positions
+    cfg = load_or_exit(config)
+    click.echo(json.dumps(_positions_call(positions.show, cfg, source_name), indent=2))
+
+
+@checkpoint.command("set")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--source", "source_name", required=True)
+@click.option("--position", required=True, help='JSON, e.g. \'{"lsn": "0/1A2B3C8"}\'.')
+def checkpoint_set(config: str, source_name: str, position: str) -> None:
+    """Move the position, e.g. past one poison transaction."""
+    from . import positions
+    cfg = load_or_exit(config)
+    value = _positions_call(positions.set_position, cfg, source_name, position)
+    click.echo(f"source {source_name}: position set to {json.dumps(value)}")
+
+
+@checkpoint.command("reset")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--source", "source_name", required=True)
+@click.option("--drop-slot/--keep-slot", default=None,
+              help="PostgreSQL: also drop the replication slot (asked when not given).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def checkpoint_reset(config: str, source_name: str, drop_slot: bool | None, yes: bool) -> None:
+    """Forget the position: the next run starts from the source's current position."""
+    from . import positions
+    cfg = load_or_exit(config)
+    if not yes:
+        click.confirm(f"Forget the position of source {source_name}?", abort=True)
+    old = _positions_call(positions.reset, cfg, source_name)
+    click.echo(f"source {source_name}: position {json.dumps(old)} forgotten")
+    slot = _positions_call(positions.slot_of, cfg, source_name)
+    if slot is None:
         return
-    for row in rows:
-        age = row.get("checkpoint_age_s")
-        click.echo(f"{row['source']} ({row['type']})")
-        click.echo(f"  checkpoint: {row.get('position') or 'none'}"
-                   + (f"  (saved {age:.0f}s ago)" if age is not None else ""))
-        for key, label in (("lag_bytes", "lag"), ("slot", "slot"), ("error", "error")):
-            if row.get(key) is not None:
-                suffix = " bytes" if key == "lag_bytes" else ""
-                click.echo(f"  {label}: {row[key]}{suffix}")
+    if drop_slot is None:
+        drop_slot = (not yes) and click.confirm(f"Also drop replication slot {slot} (its WAL is released)?",
+                                                default=False)
+    if drop_slot:
+        dropped = _positions_call(positions.drop_slot, cfg, source_name)
+        click.echo(f"slot {slot} {'dropped' if dropped else 'did not exist'}")
 
 
 @main.command()

@@ -93,6 +93,8 @@ class Config:
     path: Path
     sources: dict[str, SourceSpec]
     pipelines: dict[str, PipelineSpec]
+    metrics_listen: str | None = None   # ``metrics: {listen: host:port}``
+    state_dir: Path | None = None       # lock and status files (default: <config dir>/state)
 
     def pipelines_of(self, source: str) -> list[PipelineSpec]:
         return [p for p in self.pipelines.values() if p.source == source]
@@ -123,7 +125,7 @@ _SOURCE_KEYS = {"type": str, "checkpoint": dict,
 _SINK_KEYS = {"type": str, "name": str, "batch_size": int, "retry": RetryOptions, "dead_letter": dict,
               "on_error": Literal["retry", "dead_letter", "skip", "stop"]}
 _PIPELINE_KEYS = ("source", "tables", "transforms", "sinks")
-_TOP_KEYS = ("sources", "pipelines")
+_TOP_KEYS = ("sources", "pipelines", "metrics", "state_dir")
 
 
 def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Config:
@@ -154,9 +156,32 @@ def parse_config(raw: Any, path: Path, env: Mapping[str, str]) -> Config:
     pipelines = {}
     for name, spec in _mapping(raw, "pipelines", "", problems).items():
         pipelines[name] = _pipeline(name, spec, sources, directory, problems)
+    listen, state_dir = _ops_keys(raw, directory, problems)
     if problems:
         raise ConfigError(problems, str(path))
-    return Config(path, sources, pipelines)
+    return Config(path, sources, pipelines, listen, state_dir)
+
+
+def _ops_keys(raw: dict, directory: Path, problems: list[ConfigProblem]) -> tuple[str | None, Path]:
+    """``metrics: {listen: 127.0.0.1:9400}`` and ``state_dir`` (lock and status files)."""
+    listen = None
+    metrics = raw.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            problems.append(ConfigProblem("metrics", "expected a mapping such as {listen: 127.0.0.1:9400}"))
+        else:
+            _unknown(metrics, ("listen",), "metrics", problems)
+            listen = metrics.get("listen")
+            host, _, port = str(listen).rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                problems.append(ConfigProblem("metrics.listen", f"expected host:port, got {listen!r}"))
+                listen = None
+    state = raw.get("state_dir", "state")
+    if not isinstance(state, str) or not state:
+        problems.append(ConfigProblem("state_dir", "expected a directory path"))
+        state = "state"
+    state_dir = Path(state).expanduser()
+    return listen, state_dir if state_dir.is_absolute() else directory / state_dir
 
 
 def _mapping(raw: dict, key: str, path: str, problems: list[ConfigProblem]) -> dict:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..config import Config, PipelineSpec
 from ..errors import CdcError, SourceConnectionError, TransformError
@@ -31,6 +32,7 @@ class _Pipeline:
     tables: frozenset[str] | None
     chain: TransformChain
     workers: list[SinkWorker]
+    counts: dict = field(default_factory=lambda: {"received": 0, "emitted": 0, "dropped": 0})
 
 
 class SourceRunner:
@@ -61,6 +63,14 @@ class SourceRunner:
         self._stop = threading.Event()
         self._last_save = 0.0
         self._bytes_seen = 0
+        # read by cdc.observe (metrics, /readyz, the status file); updated per batch
+        self.source_connected = False
+        self.source_error: str | None = None
+        self.lag_seconds: float | None = None   # now - commit time of the newest transaction read
+        self.caught_up = False                  # the last poll returned nothing
+        self.on_tick: list[Callable[[SourceRunner], None]] = []
+        self._in_tx = False                     # the last item read was not a Commit
+        self._finish_by: float | None = None
 
     # ---- control --------------------------------------------------------------
 
@@ -81,6 +91,7 @@ class SourceRunner:
         self.saved_position = position
         log.info("source %s: starting from %s", self.name, position or "the current position")
         self.source.open(position)
+        self.source_connected = True
         for w in self.workers:
             w.start()
         try:
@@ -95,7 +106,7 @@ class SourceRunner:
     def _loop(self) -> None:
         spec, tracker, source = self.spec, self.tracker, self.source
         backoff = 1.0
-        while not self._stop.is_set():
+        while not self._stop.is_set() or self._finishing_tx():
             if (tracker.events_in_flight >= spec.max_in_flight_events
                     or tracker.bytes_in_flight >= spec.max_in_flight_bytes):
                 source.keepalive()
@@ -106,20 +117,38 @@ class SourceRunner:
                 items = source.poll(self.poll_timeout)
             except SourceConnectionError as exc:
                 log.warning("source %s: %s; resuming from the checkpoint in %.0fs", self.name, exc, backoff)
+                self.source_connected, self.source_error = False, str(exc)
                 self._reconnect(backoff)
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 1.0
+            self.caught_up = not items
             if items:
                 self._dispatch(items)
             self._checkpoint()
+            for tick in self.on_tick:
+                tick(self)
+
+    def _finishing_tx(self) -> bool:
+        """After a stop request, read on to the end of a half-read transaction (for at
+        most half the grace period), so that the sinks hold whole transactions, the
+        final checkpoint is their last commit, and a restart repeats nothing."""
+        if not self._in_tx or self.error is not None:
+            return False
+        if self._finish_by is None:
+            self._finish_by = time.monotonic() + self.grace_period / 2
+            log.info("source %s: reading to the end of the current transaction", self.name)
+        return time.monotonic() < self._finish_by
 
     def _dispatch(self, items: list) -> None:
         events: list[ChangeEvent] = []
         position = None
+        commit_ts = 0
+        self._in_tx = items[-1].__class__ is not Commit
         for item in items:
             if item.__class__ is Commit:
                 position = item.position
+                commit_ts = item.ts_ms or commit_ts
                 self.counts["transactions"] += 1
             else:
                 events.append(item)
@@ -127,8 +156,12 @@ class SourceRunner:
         emitted = 0
         for p in self.pipelines:
             mine = events if p.tables is None else [e for e in events if e.table in p.tables]
+            got = len(mine)
             if mine and p.chain:
                 mine = p.chain.apply(mine)  # may raise TransformError: nothing is submitted
+            p.counts["received"] += got
+            p.counts["emitted"] += len(mine)
+            p.counts["dropped"] += max(got - len(mine), 0)
             if mine:
                 emitted += len(mine)
                 deliveries.extend((w, mine) for w in p.workers)
@@ -139,6 +172,8 @@ class SourceRunner:
             worker.submit(seq, mine)
         self.counts["received"] += len(events)
         self.counts["emitted"] += emitted
+        if commit_ts:
+            self.lag_seconds = max(time.time() - commit_ts / 1000.0, 0.0)
 
     def _checkpoint(self, force: bool = False) -> None:
         position = self.tracker.position
@@ -177,9 +212,11 @@ class SourceRunner:
         while not self._stop.wait(delay):
             try:
                 self.source.open(self.tracker.position or self.saved_position)
+                self.source_connected, self.source_error = True, None
                 log.info("source %s: reconnected", self.name)
                 return
             except SourceConnectionError as exc:
+                self.source_error = str(exc)
                 log.warning("source %s: still unavailable: %s", self.name, exc)
                 delay = min(delay * 2, 30.0)
 
@@ -191,6 +228,7 @@ class SourceRunner:
         for w in self.workers:
             w.stop(timeout=5.0, abort=not drained)
         self._checkpoint(force=True)
+        self.source_connected = False
         for closer in (self.source.close, self.store.close):
             try:
                 closer()

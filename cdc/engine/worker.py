@@ -53,6 +53,7 @@ class SinkWorker:
         self.connected = False
         self.last_error: str | None = None
         self.counts = {"written": 0, "batches": 0, "failed": 0, "skipped": 0, "dead_lettered": 0}
+        self.on_batch: Callable[[int, float], None] | None = None  # (events, seconds): metrics
         self._queue: deque[tuple[int, list[ChangeEvent]]] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -135,6 +136,8 @@ class SinkWorker:
         self.counts["written"] += len(events)
         self.counts["batches"] += 1
         self.latency = time.monotonic() - started
+        if self.on_batch is not None:
+            self.on_batch(len(events), self.latency)
 
     def _one_by_one(self, events: list[ChangeEvent]) -> None:
         """Find the events the destination refuses; the policy decides for each."""
@@ -150,7 +153,8 @@ class SinkWorker:
         if self.spec.on_error == "skip":
             self.counts["skipped"] += 1
             log.error("sink %s: skipped event %s (table %s, position %s): %s", self.name,
-                      event.id, event.table, event.position_text(), error)
+                      event.id, event.table, event.position_text(), error,
+                      extra={"event_id": event.id, "table": event.table, "position": event.position_text()})
             return
         if self.spec.on_error == "dead_letter" and self.dead_letters is not None:
             self.dead_letters.park(event, self.name, error, halted.attempts, halted.first_failure)

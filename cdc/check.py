@@ -1,0 +1,163 @@
+"""``cdc check CONFIG``: connect to every source and sink and report every problem at
+once, each with its fix.  Errors block a run (exit 1); warnings do not."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .config import Config, SourceSpec
+from .secrets import redact
+
+__all__ = ["Finding", "check_config", "postgres_problems"]
+
+WAL_WARN_BYTES = 1 << 30  # an inactive slot holding more WAL than this is worth a warning
+
+
+@dataclass
+class Finding:
+    area: str      # e.g. "source shop (postgres)", "sink orders.sinks[0]:file"
+    level: str     # "error" | "warning" | "ok"
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"area": self.area, "level": self.level, "message": self.message}
+
+
+def check_config(cfg: Config) -> list[Finding]:
+    out: list[Finding] = []
+    for name, spec in cfg.sources.items():
+        out.extend(_source(name, spec))
+        for pipeline in cfg.pipelines_of(name):
+            for sink in pipeline.sinks:
+                out.append(_sink(sink.context.name, sink))
+                if sink.dead_letter is not None:
+                    out.append(_sink(sink.dead_letter.context.name, sink.dead_letter))
+    return out
+
+
+def _source(name: str, spec: SourceSpec) -> list[Finding]:
+    area = f"source {name} ({spec.type})"
+    position, age = None, None
+    try:
+        store = spec.checkpoint.build()
+        try:
+            position = store.load()
+            saved_at = store.saved_at() if hasattr(store, "saved_at") else None
+            age = time.time() - saved_at if saved_at else None
+        finally:
+            store.close()
+    except Exception as exc:
+        return [Finding(f"checkpoint {name}", "error", _text(exc))]
+    try:
+        if spec.type == "postgres":
+            problems = postgres_problems(spec.build(), position)
+        elif spec.type in ("mysql", "mariadb"):
+            problems = _mysql(spec, age, position)
+        else:
+            return [Finding(area, "ok", "no pre-flight checks for this source type")]
+    except Exception as exc:
+        return [Finding(area, "error", _text(exc))]
+    found = [Finding(area, level, redact(msg)) for level, msg in problems]
+    return found or [Finding(area, "ok", "ready")]
+
+
+def _mysql(spec: SourceSpec, age: float | None, position: dict | None) -> list[tuple[str, str]]:
+    import pymysql
+    from .check_mysql import connect_params, mysql_problems
+    conn = pymysql.connect(**connect_params(spec.options), connect_timeout=10)
+    try:
+        return mysql_problems(conn, age, position)
+    finally:
+        conn.close()
+
+
+def postgres_problems(source, position: dict | None = None) -> list[tuple[str, str]]:
+    """The source's own checks (wal_level, REPLICATION, replica identity) plus slots,
+    WAL senders, publication rights and slots that hold WAL back."""
+    from .sources.postgres import setup
+    out: list[tuple[str, str]] = []
+    with setup.connect(source.dsn, source.name) as conn:
+        out += [("error", p) for p in setup.check(conn, source.tables, source.name)]
+        q = lambda sql, *args: conn.execute(sql, args).fetchall()  # noqa: E731
+        max_slots = int(q("SHOW max_replication_slots")[0][0])
+        max_senders = int(q("SHOW max_wal_senders")[0][0])
+        slots = q("SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,"
+                  " database IS DISTINCT FROM current_database() FROM pg_replication_slots")
+        mine = next((s for s in slots if s[0] == source.slot), None)
+        if mine is None and len(slots) >= max_slots:
+            out.append(("error", f"max_replication_slots is {max_slots} and all are used: raise it in "
+                                 f"postgresql.conf and restart, or drop an unused slot"))
+        senders = q("SELECT count(*) FROM pg_stat_replication")[0][0]
+        if senders >= max_senders:
+            out.append(("error", f"max_wal_senders is {max_senders} and {senders} are connected: raise it "
+                                 f"in postgresql.conf and restart"))
+        if mine is not None and mine[3]:
+            out.append(("error", f"slot {source.slot} belongs to another database (slots are per server): "
+                                 f"set slot: to another name for this source"))
+        elif mine is not None and mine[1]:
+            out.append(("warning", f"slot {source.slot} is in use by another connection: is cdc already running?"))
+        if mine is None and position is not None:
+            out.append(("warning", f"there is a checkpoint but slot {source.slot} is missing: it will be "
+                                   f"created at the current WAL position and changes since the checkpoint "
+                                   f"are lost (cdc checkpoint reset, then re-snapshot)"))
+        for slot, active, retained, _ in slots:
+            if slot != source.slot and not active and (retained or 0) > WAL_WARN_BYTES:
+                out.append(("warning", f"inactive slot {slot} holds {retained / 2**20:.0f} MiB of WAL: "
+                                       f"SELECT pg_drop_replication_slot('{slot}') if nothing uses it"))
+        out += _publication_rights(conn, source)
+    return out
+
+
+def _publication_rights(conn, source) -> list[tuple[str, str]]:
+    user, superuser = conn.execute(
+        "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    pub = conn.execute("SELECT pg_get_userbyid(pubowner), puballtables FROM pg_publication WHERE pubname = %s",
+                       (source.publication,)).fetchone()
+    if superuser:
+        return []
+    if pub is None:
+        if not source.create:
+            return [("error", f"publication {source.publication} does not exist and create is false: "
+                              f"CREATE PUBLICATION {source.publication} FOR TABLE {', '.join(source.tables)}")]
+        if not conn.execute("SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()[0]:
+            return [("error", f"user {user} cannot create publication {source.publication}: "
+                              f"GRANT CREATE ON DATABASE <db> TO {user}, or create it as an owner")]
+    elif pub[1]:
+        return []
+    elif not conn.execute("SELECT pg_has_role(current_user, %s, 'USAGE')", (pub[0],)).fetchone()[0]:
+        have = {f"{s}.{t}" for s, t in conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (source.publication,))}
+        missing = [t for t in source.tables if t not in have]
+        if missing:
+            return [("error", f"publication {source.publication} (owner {pub[0]}) lacks {', '.join(missing)} "
+                              f"and {user} may not alter it: ALTER PUBLICATION {source.publication} "
+                              f"ADD TABLE {', '.join(missing)} as {pub[0]}")]
+        return []
+    out = []
+    for table in source.tables:
+        row = conn.execute("SELECT pg_has_role(current_user, tableowner, 'USAGE') FROM pg_tables"
+                           " WHERE schemaname || '.' || tablename = %s", (table,)).fetchone()
+        if row is not None and not row[0]:
+            out.append(("error", f"user {user} does not own {table} so cannot add it to publication "
+                                 f"{source.publication}: create the publication as the owner"))
+    return out
+
+
+def _sink(name: str, spec) -> Finding:
+    area = f"sink {name} ({spec.type})"
+    try:
+        sink = spec.build()
+        probe = getattr(sink, "check", None)
+        if callable(probe):
+            probe()
+        else:
+            sink.open()
+            sink.close()
+    except Exception as exc:
+        return Finding(area, "error", f"unreachable: {_text(exc)}")
+    return Finding(area, "ok", "reachable")
+
+
+def _text(exc: BaseException) -> str:
+    return redact(f"{type(exc).__name__}: {exc}".strip() if not str(exc) else str(exc).strip())

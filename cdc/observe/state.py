@@ -1,0 +1,136 @@
+"""Per-source files in ``state_dir``: the run lock and the status file.
+
+``<source>.lock`` is held (``flock``) by the ``cdc run`` process of that source for its
+whole life, and holds its pid; the kernel drops it if the process dies, even by
+``kill -9``.  ``<source>.status.json`` is rewritten by the running process every few
+seconds (counters, lag, last error) so ``cdc status`` can show it while it runs and
+after it stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+from ..secrets import redact
+
+__all__ = ["SourceLock", "LockHeld", "StatusWriter", "read_status", "lock_path", "status_path"]
+
+STATUS_INTERVAL = 2.0
+
+
+def lock_path(state_dir: Path, source: str) -> Path:
+    return Path(state_dir) / f"{source}.lock"
+
+
+def status_path(state_dir: Path, source: str) -> Path:
+    return Path(state_dir) / f"{source}.status.json"
+
+
+class LockHeld(Exception):
+    def __init__(self, source: str, pid: int | None) -> None:
+        self.pid = pid
+        super().__init__(f"source {source} is running (pid {pid or '?'}): stop it first")
+
+
+class SourceLock:
+    """``with SourceLock(dir, name):`` raises ``LockHeld`` if a process holds it."""
+
+    def __init__(self, state_dir: Path, source: str) -> None:
+        self.path = lock_path(state_dir, source)
+        self.source = source
+        self._fd: int | None = None
+
+    def acquire(self) -> SourceLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockHeld(self.source, self.holder()) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def holder(self) -> int | None:
+        """The pid of the process that holds (or last held) the lock."""
+        try:
+            return int(self.path.read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def held(self) -> bool:
+        """Does some process hold it right now?  (Does not keep it.)"""
+        try:
+            self.acquire()
+        except LockHeld:
+            return True
+        self.release()
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SourceLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def read_status(state_dir: Path, source: str) -> dict | None:
+    try:
+        return json.loads(status_path(state_dir, source).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class StatusWriter:
+    """Writes ``<source>.status.json`` from the runner's counters, at most every 2 s."""
+
+    def __init__(self, runner, state_dir: Path) -> None:
+        self.runner = runner
+        self.path = status_path(state_dir, runner.name)
+        self._last = 0.0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def tick(self, runner=None) -> None:
+        self.runner.last_tick = time.monotonic()
+        if time.monotonic() - self._last >= STATUS_INTERVAL:
+            self.write(running=True)
+
+    def snapshot(self, running: bool) -> dict:
+        r = self.runner
+        sinks = {}
+        for p in r.pipelines:
+            for w in p.workers:
+                sinks[w.name] = {"pipeline": p.spec.name, "connected": w.connected,
+                                 "last_error": redact(w.last_error) if w.last_error else None,
+                                 **w.counts}
+        error = r.error or (None if r.source_connected else r.source_error)
+        error = error or next((f"sink {n}: {s['last_error']}" for n, s in sinks.items() if s["last_error"]), None)
+        lag = r.lag_seconds
+        if lag is not None and r.caught_up and r.tracker.drained:
+            lag = 0.0
+        return {"source": r.name, "pid": os.getpid(), "running": running, "updated_at": time.time(),
+                "position": r.saved_position, "saved_at": r.saved_at, "lag_seconds": lag,
+                "events_in_flight": r.tracker.events_in_flight, "counts": dict(r.counts),
+                "acknowledged": r.tracker.acked_events,
+                "pipelines": {p.spec.name: dict(p.counts) for p in r.pipelines},
+                "sinks": sinks, "last_error": redact(str(error)) if error else None}
+
+    def write(self, running: bool) -> None:
+        self._last = time.monotonic()
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.snapshot(running), default=str))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # status is best effort; the checkpoint is what counts

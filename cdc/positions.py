@@ -1,0 +1,110 @@
+"""``cdc checkpoint show|set|reset CONFIG --source NAME``: an operator moves a position.
+
+Refused while the source's ``cdc run`` process holds its lock (``state_dir``), so a
+running pipeline never has its checkpoint changed under it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from .config import Config
+from .observe.state import LockHeld, SourceLock
+
+__all__ = ["show", "set_position", "reset", "drop_slot", "PositionError"]
+
+
+class PositionError(Exception):
+    """The command cannot be carried out; the message says why."""
+
+
+def _store(cfg: Config, source: str):
+    if source not in cfg.sources:
+        raise PositionError(f"no source named {source!r} (sources: {', '.join(cfg.sources)})")
+    return cfg.sources[source].checkpoint.build()
+
+
+def _locked(cfg: Config, source: str) -> SourceLock:
+    try:
+        return SourceLock(cfg.state_dir, source).acquire()
+    except LockHeld as exc:
+        raise PositionError(str(exc)) from None
+
+
+def show(cfg: Config, source: str) -> dict[str, Any]:
+    store = _store(cfg, source)
+    try:
+        saved_at = store.saved_at() if hasattr(store, "saved_at") else None
+        return {"source": source, "position": store.load(), "saved_at": saved_at,
+                "age_s": round(time.time() - saved_at, 1) if saved_at else None,
+                "running": SourceLock(cfg.state_dir, source).held()}
+    finally:
+        store.close()
+
+
+def set_position(cfg: Config, source: str, position: str) -> dict:
+    """``position`` is the JSON of a position, e.g. ``{"lsn": "0/1A2B3C8"}``."""
+    try:
+        value = json.loads(position)
+    except ValueError as exc:
+        raise PositionError(f"--position is not JSON: {exc}") from None
+    if not isinstance(value, dict) or not value:
+        raise PositionError('--position must be a JSON object such as \'{"lsn": "0/1A2B3C8"}\'')
+    lock = _locked(cfg, source)
+    try:
+        store = _store(cfg, source)
+        try:
+            old = store.load()
+            if old is not None and set(old) != set(value):
+                raise PositionError(f"the saved position has keys {sorted(old)}; "
+                                    f"--position has {sorted(value)}")
+            store.save(value)
+            return value
+        finally:
+            store.close()
+    finally:
+        lock.release()
+
+
+def reset(cfg: Config, source: str) -> dict | None:
+    """Forget the position; returns what it was."""
+    lock = _locked(cfg, source)
+    try:
+        store = _store(cfg, source)
+        try:
+            old = store.load()
+            store.reset()
+            return old
+        finally:
+            store.close()
+    finally:
+        lock.release()
+
+
+def slot_of(cfg: Config, source: str) -> str | None:
+    """The replication slot of a PostgreSQL source, else None."""
+    spec = cfg.sources[source]
+    if spec.type != "postgres":
+        return None
+    return spec.build().slot
+
+
+def drop_slot(cfg: Config, source: str) -> bool:
+    """Drop a PostgreSQL source's slot; False when there was none."""
+    from .sources.postgres import setup
+    src = cfg.sources[source].build()
+    lock = _locked(cfg, source)
+    try:
+        with setup.connect(src.dsn, source) as conn:
+            row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                               (src.slot,)).fetchone()
+            if row is None:
+                return False
+            if row[0] is not None:
+                raise PositionError(f"slot {src.slot} is in use by pid {row[0]} on the server")
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (src.slot,))
+            return True
+    finally:
+        lock.release()

@@ -1,0 +1,125 @@
+"""Helpers for the operations tests: a table to change, a config, a ``cdc run`` child."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_orders(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+
+
+def insert(dsn: str, first: int, count: int, per_tx: int = 1, pause: float = 0.0) -> None:
+    """Rows first .. first+count-1, ``per_tx`` rows per transaction."""
+    with psycopg.connect(dsn) as conn:
+        for start in range(first, first + count, per_tx):
+            time.sleep(pause)
+            with conn.transaction():
+                for i in range(start, min(start + per_tx, first + count)):
+                    conn.execute("INSERT INTO orders VALUES (%s, %s)", (i, f"order {i}"))
+
+
+def slot_name(dsn: str) -> str:
+    """Slots are per cluster: tests on the shared server name theirs after their database."""
+    return "cdc_" + dsn.rsplit("/", 1)[1].lower()
+
+
+def slot_lsn(dsn: str, slot: str | None = None) -> str | None:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                           (slot or slot_name(dsn),)).fetchone()
+    return row[0] if row else None
+
+
+def write_config(tmp: Path, dsn: str, body: str, name: str = "pipelines.yaml") -> Path:
+    path = tmp / name
+    path.write_text(body.replace("{dsn}", dsn).replace("{slot}", slot_name(dsn)))
+    return path
+
+
+def basic_config(tmp: Path, dsn: str, extra: str = "", sink: str = "{type: file, path: out/orders.jsonl}") -> Path:
+    return write_config(tmp, dsn, f"""
+sources:
+  shop:
+    type: postgres
+    dsn: "{{dsn}}"
+    tables: [orders]
+    slot: {slot_name(dsn)}
+    checkpoint: {{type: file, path: state/shop.json}}
+    checkpoint_interval: 0.2
+pipelines:
+  copy:
+    source: shop
+    sinks:
+      - {sink}
+{extra}
+""")
+
+
+class CdcProcess:
+    """``cdc run CONFIG`` as a child, logging to ``<config dir>/cdc.log``."""
+
+    def __init__(self, config: Path, *args: str, env: dict | None = None) -> None:
+        self.log_path = config.parent / "cdc.log"
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(config), *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=config.parent,
+                                     env={**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)})
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""

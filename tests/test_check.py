@@ -1,0 +1,123 @@
+"""``cdc check`` against well-configured and misconfigured PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import psycopg
+import pymysql
+import pytest
+
+from _ops_helpers import ROOT, make_orders, write_config
+from cdc.check_mysql import connect_params, mysql_problems
+from cdc.servers import MariaDBServer, PostgresServer
+from cdc.servers.base import HOST
+
+
+def cdc_check(config) -> tuple[int, list[dict]]:
+    proc = subprocess.run([sys.executable, "-m", "cdc", "check", str(config), "--json"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+CONFIG = """
+sources:
+  shop:
+    type: postgres
+    dsn: "{dsn}"
+    tables: [orders, audit]
+    slot: {slot}
+    checkpoint: {type: file, path: state/shop.json}
+pipelines:
+  copy:
+    source: shop
+    sinks: [SINK]
+"""
+
+
+def test_check_passes_on_a_ready_postgres(tmp_path, pg_database):
+    make_orders(pg_database)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE audit (at timestamptz, what text)")
+        conn.execute("ALTER TABLE audit REPLICA IDENTITY FULL")
+    config = write_config(tmp_path, pg_database, CONFIG.replace("SINK", "{type: file, path: out/x.jsonl}"))
+    code, findings = cdc_check(config)
+    assert code == 0, findings
+    assert {f["level"] for f in findings} == {"ok"}, findings
+
+
+@pytest.fixture(scope="module")
+def bad_pg():
+    with PostgresServer(settings={"wal_level": "replica", "max_replication_slots": "1",
+                                  "max_wal_senders": "2"}) as server:
+        yield server
+
+
+def test_check_reports_every_postgres_problem(tmp_path, bad_pg):
+    dsn = bad_pg.create_database("shop")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        conn.execute("CREATE TABLE audit (at timestamptz, what text)")     # no key, no identity
+        conn.execute("SELECT pg_create_physical_replication_slot('standby', true)")  # the only slot
+        conn.execute("CREATE ROLE app LOGIN")                               # no REPLICATION
+        conn.execute("GRANT SELECT ON orders, audit TO app")
+        conn.execute("REVOKE CREATE ON DATABASE shop FROM PUBLIC")
+    (tmp_path / "blocker").write_text("a file where a directory should be")
+    app_dsn = f"postgresql://app@{HOST}:{bad_pg.port}/shop"
+    config = write_config(tmp_path, app_dsn, CONFIG.replace("SINK", "{type: file, path: blocker/x.jsonl}"))
+    code, findings = cdc_check(config)
+    assert code == 1
+    errors = "\n".join(f["message"] for f in findings if f["level"] == "error")
+    for expected in ("wal_level is 'replica'", "wal_level = logical",
+                     "lacks the REPLICATION privilege: ALTER ROLE app WITH REPLICATION",
+                     "public.audit has no primary key and no REPLICA IDENTITY",
+                     "max_replication_slots is 1 and all are used",
+                     "cannot create publication cdc_shop_shop", "GRANT CREATE ON DATABASE",
+                     "unreachable"):
+        assert expected in errors, f"{expected!r} not in:\n{errors}"
+    sink = [f for f in findings if f["area"].startswith("sink")]
+    assert sink and sink[0]["level"] == "error" and "blocker" in sink[0]["message"]
+
+
+def test_check_mysql_settings_on_a_ready_mariadb(mariadb_server):
+    conn = mariadb_server.connect(user="cdc")
+    try:
+        problems = mysql_problems(conn, checkpoint_age_s=60, position={"file": "binlog.000001", "pos": 4})
+    finally:
+        conn.close()
+    # the test server keeps binlogs for ever: a warning, not a blocker
+    assert [level for level, _ in problems] == ["warning"], problems
+    assert "never expired" in problems[0][1]
+
+
+def test_check_mysql_settings_on_a_misconfigured_mariadb():
+    settings = {"binlog_format": "STATEMENT", "binlog_row_image": "MINIMAL", "binlog_row_metadata": "MINIMAL",
+                "gtid_strict_mode": "OFF", "binlog_expire_logs_seconds": "3600"}
+    with MariaDBServer(settings=settings) as server:
+        with server.connect() as root, root.cursor() as cur:
+            cur.execute("CREATE USER 'weak'@'%' IDENTIFIED BY 's3cret-pw'")
+            cur.execute("GRANT SELECT ON *.* TO 'weak'@'%'")
+        params = connect_params({"dsn": f"mysql://weak:s3cret-pw@{HOST}:{server.port}/"})
+        conn = pymysql.connect(**params)
+        try:
+            problems = mysql_problems(conn, checkpoint_age_s=7200, position={"file": "binlog.000099", "pos": 4})
+        finally:
+            conn.close()
+        with server.connect() as root:  # may list the binlogs: sees that the checkpoint's one is gone
+            purged = mysql_problems(root, checkpoint_age_s=60, position={"file": "binlog.000099", "pos": 4})
+        with MariaDBServer(settings={"log_bin": None}) as nolog:
+            with nolog.connect() as conn2:
+                no_binlog = mysql_problems(conn2)
+    errors = "\n".join(m for level, m in problems if level == "error")
+    for expected in ("binlog_format is STATEMENT, must be ROW", "SET GLOBAL binlog_format = 'ROW'",
+                     "binlog_row_image is MINIMAL, must be FULL", "binlog_row_metadata is MINIMAL, must be FULL",
+                     "lacks REPLICATION SLAVE, BINLOG MONITOR",
+                     "the checkpoint is 2.0 h old but binlogs are kept 1.0 h"):
+        assert expected in errors, f"{expected!r} not in:\n{errors}"
+    assert any(level == "error" and "checkpoint's binlog binlog.000099 was purged" in m
+               for level, m in purged), purged
+    warnings = [m for level, m in problems if level == "warning"]
+    assert any("gtid_strict_mode is OFF" in w for w in warnings), warnings
+    assert any(level == "error" and m.startswith("log_bin is OFF") for level, m in no_binlog), no_binlog
