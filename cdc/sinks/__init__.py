@@ -10,4 +10,8 @@ SINKS = {
     "file": "cdc.sinks.file:FileSink",
     "stdout": "cdc.sinks.stdout:StdoutSink",
     "discard": "cdc.sinks.discard:DiscardSink",
+    "http": "cdc.sinks.http:HttpSink",
+    "postgres": "cdc.sinks.mirror:PostgresMirrorSink",
+    "mysql": "cdc.sinks.mirror:MySQLMirrorSink",
+    "table": "cdc.sinks.table:TableSink",
 }
