@@ -227,3 +227,25 @@ pipelines:
     result = cli.invoke(main, ["dlq", "replay", str(config)])
     assert result.exit_code == 0, result.stderr
     assert store.list() == []
+
+
+def test_policy_config_errors_name_the_key_path(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("""
+sources:
+  shop: {type: postgres, dsn: "postgresql://x@127.0.0.1/x", tables: [orders], checkpoint: {type: memory}}
+pipelines:
+  a:
+    source: shop
+    on_error: explode
+    sinks: [{type: http, url: "http://127.0.0.1:1", content: weird}]
+  b:
+    source: shop
+    on_error: dead_letter
+    sinks: [{type: http, url: "http://127.0.0.1:1", on_error: dead_letter}]
+""")
+    result = CliRunner().invoke(main, ["validate", str(config)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    for path in ("pipelines.a.on_error", "pipelines.a.sinks[0].content", "pipelines.b.dead_letter",
+                 "pipelines.b.sinks[0].dead_letter"):
+        assert path in result.output, result.output

@@ -112,3 +112,22 @@ pipelines:
                        ("/events/OrderPlaced", {"order": 2}, "00000000-0000-0000-0000-000000000003")]
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+def test_worked_example_in_pipelines_yaml_is_valid(tmp_path):
+    """The commented outbox example in pipelines.yaml, uncommented, validates."""
+    import shutil
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "pipelines.yaml").read_text()
+    head, tail = text.split("# ---- Transactional outbox")
+    example = tail.split("then:\n#\n", 1)[1]
+    pipeline = "\n".join(line[1:] for line in example.splitlines() if line.startswith("#"))
+    head = head.replace("tables: [public.orders, public.customers]",
+                        "tables: [public.orders, public.customers, public.outbox]")
+    (tmp_path / "p.yaml").write_text(head + pipeline + "\n")
+    shutil.copy(root / "myplugins.py", tmp_path)
+    config = load_config(tmp_path / "p.yaml", env={"WEBHOOK_SECRET": "whsec_c2VjcmV0"})
+    spec = config.pipelines["order-messages"]
+    assert [t.type for t in spec.transforms] == ["outbox"]
+    assert spec.sinks[0].on_error == "dead_letter" and spec.sinks[0].dead_letter.type == "file"
