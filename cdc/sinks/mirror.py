@@ -73,6 +73,7 @@ class _MirrorSink:
         self.position_table = position_table
         self.sink_name = context.name if context else self.dialect
         self.target: Target | None = None
+        self._sql_cache: dict[tuple, str] = {}
 
     # ---- connection ------------------------------------------------------------
 
@@ -106,14 +107,16 @@ class _MirrorSink:
             with t.conn.cursor() as cur:
                 applied = self._positions(cur)
                 changed: dict[str, str] = {}
+                statements: list[tuple[str, list]] = []
                 for e in events:
                     if e.op not in ("c", "u", "d", "r", "t"):
                         continue
                     last = changed.get(e.table) or applied.get(e.table)
                     if last is not None and order_key(e.id) <= order_key(last):
                         continue  # applied before: a redelivery
-                    self._apply(cur, e)
+                    self._statements(e, statements)
                     changed[e.table] = e.id
+                self._execute(cur, statements)
                 for source_table, event_id in changed.items():
                     self._save_position(cur, source_table, event_id)
             t.conn.commit()
@@ -121,6 +124,21 @@ class _MirrorSink:
             err = sink_error(exc, "cannot apply batch")
             self._reset()  # rolls back; the next write reconnects
             raise err from exc
+
+    @staticmethod
+    def _execute(cur, statements: list[tuple[str, list]]) -> None:
+        """Runs of the same statement go as one ``executemany`` (pipelined), in order."""
+        i = 0
+        while i < len(statements):
+            sql = statements[i][0]
+            j = i + 1
+            while j < len(statements) and statements[j][0] == sql:
+                j += 1
+            if j - i == 1:
+                cur.execute(sql, statements[i][1])
+            else:
+                cur.executemany(sql, [params for _, params in statements[i:j]])
+            i = j
 
     def _positions(self, cur) -> dict[str, str]:
         q = self.target.quote(self.position_table)
@@ -133,43 +151,52 @@ class _MirrorSink:
         m = self.mappings.get(e.table) or self.mappings.get(e.source.get("table", "")) or TableMapping()
         return m.table or e.source.get("table") or e.table, m
 
-    def _apply(self, cur, e: ChangeEvent) -> None:
+    def _statements(self, e: ChangeEvent, out: list[tuple[str, list]]) -> None:
+        """Append the statements (SQL, parameters) that apply ``e``."""
         table, m = self._mapping(e)
-        qt = self.target.quote(table)
         if e.op == "t":
-            cur.execute(self.truncate_sql(qt))
+            out.append((self.truncate_sql(self.target.quote(table)), []))
             return
         rename = m.columns
         key_cols = m.key or [rename.get(k, k) for k in (e.key or {})]
         if not key_cols:
             raise PermanentSinkError(f"table {e.table} has no primary key to mirror on (set key: in tables)")
         if e.op == "d":
-            self._delete(cur, qt, key_cols, self._row(e.before or e.key or {}, rename))
+            out.append(self._delete(table, key_cols, self._row(e.before or e.key or {}, rename)))
             return
         row = self._row(e.after or {}, rename)
         if e.op == "u" and e.before:
             old = self._row(e.before, rename)
             if any(k in old and old[k] != row.get(k) for k in key_cols):
-                self._delete(cur, qt, key_cols, old)  # the key changed
-        self._upsert(cur, qt, key_cols, row)
+                out.append(self._delete(table, key_cols, old))  # the key changed
+        out.append(self._upsert(table, key_cols, row))
 
     def _row(self, row: dict, rename: dict[str, str]) -> dict:
         adapt = self.adapt
         return {rename.get(k, k): adapt(v) for k, v in row.items() if v != UNAVAILABLE}
 
-    def _delete(self, cur, qt: str, key_cols: list[str], row: dict) -> None:
+    def _delete(self, table: str, key_cols: list[str], row: dict) -> tuple[str, list]:
         missing = [k for k in key_cols if k not in row]
         if missing:
-            raise PermanentSinkError(f"cannot delete from {qt}: key column(s) {missing} not in the event")
-        where = " AND ".join(f"{self.target.quote_column(k)} = %s" for k in key_cols)
-        cur.execute(f"DELETE FROM {qt} WHERE {where}", [row[k] for k in key_cols])
+            raise PermanentSinkError(f"cannot delete from {table}: key column(s) {missing} not in the event")
+        sql = self._sql_cache.get(("d", table, tuple(key_cols)))
+        if sql is None:
+            where = " AND ".join(f"{self.target.quote_column(k)} = %s" for k in key_cols)
+            sql = self._sql_cache[("d", table, tuple(key_cols))] = \
+                f"DELETE FROM {self.target.quote(table)} WHERE {where}"
+        return sql, [row[k] for k in key_cols]
 
-    def _upsert(self, cur, qt: str, key_cols: list[str], row: dict) -> None:
-        cols = list(row)
-        q = self.target.quote_column
-        sql = (f"INSERT INTO {qt} ({', '.join(q(c) for c in cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
-               + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
-        cur.execute(sql, [row[c] for c in cols])
+    def _upsert(self, table: str, key_cols: list[str], row: dict) -> tuple[str, list]:
+        cols = tuple(row)
+        cache_key = ("u", table, tuple(key_cols), cols)
+        sql = self._sql_cache.get(cache_key)
+        if sql is None:
+            q = self.target.quote_column
+            sql = self._sql_cache[cache_key] = (
+                f"INSERT INTO {self.target.quote(table)} ({', '.join(q(c) for c in cols)})"
+                f" VALUES ({', '.join(['%s'] * len(cols))}) "
+                + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
+        return sql, list(row.values())
 
     # ---- dialect hooks --------------------------------------------------------------
 
