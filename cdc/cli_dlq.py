@@ -67,12 +67,18 @@ def list_(config: str, sink: str | None, as_json: bool) -> None:
 
     from .cli import load_or_exit
     cfg = load_or_exit(config)
-    total = 0
+    total = failed = 0
     for q in _queues(cfg, sink):
         if q.store is None:
             click.echo(f"{q.pipeline.name} / {q.sink}: {q.problem}", err=True)
             continue
-        for e in _entries(q, None):
+        try:
+            entries = _entries(q, None)
+        except Exception as exc:  # the DLQ database is down, the file unreadable...
+            click.echo(f"{q.pipeline.name} / {q.sink}: cannot read: {redact(str(exc))}", err=True)
+            failed += 1
+            continue
+        for e in entries:
             total += 1
             if as_json:
                 click.echo(orjson.dumps({"id": e.id, "sink": e.sink, "pipeline": q.pipeline.name,
@@ -85,6 +91,7 @@ def list_(config: str, sink: str | None, as_json: bool) -> None:
                 click.echo(f"    {redact(e.error.get('type', '') + ': ' + e.error.get('message', ''))}")
     if not as_json:
         click.echo(f"{total} dead letter(s)", err=True)
+    sys.exit(1 if failed else 0)
 
 
 @dlq.command()
@@ -101,7 +108,12 @@ def replay(config: str, sink: str | None, entry_id: str | None) -> None:
             click.echo(f"{q.pipeline.name} / {q.sink}: {q.problem}", err=True)
             failed += 1
             continue
-        entries = _entries(q, entry_id)
+        try:
+            entries = _entries(q, entry_id)
+        except Exception as exc:
+            click.echo(f"{q.pipeline.name} / {q.sink}: cannot read: {redact(str(exc))}", err=True)
+            failed += 1
+            continue
         if entries:
             ok, bad = _replay(q, entries)
             sent, failed = sent + ok, failed + bad

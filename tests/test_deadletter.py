@@ -3,6 +3,7 @@ sink (a real local server that refuses one event) -> file / table DLQ -> cdc dlq
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -178,6 +179,13 @@ def test_transform_error_goes_to_pipeline_dead_letter(shop, server, tmp_path):
     cli = CliRunner()
     assert cli.invoke(main, ["dlq", "replay", str(config)]).exit_code == 1
     assert len(cli.invoke(main, ["dlq", "list", str(config), "--json"]).output.splitlines()) == 1
+    # fixed transform: replay runs it again and sends the event to the pipeline's sinks
+    (tmp_path / "boom.py").write_text("def check(event):\n    return event\n")
+    sys.modules.pop("boom", None)
+    result = cli.invoke(main, ["dlq", "replay", str(config), "--id", record["id"]])
+    assert result.exit_code == 0, result.output
+    assert server.accepted[-1].json["after"] == {"id": 1, "status": "bad"}
+    assert cli.invoke(main, ["dlq", "list", str(config), "--json"]).output == ""
 
 
 def test_transform_error_stops_by_default(shop, server, tmp_path):
@@ -249,3 +257,28 @@ pipelines:
     for path in ("pipelines.a.on_error", "pipelines.a.sinks[0].content", "pipelines.b.dead_letter",
                  "pipelines.b.sinks[0].dead_letter"):
         assert path in result.output, result.output
+
+
+def test_failing_dead_letter_queue_halts_and_keeps_the_checkpoint(server, tmp_path):
+    """If the DLQ itself is down, the event is neither delivered nor parked: the sink halts."""
+    import socket
+
+    from cdc.config import Context, RetryOptions, SinkSpec
+    from cdc.engine import AckTracker, SinkWorker
+    from cdc.sinks.http import HttpSink
+    from cdc.sinks.table import TableSink
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    server.reject(b"poison", 400)
+    spec = SinkSpec("http", HttpSink, {}, "sinks[0]", Context(tmp_path, name="hook"), on_error="dead_letter",
+                    retry=RetryOptions(2, 0.01, 0.02))
+    writer = DeadLetterWriter(TableSink(f"postgresql://x@127.0.0.1:{dead_port}/x"), "p", attempts=2)
+    tracker, fatal = AckTracker(), []
+    worker = SinkWorker(spec, HttpSink(server.url), tracker, lambda n, e: fatal.append(e), writer)
+    worker.start()
+    seq = tracker.add(1, {"lsn": "0/5"}, 1, 0)
+    worker.submit(seq, [ChangeEvent("0/5:0", "c", None, {"s": "poison"}, None, {"table": "t"}, 1, "t")])
+    wait_for(lambda: fatal, 30)
+    worker.stop(5)
+    assert "cannot connect" in str(fatal[0]) and tracker.position is None
