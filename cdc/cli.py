@@ -248,5 +248,9 @@ def demo(duration: float | None, rate: float) -> None:
     sys.exit(run_demo(duration=duration, rate=rate))
 
 
+from .cli_dlq import dlq  # noqa: E402
+
+main.add_command(dlq)
+
 if __name__ == "__main__":
     main()

@@ -86,6 +86,8 @@ class PipelineSpec:
     transforms: list[Component]
     sinks: list[SinkSpec]
     path: str
+    on_error: str = "stop"                  # transform errors: stop | skip | dead_letter
+    dead_letter: Component | None = None
 
 
 @dataclass
@@ -124,7 +126,8 @@ _SOURCE_KEYS = {"type": str, "checkpoint": dict,
                 "checkpoint_interval": float}
 _SINK_KEYS = {"type": str, "name": str, "batch_size": int, "retry": RetryOptions, "dead_letter": dict,
               "on_error": Literal["retry", "dead_letter", "skip", "stop"]}
-_PIPELINE_KEYS = ("source", "tables", "transforms", "sinks")
+_PIPELINE_KEYS = ("source", "tables", "transforms", "sinks", "on_error", "dead_letter")
+_PIPELINE_ON_ERROR = Literal["stop", "skip", "dead_letter"]
 _TOP_KEYS = ("sources", "pipelines", "metrics", "state_dir")
 
 
@@ -304,7 +307,16 @@ def _pipeline(name: str, raw: Any, sources: dict, directory: Path,
     sinks = []
     for i, s in enumerate(_list(raw, "sinks", path, problems, required=True)):
         sinks.extend(_sink(s, f"{path}.sinks[{i}]", name, source or "", i, directory, problems))
-    return PipelineSpec(name, source or "", tables, transforms, sinks, path)
+    spec = PipelineSpec(name, source or "", tables, transforms, sinks, path)
+    if "on_error" in raw:
+        spec.on_error = check_value(_PIPELINE_ON_ERROR, raw["on_error"], f"{path}.on_error", problems)
+    if "dead_letter" in raw:
+        ctx = Context(directory, source=source or "", pipeline=name, name=f"{name}.dead_letter")
+        spec.dead_letter, _ = _component("sinks", SINKS, raw["dead_letter"], f"{path}.dead_letter",
+                                         ctx, problems)
+    elif spec.on_error == "dead_letter":
+        problems.append(ConfigProblem(f"{path}.dead_letter", "required when on_error is dead_letter"))
+    return spec
 
 
 def _sink(raw: Any, path: str, pipeline: str, source: str, index: int, directory: Path,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..config import Config, PipelineSpec
+from ..deadletter import TRANSFORMS_SINK, DeadLetterWriter
 from ..errors import CdcError, SourceConnectionError, TransformError
 from ..event import ChangeEvent, Commit
 from ..transforms.chain import TransformChain
@@ -33,6 +34,7 @@ class _Pipeline:
     chain: TransformChain
     workers: list[SinkWorker]
     counts: dict = field(default_factory=lambda: {"received": 0, "emitted": 0, "dropped": 0})
+    dead_letters: DeadLetterWriter | None = None
 
 
 class SourceRunner:
@@ -53,10 +55,14 @@ class SourceRunner:
         for p in config.pipelines_of(source):
             chain = TransformChain(p.name, [(f"transforms[{i}]:{t.type}", t.build())
                                             for i, t in enumerate(p.transforms)])
-            workers = [SinkWorker(s, s.build(), self.tracker, self._sink_failed) for s in p.sinks]
+            workers = [SinkWorker(s, s.build(), self.tracker, self._sink_failed,
+                                  DeadLetterWriter(s.dead_letter.build(), p.name) if s.dead_letter else None)
+                       for s in p.sinks]
             self.workers.extend(workers)
-            self.pipelines.append(_Pipeline(p, frozenset(p.tables) if p.tables else None, chain, workers))
-        self.counts = {"received": 0, "emitted": 0, "dropped": 0, "transactions": 0}
+            dead = DeadLetterWriter(p.dead_letter.build(), p.name) if p.dead_letter else None
+            self.pipelines.append(_Pipeline(p, frozenset(p.tables) if p.tables else None, chain, workers, dead_letters=dead))
+        self.counts = {"received": 0, "emitted": 0, "dropped": 0, "transactions": 0,
+                       "transform_skipped": 0, "transform_dead_lettered": 0}
         self.error: BaseException | None = None
         self.saved_position: dict | None = None
         self.saved_at: float | None = None
@@ -158,7 +164,7 @@ class SourceRunner:
             mine = events if p.tables is None else [e for e in events if e.table in p.tables]
             got = len(mine)
             if mine and p.chain:
-                mine = p.chain.apply(mine)  # may raise TransformError: nothing is submitted
+                mine = self._transform(p, mine)  # may raise TransformError: nothing is submitted
             p.counts["received"] += got
             p.counts["emitted"] += len(mine)
             p.counts["dropped"] += max(got - len(mine), 0)
@@ -174,6 +180,27 @@ class SourceRunner:
         self.counts["emitted"] += emitted
         if commit_ts:
             self.lag_seconds = max(time.time() - commit_ts / 1000.0, 0.0)
+
+    def _transform(self, p: _Pipeline, events: list[ChangeEvent]) -> list[ChangeEvent]:
+        """Run the chain; on an error, the pipeline's ``on_error`` decides per event
+        (``stop`` re-raises; ``skip`` and ``dead_letter`` go on without the event)."""
+        try:
+            return p.chain.apply(events)
+        except TransformError:
+            if p.spec.on_error == "stop":
+                raise
+        out: list[ChangeEvent] = []
+        for event in events:  # again one by one, to find the events that fail
+            try:
+                out.extend(p.chain.apply([event]))
+            except TransformError as exc:
+                if p.spec.on_error == "dead_letter" and p.dead_letters is not None:
+                    p.dead_letters.park(event, TRANSFORMS_SINK, exc, 1, None)
+                    self.counts["transform_dead_lettered"] += 1
+                else:
+                    log.error("skipped event: %s", exc)
+                    self.counts["transform_skipped"] += 1
+        return out
 
     def _checkpoint(self, force: bool = False) -> None:
         position = self.tracker.position
@@ -229,7 +256,9 @@ class SourceRunner:
             w.stop(timeout=5.0, abort=not drained)
         self._checkpoint(force=True)
         self.source_connected = False
-        for closer in (self.source.close, self.store.close):
+        closers = [self.source.close, self.store.close]
+        closers += [p.dead_letters.close for p in self.pipelines if p.dead_letters is not None]
+        for closer in closers:
             try:
                 closer()
             except Exception as exc:

@@ -101,10 +101,12 @@ class SinkWorker:
             self.on_fatal(self.name, exc)
         finally:
             self.connected = False
-            try:
-                self.sink.close()
-            except Exception as exc:
-                log.warning("sink %s: error while closing: %s", self.name, exc)
+            closers = [self.sink.close] + ([self.dead_letters.close] if self.dead_letters else [])
+            for close in closers:
+                try:
+                    close()
+                except Exception as exc:
+                    log.warning("sink %s: error while closing: %s", self.name, exc)
 
     def _take(self) -> tuple[list[int], list[ChangeEvent]] | None:
         with self._cond:

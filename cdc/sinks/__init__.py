@@ -13,4 +13,8 @@ SINKS = {
     "kafka": "cdc.sinks.kafka:KafkaSink",
     "rabbitmq": "cdc.sinks.rabbitmq:RabbitMQSink",
     "redis": "cdc.sinks.redis:RedisSink",
+    "http": "cdc.sinks.http:HttpSink",
+    "postgres": "cdc.sinks.mirror:PostgresMirrorSink",
+    "mysql": "cdc.sinks.mirror:MySQLMirrorSink",
+    "table": "cdc.sinks.table:TableSink",
 }

@@ -14,6 +14,7 @@ TRANSFORMS = {
     "mask": "cdc.transforms.builtin:Mask",
     "route": "cdc.transforms.builtin:Route",
     "python": "cdc.transforms.builtin:Python",
+    "outbox": "cdc.transforms.outbox:Outbox",
 }
 
 __all__ = ["TRANSFORMS", "TransformChain", "DropEvent"]

@@ -1,0 +1,86 @@
+"""Target-database helpers shared by the mirror and table sinks: connect by DSN,
+quote identifiers, and classify driver errors as transient or permanent."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..errors import PermanentSinkError, SinkError, TransientSinkError
+
+__all__ = ["Target", "connect", "sink_error"]
+
+# MySQL/MariaDB error codes worth retrying: lock wait, deadlock, lost/refused connection.
+_MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 2055}
+
+
+class Target:
+    """An open connection plus its dialect (``postgres`` or ``mysql``)."""
+
+    def __init__(self, conn: Any, dialect: str) -> None:
+        self.conn = conn
+        self.dialect = dialect
+        self.param = "%s"  # both drivers use %s placeholders
+
+    def quote(self, name: str) -> str:
+        """``schema.table`` or ``column`` as quoted identifiers (never spliced raw)."""
+        q = '"' if self.dialect == "postgres" else "`"
+        return ".".join(q + part.replace(q, q + q) + q for part in name.split(".", 1))
+
+    def quote_column(self, name: str) -> str:
+        q = '"' if self.dialect == "postgres" else "`"
+        return q + name.replace(q, q + q) + q
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:
+            pass
+
+
+def dialect_of(dsn: str) -> str:
+    scheme = dsn.split("://", 1)[0].lower() if "://" in dsn else "postgresql"
+    if scheme in ("postgres", "postgresql"):
+        return "postgres"
+    if scheme in ("mysql", "mariadb"):
+        return "mysql"
+    raise ValueError(f"unsupported database URL scheme {scheme!r} (postgresql:// or mysql://)")
+
+
+def connect(dsn: str) -> Target:
+    dialect = dialect_of(dsn)
+    try:
+        if dialect == "postgres":
+            import psycopg
+            return Target(psycopg.connect(dsn, connect_timeout=10), dialect)
+        import pymysql
+        url = urlsplit(dsn)
+        conn = pymysql.connect(host=url.hostname or "127.0.0.1", port=url.port or 3306,
+                               user=unquote(url.username or "root"), password=unquote(url.password or ""),
+                               database=url.path.lstrip("/") or None, charset="utf8mb4",
+                               autocommit=False, connect_timeout=10)
+        return Target(conn, dialect)
+    except Exception as exc:
+        raise sink_error(exc, "cannot connect") from exc
+
+
+def sink_error(exc: BaseException, what: str) -> SinkError:
+    """Wrap a driver error: connection trouble and deadlocks are transient."""
+    if isinstance(exc, SinkError):
+        return exc
+    transient = isinstance(exc, OSError)
+    try:
+        import psycopg
+        if isinstance(exc, psycopg.OperationalError):
+            transient = True
+    except ImportError:
+        pass
+    try:
+        import pymysql
+        if isinstance(exc, pymysql.err.MySQLError):
+            code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+            transient = code in _MYSQL_TRANSIENT or isinstance(exc, pymysql.err.InterfaceError)
+    except ImportError:
+        pass
+    cls = TransientSinkError if transient else PermanentSinkError
+    return cls(f"{what}: {type(exc).__name__}: {exc}")

@@ -1,0 +1,265 @@
+"""``postgres`` / ``mysql``: mirror source tables into another database, exactly once.
+
+- Inserts and updates become upserts on the primary key (the event's ``key``, or
+  ``key:`` in the mapping); an update that changes the key deletes the old row;
+  deletes delete; truncates empty the target table (``DELETE`` on MySQL, where
+  ``TRUNCATE`` would commit the transaction).  Unchanged TOAST values are left as
+  they are.  The target tables must exist with a primary key or unique key.
+- ``tables: {public.orders: {table: mirror.orders, columns: {status: state}}}`` (or
+  just ``public.orders: mirror.orders``) maps source tables to target tables and
+  renames columns; an unmapped table goes to the table of the same name (without
+  the source schema) in the target's default schema or database.
+- Exactly once: the sink stores, per source table, the id of the last event it
+  applied in ``position_table`` (created when missing), in the same transaction as
+  the rows.  A redelivered event whose id is not after the stored one is skipped.
+  Ids are ordered as PostgreSQL ``LSN:index`` ids when they look like one, else
+  naturally (digit runs compared as numbers).
+- Identifiers are always quoted; values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from ..config import Context
+from ..errors import PermanentSinkError
+from ..event import UNAVAILABLE, ChangeEvent
+from ._db import Target, connect, sink_error
+
+__all__ = ["PostgresMirrorSink", "MySQLMirrorSink", "TableMapping", "order_key"]
+
+_PG_ID = re.compile(r"^([0-9A-Fa-f]+)/([0-9A-Fa-f]+):(\d+)$")
+_DIGITS = re.compile(r"(\d+)")
+
+
+def order_key(event_id: str) -> tuple:
+    """A sortable key for an event id, in stream order."""
+    m = _PG_ID.match(event_id)
+    if m:
+        return (0, (int(m[1], 16) << 32) | int(m[2], 16), int(m[3]))
+    return (1, tuple(int(p) if i % 2 else p for i, p in enumerate(_DIGITS.split(event_id))))
+
+
+@dataclass
+class TableMapping:
+    table: str | None = None                       # target table; default: the source table's name
+    columns: dict[str, str] = field(default_factory=dict)   # source column -> target column
+    key: list[str] | None = None                   # target key columns; default: the event's key
+
+
+_POSITION_DDL = {
+    "postgres": "CREATE TABLE IF NOT EXISTS {t} (sink text NOT NULL, source_table text NOT NULL,"
+                " event_id text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (sink, source_table))",
+    "mysql": "CREATE TABLE IF NOT EXISTS {t} (sink varchar(191) NOT NULL, source_table varchar(191) NOT NULL,"
+             " event_id varchar(255) NOT NULL, updated_at timestamp(3) NOT NULL DEFAULT CURRENT_TIMESTAMP(3)"
+             " ON UPDATE CURRENT_TIMESTAMP(3), PRIMARY KEY (sink, source_table)) DEFAULT CHARSET=utf8mb4",
+}
+
+
+class _MirrorSink:
+    dialect = ""
+    default_batch_size = 1000
+
+    def __init__(self, dsn: str, tables: dict[str, str | TableMapping] | None = None,
+                 position_table: str = "cdc_mirror_position", context: Context | None = None) -> None:
+        self.dsn = dsn
+        self.mappings = {src: (TableMapping(table=m) if isinstance(m, str) else m)
+                         for src, m in (tables or {}).items()}
+        self.position_table = position_table
+        self.sink_name = context.name if context else self.dialect
+        self.target: Target | None = None
+        self._sql_cache: dict[tuple, str] = {}
+
+    # ---- connection ------------------------------------------------------------
+
+    def open(self) -> None:
+        self.target = connect(self.dsn)
+        if self.target.dialect != self.dialect:
+            raise PermanentSinkError(f"type {self.dialect} needs a {self.dialect} DSN")
+        try:
+            with self.target.conn.cursor() as cur:
+                cur.execute(_POSITION_DDL[self.dialect].format(t=self.target.quote(self.position_table)))
+            self.target.conn.commit()
+        except Exception as exc:
+            self._reset()
+            raise sink_error(exc, f"cannot create {self.position_table}") from exc
+
+    def _reset(self) -> None:
+        if self.target is not None:
+            self.target.close()
+            self.target = None
+
+    def close(self) -> None:
+        self._reset()
+
+    # ---- one transaction per batch ------------------------------------------------
+
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        if self.target is None:
+            self.open()
+        t = self.target
+        try:
+            with t.conn.cursor() as cur:
+                applied = self._positions(cur)
+                changed: dict[str, str] = {}
+                statements: list[tuple[str, list]] = []
+                for e in events:
+                    if e.op not in ("c", "u", "d", "r", "t"):
+                        continue
+                    last = changed.get(e.table) or applied.get(e.table)
+                    if last is not None and order_key(e.id) <= order_key(last):
+                        continue  # applied before: a redelivery
+                    self._statements(e, statements)
+                    changed[e.table] = e.id
+                self._execute(cur, statements)
+                for source_table, event_id in changed.items():
+                    self._save_position(cur, source_table, event_id)
+            t.conn.commit()
+        except Exception as exc:
+            err = sink_error(exc, "cannot apply batch")
+            self._reset()  # rolls back; the next write reconnects
+            raise err from exc
+
+    @staticmethod
+    def _execute(cur, statements: list[tuple[str, list]]) -> None:
+        """Runs of the same statement go as one ``executemany`` (pipelined), in order."""
+        i = 0
+        while i < len(statements):
+            sql = statements[i][0]
+            j = i + 1
+            while j < len(statements) and statements[j][0] == sql:
+                j += 1
+            if j - i == 1:
+                cur.execute(sql, statements[i][1])
+            else:
+                cur.executemany(sql, [params for _, params in statements[i:j]])
+            i = j
+
+    def _positions(self, cur) -> dict[str, str]:
+        q = self.target.quote(self.position_table)
+        cur.execute(f"SELECT source_table, event_id FROM {q} WHERE sink = %s", (self.sink_name,))
+        return dict(cur.fetchall())
+
+    # ---- applying one event --------------------------------------------------------
+
+    def _mapping(self, e: ChangeEvent) -> tuple[str, TableMapping]:
+        m = self.mappings.get(e.table) or self.mappings.get(e.source.get("table", "")) or TableMapping()
+        return m.table or e.source.get("table") or e.table, m
+
+    def _statements(self, e: ChangeEvent, out: list[tuple[str, list]]) -> None:
+        """Append the statements (SQL, parameters) that apply ``e``."""
+        table, m = self._mapping(e)
+        if e.op == "t":
+            out.append((self.truncate_sql(self.target.quote(table)), []))
+            return
+        rename = m.columns
+        key_cols = m.key or [rename.get(k, k) for k in (e.key or {})]
+        if not key_cols:
+            raise PermanentSinkError(f"table {e.table} has no primary key to mirror on (set key: in tables)")
+        if e.op == "d":
+            out.append(self._delete(table, key_cols, self._row(e.before or e.key or {}, rename)))
+            return
+        row = self._row(e.after or {}, rename)
+        if e.op == "u" and e.before:
+            old = self._row(e.before, rename)
+            if any(k in old and old[k] != row.get(k) for k in key_cols):
+                out.append(self._delete(table, key_cols, old))  # the key changed
+        out.append(self._upsert(table, key_cols, row))
+
+    def _row(self, row: dict, rename: dict[str, str]) -> dict:
+        adapt = self.adapt
+        return {rename.get(k, k): adapt(v) for k, v in row.items() if v != UNAVAILABLE}
+
+    def _delete(self, table: str, key_cols: list[str], row: dict) -> tuple[str, list]:
+        missing = [k for k in key_cols if k not in row]
+        if missing:
+            raise PermanentSinkError(f"cannot delete from {table}: key column(s) {missing} not in the event")
+        sql = self._sql_cache.get(("d", table, tuple(key_cols)))
+        if sql is None:
+            where = " AND ".join(f"{self.target.quote_column(k)} = %s" for k in key_cols)
+            sql = self._sql_cache[("d", table, tuple(key_cols))] = \
+                f"DELETE FROM {self.target.quote(table)} WHERE {where}"
+        return sql, [row[k] for k in key_cols]
+
+    def _upsert(self, table: str, key_cols: list[str], row: dict) -> tuple[str, list]:
+        cols = tuple(row)
+        cache_key = ("u", table, tuple(key_cols), cols)
+        sql = self._sql_cache.get(cache_key)
+        if sql is None:
+            q = self.target.quote_column
+            sql = self._sql_cache[cache_key] = (
+                f"INSERT INTO {self.target.quote(table)} ({', '.join(q(c) for c in cols)})"
+                f" VALUES ({', '.join(['%s'] * len(cols))}) "
+                + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
+        return sql, list(row.values())
+
+    # ---- dialect hooks --------------------------------------------------------------
+
+    def adapt(self, value):  # pragma: no cover - overridden
+        return value
+
+    def truncate_sql(self, qt: str) -> str:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def conflict_sql(self, key_cols: list[str], other_cols: list[str]) -> str:  # pragma: no cover
+        raise NotImplementedError
+
+    def _save_position(self, cur, source_table: str, event_id: str) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class PostgresMirrorSink(_MirrorSink):
+    """``type: postgres`` sink: ``dsn: postgresql://...``, ``tables``, ``position_table``."""
+
+    dialect = "postgres"
+
+    def adapt(self, value):
+        if isinstance(value, dict):
+            from psycopg.types.json import Jsonb
+            return Jsonb(value)
+        return value
+
+    def truncate_sql(self, qt: str) -> str:
+        return f"TRUNCATE {qt}"
+
+    def conflict_sql(self, key_cols: list[str], other_cols: list[str]) -> str:
+        q = self.target.quote_column
+        keys = ", ".join(q(k) for k in key_cols)
+        if not other_cols:
+            return f"ON CONFLICT ({keys}) DO NOTHING"
+        return f"ON CONFLICT ({keys}) DO UPDATE SET " + ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in other_cols)
+
+    def _save_position(self, cur, source_table: str, event_id: str) -> None:
+        cur.execute(f"INSERT INTO {self.target.quote(self.position_table)} (sink, source_table, event_id)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (sink, source_table)"
+                    " DO UPDATE SET event_id = EXCLUDED.event_id, updated_at = now()",
+                    (self.sink_name, source_table, event_id))
+
+
+class MySQLMirrorSink(_MirrorSink):
+    """``type: mysql`` sink (MySQL or MariaDB): ``dsn: mysql://user:pw@host:port/db``."""
+
+    dialect = "mysql"
+
+    def adapt(self, value):
+        if isinstance(value, (dict, list)):
+            return orjson.dumps(value).decode()
+        return value
+
+    def truncate_sql(self, qt: str) -> str:
+        return f"DELETE FROM {qt}"
+
+    def conflict_sql(self, key_cols: list[str], other_cols: list[str]) -> str:
+        q = self.target.quote_column
+        cols = other_cols or key_cols[:1]
+        return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{q(c)} = VALUES({q(c)})" for c in cols)
+
+    def _save_position(self, cur, source_table: str, event_id: str) -> None:
+        cur.execute(f"INSERT INTO {self.target.quote(self.position_table)} (sink, source_table, event_id)"
+                    " VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE event_id = VALUES(event_id)",
+                    (self.sink_name, source_table, event_id))
