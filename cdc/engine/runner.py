@@ -8,6 +8,7 @@ the database.  A lost source connection is resumed from that checkpoint.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -93,6 +94,10 @@ class SourceRunner:
 
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 after an error."""
+        # Events hold no reference cycles; collecting every 700 allocations costs ~15% of
+        # the reader's time, so the young generation is allowed to grow (one runner per process).
+        gc.freeze()
+        gc.set_threshold(max(gc.get_threshold()[0], 10_000), 10, 10)
         position = self.store.load()
         self.saved_position = position
         log.info("source %s: starting from %s", self.name, position or "the current position")

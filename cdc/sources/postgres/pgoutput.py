@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 
 from ...event import UNAVAILABLE
-from .types import converter_for
+from .types import _bool, _timestamp, converter_for
 
 __all__ = ["Relation", "Decoder", "PG_EPOCH_MS"]
 
@@ -22,6 +22,7 @@ _u16 = struct.Struct(">H").unpack_from
 _begin = struct.Struct(">QqI").unpack_from          # final_lsn, commit_ts, xid
 _commit = struct.Struct(">BQQq").unpack_from        # flags, commit_lsn, end_lsn, commit_ts
 _message_head = struct.Struct(">BQ").unpack_from    # flags, lsn
+_kind_len = struct.Struct(">Bi").unpack_from        # a TupleData column: kind, length
 
 
 class Relation:
@@ -43,40 +44,51 @@ class Relation:
         self.decode = _compile(self)
 
 
+_INLINE = {int: "int({})", _timestamp: "{}.decode().replace(' ', 'T', 1)", _bool: "{} == b't'"}
+
+
 def _compile(rel: Relation):
     """``decode(data, pos, old) -> (row, key, pos)``, unrolled for this relation's
-    columns: one branch per column and dict literals at the end, about twice as fast
-    as a loop.  Falls back to ``Decoder.tuple`` when the column count differs."""
+    columns: one branch per column, common conversions inlined, dict literals at the
+    end; about twice as fast as a loop over the columns.  Falls back to
+    ``Decoder.tuple`` when the column count differs, or when a short value at the
+    very end of the buffer leaves too few bytes for the combined kind+length read."""
     n = len(rel.names)
-    lines = [f"def decode(data, pos, old):",
-             f"    if _u16(data, pos)[0] != {n}:",
-             f"        row, pos = _generic(data, pos, rel, old)",
-             f"        return row, {{k: row[k] for k in rel.key}}, pos",
-             f"    pos += 2"]
-    env = {"_u16": _u16, "_i32": _i32, "_generic": Decoder.tuple, "rel": rel, "_other": _other}
+    lines = ["def decode(data, pos, old, _kl=_kl, int=int):",
+             "  start = pos",
+             "  try:",
+             f"    if data[pos] != {n >> 8} or data[pos + 1] != {n & 0xFF}:",
+             "        raise IndexError  # not this relation's column count",
+             "    pos += 2"]
+    env = {"_u16": _u16, "_kl": _kind_len, "_generic": Decoder.tuple, "rel": rel, "_other": _other,
+           "struct_error": struct.error}
     for i, (name, conv) in enumerate(zip(rel.names, rel.converters)):
-        raw = "data[pos + 5:end]"
+        raw = "data[pos:end]"
         if conv is None:
             value = f"{raw}.decode()"
-        elif conv is int:
-            value = f"int({raw})"
+        elif conv in _INLINE:
+            value = _INLINE[conv].format(raw)
         else:
             env[f"c{i}"] = conv
             value = f"c{i}({raw})"
-        lines += [f"    kind = data[pos]",
-                  f"    if kind == 116:",
-                  f"        end = pos + 5 + _i32(data, pos + 1)[0]",
+        lines += ["    kind, size = _kl(data, pos)",
+                  "    if kind == 116:",
+                  "        pos += 5",
+                  "        end = pos + size",
                   f"        v{i} = {value}",
-                  f"        pos = end",
-                  f"    elif kind == 110:",
+                  "        pos = end",
+                  "    elif kind == 110:",
                   f"        v{i} = None",
-                  f"        pos += 1",
-                  f"    else:",
+                  "        pos += 1",
+                  "    else:",
                   f"        v{i}, pos = _other(data, pos, {name!r}, old)"]
     fields = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(rel.names))
     index = {name: i for i, name in enumerate(rel.names)}
     key = ", ".join(f"{k!r}: v{index[k]}" for k in rel.key)
-    lines.append(f"    return {{{fields}}}, {{{key}}}, pos")
+    lines += [f"    return {{{fields}}}, {{{key}}}, pos",
+              "  except (IndexError, struct_error):",
+              "    row, pos = _generic(data, start, rel, old)",
+              "    return row, {k: row[k] for k in rel.key}, pos"]
     exec("\n".join(lines), env)
     return env["decode"]
 

@@ -24,9 +24,9 @@ log = logging.getLogger("cdc.source.postgres")
 HEARTBEAT_PREFIX = "cdc_heartbeat"
 STATUS_INTERVAL = 10.0       # seconds between standby status updates
 IDLE_CONFIRM_INTERVAL = 10.0  # seconds between positions taken from keepalives
-_xlog_start = struct.Struct(">Q").unpack_from
-_relid = struct.Struct(">I").unpack_from
 _i32 = struct.Struct(">i").unpack_from
+_frame_head = struct.Struct(">iBQ").unpack_from  # frame length, CopyData kind, XLogData start
+_type_relid = struct.Struct(">BI").unpack_from   # pgoutput message type, relation id
 _keepalive = struct.Struct(">QqB").unpack_from
 
 
@@ -148,26 +148,30 @@ class PostgresSource:
         size = len(buf)
         pos = 0
         lsn = 0
+        tx, index = self._tx, self._index   # the open transaction, kept in locals here
+        skip_final, skip_count = self._skip
         while pos + 5 <= size:
-            end = pos + 1 + _i32(buf, pos + 1)[0]
+            try:  # frame length, CopyData kind, XLogData start LSN in one read
+                length, kind, start_lsn = _frame_head(buf, pos + 1)
+            except struct.error:  # a short frame at the end of the buffer
+                length, kind, start_lsn = _i32(buf, pos + 1)[0], 0, 0
+            end = pos + 1 + length
             if end > size or len(out) >= limit:
                 break
             frame, pos = pos, end
             if buf[frame] != 100:  # not CopyData: an error, or the end of the stream
                 self._not_copy_data(buf[frame:end])
                 continue
-            kind = buf[frame + 5]
             if kind == 119:  # 'w' XLogData: start lsn, end lsn, time, then the message
-                lsn = _xlog_start(buf, frame + 6)[0]
+                lsn = start_lsn
                 p = frame + 30  # the pgoutput message
-                t = buf[p]
+                t, relid = _type_relid(buf, p)
                 if t == 73 or t == 85 or t == 68:  # Insert, Update, Delete
-                    rel = relations[_relid(buf, p + 1)[0]]
-                    index = self._index
-                    self._index = index + 1
-                    tx = self._tx
-                    if self._skip[0] == tx[0] and index < self._skip[1]:
-                        continue
+                    rel = relations[relid]
+                    i = index
+                    index += 1
+                    if i < skip_count and tx[0] == skip_final:
+                        continue  # emitted before a reconnect
                     if t == 73:
                         op, before = "c", None
                         after, key, _ = rel.decode(buf, p + 6, None)
@@ -185,7 +189,7 @@ class PostgresSource:
                         else:
                             op, after = "d", None
                     append(ChangeEvent(
-                        f"{tx[3]}{index}", op, before, after, key,
+                        f"{tx[3]}{i}", op, before, after, key,
                         {"connector": "postgresql", "name": name, "db": db, "schema": rel.schema,
                          "table": rel.table, "lsn": lsn, "txId": tx[2], "ts_ms": tx[1]},
                         now_ms, rel.qualified, lsn))
@@ -193,24 +197,28 @@ class PostgresSource:
                 msg = buf[p:end]
                 if t == 66:  # Begin
                     final_lsn, ts_ms, xid = decoder.begin(msg)
-                    self._tx = (final_lsn, ts_ms, xid, f"{lsn_to_str(final_lsn)}:")
-                    self._index = 0
+                    tx, index = (final_lsn, ts_ms, xid, f"{lsn_to_str(final_lsn)}:"), 0
                 elif t == 67:  # Commit
                     _, end_lsn, ts_ms = decoder.commit(msg)
-                    self._tx = None
-                    self._skip = (0, 0)
+                    tx = None
+                    skip_final = skip_count = 0
                     self._last_position = end_lsn
                     append(Commit({"lsn": lsn_to_str(end_lsn)}, ts_ms))
                 elif t == 82:  # Relation
                     decoder.relation(msg)
                 elif t == 89:  # Type
                     decoder.type(msg)
-                elif t == 84:  # Truncate
-                    self._truncate(msg, lsn, now_ms, append)
-                elif t == 77:  # logical decoding message
-                    self._message(msg, lsn, now_ms, append)
+                else:  # Truncate, logical decoding message: rare, so via self
+                    self._tx, self._index, self._skip = tx, index, (skip_final, skip_count)
+                    if t == 84:
+                        self._truncate(msg, lsn, now_ms, append)
+                    elif t == 77:
+                        self._message(msg, lsn, now_ms, append)
+                    index = self._index
             elif kind == 107:  # 'k' keepalive: wal end, server time, reply requested
+                self._tx = tx
                 self._keepalive_message(buf, frame + 6, append)
+        self._tx, self._index, self._skip = tx, index, (skip_final, skip_count)
         stream.keep(buf, pos)
         self.bytes_read += pos
         if lsn:
