@@ -24,9 +24,10 @@ def sql(dsn: str, *statements: str, params=None) -> list:
     return rows
 
 
-def config(tmp_path: Path, dsn: str, tables: list[str], pipelines: dict, **source_options):
+def config(tmp_path: Path, dsn: str, tables: list[str], pipelines: dict, checkpoint: dict | None = None,
+           **source_options):
     raw = {"sources": {"db": {"type": "postgres", "dsn": dsn, "tables": tables,
-                              "checkpoint": {"type": "file", "path": "state/db.json"},
+                              "checkpoint": checkpoint or {"type": "file", "path": "state/db.json"},
                               "checkpoint_interval": 0.0, **source_options}},
            "pipelines": pipelines}
     path = tmp_path / "pipelines.yaml"

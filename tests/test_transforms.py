@@ -83,3 +83,24 @@ def test_run_transform_catches_mutation():
 
     with pytest.raises(AssertionError, match="changed its input"):
         run_transform(mutate, make_event("c", after=dict(ORDER)))
+
+
+def test_transform_from_an_installed_entry_point(tmp_path, monkeypatch):
+    """An installed package publishes `only_big` under the group cdc.transforms."""
+    import yaml
+
+    from cdc.config import parse_config
+    (tmp_path / "bigplug.py").write_text("def only_big(e):\n    return e if e.after['amount'] > 100 else None\n")
+    dist = tmp_path / "bigplug-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: bigplug\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[cdc.transforms]\nonly_big = bigplug:only_big\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = yaml.safe_load("""
+sources: {s: {type: postgres, dsn: "postgresql://x@h/db", tables: [t], checkpoint: {type: memory}}}
+pipelines: {p: {source: s, transforms: [{type: only_big}], sinks: [{type: stdout}]}}
+""")
+    cfg = parse_config(raw, tmp_path / "c.yaml", {})
+    transform = cfg.pipelines["p"].transforms[0].build()
+    assert run_transform(transform, make_event("c", after={"id": 1, "amount": 500}))
+    assert run_transform(transform, make_event("c", after={"id": 2, "amount": 5})) == []
