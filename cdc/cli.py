@@ -119,10 +119,17 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
         log.error("cannot serve metrics on %s: %s", metrics_listen(cfg, source_name), exc.strerror)
         return 1
 
+    first_signal: list[float] = []
+
     def on_signal(signum: int, frame: object) -> None:
-        if runner._stop.is_set():
+        if first_signal:
+            # systemd signals the whole cgroup and the supervisor forwards the same stop:
+            # a repeat within half a second is that same request, not an impatient second one.
+            if time.monotonic() - first_signal[0] < 0.5:
+                return
             log.warning("second signal: exiting now; unacknowledged events will be read again")
             os._exit(130)
+        first_signal.append(time.monotonic())
         log.info("received %s: draining in-flight events (up to %.0fs)",
                  signal.Signals(signum).name, grace_period)
         runner.request_stop()

@@ -22,6 +22,7 @@ from . import plugins
 from .errors import ConfigError, ConfigProblem
 from .interpolate import interpolate
 from .schema import check_value, validate_options
+from .secrets import redact, secrets_in
 
 __all__ = ["Config", "SourceSpec", "PipelineSpec", "SinkSpec", "Component", "Context",
            "RetryOptions", "load_config", "parse_config"]
@@ -251,9 +252,11 @@ def _source(name: str, raw: Any, directory: Path, problems: list[ConfigProblem])
     from .sources import SOURCES
     path = f"sources.{name}"
     ctx = Context(directory, source=name, name=name)
+    before = len(problems)
     comp, extra = _component("sources", SOURCES, raw, path, ctx, problems, _SOURCE_KEYS)
     if comp is None:
         return None
+    source_ok = len(problems) == before
     qualify = getattr(comp.factory, "qualify_table", None)
     tables = [qualify(t, comp.options) if qualify else t for t in comp.options.get("tables", [])]
     if "tables" in comp.options:
@@ -262,13 +265,28 @@ def _source(name: str, raw: Any, directory: Path, problems: list[ConfigProblem])
     if "checkpoint" not in raw:
         problems.append(ConfigProblem(f"{path}.checkpoint", "required (e.g. {type: file, path: state/%s.json})" % name))
     else:
+        before = len(problems)
         checkpoint, _ = _component("checkpoints", CHECKPOINTS, raw["checkpoint"], f"{path}.checkpoint",
-                                Context(directory, source=name, name="checkpoint"), problems)
+                                   Context(directory, source=name, name="checkpoint"), problems)
+        if checkpoint is not None and len(problems) == before:
+            _builds(checkpoint, problems)
     spec = SourceSpec(comp.type, comp.factory, comp.options, path, ctx, tables=tables, checkpoint=checkpoint)
     for key in ("max_in_flight_events", "max_in_flight_bytes", "checkpoint_interval"):
         if key in extra:
             setattr(spec, key, extra[key])
+    _at_least(spec, ("max_in_flight_events", "max_in_flight_bytes"), 1, path, problems)
+    _at_least(spec, ("checkpoint_interval",), 0, path, problems)
+    if source_ok:
+        _builds(spec, problems)
     return spec
+
+
+def _at_least(spec: Any, keys: tuple[str, ...], minimum: float, path: str,
+              problems: list[ConfigProblem]) -> None:
+    for key in keys:
+        value = getattr(spec, key)
+        if isinstance(value, (int, float)) and value < minimum:
+            problems.append(ConfigProblem(f"{path}.{key}", f"must be at least {minimum} (got {value})"))
 
 
 def _pipeline(name: str, raw: Any, sources: dict, directory: Path,
@@ -326,9 +344,12 @@ def _sink(raw: Any, path: str, pipeline: str, source: str, index: int, directory
     type_name = raw.get("type") if isinstance(raw, dict) else None
     label = raw_name if isinstance(raw_name, str) else f"{pipeline}.sinks[{index}]:{type_name}"
     ctx = Context(directory, source=source, pipeline=pipeline, name=label)
+    before = len(problems)
     comp, extra = _component("sinks", SINKS, raw, path, ctx, problems, _SINK_KEYS)
     if comp is None:
         return []
+    if len(problems) == before:
+        _builds(comp, problems)
     spec = SinkSpec(comp.type, comp.factory, comp.options, path, ctx)
     for key in ("on_error", "retry", "batch_size"):
         if key in extra:
@@ -337,24 +358,30 @@ def _sink(raw: Any, path: str, pipeline: str, source: str, index: int, directory
         spec.batch_size = getattr(comp.factory, "default_batch_size", spec.batch_size)
     if "dead_letter" in raw:
         dl_ctx = dataclasses.replace(ctx, name=f"{ctx.name}.dead_letter")
+        before = len(problems)
         spec.dead_letter, _ = _component("sinks", SINKS, raw["dead_letter"], f"{path}.dead_letter",
                                          dl_ctx, problems)
+        if spec.dead_letter is not None and len(problems) == before:
+            _builds(spec.dead_letter, problems)
     if spec.on_error == "dead_letter" and "dead_letter" not in raw:
         problems.append(ConfigProblem(f"{path}.dead_letter", "required when on_error is dead_letter"))
+    _at_least(spec, ("batch_size",), 1, path, problems)
     return [spec]
 
 
 def _builds(comp: Component, problems: list[ConfigProblem]) -> bool:
-    """Transforms are built once while validating: a bad plugin reference or template
-    is a config problem, reported with its key path."""
+    """Every component is built once while validating (constructors connect to
+    nothing): a bad DSN, plugin reference or template is a config problem, reported
+    with its key path and without the secrets it may contain."""
+    secrets = secrets_in(comp.options)
     try:
         comp.build()
     except ConfigError as exc:
-        problems.extend(ConfigProblem(f"{comp.path}.{p.path}" if p.path else comp.path, p.message)
-                        for p in exc.problems)
+        problems.extend(ConfigProblem(f"{comp.path}.{p.path}" if p.path else comp.path,
+                                      redact(p.message, secrets)) for p in exc.problems)
         return False
-    except Exception as exc:  # a plugin factory that raised
-        problems.append(ConfigProblem(comp.path, f"failed to build: {type(exc).__name__}: {exc}"))
+    except Exception as exc:  # a constructor or plugin factory that raised
+        problems.append(ConfigProblem(comp.path, redact(f"invalid: {type(exc).__name__}: {exc}".strip(), secrets)))
         return False
     return True
 

@@ -17,8 +17,10 @@ HEALTHY_AFTER = 60.0  # a child up this long has its backoff reset
 
 
 def _spawn(config: str, source: str, grace: float) -> subprocess.Popen:
+    # A session of its own: a terminal's Ctrl-C reaches only the supervisor, which
+    # forwards one SIGTERM, so a child drains instead of seeing a "second signal".
     return subprocess.Popen([sys.executable, "-m", "cdc", "run", config, "--source", source,
-                             "--grace-period", str(grace)])
+                             "--grace-period", str(grace)], start_new_session=True)
 
 
 def supervise(config: str, sources: list[str], grace: float) -> int:

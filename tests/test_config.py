@@ -105,3 +105,17 @@ def test_cdc_validate_exit_codes_and_no_traceback(tmp_path):
     assert out.returncode == 2 and "not valid YAML at line" in out.stderr and "Traceback" not in out.stderr
     missing = _cdc("validate", str(tmp_path / "none.yaml"))
     assert missing.returncode == 2 and "cannot read config" in missing.stderr
+
+
+def test_components_are_built_while_validating_and_secrets_stay_out(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GOOD.replace("${SHOP_DSN:-postgresql://cdc@127.0.0.1:5432/shop}",
+                                "postgresql://cdc:hunter2%zz@db/shop")
+                       .replace("max_in_flight_events: ${LIMIT:-5000}", "max_in_flight_events: 0")
+                       .replace("retry: {max_attempts: 3}", "batch_size: 0"))
+    out = _cdc("validate", str(bad))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "sources.shop: invalid: ProgrammingError: invalid percent-encoded token" in out.stderr
+    assert "sources.shop.max_in_flight_events: must be at least 1 (got 0)" in out.stderr
+    assert "pipelines.p.sinks[0].batch_size: must be at least 1 (got 0)" in out.stderr
+    assert "hunter2" not in out.stderr + out.stdout

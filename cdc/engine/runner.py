@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..config import Config, PipelineSpec
 from ..deadletter import TRANSFORMS_SINK, DeadLetterWriter
-from ..errors import CdcError, SourceConnectionError, TransformError
+from ..errors import CdcError, CheckpointError, SourceConnectionError, TransformError
 from ..event import ChangeEvent, Commit
 from ..transforms.chain import TransformChain
 from .tracker import AckTracker
@@ -26,6 +26,7 @@ from .worker import SinkWorker
 __all__ = ["SourceRunner"]
 
 log = logging.getLogger("cdc.runner")
+CHECKPOINT_FAILURE_TIMEOUT = 300.0  # seconds of failing checkpoint saves before the source stops
 
 
 @dataclass
@@ -78,6 +79,8 @@ class SourceRunner:
         self.on_tick: list[Callable[[SourceRunner], None]] = []
         self._in_tx = False                     # the last item read was not a Commit
         self._finish_by: float | None = None
+        self._sink_halted = False
+        self._checkpoint_failing_since: float | None = None
 
     # ---- control --------------------------------------------------------------
 
@@ -86,6 +89,7 @@ class SourceRunner:
 
     def _sink_failed(self, sink: str, exc: BaseException) -> None:
         log.error("sink %s halted: %s", sink, exc)
+        self._sink_halted = True
         if self.error is None:
             self.error = exc if isinstance(exc, CdcError) else CdcError(f"sink {sink}: {exc}")
         self._stop.set()
@@ -101,12 +105,11 @@ class SourceRunner:
         position = self.store.load()
         self.saved_position = position
         log.info("source %s: starting from %s", self.name, position or "the current position")
-        self.source.open(position)
-        self.source_connected = True
         for w in self.workers:
             w.start()
         try:
-            self._loop()
+            if self._open(position, 1.0):
+                self._loop()
         except TransformError as exc:
             self.error = exc
             log.error("%s", exc)
@@ -214,16 +217,38 @@ class SourceRunner:
         now = time.monotonic()
         if not force and now - self._last_save < self.spec.checkpoint_interval:
             return
-        self.store.save(position)
+        try:
+            self.store.save(position)
+        except CheckpointError as exc:
+            self._checkpoint_failed(exc, now)
+            return
+        self._checkpoint_failing_since = None
         self.saved_position, self.saved_at, self._last_save = position, time.time(), now
         try:
             self.source.confirm(position)
         except SourceConnectionError as exc:
             log.warning("source %s: could not confirm %s: %s", self.name, position, exc)
 
-    def _drain(self, timeout: float) -> bool:
+    def _checkpoint_failed(self, exc: CheckpointError, now: float) -> None:
+        """Keep the old position and try again next time; give up after
+        ``CHECKPOINT_FAILURE_TIMEOUT`` seconds of failures."""
+        self._last_save = now  # retry after checkpoint_interval, not on every turn
+        if self._checkpoint_failing_since is None:
+            self._checkpoint_failing_since = now
+            log.warning("source %s: %s; retrying", self.name, exc)
+        elif now - self._checkpoint_failing_since > CHECKPOINT_FAILURE_TIMEOUT:
+            log.error("source %s: checkpoints failing for %.0fs: %s", self.name,
+                      now - self._checkpoint_failing_since, exc)
+            if self.error is None:
+                self.error = exc
+            self._stop.set()
+
+    def _drain(self, timeout: float, until_stop: bool = False) -> bool:
+        """Wait for the sinks to acknowledge what they hold (not past a halted sink,
+        nor, with ``until_stop``, past a stop request)."""
         deadline = time.monotonic() + timeout
-        while not self.tracker.drained and self.error is None and time.monotonic() < deadline:
+        while (not self.tracker.drained and not self._sink_halted and time.monotonic() < deadline
+               and not (until_stop and self._stop.is_set())):
             try:
                 self.source.keepalive()
             except SourceConnectionError:
@@ -235,25 +260,32 @@ class SourceRunner:
     def _reconnect(self, delay: float) -> None:
         """Wait for the sinks to finish what they hold, then reopen at the checkpoint,
         so that nothing is read twice or skipped."""
-        self._drain(float("inf"))
+        self._drain(float("inf"), until_stop=True)
         self._checkpoint(force=True)
         try:
             self.source.close()
         except Exception:
             pass
-        while not self._stop.wait(delay):
+        if not self._stop.wait(delay):
+            self._open(self.tracker.position or self.saved_position, delay)
+
+    def _open(self, position: dict | None, delay: float) -> bool:
+        """Open the source, retrying while the database is unreachable; False if a
+        stop was requested first.  A setup problem (``SourceSetupError``) is raised."""
+        while True:
             try:
-                self.source.open(self.tracker.position or self.saved_position)
+                self.source.open(position)
                 self.source_connected, self.source_error = True, None
-                log.info("source %s: reconnected", self.name)
-                return
+                return True
             except SourceConnectionError as exc:
-                self.source_error = str(exc)
-                log.warning("source %s: still unavailable: %s", self.name, exc)
+                self.source_connected, self.source_error = False, str(exc)
+                log.warning("source %s: unavailable, retrying in %.0fs: %s", self.name, delay, exc)
+                if self._stop.wait(delay):
+                    return False
                 delay = min(delay * 2, 30.0)
 
     def _shutdown(self) -> None:
-        drained = self._drain(self.grace_period if self.error is None else 5.0)
+        drained = self._drain(self.grace_period)
         if not drained:
             log.warning("source %s: stopping with %d events unacknowledged; they will be read again",
                         self.name, self.tracker.events_in_flight)

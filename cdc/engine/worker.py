@@ -25,13 +25,18 @@ from ..errors import PermanentError, SinkError, TransientError
 from ..event import ChangeEvent
 from .tracker import AckTracker
 
-__all__ = ["SinkWorker", "SinkHalted"]
+__all__ = ["SinkWorker", "SinkHalted", "SinkAborted"]
 
 log = logging.getLogger("cdc.sink")
 
 
 class SinkHalted(Exception):
     """The worker stopped because its error policy said so."""
+
+
+class SinkAborted(Exception):
+    """Shutdown gave up on the batch: nothing is acknowledged, skipped or parked, so
+    the events are read again after the restart."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -95,6 +100,8 @@ class SinkWorker:
                     self._deliver(events[start:start + size])
                 for seq in seqs:
                     self.tracker.ack(seq)
+        except SinkAborted:
+            log.warning("sink %s: stopped with a batch undelivered; it will be read again", self.name)
         except SinkHalted as exc:
             self.on_fatal(self.name, exc.__cause__ or exc)
         except Exception as exc:  # a bug in a sink must stop the source, not vanish
@@ -131,37 +138,39 @@ class SinkWorker:
         except SinkHalted as halted:
             if self.spec.on_error not in ("skip", "dead_letter"):
                 raise
-            if len(events) == 1:
-                self._park(events[0], halted)
-            else:
-                self._one_by_one(events)
-        self.counts["written"] += len(events)
+            parked = self._park(events[0], halted) if len(events) == 1 else self._one_by_one(events)
+        else:
+            parked = 0
+        self.counts["written"] += len(events) - parked
         self.counts["batches"] += 1
         self.latency = time.monotonic() - started
         if self.on_batch is not None:
             self.on_batch(len(events), self.latency)
 
-    def _one_by_one(self, events: list[ChangeEvent]) -> None:
-        """Find the events the destination refuses; the policy decides for each."""
+    def _one_by_one(self, events: list[ChangeEvent]) -> int:
+        """Find the events the destination refuses; the policy decides for each.
+        Returns how many were skipped or parked."""
+        parked = 0
         for event in events:
             try:
                 self._attempt(lambda e=event: self.sink.write([e]), f"write event {event.id}")
             except SinkHalted as halted:
-                self._park(event, halted)
+                parked += self._park(event, halted)
+        return parked
 
-    def _park(self, event: ChangeEvent, halted: SinkHalted) -> None:
-        """Apply ``skip`` or ``dead_letter`` to one event, or re-raise to halt."""
+    def _park(self, event: ChangeEvent, halted: SinkHalted) -> int:
+        """Apply ``skip`` or ``dead_letter`` to one event (returns 1), or re-raise to halt."""
         error = halted.__cause__ or halted
         if self.spec.on_error == "skip":
             self.counts["skipped"] += 1
             log.error("sink %s: skipped event %s (table %s, position %s): %s", self.name,
                       event.id, event.table, event.position_text(), error,
                       extra={"event_id": event.id, "table": event.table, "position": event.position_text()})
-            return
+            return 1
         if self.spec.on_error == "dead_letter" and self.dead_letters is not None:
             self.dead_letters.park(event, self.name, error, halted.attempts, halted.first_failure)
             self.counts["dead_lettered"] += 1
-            return
+            return 1
         raise halted
 
     def _attempt(self, action: Callable[[], object], what: str) -> None:
@@ -181,8 +190,9 @@ class SinkWorker:
                 first_failure = first_failure or time.time()
                 self.counts["failed"] += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                give_up = (not is_transient(exc) or self._abort.is_set()
-                           or (retry.max_attempts and attempts >= retry.max_attempts))
+                if self._abort.is_set():
+                    raise SinkAborted(what) from exc
+                give_up = not is_transient(exc) or (retry.max_attempts and attempts >= retry.max_attempts)
                 if give_up:
                     halted = SinkHalted(f"{what} failed after {attempts} attempt(s): {exc}")
                     halted.attempts, halted.first_failure = attempts, first_failure
@@ -194,4 +204,4 @@ class SinkWorker:
                 log.warning("sink %s: %s failed (attempt %d), retrying in %.1fs: %s",
                             self.name, what, attempts, delay, self.last_error)
                 if self._abort.wait(delay):
-                    continue  # loop once more; give_up is now true
+                    raise SinkAborted(what) from exc

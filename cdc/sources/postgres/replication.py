@@ -71,10 +71,12 @@ class ReplicationStream:
         result = pgconn.exec_(command.encode())
         if result.status != pq.ExecStatus.COPY_BOTH:
             message = (result.error_message or pgconn.get_error_message()).decode(errors="replace").strip()
-            sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
+            sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode() or None
             pgconn.finish()
-            raise SourceError(f"START_REPLICATION failed: {message}",
-                              sqlstate=sqlstate.decode() if sqlstate else None)
+            # 55006: the slot is still held by the walsender of a connection that just
+            # broke; it goes away shortly, so this is worth retrying.
+            error = SourceConnectionError if sqlstate in ("55006", "57P03", None) else SourceError
+            raise error(f"START_REPLICATION failed: {message}", sqlstate=sqlstate)
         self.pgconn = pgconn
         self._fd = pgconn.socket
         self._raw = not pgconn.ssl_in_use
@@ -108,16 +110,16 @@ class ReplicationStream:
 
     def _read_socket(self, timeout: float) -> bytes:
         try:
+            try:
+                return os.read(self._fd, 1 << 20) or self._closed()
+            except BlockingIOError:
+                pass
+            if not select.select([self._fd], [], [], timeout)[0]:
+                return b""
             return os.read(self._fd, 1 << 20) or self._closed()
         except BlockingIOError:
-            pass
-        if not select.select([self._fd], [], [], timeout)[0]:
             return b""
-        try:
-            return os.read(self._fd, 1 << 20) or self._closed()
-        except BlockingIOError:
-            return b""
-        except OSError as exc:
+        except OSError as exc:  # e.g. a reset when the walsender was killed
             raise SourceConnectionError(f"replication connection lost: {exc.strerror}") from exc
 
     def _closed(self) -> bytes:

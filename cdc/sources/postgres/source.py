@@ -89,9 +89,12 @@ class PostgresSource:
     # ---- lifecycle -----------------------------------------------------------------
 
     def open(self, position: dict | None) -> None:
-        with setup.connect(self.dsn, self.name) as conn:
-            setup.prepare(conn, self.tables, self.publication, self.slot, self.name, self.create)
-            self.decoder = Decoder(setup.primary_keys(conn, self.tables))
+        try:
+            with setup.connect(self.dsn, self.name) as conn:
+                setup.prepare(conn, self.tables, self.publication, self.slot, self.name, self.create)
+                self.decoder = Decoder(setup.primary_keys(conn, self.tables))
+        except psycopg.OperationalError as exc:  # the connection broke during set-up
+            raise SourceConnectionError(f"set-up failed: {str(exc).strip()}", source=self.name) from exc
         if self._tx is not None:  # reconnecting mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
         self._tx = None
@@ -133,23 +136,39 @@ class PostgresSource:
     # ---- reading -------------------------------------------------------------------
 
     def poll(self, timeout: float) -> list:
-        out: list = []
-        append = out.append
         stream = self.stream
         buf = stream.receive(timeout)
         if buf is None:
             self._idle()
-            return out
+            return []
+        tx, index = self._tx, self._index   # the open transaction, kept in locals while reading
+        skip_final, skip_count = self._skip
+        saved = (tx, index, self._skip, self._last_position)
+        try:
+            out, pos, lsn, tx, index, skip_final, skip_count = self._read_frames(
+                buf, len(buf), tx, index, skip_final, skip_count, int(time.time() * 1000),
+                self.max_poll_events, [])
+        except BaseException:
+            # What this poll read is lost with the exception: forget it, so that the
+            # skip after a reconnect counts only events that were handed on.
+            self._tx, self._index, self._skip, self._last_position = saved
+            raise
+        self._tx, self._index, self._skip = tx, index, (skip_final, skip_count)
+        stream.keep(buf, pos)
+        self.bytes_read += pos
+        if lsn:
+            stream.received_lsn = lsn
+        self._idle()
+        return out
+
+    def _read_frames(self, buf, size, tx, index, skip_final, skip_count, now_ms, limit, out):
+        """The hot loop of ``poll``: CopyData frames -> events and commits."""
+        append = out.append
+        relations = self.decoder.relations
         decoder = self.decoder
-        relations = decoder.relations
         name, db = self.name, self.db
-        now_ms = int(time.time() * 1000)
-        limit = self.max_poll_events
-        size = len(buf)
         pos = 0
         lsn = 0
-        tx, index = self._tx, self._index   # the open transaction, kept in locals here
-        skip_final, skip_count = self._skip
         while pos + 5 <= size:
             try:  # frame length, CopyData kind, XLogData start LSN in one read
                 length, kind, start_lsn = _frame_head(buf, pos + 1)
@@ -216,15 +235,8 @@ class PostgresSource:
                         self._message(msg, lsn, now_ms, append)
                     index = self._index
             elif kind == 107:  # 'k' keepalive: wal end, server time, reply requested
-                self._tx = tx
-                self._keepalive_message(buf, frame + 6, append)
-        self._tx, self._index, self._skip = tx, index, (skip_final, skip_count)
-        stream.keep(buf, pos)
-        self.bytes_read += pos
-        if lsn:
-            stream.received_lsn = lsn
-        self._idle()
-        return out
+                self._keepalive_message(buf, frame + 6, append, in_tx=tx is not None)
+        return out, pos, lsn, tx, index, skip_final, skip_count
 
     def _idle(self) -> None:
         """Per poll, not per message: status updates and the optional heartbeat."""
@@ -232,12 +244,12 @@ class PostgresSource:
         if self.heartbeat_interval:
             self._heartbeat()
 
-    def _keepalive_message(self, buf: bytes, pos: int, append) -> None:
+    def _keepalive_message(self, buf: bytes, pos: int, append, in_tx: bool) -> None:
         wal_end, _, reply = _keepalive(buf, pos)
         if reply:
             self._send_status()
         now = time.monotonic()
-        if (self._tx is None and wal_end > self._last_position
+        if (not in_tx and wal_end > self._last_position
                 and now - self._last_idle_commit >= IDLE_CONFIRM_INTERVAL):
             # Nothing is half-read: every commit before wal_end has reached us.
             self._last_idle_commit = now
