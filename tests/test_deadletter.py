@@ -326,3 +326,38 @@ def test_mirror_replay_of_superseded_event_keeps_the_entry(shop, pg_server, tmp_
     listed = cli.invoke(main, ["dlq", "list", str(config), "--json"])
     (entry,) = [orjson.loads(line) for line in listed.output.splitlines()]  # the entry stays
     assert entry["event"]["after"] == {"id": 1, "status": "poison"}
+
+
+def test_replay_with_destination_down_keeps_entries_and_redacts(tmp_path):
+    """Nothing listens on the mirror's port: replay reports it (password redacted, no
+    traceback), keeps the dead letter, counts it as failed and exits 1."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+sources:
+  shop: {{type: postgres, dsn: "postgresql://x@127.0.0.1:1/x", tables: [orders], checkpoint: {{type: memory}}}}
+pipelines:
+  orders:
+    source: shop
+    sinks:
+      - type: postgres
+        name: copy
+        dsn: "postgresql://cdc:s3cr3tpw@127.0.0.1:{dead_port}/shop?password=s3cr3tpw"
+        on_error: dead_letter
+        dead_letter: {{type: file, path: dlq.jsonl}}
+""")
+    spec = load_config(config).pipelines["orders"].sinks[0]
+    writer = DeadLetterWriter(spec.dead_letter.build(), "orders")
+    for n in (1, 2):
+        writer.park(ChangeEvent(f"0/AB:{n}", "c", None, {"id": n}, {"id": n},
+                                {"table": "orders"}, 5, "public.orders"), "copy", PermanentSinkError("x"), 1, None)
+    writer.close()
+    result = CliRunner().invoke(main, ["dlq", "replay", str(config)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exc_info
+    assert "orders/copy: cannot open: TransientSinkError: cannot connect" in result.stderr
+    assert "2 dead letter(s) kept" in result.stderr and "replayed 0, superseded 0, failed 2" in result.output
+    assert "s3cr3tpw" not in result.output + result.stderr and "Traceback" not in result.stderr
+    assert len(store_for(spec.dead_letter).list()) == 2
