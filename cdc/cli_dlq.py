@@ -2,7 +2,10 @@
 
 Replay re-sends each parked event to the sink it failed on (a dead letter parked by
 a pipeline's transforms runs through the transforms again and goes to all of the
-pipeline's sinks); an entry is removed only after the sink accepted the event.
+pipeline's sinks); an entry is removed only after the sink applied the event.  An
+event a database mirror skips (its table's stored position is already past it) is
+*superseded*: not applied, entry kept.  A sink that cannot be opened (destination
+down) keeps all its entries and counts them as failed.
 """
 
 from __future__ import annotations
@@ -99,56 +102,86 @@ def list_(config: str, sink: str | None, as_json: bool) -> None:
 @click.option("--sink", help="Only this sink's dead letters.")
 @click.option("--id", "entry_id", help="Only this dead letter (its id or the event id).")
 def replay(config: str, sink: str | None, entry_id: str | None) -> None:
-    """Re-send parked events; an entry is removed once its sink accepted it."""
+    """Re-send parked events; an entry is removed once its sink applied it.
+
+    Exits 1 if any entry failed again, else 3 if any was superseded (a database mirror
+    already holds a newer change of its table, so it was not applied), else 0."""
     from .cli import load_or_exit
     cfg = load_or_exit(config)
-    sent = failed = 0
+    total = _Counts()
     for q in _queues(cfg, sink):
         if q.store is None:
             click.echo(f"{q.pipeline.name} / {q.sink}: {q.problem}", err=True)
-            failed += 1
+            total.failed += 1
             continue
         try:
             entries = _entries(q, entry_id)
         except Exception as exc:
             click.echo(f"{q.pipeline.name} / {q.sink}: cannot read: {redact(str(exc))}", err=True)
-            failed += 1
+            total.failed += 1
             continue
         if entries:
-            ok, bad = _replay(q, entries)
-            sent, failed = sent + ok, failed + bad
-    click.echo(f"replayed {sent}, failed {failed}")
-    sys.exit(1 if failed else 0)
+            _replay(q, entries, total)
+    click.echo(f"replayed {total.sent}, superseded {total.superseded}, failed {total.failed}")
+    sys.exit(1 if total.failed else 3 if total.superseded else 0)
 
 
-def _replay(q: _Queue, entries: list[DeadLetter]) -> tuple[int, int]:
+@dataclass
+class _Counts:
+    sent: int = 0
+    superseded: int = 0        # kept: the sink skipped it as behind its stored position
+    failed: int = 0
+
+
+def _replay(q: _Queue, entries: list[DeadLetter], counts: _Counts) -> None:
     from .transforms.chain import TransformChain
+    where = f"{q.pipeline.name}/{q.sink}"
     specs = q.pipeline.sinks if q.sink == TRANSFORMS_SINK else \
         [s for s in q.pipeline.sinks if s.context.name == q.sink]
-    chain = TransformChain(q.pipeline.name, [(f"transforms[{i}]:{t.type}", t.build())
-                                             for i, t in enumerate(q.pipeline.transforms)])
-    sinks = [s.build() for s in specs]
-    ok = bad = 0
+    sinks: list = []
     try:
-        for s in sinks:
-            s.open()
+        try:
+            chain = TransformChain(q.pipeline.name, [(f"transforms[{i}]:{t.type}", t.build())
+                                                     for i, t in enumerate(q.pipeline.transforms)])
+            for spec in specs:
+                sinks.append(spec.build())
+                sinks[-1].open()
+        except Exception as exc:  # the destination is down, a plugin fails to load...
+            click.echo(f"{where}: cannot open: {redact(f'{type(exc).__name__}: {exc}')}; "
+                       f"{len(entries)} dead letter(s) kept", err=True)
+            counts.failed += len(entries)
+            return
         for entry in entries:
             try:
                 events = chain.apply([entry.event]) if q.sink == TRANSFORMS_SINK else [entry.event]
+                superseded = []
                 for s in sinks:
                     if events:
                         s.write(events)
+                        if _skipped(s, events):
+                            superseded.append(s)
             except Exception as exc:
-                bad += 1
+                counts.failed += 1
                 click.echo(f"{entry.id}: still failing: {redact(f'{type(exc).__name__}: {exc}')}", err=True)
                 continue
+            if superseded:
+                counts.superseded += 1
+                click.echo(f"{entry.id}: superseded: event {entry.event.id} was not applied to {where}: "
+                           f"the target already holds a newer change of {entry.event.table}; "
+                           "dead letter kept (apply it by hand if still needed)", err=True)
+                continue
             q.store.remove(entry.id)
-            ok += 1
-            click.echo(f"{entry.id}: replayed event {entry.event.id} to {q.pipeline.name}/{q.sink}")
+            counts.sent += 1
+            click.echo(f"{entry.id}: replayed event {entry.event.id} to {where}")
     finally:
         for s in sinks:
             try:
                 s.close()
             except Exception:
                 pass
-    return ok, bad
+
+
+def _skipped(sink: object, events: list) -> bool:
+    """True if ``sink`` (a database mirror) skipped one of ``events`` in its last write."""
+    skipped = getattr(sink, "skipped", None)
+    return bool(skipped) and any(e.id in skipped for e in events)

@@ -282,3 +282,82 @@ def test_failing_dead_letter_queue_halts_and_keeps_the_checkpoint(server, tmp_pa
     wait_for(lambda: fatal, 30)
     worker.stop(5)
     assert "cannot connect" in str(fatal[0]) and tracker.position is None
+
+
+# ---- replay to a database mirror: a parked event behind newer ones is superseded -----------
+
+def test_mirror_replay_of_superseded_event_keeps_the_entry(shop, pg_server, tmp_path):
+    """e1 is refused by the mirror and parked; e0 and e2 are applied, so the mirror's position
+    for the table is past e1. Replaying e1 must neither apply it (it would overwrite newer
+    rows) nor drop the entry as if it had been replayed."""
+    target = pg_server.create_database(f"mirror_{shop.rsplit('/', 1)[1]}")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, status varchar(5) NOT NULL)")
+    config = write_config(tmp_path, shop, f"""
+  orders:
+    source: shop
+    sinks:
+      - type: postgres
+        name: copy
+        dsn: "{target}"
+        batch_size: 10
+        on_error: dead_letter
+        retry: {{max_attempts: 2, initial_backoff: 0.05}}
+        dead_letter: {{type: file, path: dlq/copy.jsonl}}
+""")
+    mirrored = lambda: [tuple(r) for r in psycopg.connect(target).execute(  # noqa: E731
+        "SELECT id, status FROM orders ORDER BY id").fetchall()]
+    with Running(config) as runner:
+        with psycopg.connect(shop, autocommit=True) as conn:
+            with conn.transaction():
+                conn.execute("INSERT INTO orders VALUES (0, 'new')")
+                conn.execute("INSERT INTO orders VALUES (1, 'poison')")  # too long for varchar(5)
+                conn.execute("INSERT INTO orders VALUES (2, 'new')")
+        wait_for(lambda: runner.tracker.drained and runner.workers[0].counts["dead_lettered"] == 1)
+    assert runner.error is None and mirrored() == [(0, "new"), (2, "new")]
+    with psycopg.connect(target, autocommit=True) as conn:  # the operator fixes the column
+        conn.execute("ALTER TABLE orders ALTER COLUMN status TYPE text")
+
+    cli = CliRunner()
+    result = cli.invoke(main, ["dlq", "replay", str(config)])
+    assert mirrored() == [(0, "new"), (2, "new")]  # not applied over newer changes
+    assert result.exit_code == 3, result.output + result.stderr
+    assert "superseded" in result.stderr and "replayed 0, superseded 1, failed 0" in result.output
+    listed = cli.invoke(main, ["dlq", "list", str(config), "--json"])
+    (entry,) = [orjson.loads(line) for line in listed.output.splitlines()]  # the entry stays
+    assert entry["event"]["after"] == {"id": 1, "status": "poison"}
+
+
+def test_replay_with_destination_down_keeps_entries_and_redacts(tmp_path):
+    """Nothing listens on the mirror's port: replay reports it (password redacted, no
+    traceback), keeps the dead letter, counts it as failed and exits 1."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+sources:
+  shop: {{type: postgres, dsn: "postgresql://x@127.0.0.1:1/x", tables: [orders], checkpoint: {{type: memory}}}}
+pipelines:
+  orders:
+    source: shop
+    sinks:
+      - type: postgres
+        name: copy
+        dsn: "postgresql://cdc:s3cr3tpw@127.0.0.1:{dead_port}/shop?password=s3cr3tpw"
+        on_error: dead_letter
+        dead_letter: {{type: file, path: dlq.jsonl}}
+""")
+    spec = load_config(config).pipelines["orders"].sinks[0]
+    writer = DeadLetterWriter(spec.dead_letter.build(), "orders")
+    for n in (1, 2):
+        writer.park(ChangeEvent(f"0/AB:{n}", "c", None, {"id": n}, {"id": n},
+                                {"table": "orders"}, 5, "public.orders"), "copy", PermanentSinkError("x"), 1, None)
+    writer.close()
+    result = CliRunner().invoke(main, ["dlq", "replay", str(config)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exc_info
+    assert "orders/copy: cannot open: TransientSinkError: cannot connect" in result.stderr
+    assert "2 dead letter(s) kept" in result.stderr and "replayed 0, superseded 0, failed 2" in result.output
+    assert "s3cr3tpw" not in result.output + result.stderr and "Traceback" not in result.stderr
+    assert len(store_for(spec.dead_letter).list()) == 2

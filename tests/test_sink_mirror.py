@@ -227,3 +227,63 @@ pipelines:
         proc.wait(60)
     assert mirrored() == [(1, "new"), (3, "tampered"), (4, "tampered"), (5, "new"), (6, "new")]
     source(f"SELECT pg_drop_replication_slot('{slot}')")
+
+
+# ---- dead-letter replay to a mirror: superseded events are kept, the latest is applied -------
+
+def test_mariadb_replay_keeps_superseded_and_applies_latest(my_target, tmp_path):
+    from click.testing import CliRunner
+
+    from cdc.cli import main
+    from cdc.config import load_config
+    from cdc.deadletter import DeadLetterWriter, store_for
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+sources:
+  shop: {{type: postgres, dsn: "postgresql://x@127.0.0.1:1/x", tables: [orders], checkpoint: {{type: memory}}}}
+pipelines:
+  orders:
+    source: shop
+    sinks:
+      - type: mysql
+        name: copy
+        dsn: "{my_target}"
+        tables: {{public.orders: {{table: "order`s", columns: {{status: state}}}}}}
+        on_error: dead_letter
+        dead_letter: {{type: file, path: dlq.jsonl}}
+""")
+    spec = load_config(config).pipelines["orders"].sinks[0]
+    sink = spec.build()
+    sink.open()
+    e0, e1, e2, e3 = (ev(n, "c", after={"id": n, "status": "new", "total": total})
+                      for n, total in ((0, "1"), (1, "not a number"), (2, "2"), (3, "oops")))
+    writer = DeadLetterWriter(spec.dead_letter.build(), "orders")
+    sink.write([e0])
+    for bad in (e1, e3):
+        with pytest.raises(PermanentSinkError) as refused:  # strict mode refuses the decimal
+            sink.write([bad])
+        writer.park(bad, "copy", refused.value, 1, None)
+        if bad is e1:
+            sink.write([e2])
+            assert sink.skipped == []
+    writer.close()
+    sink.write([e0, e1])  # both behind the stored position: reported, not applied
+    assert sink.skipped == [e0.id, e1.id]
+    sink.close()
+    rows = lambda: my_rows(my_target, "SELECT id, state, CAST(total AS CHAR) FROM `order``s` ORDER BY id")  # noqa
+    assert rows() == [(0, "new", "1.00"), (2, "new", "2.00")]
+
+    store = store_for(spec.dead_letter)
+    parked = {e.event.id: e.id for e in store.list()}
+    u = my_target.rsplit("/", 1)
+    with pymysql.connect(host="127.0.0.1", port=int(u[0].rsplit(":", 1)[1]), user="root", password="root",
+                         database=u[1], autocommit=True) as conn:  # the operator fixes the column
+        conn.cursor().execute("ALTER TABLE `order``s` MODIFY total text")
+    cli = CliRunner()
+    result = cli.invoke(main, ["dlq", "replay", str(config), "--id", parked[e1.id]])
+    assert result.exit_code == 3, result.output + result.stderr
+    assert f"{parked[e1.id]}: superseded" in result.stderr and "superseded 1" in result.output
+    result = cli.invoke(main, ["dlq", "replay", str(config)])  # e1 superseded again, e3 applied
+    assert result.exit_code == 3 and "replayed 1, superseded 1, failed 0" in result.output, result.stderr
+    assert rows() == [(0, "new", "1.00"), (2, "new", "2.00"), (3, "new", "oops")]
+    assert [e.event.id for e in store.list()] == [e1.id]

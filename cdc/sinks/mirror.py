@@ -11,7 +11,9 @@
   the source schema) in the target's default schema or database.
 - Exactly once: the sink stores, per source table, the id of the last event it
   applied in ``position_table`` (created when missing), in the same transaction as
-  the rows.  A redelivered event whose id is not after the stored one is skipped.
+  the rows.  A redelivered event whose id is not after the stored one is skipped;
+  after each ``write`` the ids it skipped are in ``sink.skipped`` (so ``cdc dlq
+  replay`` can tell an event that was applied from one already superseded).
   Ids are ordered as PostgreSQL ``LSN:index`` ids when they look like one, else
   naturally (digit runs compared as numbers).
 - Identifiers are always quoted; values are always bound parameters.
@@ -74,6 +76,8 @@ class _MirrorSink:
         self.sink_name = context.name if context else self.dialect
         self.target: Target | None = None
         self._sql_cache: dict[tuple, str] = {}
+        #: ids of the last ``write``'s events not applied: at or behind the stored position
+        self.skipped: list[str] = []
 
     # ---- connection ------------------------------------------------------------
 
@@ -103,6 +107,8 @@ class _MirrorSink:
         if self.target is None:
             self.open()
         t = self.target
+        self.skipped = []
+        skipped: list[str] = []
         try:
             with t.conn.cursor() as cur:
                 applied = self._positions(cur)
@@ -113,7 +119,8 @@ class _MirrorSink:
                         continue
                     last = changed.get(e.table) or applied.get(e.table)
                     if last is not None and order_key(e.id) <= order_key(last):
-                        continue  # applied before: a redelivery
+                        skipped.append(e.id)  # applied before (a redelivery) or superseded
+                        continue
                     self._statements(e, statements)
                     changed[e.table] = e.id
                 self._execute(cur, statements)
@@ -124,6 +131,7 @@ class _MirrorSink:
             err = sink_error(exc, "cannot apply batch")
             self._reset()  # rolls back; the next write reconnects
             raise err from exc
+        self.skipped = skipped
 
     @staticmethod
     def _execute(cur, statements: list[tuple[str, list]]) -> None:
