@@ -108,8 +108,12 @@ class SourceRunner:
         for w in self.workers:
             w.start()
         try:
-            if self._open(position, 1.0):
-                self._loop()
+            # The first connection must succeed: a wrong host or password should fail
+            # fast (the supervisor or systemd restarts with backoff).  Once running, a
+            # lost connection is retried for as long as it takes.
+            self.source.open(position)
+            self.source_connected = True
+            self._loop()
         except TransformError as exc:
             self.error = exc
             log.error("%s", exc)
@@ -270,7 +274,7 @@ class SourceRunner:
             self._open(self.tracker.position or self.saved_position, delay)
 
     def _open(self, position: dict | None, delay: float) -> bool:
-        """Open the source, retrying while the database is unreachable; False if a
+        """Reopen the source, retrying while the database is unreachable; False if a
         stop was requested first.  A setup problem (``SourceSetupError``) is raised."""
         while True:
             try:
