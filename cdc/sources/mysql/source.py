@@ -1,0 +1,298 @@
+"""``type: mysql``: the MySQL / MariaDB binlog, read as a replica with python-mysql-replication.
+
+The library handles the connection, the framing, GTIDs and the TableMap metadata;
+row images are decoded by ``decoder.TableDecoder`` (compiled per table layout).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import time
+import zlib
+
+import pymysql
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.event import (GtidEvent, HeartbeatLogEvent, MariadbGtidEvent, QueryEvent,
+                                      RotateEvent, XidEvent)
+from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+
+from ...config import Context
+from ...errors import SourceConnectionError, SourceError, SourceSetupError
+from ...event import ChangeEvent, Commit
+from . import settings as checks
+from .decoder import TableDecoder
+from .position import GtidState
+
+__all__ = ["MySQLSource"]
+
+log = logging.getLogger("cdc.source.mysql")
+_EVENTS = [MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent, TableMapEvent,
+           WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, HeartbeatLogEvent]
+_ROWS = {WriteRowsEvent: "c", UpdateRowsEvent: "u", DeleteRowsEvent: "d"}
+_LOST = (2006, 2013, 2003, 2055)  # server gone, lost connection, cannot connect, lost (ssl)
+
+
+class _Reader(BinLogStreamReader):
+    """The library's reader, minus its silent reconnect: that one restarts from the
+    original start position (upstream issue #367).  We raise instead, and the
+    runner reopens the source at its checkpoint."""
+
+    _connected_once = False
+
+    def _BinLogStreamReader__connect_to_stream(self):  # noqa: N802 - overrides a private method
+        if self._connected_once:
+            raise SourceConnectionError("binlog connection lost")
+        self._connected_once = True
+        BinLogStreamReader._BinLogStreamReader__connect_to_stream(self)
+
+    def connect(self) -> None:
+        self._BinLogStreamReader__connect_to_stream()
+        self._BinLogStreamReader__connect_to_ctl()
+
+
+def _default_server_id(name: str) -> int:
+    return 100_000 + zlib.crc32(name.encode()) % 1_000_000_000
+
+
+class MySQLSource:
+    """Options: ``dsn`` (``mysql://user:pass@host:3306/db``), ``tables`` (``db.table``),
+    ``server_id`` (unique among the server's replicas; default: derived from the source
+    name), ``max_poll_events``, ``heartbeat_interval`` (seconds the server may stay silent)
+    and ``fast_decoder`` (false: the library's decoding for every table)."""
+
+    def __init__(self, dsn: str, tables: list[str], server_id: int | None = None,
+                 max_poll_events: int = 5000, heartbeat_interval: float = 10.0,
+                 fast_decoder: bool = True, context: Context | None = None) -> None:
+        self.name = context.source if context else "mysql"
+        self.dsn = dsn
+        self.settings = checks.parse_dsn(dsn)
+        self.db = self.settings.get("db") or ""
+        self.tables = tables
+        self.server_id = server_id or _default_server_id(self.name)
+        self.max_poll_events = max_poll_events
+        self.heartbeat_interval = heartbeat_interval
+        self.fast_decoder = fast_decoder
+        self.bytes_read = 0
+        self.confirmed: dict | None = None
+        self.reader: _Reader | None = None
+        self.info: dict = {}
+        self.gtids: GtidState | None = None
+        self.file, self.pos = "", 0
+        self._position: dict | None = None   # the last transaction boundary
+        self._tables: dict[int, tuple] = {}   # table id -> (qualified, db, table, decoder, key)
+        self._layouts: dict[tuple, TableDecoder] = {}
+        self._json: dict[str, set[str]] = {}
+        self._tx: tuple | None = None         # (key, id prefix, gtid, ts_ms) while in a transaction
+        self._index = 0
+        self._skip: tuple = (None, 0)
+
+    @staticmethod
+    def qualify_table(name: str, options: dict) -> str:
+        if "." in name:
+            return name
+        try:
+            db = checks.parse_dsn(options.get("dsn", "")).get("db") or ""
+        except ValueError:
+            db = ""
+        return f"{db}.{name}"
+
+    # ---- lifecycle -----------------------------------------------------------------
+
+    def open(self, position: dict | None) -> None:
+        conn = checks.connect(self.settings, self.name)
+        try:
+            checks.require(conn, self.tables, self.server_id, self.name)
+            self.info = checks.server_info(conn)
+            self._json = checks.json_columns(conn, self.tables) if self.info["mariadb"] else {}
+            position = position or self._position or self._current(conn)
+        finally:
+            conn.close()
+        if self._tx is not None:  # reopening mid-transaction: skip what was emitted
+            self._skip = (self._tx[0], self._index)
+        self._tx = None
+        self._position = position
+        self.file, self.pos = position.get("file", ""), position.get("pos", 4)
+        gtid = position.get("gtid") if self.info["gtid"] else None
+        self.gtids = GtidState(gtid or "", self.info["mariadb"]) if self.info["gtid"] else None
+        stream = {k: v for k, v in self.settings.items() if k != "db"}
+        self.reader = _Reader(
+            stream, self.server_id, blocking=True, resume_stream=True,
+            log_file=self.file or None, log_pos=self.pos, auto_position=gtid,
+            is_mariadb=self.info["mariadb"], only_events=_EVENTS,
+            only_schemas=sorted({t.split(".", 1)[0] for t in self.tables}),
+            only_tables=sorted({t.split(".", 1)[1] for t in self.tables}),
+            slave_heartbeat=self.heartbeat_interval or None, enable_logging=False)
+        self._tables = {}
+        try:
+            self.reader.connect()
+        except pymysql.MySQLError as exc:
+            self.reader.close()
+            self.reader = None
+            raise SourceConnectionError(f"cannot start the binlog stream: {exc.args[-1]}",
+                                        source=self.name) from exc
+        log.info("source %s: reading the binlog of %s from %s", self.name, self.info["version"], position)
+
+    def _current(self, conn: pymysql.Connection) -> dict:
+        """The end of the binlog now (without SHOW MASTER STATUS, gone in MySQL 8.4)."""
+        with conn.cursor() as cur:
+            cur.execute("SHOW BINARY LOGS")
+            file, size = cur.fetchall()[-1][:2]
+            position = {"file": file, "pos": int(size)}
+            if self.info["gtid"]:
+                cur.execute("SELECT @@global.gtid_binlog_pos" if self.info["mariadb"]
+                            else "SELECT @@global.gtid_executed")
+                position["gtid"] = cur.fetchone()[0] or ""
+        return position
+
+    def close(self) -> None:
+        if self.reader is not None:
+            try:
+                self.reader.close()
+            except Exception:  # the socket may already be gone
+                pass
+            self.reader = None
+
+    def confirm(self, position: dict) -> None:
+        self.confirmed = position  # a replica has nothing to tell the server
+
+    def keepalive(self) -> None:
+        pass
+
+    # ---- reading -------------------------------------------------------------------
+
+    def _ready(self, timeout: float) -> bool:
+        """Is an event (or an error) waiting?  pymysql buffers, so peek before select."""
+        conn = self.reader._stream_connection
+        sock = conn._sock
+        if sock is None:
+            return True
+        if select.select([sock], [], [], 0)[0]:
+            return True
+        previous = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            if conn._rfile.peek(1):
+                return True
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(previous)
+        return timeout > 0 and bool(select.select([sock], [], [], timeout)[0])
+
+    def _fetch(self):
+        try:
+            ev = self.reader.fetchone()
+        except pymysql.OperationalError as exc:
+            code = exc.args[0] if exc.args else 0
+            if code == 1236:  # the binlog at our position is gone
+                raise SourceSetupError(f"cannot resume from {self._position}: {exc.args[-1]}",
+                                       source=self.name) from exc
+            raise SourceConnectionError(f"binlog stream failed: {exc.args[-1]}", source=self.name) from exc
+        except pymysql.MySQLError as exc:
+            raise SourceError(f"binlog stream failed: {exc}", source=self.name) from exc
+        if ev is None:
+            raise SourceConnectionError("the server ended the binlog stream", source=self.name)
+        return ev
+
+    def poll(self, timeout: float) -> list:
+        if self.reader is None:
+            raise SourceConnectionError("not connected", source=self.name)
+        out: list = []
+        wait = timeout
+        now_ms = int(time.time() * 1000)
+        while len(out) < self.max_poll_events and self._ready(wait):
+            wait = 0.0
+            ev = self._fetch()
+            kind = ev.__class__
+            packet = ev.packet
+            self.bytes_read += packet.event_size
+            if kind in _ROWS:
+                self._rows(ev, _ROWS[kind], now_ms, out)
+            elif kind is XidEvent:
+                self._commit(ev, out)
+            elif kind is TableMapEvent:
+                self._table_map(ev)
+            elif kind is MariadbGtidEvent or kind is GtidEvent:
+                self._begin(ev.gtid, ev)
+            elif kind is QueryEvent:
+                query = ev.query.strip().upper()
+                if query == "BEGIN":
+                    if self._tx is None or self._tx[2] is None:
+                        self._begin(None, ev)
+                elif query == "XA END":
+                    pass
+                else:  # COMMIT, ROLLBACK, or a DDL statement: all end a transaction
+                    self._commit(ev, out)
+            elif kind is RotateEvent:
+                self.file, self.pos = ev.next_binlog, ev.position
+        return out
+
+    def _begin(self, gtid: str | None, ev) -> None:
+        packet = ev.packet
+        if gtid is not None:
+            key = gtid
+        else:
+            key = f"{self.file}:{packet.log_pos - packet.event_size}"
+        self._tx = (key, f"{key}:", gtid, packet.timestamp * 1000)
+        self._index = 0
+
+    def _commit(self, ev, out: list) -> None:
+        tx = self._tx
+        if tx is not None and tx[2] is not None and self.gtids is not None:
+            self.gtids.add(tx[2])
+        self.pos = ev.packet.log_pos
+        position = {"file": self.file, "pos": self.pos}
+        if self.gtids is not None:
+            position["gtid"] = str(self.gtids)
+        self._position = position
+        self._tx = None
+        self._skip = (None, 0)
+        out.append(Commit(position, ev.packet.timestamp * 1000))
+
+    def _table_map(self, ev) -> None:
+        qualified = f"{ev.schema}.{ev.table}"
+        if qualified not in self.tables:
+            return
+        columns = ev.columns
+        json = self._json.get(qualified, set())
+        layout = (qualified, tuple(tuple(sorted(c.data.items(), key=lambda kv: kv[0])).__repr__()
+                                   for c in columns))
+        decoder = self._layouts.get(layout)
+        if decoder is None:
+            decoder = self._layouts[layout] = TableDecoder(columns, self.fast_decoder, json)
+            log.debug("source %s: %s decoder for %s", self.name, "fast" if decoder.fast else "library",
+                      qualified)
+        key = [c.name for c in columns if c.is_primary] or None
+        self._tables[ev.table_id] = (qualified, ev.schema, ev.table, decoder, key)
+
+    def _rows(self, ev, op: str, now_ms: int, out: list) -> None:
+        table = self._tables.get(ev.table_id)
+        if table is None:
+            return
+        qualified, db, name, decoder, key_names = table
+        tx = self._tx
+        if tx is None:  # rows outside BEGIN (should not happen): key them by position
+            self._begin(None, ev)
+            tx = self._tx
+        key, prefix, gtid, ts_ms = tx
+        packet = ev.packet
+        pos = packet.log_pos - packet.event_size
+        server_id = packet.server_id
+        file = self.file
+        skip_below = self._skip[1] if self._skip[0] == key else 0
+        index = self._index
+        append = out.append
+        for rowno, (before, after) in enumerate(decoder.rows(ev)):
+            if index < skip_below:
+                index += 1
+                continue
+            row = after if after is not None else before
+            append(ChangeEvent(
+                f"{prefix}{index}", op, before, after,
+                {k: row[k] for k in key_names} if key_names else None,
+                {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": file,
+                 "pos": pos, "row": rowno, "gtid": gtid, "server_id": server_id, "ts_ms": ts_ms},
+                now_ms, qualified, pos))
+            index += 1
+        self._index = index
