@@ -181,7 +181,12 @@ def _column_code(i: int, col, env: dict) -> list[str] | None:
         length = "d[p]" if width == 1 else f"_from(d[p:p + {width}], 'little')"
         encoding = column_encoding(col)
         value = f"d[p + {width}:q]"
-        value = f"{value}.decode({encoding!r})" if encoding else f"_b64({value}).decode()"
+        if encoding:
+            value = f"{value}.decode({encoding!r})"
+        elif t == T.STRING:  # binary(n): the binlog drops the zero padding that SELECT shows
+            value = f"_b64({value}.ljust({col.max_length}, b'\\0')).decode()"
+        else:
+            value = f"_b64({value}).decode()"
         if col.name in env["json_names"]:
             value = f"_json({value})"
         return [f"q = p + {width} + {length}", f"{v} = {value}", "p = q"]

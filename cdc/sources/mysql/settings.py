@@ -32,7 +32,7 @@ def parse_dsn(dsn: str) -> dict:
     if url.scheme not in ("mysql", "mariadb"):
         raise ValueError("the dsn must look like mysql://user:password@host:3306/database")
     settings = {"host": url.hostname or "127.0.0.1", "port": url.port or 3306,
-                "user": unquote(url.username or ""), "passwd": unquote(url.password or ""),
+                "user": unquote(url.username or ""), "password": unquote(url.password or ""),
                 "db": url.path.lstrip("/") or None}
     for key, values in parse_qs(url.query).items():
         settings[key] = int(values[-1]) if values[-1].isdigit() else values[-1]

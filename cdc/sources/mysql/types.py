@@ -8,7 +8,7 @@
 | double                                             | number                                        |
 | char, varchar, text, enum                          | string                                        |
 | set                                                | string, members in definition order (``"a,b"``) |
-| binary, varbinary, blob                            | base64 string                                 |
+| binary(n), varbinary, blob                         | base64 string (binary(n) zero-padded to n)    |
 | date                                               | ``"2026-11-25"``                              |
 | datetime(n)                                        | ``"2026-11-25T17:16:27.123456"``              |
 | timestamp(n)                                       | ``"2026-11-25T17:16:27.123456Z"`` (UTC)       |
@@ -83,6 +83,8 @@ def from_library(column, value, none_source: str | None = None):
             return ""
         return None
     if isinstance(value, (bytes, bytearray)):
+        if t == FIELD_TYPE.STRING:  # binary(n): restore the zero padding the binlog drops
+            value = bytes(value).ljust(column.max_length, b"\0")
         return base64.b64encode(value).decode()
     if t == FIELD_TYPE.NEWDECIMAL:
         return _decimal(value, column.decimals)
