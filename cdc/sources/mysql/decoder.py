@@ -12,7 +12,6 @@ Both paths give the same JSON values (see ``tests/test_mysql_decoder.py``).
 from __future__ import annotations
 
 import base64
-import codecs
 import struct
 import time
 from collections.abc import Callable
@@ -20,9 +19,9 @@ from collections.abc import Callable
 import orjson
 
 from pymysqlreplication.constants import FIELD_TYPE as T
-from pymysqlreplication.row_event import RowsEvent, UpdateRowsEvent
+from pymysqlreplication.row_event import UpdateRowsEvent
 
-from .types import float32, frac, from_library
+from .types import column_encoding, float32, frac, from_library
 
 __all__ = ["TableDecoder", "compile_image", "column_encoding"]
 
@@ -31,19 +30,6 @@ _from = int.from_bytes
 _STRUCTS = {T.TINY: "b", T.SHORT: "h", T.LONG: "i", T.LONGLONG: "q", T.FLOAT: "f", T.DOUBLE: "d"}
 _DIG2BYTES = (0, 1, 1, 2, 2, 3, 3, 4, 4, 4)
 _FSP_BYTES = (0, 1, 1, 2, 2, 3, 3)
-
-
-def column_encoding(column) -> str | None:
-    """The Python codec of a character column, None for binary data (as the library decides)."""
-    name = column.character_set_name
-    if name is None:
-        return "utf8"
-    encoding = RowsEvent.charset_to_encoding(name)
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        return None
-    return encoding
 
 
 def _fsp_reader(fsp: int) -> tuple[int, Callable[[bytes, int], int]]:

@@ -28,15 +28,30 @@ The functions below turn the library's Python values into these JSON values
 from __future__ import annotations
 
 import base64
+import codecs
 import datetime
 import decimal
 import struct
 
 from pymysqlreplication.constants import FIELD_TYPE
+from pymysqlreplication.row_event import RowsEvent
 
-__all__ = ["float32", "frac", "format_time", "from_library"]
+__all__ = ["column_encoding", "float32", "frac", "format_time", "from_library"]
 
 _pack_f = struct.Struct("<f").pack
+
+
+def column_encoding(column) -> str | None:
+    """The Python codec of a character column, None for binary data (as the library decides)."""
+    name = column.character_set_name
+    if name is None:
+        return "utf8"
+    encoding = RowsEvent.charset_to_encoding(name)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return None
+    return encoding
 
 
 def float32(value: float) -> float:
@@ -67,6 +82,8 @@ def _timedelta(value: datetime.timedelta) -> str:
     negative = micro < 0
     micro = -micro if negative else micro
     secs, micro = divmod(micro, 1_000_000)
+    if negative and micro:  # the library reads -S.f as -(S + 1 - f)
+        micro = 1_000_000 - micro
     return format_time(negative, secs // 3600, secs // 60 % 60, secs % 60, micro)
 
 
@@ -82,6 +99,8 @@ def from_library(column, value, none_source: str | None = None):
         if t == FIELD_TYPE.SET and none_source == "empty set":
             return ""
         return None
+    if value == "" and column_encoding(column) is None:
+        value = b""  # the library decodes an empty binary value as ''
     if isinstance(value, (bytes, bytearray)):
         if t == FIELD_TYPE.STRING:  # binary(n): restore the zero padding the binlog drops
             value = bytes(value).ljust(column.max_length, b"\0")
