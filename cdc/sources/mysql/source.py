@@ -86,6 +86,7 @@ class MySQLSource:
         self._tx: tuple | None = None         # (key, id prefix, gtid, ts_ms) while in a transaction
         self._index = 0
         self._skip: tuple = (None, 0)
+        self._error: SourceConnectionError | None = None
 
     @staticmethod
     def qualify_table(name: str, options: dict) -> str:
@@ -108,6 +109,7 @@ class MySQLSource:
             position = position or self._position or self._current(conn)
         finally:
             conn.close()
+        self._error = None
         if self._tx is not None:  # reopening mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
         self._tx = None
@@ -196,9 +198,21 @@ class MySQLSource:
         return ev
 
     def poll(self, timeout: float) -> list:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         if self.reader is None:
             raise SourceConnectionError("not connected", source=self.name)
         out: list = []
+        try:
+            self._read(out, timeout)
+        except SourceConnectionError as exc:
+            if not out:
+                raise
+            self._error = exc  # hand over what was read first: the skip counts it as emitted
+        return out
+
+    def _read(self, out: list, timeout: float) -> None:
         wait = timeout
         now_ms = int(time.time() * 1000)
         while len(out) < self.max_poll_events and self._ready(wait):
@@ -226,7 +240,6 @@ class MySQLSource:
                     self._commit(ev, out)
             elif kind is RotateEvent:
                 self.file, self.pos = ev.next_binlog, ev.position
-        return out
 
     def _begin(self, gtid: str | None, ev) -> None:
         packet = ev.packet
