@@ -20,6 +20,12 @@ EDGE_ROWS = [
     " NULL, '', NULL, '', NULL, '', NULL, '2026-02-28', '2026-11-25 23:59:59.9', NULL,"
     " '2026-11-25 17:16:27.000001', '-838:59:59', '00:00:00.999', 2000, NULL, 'c', 'null', b'0', b'0')",
 ]
+DECIMALS = ("CREATE TABLE decimals (id int PRIMARY KEY, a decimal(4,4), b decimal(18,9), c decimal(30,10),"
+            " d decimal(2,0), e decimal(65,30), f decimal(9,2), g decimal(10,1))")
+DECIMAL_ROWS = ["(1, 0.9999, 999999999.999999999, 12345678901234567890.0123456789, 99,"
+                " 12345678901234567890123456789012345.123456789012345678901234567890, 1234567.89, 123456789.9)",
+                "(2, -0.0001, -0.000000001, -1, -9, -0.000000000000000000000000000001, -0.01, -0.1)",
+                "(3, 0, 0, 0, 0, 0, 0, 0)"]
 # binary JSON (MySQL) and geometry have no fast reader: the table falls back to the library
 FALLBACK = "CREATE TABLE shapes (id int PRIMARY KEY, g geometry, label varchar(10))"
 
@@ -47,12 +53,13 @@ def _read_all(server, db: str) -> list[tuple[str, object, object]]:
 
 def test_fast_decoder_matches_the_library(mariadb_server, mariadb_database):
     db = db_of(mariadb_database)
-    execute(mariadb_server, db, ALL_TYPES, FALLBACK)
+    execute(mariadb_server, db, ALL_TYPES, FALLBACK, DECIMALS)
     execute(mariadb_server, db, *["INSERT INTO all_types VALUES " + r for r in ALL_ROWS + EDGE_ROWS],
             sql_mode="")
     execute(mariadb_server, db, "INSERT INTO all_types (id) VALUES (20)",
             "UPDATE all_types SET ti = COALESCE(ti, 0) - 1, vc = CONCAT(vc, '!'), tm3 = NULL WHERE id IN (1, 3, 10, 20)",
             "DELETE FROM all_types WHERE id IN (2, 11, 20)",
+            *["INSERT INTO decimals VALUES " + r for r in DECIMAL_ROWS],
             "INSERT INTO shapes VALUES (1, ST_GeomFromText('POINT(1 2)'), 'p'), (2, NULL, NULL)",
             sql_mode="")
     events = _read_all(mariadb_server, db)
@@ -64,6 +71,9 @@ def test_fast_decoder_matches_the_library(mariadb_server, mariadb_database):
         assert fast == library
         rows += len(fast)
     assert rows == len(ALL_ROWS) + len(EDGE_ROWS) + 1 + 4 + 3
+    decimals = [e for e in events if e[0] == "decimals"]
+    assert len(decimals) == 3 and all(fast_path and fast == library for _, fast_path, fast, library in decimals)
+    assert decimals[1][2][0][1]["e"] == "-0.000000000000000000000000000001"
     shapes = [e for e in events if e[0] == "shapes"]
     assert len(shapes) == 1 and shapes[0][1] is False  # geometry: library decoding
     point, empty = shapes[0][3]

@@ -41,34 +41,6 @@ def _fsp_reader(fsp: int) -> tuple[int, Callable[[bytes, int], int]]:
     return size, lambda d, p: _from(d[p:p + size], "big") * scale
 
 
-def _decimal(precision: int, scale: int) -> tuple[int, Callable]:
-    intg = precision - scale
-    lead = _DIG2BYTES[intg % 9]
-    tail = _DIG2BYTES[scale % 9]
-    groups = [lead] * bool(lead) + [4] * (intg // 9) + [4] * (scale // 9) + [tail] * bool(tail)
-    digits = [intg % 9] * bool(lead) + [9] * (intg // 9) + [9] * (scale // 9) + [scale % 9] * bool(tail)
-    size = sum(groups)
-    parts = list(zip(groups, [10 ** n for n in digits]))
-
-    def read(d: bytes, p: int) -> str:
-        raw = bytearray(d[p:p + size])
-        negative = not raw[0] & 0x80
-        raw[0] ^= 0x80
-        if negative:
-            raw = bytes(b ^ 0xFF for b in raw)
-        value, i = 0, 0
-        for n, mul in parts:
-            value = value * mul + _from(raw[i:i + n], "big")
-            i += n
-        text = str(value)
-        if scale:
-            text = text.rjust(scale + 1, "0")
-            text = f"{text[:-scale]}.{text[-scale:]}"
-        return "-" + text if negative else text
-
-    return size, read
-
-
 def _datetime2(fsp: int) -> tuple[int, Callable]:
     fsize, fread = _fsp_reader(fsp)
 
@@ -140,8 +112,54 @@ def _json(text):
         return text
 
 
-def _column_code(i: int, col, env: dict) -> list[str] | None:
-    """Lines that set ``v{i}`` from ``d`` at ``p`` and advance ``p``; None if unsupported."""
+def _decimal_code(i: int, precision: int, scale: int, env: dict) -> list[str]:
+    """Inline code for DECIMAL: big-endian groups of 9 digits; the first bit is the sign
+    (set: positive), and a negative value has every bit inverted."""
+    intg = precision - scale
+    groups = ([(_DIG2BYTES[intg % 9], intg % 9)] if intg % 9 else []) + [(4, 9)] * (intg // 9) \
+        + [(4, 9)] * (scale // 9) + ([(_DIG2BYTES[scale % 9], scale % 9)] if scale % 9 else [])
+    size = sum(n for n, _ in groups)
+    after = [sum(digits for _, digits in groups[k + 1:]) for k in range(len(groups))]
+    if all(n in (1, 2, 4) for n, _ in groups):  # one struct call reads every group
+        env[f"s{i}"] = struct.Struct(">" + "".join(" BH I"[n] for n, _ in groups)).unpack_from
+        names = [f"g{k}" for k in range(len(groups))]
+        flip = [f"{g} ^= {(1 << n * 8) - 1}" for g, (n, _) in zip(names, groups)]
+        flip[0] = f"g0 ^= {(1 << groups[0][0] * 8 - 1) - 1}"
+        lines = [f"{', '.join(names)}{',' if len(names) == 1 else ''} = s{i}(d, p)",
+                 f"if g0 & {1 << groups[0][0] * 8 - 1}:", f"    g0 ^= {1 << groups[0][0] * 8 - 1}",
+                 "    sg = ''", "else:", *[f"    {f}" for f in flip], "    sg = '-'"]
+        terms = [f"{g} * {10 ** a}" if a else g for g, a in zip(names, after)]
+    else:  # 3-byte groups: read the whole value as one integer
+        sign = 1 << (size * 8 - 1)
+        lines = [f"x = _from(d[p:p + {size}], 'big')", f"if x & {sign}:", f"    x ^= {sign}", "    sg = ''",
+                 "else:", f"    x ^= {sign - 1}", "    sg = '-'"]
+        terms, shift = [], 0
+        for (nbytes, _), a in reversed(list(zip(groups, after))):
+            part = f"(x >> {shift} & {(1 << nbytes * 8) - 1})"
+            terms.insert(0, f"{part} * {10 ** a}" if a else part)
+            shift += nbytes * 8
+    lines.append(f"n = {' + '.join(terms)}")
+    if scale:
+        lines += [f"if n >= {10 ** scale}:", "    t = str(n)",
+                  f"    v{i} = f'{{sg}}{{t[:-{scale}]}}.{{t[-{scale}:]}}'",
+                  "else:", f"    v{i} = f'{{sg}}0.{{n:0{scale}d}}'"]
+    else:
+        lines.append(f"v{i} = f'{{sg}}{{n}}'")
+    return lines + [f"p += {size}"]
+
+
+def _cached(i: int, size: int, helper: Callable, env: dict) -> list[str]:
+    """Temporal values repeat (NOW() in a whole transaction): remember their text by bytes."""
+    env[f"h{i}"] = helper
+    env[f"c{i}"] = {}
+    return [f"k = d[p:p + {size}]", f"v{i} = c{i}.get(k)", f"if v{i} is None:",
+            f"    v{i} = h{i}(d, p)", f"    if len(c{i}) > 4096:", f"        c{i}.clear()",
+            f"    c{i}[k] = v{i}", f"p += {size}"]
+
+
+def _column_code(i: int, col, env: dict) -> tuple[list[str], str | None] | None:
+    """(lines that set ``v{i}`` from ``d`` at ``p`` and advance ``p``, struct code of a
+    fixed-width number or None); None if the type has no fast reader."""
     t = col.type
     v = f"v{i}"
     if t in _STRUCTS:
@@ -149,16 +167,15 @@ def _column_code(i: int, col, env: dict) -> list[str] | None:
             else _STRUCTS[t]
         env[f"s{i}"] = struct.Struct("<" + fmt).unpack_from
         size = struct.calcsize(fmt)
-        read = f"s{i}(d, p)[0]"
         if t == T.FLOAT:
             env["float32"] = float32
-            read = f"float32({read})"
-        return [f"{v} = {read}", f"p += {size}"]
+            return [f"{v} = float32(s{i}(d, p)[0])", f"p += {size}"], None
+        return [f"{v} = s{i}(d, p)[0]", f"p += {size}"], fmt
     if t == T.INT24:
         signed = not getattr(col, "unsigned", False)
-        return [f"{v} = _from(d[p:p + 3], 'little', signed={signed})", "p += 3"]
+        return [f"{v} = _from(d[p:p + 3], 'little', signed={signed})", "p += 3"], None
     if t == T.YEAR:
-        return [f"{v} = d[p] + 1900 if d[p] else None", "p += 1"]
+        return [f"{v} = d[p] + 1900 if d[p] else None", "p += 1"], None
     if t in (T.VARCHAR, T.STRING, T.VAR_STRING, T.BLOB):
         if t == T.BLOB:
             width = col.length_size
@@ -175,21 +192,21 @@ def _column_code(i: int, col, env: dict) -> list[str] | None:
             value = f"_b64({value}).decode()"
         if col.name in env["json_names"]:
             value = f"_json({value})"
-        return [f"q = p + {width} + {length}", f"{v} = {value}", "p = q"]
+        return [f"q = p + {width} + {length}", f"{v} = {value}", "p = q"], None
     if t == T.ENUM:
         env[f"e{i}"] = col.enum_values or [""]
         index = "d[p]" if col.size == 1 else f"_from(d[p:p + {col.size}], 'little')"
-        return [f"{v} = e{i}[{index}]", f"p += {col.size}"]
+        return [f"{v} = e{i}[{index}]", f"p += {col.size}"], None
     if t == T.SET:
         env[f"e{i}"] = [(1 << n, name) for n, name in enumerate(col.set_values or [])]
         return [f"m = _from(d[p:p + {col.size}], 'little')",
-                f"{v} = ','.join([name for bit, name in e{i} if m & bit])", f"p += {col.size}"]
+                f"{v} = ','.join([name for bit, name in e{i} if m & bit])", f"p += {col.size}"], None
     if t == T.BIT:
-        return [f"{v} = format(_from(d[p:p + {col.bytes}], 'big'), '0{col.bits}b')", f"p += {col.bytes}"]
-    helper = None
+        return [f"{v} = format(_from(d[p:p + {col.bytes}], 'big'), '0{col.bits}b')",
+                f"p += {col.bytes}"], None
     if t == T.NEWDECIMAL:
-        helper = _decimal(col.precision, col.decimals)
-    elif t == T.DATETIME2:
+        return _decimal_code(i, col.precision, col.decimals, env), None
+    if t == T.DATETIME2:
         helper = _datetime2(col.fsp)
     elif t == T.TIMESTAMP2:
         helper = _timestamp2(col.fsp)
@@ -197,10 +214,29 @@ def _column_code(i: int, col, env: dict) -> list[str] | None:
         helper = _time2(col.fsp)
     elif t == T.DATE:
         helper = (3, _date)
-    if helper is None:
+    else:
         return None
-    env[f"h{i}"] = helper[1]
-    return [f"{v} = h{i}(d, p)", f"p += {helper[0]}"]
+    return _cached(i, helper[0], helper[1], env), None
+
+
+def _no_nulls(codes: list, env: dict) -> list[str]:
+    """The code for a row without NULLs: runs of fixed-width numbers read by one struct."""
+    lines: list[str] = []
+    i = 0
+    while i < len(codes):
+        j = i
+        while j < len(codes) and codes[j][1] is not None:
+            j += 1
+        if j - i >= 2:
+            fmt = "<" + "".join(codes[k][1] for k in range(i, j))
+            env[f"run{i}"] = struct.Struct(fmt).unpack_from
+            lines.append(f"{', '.join(f'v{k}' for k in range(i, j))} = run{i}(d, p)")
+            lines.append(f"p += {struct.calcsize(fmt)}")
+            i = j
+        else:
+            lines += codes[i][0]
+            i += 1
+    return lines
 
 
 def compile_image(columns: list, json_names: frozenset = frozenset()) -> Image | None:
@@ -219,9 +255,9 @@ def compile_image(columns: list, json_names: frozenset = frozenset()) -> Image |
              f"    nulls = _from(d[p:p + {nbytes}], 'little')" if nbytes > 1 else "    nulls = d[p]",
              f"    p += {nbytes}",
              "    if not nulls:"]
-    lines += [f"        {line}" for code in codes for line in code]
+    lines += [f"        {line}" for line in _no_nulls(codes, env)]
     lines.append("    else:")
-    for i, code in enumerate(codes):
+    for i, (code, _) in enumerate(codes):
         lines.append(f"        if nulls & {1 << i}:")
         lines.append(f"            v{i} = None")
         lines.append("        else:")

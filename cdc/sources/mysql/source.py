@@ -124,7 +124,8 @@ class MySQLSource:
             is_mariadb=self.info["mariadb"], only_events=_EVENTS,
             only_schemas=sorted({t.split(".", 1)[0] for t in self.tables}),
             only_tables=sorted({t.split(".", 1)[1] for t in self.tables}),
-            slave_heartbeat=self.heartbeat_interval or None, enable_logging=False)
+            slave_heartbeat=self.heartbeat_interval or None, enable_logging=False,
+            freeze_schema=True)  # a known table id is not parsed again; DDL clears them (see _ddl)
         self._tables = {}
         try:
             self.reader.connect()
@@ -237,6 +238,8 @@ class MySQLSource:
                 elif query == "XA END":
                     pass
                 else:  # COMMIT, ROLLBACK, or a DDL statement: all end a transaction
+                    if query != "COMMIT" and query != "ROLLBACK":
+                        self._ddl()
                     self._commit(ev, out)
             elif kind is RotateEvent:
                 self.file, self.pos = ev.next_binlog, ev.position
@@ -263,14 +266,19 @@ class MySQLSource:
         self._skip = (None, 0)
         out.append(Commit(position, ev.packet.timestamp * 1000))
 
+    def _ddl(self) -> None:
+        """A statement that may change a table: read the next TableMaps afresh."""
+        self.reader.table_map.clear()
+        self._tables.clear()
+
     def _table_map(self, ev) -> None:
         qualified = f"{ev.schema}.{ev.table}"
         if qualified not in self.tables:
             return
         columns = ev.columns
         json = self._json.get(qualified, set())
-        layout = (qualified, tuple(tuple(sorted(c.data.items(), key=lambda kv: kv[0])).__repr__()
-                                   for c in columns))
+        # the TableMap body after table id and flags: names, types, metadata
+        layout = ev.packet.packet._data[28:20 + ev.event_size]
         decoder = self._layouts.get(layout)
         if decoder is None:
             decoder = self._layouts[layout] = TableDecoder(columns, self.fast_decoder, json)
