@@ -25,7 +25,6 @@ from .types import column_encoding, float32, frac, from_library
 
 __all__ = ["TableDecoder", "compile_image", "column_encoding"]
 
-Image = Callable[[bytes, int], tuple]
 _from = int.from_bytes
 _STRUCTS = {T.TINY: "b", T.SHORT: "h", T.LONG: "i", T.LONGLONG: "q", T.FLOAT: "f", T.DOUBLE: "d"}
 _DIG2BYTES = (0, 1, 1, 2, 2, 3, 3, 4, 4, 4)
@@ -239,9 +238,11 @@ def _no_nulls(codes: list, env: dict) -> list[str]:
     return lines
 
 
-def compile_image(columns: list, json_names: frozenset = frozenset()) -> Image | None:
-    """``image(data, pos) -> (row dict, next pos)`` for one row image, or None when a
-    column type has no fast reader.  ``json_names``: text columns holding JSON (MariaDB)."""
+def compile_image(columns: list, json_names: frozenset = frozenset()) -> dict | None:
+    """Compiled readers for one table layout, or None when a column type has no fast reader:
+    ``image(d, p) -> (row, next p)``, ``images(d, p, end) -> [row]`` and
+    ``pairs(d, p, end) -> [(before, after)]`` (update events).
+    ``json_names``: text columns holding JSON (MariaDB)."""
     env: dict = {"_from": _from, "_b64": base64.b64encode, "_json": _json, "json_names": json_names}
     codes = []
     for i, col in enumerate(columns):
@@ -251,21 +252,26 @@ def compile_image(columns: list, json_names: frozenset = frozenset()) -> Image |
         codes.append(code)
     n = len(columns)
     nbytes = (n + 7) // 8
-    lines = ["def image(d, p):",
-             f"    nulls = _from(d[p:p + {nbytes}], 'little')" if nbytes > 1 else "    nulls = d[p]",
-             f"    p += {nbytes}",
-             "    if not nulls:"]
-    lines += [f"        {line}" for line in _no_nulls(codes, env)]
-    lines.append("    else:")
+    body = [f"nulls = _from(d[p:p + {nbytes}], 'little')" if nbytes > 1 else "nulls = d[p]",
+            f"p += {nbytes}", "if not nulls:"]
+    body += [f"    {line}" for line in _no_nulls(codes, env)]
+    body.append("else:")
     for i, (code, _) in enumerate(codes):
-        lines.append(f"        if nulls & {1 << i}:")
-        lines.append(f"            v{i} = None")
-        lines.append("        else:")
-        lines += [f"            {line}" for line in code]
-    body = ", ".join(f"{col.name!r}: v{i}" for i, col in enumerate(columns))
-    lines.append(f"    return {{{body}}}, p")
-    exec(compile("\n".join(lines), "<mysql row decoder>", "exec"), env)  # noqa: S102 - our own code
-    return env["image"]
+        body += [f"    if nulls & {1 << i}:", f"        v{i} = None", "    else:"]
+        body += [f"        {line}" for line in code]
+    row = "{" + ", ".join(f"{col.name!r}: v{i}" for i, col in enumerate(columns)) + "}"
+
+    def indent(lines: list[str], depth: int) -> list[str]:
+        return [" " * depth + line for line in lines]
+
+    source = ["def image(d, p):", *indent(body, 4), f"    return {row}, p",
+              "def images(d, p, end):", "    out = []", "    append = out.append", "    while p < end:",
+              *indent(body, 8), f"        append({row})", "    return out",
+              "def pairs(d, p, end):", "    out = []", "    append = out.append", "    while p < end:",
+              *indent(body, 8), f"        before = {row}", *indent(body, 8), f"        append((before, {row}))",
+              "    return out"]
+    exec(compile("\n".join(source), "<mysql row decoder>", "exec"), env)  # noqa: S102 - our own code
+    return env
 
 
 class TableDecoder:
@@ -275,41 +281,37 @@ class TableDecoder:
         self.columns = columns
         self.names = [c.name for c in columns]
         self.json_names = frozenset(json_names)
-        self.image = compile_image(columns, self.json_names) if fast else None
+        compiled = compile_image(columns, self.json_names) if fast else None
+        self.fast = compiled is not None
+        if compiled:
+            self._images, self._pairs = compiled["images"], compiled["pairs"]
         self._all = bytes([0xFF] * (len(columns) // 8)) + (bytes([(1 << len(columns) % 8) - 1])
                                                           if len(columns) % 8 else b"")
 
-    @property
-    def fast(self) -> bool:
-        return self.image is not None
-
-    def rows(self, ev) -> list[tuple[dict | None, dict | None]]:
-        image = self.image
-        update = isinstance(ev, UpdateRowsEvent)
-        if (image is None or ev.number_of_columns != len(self.columns)
+    def images(self, ev) -> list | None:
+        """The fast path: the rows of a write or delete event, the (before, after) pairs of
+        an update event; None when this event needs the library (e.g. a partial row image)."""
+        update = ev.__class__ is UpdateRowsEvent
+        if (not self.fast or ev.number_of_columns != len(self.columns)
                 or ev.columns_present_bitmap != self._all
                 or (update and ev.columns_present_bitmap2 != self._all)):
-            return self.library_rows(ev)
+            return None
         wrapper = ev.packet
         packet = wrapper.packet
-        d, p = packet._data, packet._position
+        p = packet._position
         end = p + ev.event_size - wrapper.read_bytes
-        out = []
-        append = out.append
-        if update:
-            while p < end:
-                before, p = image(d, p)
-                after, p = image(d, p)
-                append((before, after))
-        elif ev.event_type in (23, 30):  # WRITE_ROWS v1 / v2
-            while p < end:
-                after, p = image(d, p)
-                append((None, after))
-        else:
-            while p < end:
-                before, p = image(d, p)
-                append((before, None))
-        return out
+        return (self._pairs if update else self._images)(packet._data, p, end)
+
+    def rows(self, ev) -> list[tuple[dict | None, dict | None]]:
+        """``[(before, after)]`` by the fast path when it can, else by the library."""
+        rows = self.images(ev)
+        if rows is None:
+            return self.library_rows(ev)
+        if ev.__class__ is UpdateRowsEvent:
+            return rows
+        if ev.event_type in (23, 30):  # WRITE_ROWS v1 / v2
+            return [(None, r) for r in rows]
+        return [(r, None) for r in rows]
 
     def library_rows(self, ev) -> list[tuple[dict | None, dict | None]]:
         """The library's decoding of ``ev``, as JSON values (the fallback path)."""

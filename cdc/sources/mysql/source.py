@@ -301,19 +301,36 @@ class MySQLSource:
         pos = packet.log_pos - packet.event_size
         server_id = packet.server_id
         file = self.file
-        skip_below = self._skip[1] if self._skip[0] == key else 0
+        rows = decoder.images(ev)
+        if rows is None:  # the library's decoding: (before, after) pairs
+            pairs = decoder.library_rows(ev)
+        elif op == "u":
+            pairs = rows
+        else:
+            pairs = None
         index = self._index
+        first = 0
+        if self._skip[0] == key and index < self._skip[1]:  # already emitted before a reconnect
+            first = min(self._skip[1] - index, len(rows if pairs is None else pairs))
+        self._index = index + len(rows if pairs is None else pairs)
         append = out.append
-        for rowno, (before, after) in enumerate(decoder.rows(ev)):
-            if index < skip_below:
-                index += 1
-                continue
+        k0 = key_names[0] if key_names and len(key_names) == 1 else None
+        if pairs is None:  # fast path, write or delete: one image a row
+            for rowno in range(first, len(rows)):
+                row = rows[rowno]
+                append(ChangeEvent(
+                    f"{prefix}{index + rowno}", op, row if op == "d" else None, row if op == "c" else None,
+                    {k0: row[k0]} if k0 else ({k: row[k] for k in key_names} if key_names else None),
+                    {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": file,
+                     "pos": pos, "row": rowno, "gtid": gtid, "server_id": server_id, "ts_ms": ts_ms},
+                    now_ms, qualified, pos))
+            return
+        for rowno in range(first, len(pairs)):
+            before, after = pairs[rowno]
             row = after if after is not None else before
             append(ChangeEvent(
-                f"{prefix}{index}", op, before, after,
-                {k: row[k] for k in key_names} if key_names else None,
+                f"{prefix}{index + rowno}", op, before, after,
+                {k0: row[k0]} if k0 else ({k: row[k] for k in key_names} if key_names else None),
                 {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": file,
                  "pos": pos, "row": rowno, "gtid": gtid, "server_id": server_id, "ts_ms": ts_ms},
                 now_ms, qualified, pos))
-            index += 1
-        self._index = index
