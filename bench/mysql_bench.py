@@ -122,6 +122,10 @@ READERS = {"library": read_library, "cdc-poll": read_cdc_poll, "cdc-runner": rea
 def child(reader: str, port: int, start: dict) -> None:
     import resource
 
+    import pymysqlreplication  # noqa: F401 - imports are not part of the reading
+    from cdc.engine import runner  # noqa: F401
+    from cdc.sources import mysql  # noqa: F401
+
     t0 = time.perf_counter()
     n = READERS[reader](port, start)
     seconds = time.perf_counter() - t0

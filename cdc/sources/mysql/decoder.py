@@ -147,13 +147,21 @@ def _decimal_code(i: int, precision: int, scale: int, env: dict) -> list[str]:
     return lines + [f"p += {size}"]
 
 
+def _memo(i: int, size: int, lines: list[str], env: dict) -> list[str]:
+    """Reuse the previous row's value when the bytes are the same (an update's after image
+    repeats most of its before image; NOW() repeats in a whole transaction)."""
+    env["memo"].append(i)
+    return [f"k = d[p:p + {size}]", f"if k == mk{i}:", f"    v{i} = mv{i}", f"    p += {size}", "else:",
+            *[f"    {line}" for line in lines], f"    mk{i} = k", f"    mv{i} = v{i}"]
+
+
 def _cached(i: int, size: int, helper: Callable, env: dict) -> list[str]:
-    """Temporal values repeat (NOW() in a whole transaction): remember their text by bytes."""
+    """Temporal values repeat: remember their text by their bytes."""
     env[f"h{i}"] = helper
     env[f"c{i}"] = {}
-    return [f"k = d[p:p + {size}]", f"v{i} = c{i}.get(k)", f"if v{i} is None:",
-            f"    v{i} = h{i}(d, p)", f"    if len(c{i}) > 4096:", f"        c{i}.clear()",
-            f"    c{i}[k] = v{i}", f"p += {size}"]
+    return _memo(i, size, [f"v{i} = c{i}.get(k)", f"if v{i} is None:", f"    v{i} = h{i}(d, p)",
+                           f"    if len(c{i}) > 4096:", f"        c{i}.clear()", f"    c{i}[k] = v{i}",
+                           f"p += {size}"], env)
 
 
 def _column_code(i: int, col, env: dict) -> tuple[list[str], str | None] | None:
@@ -180,7 +188,7 @@ def _column_code(i: int, col, env: dict) -> tuple[list[str], str | None] | None:
             width = col.length_size
         else:
             width = 2 if col.max_length > 255 else 1
-        length = "d[p]" if width == 1 else f"_from(d[p:p + {width}], 'little')"
+        length = {1: "d[p]", 2: "(d[p] | d[p + 1] << 8)"}.get(width, f"_from(d[p:p + {width}], 'little')")
         encoding = column_encoding(col)
         value = f"d[p + {width}:q]"
         if encoding:
@@ -204,7 +212,8 @@ def _column_code(i: int, col, env: dict) -> tuple[list[str], str | None] | None:
         return [f"{v} = format(_from(d[p:p + {col.bytes}], 'big'), '0{col.bits}b')",
                 f"p += {col.bytes}"], None
     if t == T.NEWDECIMAL:
-        return _decimal_code(i, col.precision, col.decimals, env), None
+        lines = _decimal_code(i, col.precision, col.decimals, env)
+        return _memo(i, int(lines[-1].split()[-1]), lines, env), None
     if t == T.DATETIME2:
         helper = _datetime2(col.fsp)
     elif t == T.TIMESTAMP2:
@@ -243,7 +252,8 @@ def compile_image(columns: list, json_names: frozenset = frozenset()) -> dict | 
     ``image(d, p) -> (row, next p)``, ``images(d, p, end) -> [row]`` and
     ``pairs(d, p, end) -> [(before, after)]`` (update events).
     ``json_names``: text columns holding JSON (MariaDB)."""
-    env: dict = {"_from": _from, "_b64": base64.b64encode, "_json": _json, "json_names": json_names}
+    env: dict = {"_from": _from, "_b64": base64.b64encode, "_json": _json, "json_names": json_names,
+                 "memo": []}
     codes = []
     for i, col in enumerate(columns):
         code = _column_code(i, col, env)
@@ -264,10 +274,11 @@ def compile_image(columns: list, json_names: frozenset = frozenset()) -> dict | 
     def indent(lines: list[str], depth: int) -> list[str]:
         return [" " * depth + line for line in lines]
 
-    source = ["def image(d, p):", *indent(body, 4), f"    return {row}, p",
-              "def images(d, p, end):", "    out = []", "    append = out.append", "    while p < end:",
+    init = [f"    mk{i} = mv{i} = None" for i in env["memo"]]
+    source = ["def image(d, p):", *init, *indent(body, 4), f"    return {row}, p",
+              "def images(d, p, end):", *init, "    out = []", "    append = out.append", "    while p < end:",
               *indent(body, 8), f"        append({row})", "    return out",
-              "def pairs(d, p, end):", "    out = []", "    append = out.append", "    while p < end:",
+              "def pairs(d, p, end):", *init, "    out = []", "    append = out.append", "    while p < end:",
               *indent(body, 8), f"        before = {row}", *indent(body, 8), f"        append((before, {row}))",
               "    return out"]
     exec(compile("\n".join(source), "<mysql row decoder>", "exec"), env)  # noqa: S102 - our own code

@@ -18,7 +18,7 @@ from pymysqlreplication.event import (GtidEvent, HeartbeatLogEvent, MariadbGtidE
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
 from ...config import Context
-from ...errors import SourceConnectionError, SourceError, SourceSetupError
+from ...errors import ConfigError, ConfigProblem, SourceConnectionError, SourceError, SourceSetupError
 from ...event import ChangeEvent, Commit
 from . import settings as checks
 from .decoder import TableDecoder
@@ -66,7 +66,10 @@ class MySQLSource:
                  fast_decoder: bool = True, context: Context | None = None) -> None:
         self.name = context.source if context else "mysql"
         self.dsn = dsn
-        self.settings = checks.parse_dsn(dsn)
+        try:
+            self.settings = checks.parse_dsn(dsn)
+        except ValueError as exc:
+            raise ConfigError([ConfigProblem(f"sources.{self.name}.dsn", str(exc))]) from None
         self.db = self.settings.get("db") or ""
         self.tables = tables
         self.server_id = server_id or _default_server_id(self.name)
@@ -315,22 +318,25 @@ class MySQLSource:
         self._index = index + len(rows if pairs is None else pairs)
         append = out.append
         k0 = key_names[0] if key_names and len(key_names) == 1 else None
+        source = {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": file,
+                  "pos": pos, "row": 0, "gtid": gtid, "server_id": server_id, "ts_ms": ts_ms}
+        copy = source.copy
         if pairs is None:  # fast path, write or delete: one image a row
             for rowno in range(first, len(rows)):
                 row = rows[rowno]
+                src = copy()
+                src["row"] = rowno
                 append(ChangeEvent(
                     f"{prefix}{index + rowno}", op, row if op == "d" else None, row if op == "c" else None,
                     {k0: row[k0]} if k0 else ({k: row[k] for k in key_names} if key_names else None),
-                    {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": file,
-                     "pos": pos, "row": rowno, "gtid": gtid, "server_id": server_id, "ts_ms": ts_ms},
-                    now_ms, qualified, pos))
+                    src, now_ms, qualified, pos))
             return
         for rowno in range(first, len(pairs)):
             before, after = pairs[rowno]
             row = after if after is not None else before
+            src = copy()
+            src["row"] = rowno
             append(ChangeEvent(
                 f"{prefix}{index + rowno}", op, before, after,
                 {k0: row[k0]} if k0 else ({k: row[k] for k in key_names} if key_names else None),
-                {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": file,
-                 "pos": pos, "row": rowno, "gtid": gtid, "server_id": server_id, "ts_ms": ts_ms},
-                now_ms, qualified, pos))
+                src, now_ms, qualified, pos))
