@@ -252,3 +252,21 @@ def test_mysql_type_table(mariadb_server, mariadb_database):
         source.close()
     for got, expected in zip(afters, ALL_EXPECTED):
         assert got == expected
+
+
+def test_library_fallback_through_the_source(mariadb_server, mariadb_database):
+    """A table with a type the fast decoder lacks (geometry) is decoded by the library."""
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE shapes (id int PRIMARY KEY, g geometry, label varchar(10))")
+    source = make_source(mariadb_server, db, [f"{db}.shapes"])
+    source.open(None)
+    try:
+        execute(mariadb_server, db, "INSERT INTO shapes VALUES (1, ST_GeomFromText('POINT(1 2)'), 'p'), (2, NULL, 'q')",
+                "UPDATE shapes SET label = 'r' WHERE id = 2")
+        events = collect(source, 3)
+    finally:
+        source.close()
+    assert [e.id.rsplit(":", 1)[1] for e in events] == ["0", "1", "0"]
+    assert events[0].after["label"] == "p" and isinstance(events[0].after["g"], str)
+    assert events[1].key == {"id": 2} and events[1].source["row"] == 1
+    assert events[2].before == {"id": 2, "g": None, "label": "q"} and events[2].after["label"] == "r"

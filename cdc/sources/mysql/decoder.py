@@ -21,6 +21,7 @@ import orjson
 from pymysqlreplication.constants import FIELD_TYPE as T
 from pymysqlreplication.row_event import UpdateRowsEvent
 
+from ...event import ChangeEvent
 from .types import column_encoding, float32, frac, from_library
 
 __all__ = ["TableDecoder", "compile_image", "column_encoding"]
@@ -247,10 +248,12 @@ def _no_nulls(codes: list, env: dict) -> list[str]:
     return lines
 
 
-def compile_image(columns: list, json_names: frozenset = frozenset()) -> dict | None:
+def compile_image(columns: list, json_names: frozenset = frozenset(), key_names: list | None = None
+                  ) -> dict | None:
     """Compiled readers for one table layout, or None when a column type has no fast reader:
     ``image(d, p) -> (row, next p)``, ``images(d, p, end) -> [row]`` and
-    ``pairs(d, p, end) -> [(before, after)]`` (update events).
+    ``pairs(d, p, end) -> [(before, after)]`` (update events), and ``emit_c``, ``emit_u``,
+    ``emit_d``, which also build the ChangeEvents (see ``TableDecoder.emit``).
     ``json_names``: text columns holding JSON (MariaDB)."""
     env: dict = {"_from": _from, "_b64": base64.b64encode, "_json": _json, "json_names": json_names,
                  "memo": []}
@@ -281,6 +284,20 @@ def compile_image(columns: list, json_names: frozenset = frozenset()) -> dict | 
               "def pairs(d, p, end):", *init, "    out = []", "    append = out.append", "    while p < end:",
               *indent(body, 8), f"        before = {row}", *indent(body, 8), f"        append((before, {row}))",
               "    return out"]
+    # emit_<op>: decode and build the ChangeEvents in one loop (the source's hot path)
+    positions = {col.name: i for i, col in enumerate(columns)}
+    key = ("{" + ", ".join(f"{k!r}: v{positions[k]}" for k in key_names) + "}") if key_names else "None"
+    head = ["    copy = base.copy", "    rowno = 0", "    while p < end:"]
+    tail = ["        if rowno >= first:", "            src = copy()", "            src['row'] = rowno"]
+    make = "            append(Event(f'{prefix}{index + rowno}', "
+    rest = f"{key}, src, now_ms, table, pos))"
+    args = "(d, p, end, first, index, prefix, base, now_ms, table, pos, append, Event):"
+    source += [f"def emit_c{args}", *init, *head, *indent(body, 8), *tail,
+               make + f"'c', None, {row}, " + rest, "        rowno += 1", "    return rowno",
+               f"def emit_d{args}", *init, *head, *indent(body, 8), *tail,
+               make + f"'d', {row}, None, " + rest, "        rowno += 1", "    return rowno",
+               f"def emit_u{args}", *init, *head, *indent(body, 8), f"        before = {row}", *indent(body, 8),
+               *tail, make + f"'u', before, {row}, " + rest, "        rowno += 1", "    return rowno"]
     exec(compile("\n".join(source), "<mysql row decoder>", "exec"), env)  # noqa: S102 - our own code
     return env
 
@@ -291,11 +308,13 @@ class TableDecoder:
     def __init__(self, columns: list, fast: bool = True, json_names=frozenset()) -> None:
         self.columns = columns
         self.names = [c.name for c in columns]
+        self.key = [c.name for c in columns if c.is_primary] or None
         self.json_names = frozenset(json_names)
-        compiled = compile_image(columns, self.json_names) if fast else None
+        compiled = compile_image(columns, self.json_names, self.key) if fast else None
         self.fast = compiled is not None
         if compiled:
             self._images, self._pairs = compiled["images"], compiled["pairs"]
+            self._emit = {"c": compiled["emit_c"], "u": compiled["emit_u"], "d": compiled["emit_d"]}
         self._all = bytes([0xFF] * (len(columns) // 8)) + (bytes([(1 << len(columns) % 8) - 1])
                                                           if len(columns) % 8 else b"")
 
@@ -312,6 +331,23 @@ class TableDecoder:
         p = packet._position
         end = p + ev.event_size - wrapper.read_bytes
         return (self._pairs if update else self._images)(packet._data, p, end)
+
+    def emit(self, ev, op: str, first: int, index: int, prefix: str, base: dict, now_ms: int,
+             table: str, pos, append) -> int | None:
+        """Append a ChangeEvent for each row from the ``first`` on (id ``prefix + index + n``,
+        ``source`` a copy of ``base`` with ``row``); returns the number of rows in the event,
+        or None (nothing appended) when the event needs the library's decoding."""
+        update = op == "u"
+        if (not self.fast or ev.number_of_columns != len(self.columns)
+                or ev.columns_present_bitmap != self._all
+                or (update and ev.columns_present_bitmap2 != self._all)):
+            return None
+        wrapper = ev.packet
+        packet = wrapper.packet
+        p = packet._position
+        end = p + ev.event_size - wrapper.read_bytes
+        return self._emit[op](packet._data, p, end, first, index, prefix, base, now_ms, table, pos,
+                              append, ChangeEvent)
 
     def rows(self, ev) -> list[tuple[dict | None, dict | None]]:
         """``[(before, after)]`` by the fast path when it can, else by the library."""

@@ -219,7 +219,8 @@ class MySQLSource:
     def _read(self, out: list, timeout: float) -> None:
         wait = timeout
         now_ms = int(time.time() * 1000)
-        while len(out) < self.max_poll_events and self._ready(wait):
+        # Inside a transaction the rest of it is already in the binlog: read on without waiting.
+        while len(out) < self.max_poll_events and (self._tx is not None or self._ready(wait)):
             wait = 0.0
             ev = self._fetch()
             kind = ev.__class__
@@ -302,41 +303,24 @@ class MySQLSource:
         key, prefix, gtid, ts_ms = tx
         packet = ev.packet
         pos = packet.log_pos - packet.event_size
-        server_id = packet.server_id
-        file = self.file
-        rows = decoder.images(ev)
-        if rows is None:  # the library's decoding: (before, after) pairs
-            pairs = decoder.library_rows(ev)
-        elif op == "u":
-            pairs = rows
-        else:
-            pairs = None
+        base = {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": self.file,
+                "pos": pos, "row": 0, "gtid": gtid, "server_id": packet.server_id, "ts_ms": ts_ms}
         index = self._index
-        first = 0
-        if self._skip[0] == key and index < self._skip[1]:  # already emitted before a reconnect
-            first = min(self._skip[1] - index, len(rows if pairs is None else pairs))
-        self._index = index + len(rows if pairs is None else pairs)
-        append = out.append
-        k0 = key_names[0] if key_names and len(key_names) == 1 else None
-        source = {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": file,
-                  "pos": pos, "row": 0, "gtid": gtid, "server_id": server_id, "ts_ms": ts_ms}
-        copy = source.copy
-        if pairs is None:  # fast path, write or delete: one image a row
-            for rowno in range(first, len(rows)):
-                row = rows[rowno]
-                src = copy()
-                src["row"] = rowno
-                append(ChangeEvent(
-                    f"{prefix}{index + rowno}", op, row if op == "d" else None, row if op == "c" else None,
-                    {k0: row[k0]} if k0 else ({k: row[k] for k in key_names} if key_names else None),
-                    src, now_ms, qualified, pos))
-            return
+        # rows emitted before a reconnect are skipped (their number is the first to emit)
+        first = self._skip[1] - index if self._skip[0] == key and index < self._skip[1] else 0
+        count = decoder.emit(ev, op, first, index, prefix, base, now_ms, qualified, pos, out.append)
+        if count is None:  # the library's decoding
+            count = self._library_rows(ev, op, first, index, prefix, base, now_ms, qualified, pos, out)
+        self._index = index + count
+
+    def _library_rows(self, ev, op, first, index, prefix, base, now_ms, qualified, pos, out) -> int:
+        pairs = self._tables[ev.table_id][3].library_rows(ev)
+        key_names = self._tables[ev.table_id][4]
         for rowno in range(first, len(pairs)):
             before, after = pairs[rowno]
             row = after if after is not None else before
-            src = copy()
-            src["row"] = rowno
-            append(ChangeEvent(
-                f"{prefix}{index + rowno}", op, before, after,
-                {k0: row[k0]} if k0 else ({k: row[k] for k in key_names} if key_names else None),
-                src, now_ms, qualified, pos))
+            src = dict(base, row=rowno)
+            out.append(ChangeEvent(f"{prefix}{index + rowno}", op, before, after,
+                                   {k: row[k] for k in key_names} if key_names else None,
+                                   src, now_ms, qualified, pos))
+        return len(pairs)
