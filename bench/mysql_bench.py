@@ -5,7 +5,8 @@ then times, each in its own process, over TCP 127.0.0.1, from the same start pos
 
 - ``mysqlbinlog``: ``mysqlbinlog -R --base64-output=DECODE-ROWS --verbose > /dev/null``;
 - ``library``: plain python-mysql-replication, ``for ev in stream: for row in ev.rows``;
-- ``cdc-poll``: ``MySQLSource.poll()`` building ChangeEvents, each serialised with ``to_json()``;
+- ``cdc-poll``: ``MySQLSource.poll()`` building ChangeEvents, handed to a ``discard`` sink that
+  serialises each one to JSON (same thread);
 - ``cdc-runner``: the whole ``SourceRunner`` (tracker, sink thread) with a ``discard`` sink
   that serialises every event to JSON.
 
@@ -78,19 +79,16 @@ def read_library(port: int, start: dict) -> int:
 
 def read_cdc_poll(port: int, start: dict) -> int:
     from cdc.event import Commit
+    from cdc.sinks.discard import DiscardSink
     from cdc.sources.mysql import MySQLSource
 
     source = MySQLSource(f"mysql://root:root@127.0.0.1:{port}/bench", ["bench.orders"], server_id=4302)
+    sink = DiscardSink(serialize=True)
     source.open(start)
-    n = 0
-    nbytes = 0
-    while n < ROWS:
-        for item in source.poll(1.0):
-            if item.__class__ is not Commit:
-                nbytes += len(item.to_json())
-                n += 1
+    while sink.events < ROWS:
+        sink.write([item for item in source.poll(1.0) if item.__class__ is not Commit])
     source.close()
-    return n
+    return sink.events
 
 
 def read_cdc_runner(port: int, start: dict) -> int:

@@ -47,3 +47,12 @@ def test_the_cdc_user_passes(mariadb_server, mariadb_database):
     source = make_source(mariadb_server, db, [f"{db}.orders"])
     source.open(None)
     source.close()
+
+
+def test_a_bad_dsn_is_a_config_error_with_its_key_path():
+    from cdc.config import Context
+    from cdc.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        MySQLSource(dsn="postgresql://u@h/db", tables=["db.t"], context=Context(None, source="legacy"))
+    assert "sources.legacy.dsn" in str(info.value)
