@@ -13,8 +13,7 @@ import zlib
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
-from pymysqlreplication.event import (GtidEvent, HeartbeatLogEvent, MariadbGtidEvent, QueryEvent,
-                                      RotateEvent, XidEvent)
+from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
 from ...config import Context
@@ -27,8 +26,6 @@ from .position import GtidState
 __all__ = ["MySQLSource"]
 
 log = logging.getLogger("cdc.source.mysql")
-_EVENTS = [MariadbGtidEvent, GtidEvent, QueryEvent, XidEvent, RotateEvent, TableMapEvent,
-           WriteRowsEvent, UpdateRowsEvent, DeleteRowsEvent, HeartbeatLogEvent]
 _ROWS = {WriteRowsEvent: "c", UpdateRowsEvent: "u", DeleteRowsEvent: "d"}
 _LOST = (2006, 2013, 2003, 2055)  # server gone, lost connection, cannot connect, lost (ssl)
 
@@ -124,7 +121,8 @@ class MySQLSource:
         self.reader = _Reader(
             stream, self.server_id, blocking=True, resume_stream=True,
             log_file=self.file or None, log_pos=self.pos, auto_position=gtid,
-            is_mariadb=self.info["mariadb"], only_events=_EVENTS,
+            # every event comes back to poll(): fetchone() would block on a filtered last event
+            is_mariadb=self.info["mariadb"], only_events=None, filter_non_implemented_events=False,
             only_schemas=sorted({t.split(".", 1)[0] for t in self.tables}),
             only_tables=sorted({t.split(".", 1)[1] for t in self.tables}),
             slave_heartbeat=self.heartbeat_interval or None, enable_logging=False,
