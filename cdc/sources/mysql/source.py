@@ -27,7 +27,7 @@ __all__ = ["MySQLSource"]
 
 log = logging.getLogger("cdc.source.mysql")
 _ROWS = {WriteRowsEvent: "c", UpdateRowsEvent: "u", DeleteRowsEvent: "d"}
-_LOST = (2006, 2013, 2003, 2055)  # server gone, lost connection, cannot connect, lost (ssl)
+READ_BUFFER = 1 << 20
 
 
 class _Reader(BinLogStreamReader):
@@ -42,6 +42,10 @@ class _Reader(BinLogStreamReader):
             raise SourceConnectionError("binlog connection lost")
         self._connected_once = True
         BinLogStreamReader._BinLogStreamReader__connect_to_stream(self)
+        # Read the stream in large chunks: one recv() for many events, not one (or two) each.
+        # Nothing of the stream has been read yet (the dump request was just sent).
+        conn = self._stream_connection
+        conn._rfile = conn._sock.makefile("rb", buffering=READ_BUFFER)
 
     def connect(self) -> None:
         self._BinLogStreamReader__connect_to_stream()
