@@ -203,7 +203,12 @@ def _column_code(i: int, col, env: dict) -> tuple[list[str], str | None] | None:
             value = f"_b64({value}).decode()"
         if col.name in env["json_names"]:
             value = f"_json({value})"
-        return [f"q = p + {width} + {length}", f"{v} = {value}", "p = q"], None
+        if width == 1 or encoding is None or col.name in env["json_names"]:
+            return [f"q = p + {width} + {length}", f"{v} = {value}", "p = q"], None
+        # longer text: an update's after image usually repeats it; reuse the decoded value
+        env["memo"].append(i)
+        return [f"q = p + {width} + {length}", f"k = d[p + {width}:q]", f"if k == mk{i}:", f"    {v} = mv{i}",
+                "else:", f"    {v} = k.decode({encoding!r})", f"    mk{i} = k", f"    mv{i} = {v}", "p = q"], None
     if t == T.ENUM:
         env[f"e{i}"] = col.enum_values or [""]
         index = "d[p]" if col.size == 1 else f"_from(d[p:p + {col.size}], 'little')"
