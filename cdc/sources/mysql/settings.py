@@ -9,10 +9,11 @@ import re
 from urllib.parse import unquote, urlsplit, parse_qs
 
 import pymysql
+import pymysql.cursors
 
-from ...errors import SourceConnectionError, SourceSetupError
+from ...errors import SourceSetupError
 
-__all__ = ["parse_dsn", "connect", "check", "server_info"]
+__all__ = ["parse_dsn", "check", "require", "server_info", "json_columns"]
 
 _REQUIRED = [  # (variable, wanted, how to set it)
     ("log_bin", "ON", "start the server with log_bin (log-bin=binlog in my.cnf)"),
@@ -39,15 +40,8 @@ def parse_dsn(dsn: str) -> dict:
     return settings
 
 
-def connect(settings: dict, source: str) -> pymysql.Connection:
-    try:
-        return pymysql.connect(**settings, autocommit=True, connect_timeout=10)
-    except pymysql.OperationalError as exc:
-        raise SourceConnectionError(f"cannot connect: {exc.args[-1]}", source=source) from exc
-
-
 def server_info(conn: pymysql.Connection) -> dict:
-    with conn.cursor() as cur:
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
         cur.execute("SELECT @@version, @@server_id")
         version, server_id = cur.fetchone()
         mariadb = "mariadb" in version.lower()
@@ -67,7 +61,7 @@ def _variable(cur, name: str) -> str | None:
 def check(conn: pymysql.Connection, tables: list[str], server_id: int) -> list[str]:
     """Every problem that blocks binlog CDC, each with its fix (empty when ready)."""
     problems = []
-    with conn.cursor() as cur:
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
         for name, wanted, fix in _REQUIRED:
             value = _variable(cur, name)
             if value == "1" and wanted == "ON":
@@ -105,7 +99,7 @@ def require(conn: pymysql.Connection, tables: list[str], server_id: int, source:
 def json_columns(conn: pymysql.Connection, tables: list[str]) -> dict[str, set[str]]:
     """MariaDB's json columns (a longtext with CHECK json_valid): ``db.table`` -> names."""
     out: dict[str, set[str]] = {}
-    with conn.cursor() as cur:
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
         for table in tables:
             db, name = table.split(".", 1)
             try:

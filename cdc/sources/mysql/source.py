@@ -12,6 +12,7 @@ import time
 import zlib
 
 import pymysql
+import pymysql.cursors
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
@@ -47,9 +48,11 @@ class _Reader(BinLogStreamReader):
         conn = self._stream_connection
         conn._rfile = conn._sock.makefile("rb", buffering=READ_BUFFER)
 
-    def connect(self) -> None:
-        self._BinLogStreamReader__connect_to_stream()
+    def connect_ctl(self) -> None:
         self._BinLogStreamReader__connect_to_ctl()
+
+    def connect_stream(self) -> None:
+        self._BinLogStreamReader__connect_to_stream()
 
 
 def _default_server_id(name: str) -> int:
@@ -105,45 +108,47 @@ class MySQLSource:
     # ---- lifecycle -----------------------------------------------------------------
 
     def open(self, position: dict | None) -> None:
-        conn = checks.connect(self.settings, self.name)
+        stream = {"connect_timeout": 10, **{k: v for k, v in self.settings.items() if k != "db"}}
+        reader = _Reader(
+            stream, self.server_id, blocking=True, resume_stream=True,
+            # every event comes back to poll(): fetchone() would block on a filtered last event
+            only_events=None, filter_non_implemented_events=False,
+            only_schemas=sorted({t.split(".", 1)[0] for t in self.tables}),
+            only_tables=sorted({t.split(".", 1)[1] for t in self.tables}),
+            slave_heartbeat=self.heartbeat_interval or None, enable_logging=False,
+            freeze_schema=True)  # a known table id is not parsed again; DDL clears them (see _ddl)
         try:
+            reader.connect_ctl()  # the library's metadata connection serves our checks too
+            conn = reader._ctl_connection
             checks.require(conn, self.tables, self.server_id, self.name)
             self.info = checks.server_info(conn)
             self._json = checks.json_columns(conn, self.tables) if self.info["mariadb"] else {}
             position = position or self._position or self._current(conn)
-        finally:
-            conn.close()
+            self.file, self.pos = position.get("file", ""), position.get("pos", 4)
+            gtid = position.get("gtid") if self.info["gtid"] else None
+            reader.is_mariadb = self.info["mariadb"]
+            reader.auto_position, reader.log_file, reader.log_pos = gtid, self.file or None, self.pos
+            reader.connect_stream()
+        except pymysql.MySQLError as exc:
+            reader.close()
+            raise SourceConnectionError(f"cannot start the binlog stream: {exc.args[-1]}",
+                                        source=self.name) from exc
+        except BaseException:
+            reader.close()
+            raise
+        self.reader = reader
+        self._tables = {}
         self._error = None
         if self._tx is not None:  # reopening mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
         self._tx = None
         self._position = position
-        self.file, self.pos = position.get("file", ""), position.get("pos", 4)
-        gtid = position.get("gtid") if self.info["gtid"] else None
         self.gtids = GtidState(gtid or "", self.info["mariadb"]) if self.info["gtid"] else None
-        stream = {k: v for k, v in self.settings.items() if k != "db"}
-        self.reader = _Reader(
-            stream, self.server_id, blocking=True, resume_stream=True,
-            log_file=self.file or None, log_pos=self.pos, auto_position=gtid,
-            # every event comes back to poll(): fetchone() would block on a filtered last event
-            is_mariadb=self.info["mariadb"], only_events=None, filter_non_implemented_events=False,
-            only_schemas=sorted({t.split(".", 1)[0] for t in self.tables}),
-            only_tables=sorted({t.split(".", 1)[1] for t in self.tables}),
-            slave_heartbeat=self.heartbeat_interval or None, enable_logging=False,
-            freeze_schema=True)  # a known table id is not parsed again; DDL clears them (see _ddl)
-        self._tables = {}
-        try:
-            self.reader.connect()
-        except pymysql.MySQLError as exc:
-            self.reader.close()
-            self.reader = None
-            raise SourceConnectionError(f"cannot start the binlog stream: {exc.args[-1]}",
-                                        source=self.name) from exc
         log.info("source %s: reading the binlog of %s from %s", self.name, self.info["version"], position)
 
     def _current(self, conn: pymysql.Connection) -> dict:
         """The end of the binlog now (without SHOW MASTER STATUS, gone in MySQL 8.4)."""
-        with conn.cursor() as cur:
+        with conn.cursor(pymysql.cursors.Cursor) as cur:
             cur.execute("SHOW BINARY LOGS")
             file, size = cur.fetchall()[-1][:2]
             position = {"file": file, "pos": int(size)}
