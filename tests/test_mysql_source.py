@@ -32,7 +32,7 @@ def test_insert_update_delete(shop):
         assert source.poll(0.2) == []
         execute(server, db,
                 "INSERT INTO orders VALUES (1, 10, 'new', 12.50, 'first', '2026-11-25 17:16:27.123456')",
-                "BEGIN", "UPDATE orders SET status = 'paid' WHERE id = 1",
+                "BEGIN", "UPDATE orders SET status = 'paid' WHERE id = 1", "SAVEPOINT s1",
                 "INSERT INTO orders (id) VALUES (2)", "COMMIT",
                 "DELETE FROM orders WHERE id = 1")
         commits: list[Commit] = []

@@ -29,6 +29,7 @@ __all__ = ["MySQLSource"]
 log = logging.getLogger("cdc.source.mysql")
 _ROWS = {WriteRowsEvent: "c", UpdateRowsEvent: "u", DeleteRowsEvent: "d"}
 READ_BUFFER = 1 << 20
+_INSIDE = ("SAVEPOINT", "ROLLBACK TO", "RELEASE SAVEPOINT", "XA ")
 
 
 class _Reader(BinLogStreamReader):
@@ -248,7 +249,7 @@ class MySQLSource:
                 if query == "BEGIN":
                     if self._tx is None or self._tx[2] is None:
                         self._begin(None, ev)
-                elif query == "XA END":
+                elif query.startswith(_INSIDE):  # savepoints and XA steps do not end a transaction
                     pass
                 else:  # COMMIT, ROLLBACK, or a DDL statement: all end a transaction
                     if query != "COMMIT" and query != "ROLLBACK":
