@@ -1,0 +1,114 @@
+"""Start-up checks: the server settings and privileges binlog CDC needs.
+
+Each problem names the setting to change; all of them are reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote, urlsplit, parse_qs
+
+import pymysql
+import pymysql.cursors
+
+from ...errors import SourceSetupError
+
+__all__ = ["parse_dsn", "check", "require", "server_info", "json_columns"]
+
+_REQUIRED = [  # (variable, wanted, how to set it)
+    ("log_bin", "ON", "start the server with log_bin (log-bin=binlog in my.cnf)"),
+    ("binlog_format", "ROW", "SET GLOBAL binlog_format = 'ROW' (and binlog_format=ROW in my.cnf)"),
+    ("binlog_row_image", "FULL", "SET GLOBAL binlog_row_image = 'FULL' (and in my.cnf)"),
+    ("binlog_row_metadata", "FULL",
+     "SET GLOBAL binlog_row_metadata = 'FULL' (and in my.cnf); it puts column names in the binlog"),
+]
+# MariaDB 10.5+ shows REPLICATION CLIENT as BINLOG MONITOR.
+_PRIVILEGES = {"REPLICATION SLAVE": ("REPLICATION SLAVE", "REPLICA"),
+               "REPLICATION CLIENT": ("REPLICATION CLIENT", "BINLOG MONITOR")}
+
+
+def parse_dsn(dsn: str) -> dict:
+    """``mysql://user:pass@host:port/db`` -> PyMySQL connection settings (``db`` included)."""
+    url = urlsplit(dsn)
+    if url.scheme not in ("mysql", "mariadb"):
+        raise ValueError("the dsn must look like mysql://user:password@host:3306/database")
+    settings = {"host": url.hostname or "127.0.0.1", "port": url.port or 3306,
+                "user": unquote(url.username or ""), "password": unquote(url.password or ""),
+                "db": url.path.lstrip("/") or None}
+    for key, values in parse_qs(url.query).items():
+        settings[key] = int(values[-1]) if values[-1].isdigit() else values[-1]
+    return settings
+
+
+def server_info(conn: pymysql.Connection) -> dict:
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
+        cur.execute("SELECT @@version, @@server_id")
+        version, server_id = cur.fetchone()
+        mariadb = "mariadb" in version.lower()
+        gtid = True
+        if not mariadb:
+            cur.execute("SELECT @@global.gtid_mode")
+            gtid = cur.fetchone()[0].upper() == "ON"
+    return {"version": version, "mariadb": mariadb, "gtid": gtid, "server_id": int(server_id)}
+
+
+def _variable(cur, name: str) -> str | None:
+    cur.execute("SHOW GLOBAL VARIABLES LIKE %s", (name,))
+    row = cur.fetchone()
+    return None if row is None else str(row[1]).upper()
+
+
+def check(conn: pymysql.Connection, tables: list[str], server_id: int) -> list[str]:
+    """Every problem that blocks binlog CDC, each with its fix (empty when ready)."""
+    problems = []
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
+        for name, wanted, fix in _REQUIRED:
+            value = _variable(cur, name)
+            if value == "1" and wanted == "ON":
+                value = "ON"
+            if value != wanted:
+                shown = "missing (server too old)" if value is None else repr(value)
+                problems.append(f"{name} is {shown}, must be {wanted}: {fix}")
+        cur.execute("SHOW GRANTS")
+        grants = " ".join(r[0].upper() for r in cur.fetchall() if " ON *.* " in r[0].upper())
+        if "ALL PRIVILEGES" not in grants:
+            for privilege, spellings in _PRIVILEGES.items():
+                if not any(re.search(rf"\b{s}\b", grants) for s in spellings):
+                    problems.append(f"the user lacks the {privilege} privilege: "
+                                    f"GRANT {privilege} ON *.* TO <user>")
+        cur.execute("SELECT @@server_id")
+        if int(cur.fetchone()[0]) == server_id:
+            problems.append(f"server_id {server_id} is the server's own: choose another server_id "
+                            f"(unique among the server's replicas)")
+        for table in tables:
+            db, name = table.split(".", 1)
+            cur.execute("SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                        (db, name))
+            if cur.fetchone() is None:
+                problems.append(f"table {table} does not exist")
+    return problems
+
+
+def require(conn: pymysql.Connection, tables: list[str], server_id: int, source: str) -> None:
+    problems = check(conn, tables, server_id)
+    if problems:
+        raise SourceSetupError("the MySQL/MariaDB server is not ready for CDC:\n  - " + "\n  - ".join(problems),
+                               source=source)
+
+
+def json_columns(conn: pymysql.Connection, tables: list[str]) -> dict[str, set[str]]:
+    """MariaDB's json columns (a longtext with CHECK json_valid): ``db.table`` -> names."""
+    out: dict[str, set[str]] = {}
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
+        for table in tables:
+            db, name = table.split(".", 1)
+            try:
+                cur.execute("SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS"
+                            " WHERE CONSTRAINT_SCHEMA = %s AND TABLE_NAME = %s", (db, name))
+            except pymysql.MySQLError:
+                return out  # MySQL < 8.0.16 has no CHECK_CONSTRAINTS; MySQL json is binary anyway
+            for (clause,) in cur.fetchall():
+                m = re.fullmatch(r"json_valid\(`([^`]+)`\)", clause.strip(), re.IGNORECASE)
+                if m:
+                    out.setdefault(table, set()).add(m.group(1))
+    return out
