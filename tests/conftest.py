@@ -5,6 +5,7 @@ A skipped test fails the run: every test that needs a server starts one.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -50,9 +51,24 @@ def unique_name(prefix: str = "t") -> str:
 
 
 @pytest.fixture
-def pg_database(pg_server) -> str:
-    """DSN of a fresh, empty database on the shared PostgreSQL server."""
-    return pg_server.create_database(unique_name())
+def pg_database(pg_server):
+    """DSN of a fresh, empty database on the shared PostgreSQL server; its replication
+    slots are dropped afterwards (slots are per server, and the server has a limit)."""
+    import psycopg
+
+    name = unique_name()
+    yield pg_server.create_database(name)
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                     " WHERE database = %s AND active", (name,))
+        for _ in range(50):
+            slots = conn.execute("SELECT slot_name, active FROM pg_replication_slots WHERE database = %s",
+                                 (name,)).fetchall()
+            if not any(active for _, active in slots):
+                break
+            time.sleep(0.1)
+        for slot, _ in slots:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
 
 
 @pytest.fixture

@@ -39,8 +39,8 @@ class PostgresServer(Server):
     defaults = {
         "listen_addresses": HOST,
         "wal_level": "logical",
-        "max_replication_slots": "20",
-        "max_wal_senders": "20",
+        "max_replication_slots": "100",
+        "max_wal_senders": "100",
         "fsync": "off",
     }
 
