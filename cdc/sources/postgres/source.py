@@ -167,6 +167,7 @@ class PostgresSource:
         relations = self.decoder.relations
         decoder = self.decoder
         name, db = self.name, self.db
+        bases: dict[int, dict] = {}  # relation id -> the source block of this transaction
         pos = 0
         lsn = 0
         while pos + 5 <= size:
@@ -207,16 +208,21 @@ class PostgresSource:
                             after, key, _ = rel.decode(buf, q + 1, before)
                         else:
                             op, after = "d", None
-                    append(ChangeEvent(
-                        f"{tx[3]}{i}", op, before, after, key,
-                        {"connector": "postgresql", "name": name, "db": db, "schema": rel.schema,
-                         "table": rel.table, "lsn": lsn, "txId": tx[2], "ts_ms": tx[1]},
-                        now_ms, rel.qualified, lsn))
+                    source = bases.get(relid)
+                    if source is None:  # once per table and transaction; copies are cheaper
+                        source = bases[relid] = {
+                            "connector": "postgresql", "name": name, "db": db, "schema": rel.schema,
+                            "table": rel.table, "lsn": 0, "txId": tx[2], "ts_ms": tx[1]}
+                    source = source.copy()
+                    source["lsn"] = lsn
+                    append(ChangeEvent(f"{tx[3]}{i}", op, before, after, key, source, now_ms,
+                                       rel.qualified, lsn))
                     continue
                 msg = buf[p:end]
                 if t == 66:  # Begin
                     final_lsn, ts_ms, xid = decoder.begin(msg)
                     tx, index = (final_lsn, ts_ms, xid, f"{lsn_to_str(final_lsn)}:"), 0
+                    bases = {}
                 elif t == 67:  # Commit
                     _, end_lsn, ts_ms = decoder.commit(msg)
                     tx = None
@@ -225,6 +231,7 @@ class PostgresSource:
                     append(Commit({"lsn": lsn_to_str(end_lsn)}, ts_ms))
                 elif t == 82:  # Relation
                     decoder.relation(msg)
+                    bases = {}
                 elif t == 89:  # Type
                     decoder.type(msg)
                 else:  # Truncate, logical decoding message: rare, so via self
