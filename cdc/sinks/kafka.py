@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..config import Context
+from ._extras import require
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
 from ..templates import Template
@@ -41,11 +42,7 @@ _PERMANENT = frozenset({
 
 
 def _import_kafka() -> Any:
-    try:
-        import confluent_kafka
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise PermanentSinkError("the kafka sink needs confluent-kafka: pip install 'cdc[kafka]'") from None
-    return confluent_kafka
+    return require("confluent_kafka", "kafka", "kafka", "confluent-kafka")
 
 
 class KafkaSink:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import Context
+from ._extras import require
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
 from ..secrets import redact
@@ -27,11 +28,7 @@ _PERMANENT_CODES = frozenset({403, 404, 406, 530, 540})
 
 
 def _import_pika() -> Any:
-    try:
-        import pika
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise PermanentSinkError("the rabbitmq sink needs pika: pip install 'cdc[rabbitmq]'") from None
-    return pika
+    return require("pika", "rabbitmq", "rabbitmq", "pika")
 
 
 class RabbitMQSink:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from ..config import Context
+from ._extras import require
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
 from ..secrets import redact
@@ -28,11 +29,7 @@ log = logging.getLogger("cdc.sink.redis")
 
 
 def _import_redis() -> Any:
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - depends on the installed extras
-        raise PermanentSinkError("the redis sink needs redis-py: pip install 'cdc[redis]'") from None
-    return redis
+    return require("redis", "redis", "redis", "redis-py")
 
 
 class RedisSink:

@@ -338,10 +338,9 @@ class TableDecoder:
         self._all = bytes([0xFF] * (len(columns) // 8)) + (bytes([(1 << len(columns) % 8) - 1])
                                                           if len(columns) % 8 else b"")
 
-    def images(self, ev) -> list | None:
-        """The fast path: the rows of a write or delete event, the (before, after) pairs of
-        an update event; None when this event needs the library (e.g. a partial row image)."""
-        update = ev.__class__ is UpdateRowsEvent
+    def _body(self, ev, update: bool) -> tuple[bytes, int, int] | None:
+        """(buffer, start, end) of the event's row images when the fast path can read them;
+        None when this event needs the library (e.g. a partial row image)."""
         if (not self.fast or ev.number_of_columns != len(self.columns)
                 or ev.columns_present_bitmap != self._all
                 or (update and ev.columns_present_bitmap2 != self._all)):
@@ -349,25 +348,24 @@ class TableDecoder:
         wrapper = ev.packet
         packet = wrapper.packet
         p = packet._position
-        end = p + ev.event_size - wrapper.read_bytes
-        return (self._pairs if update else self._images)(packet._data, p, end)
+        return packet._data, p, p + ev.event_size - wrapper.read_bytes
+
+    def images(self, ev) -> list | None:
+        """The fast path: the rows of a write or delete event, the (before, after) pairs of
+        an update event; None when this event needs the library."""
+        update = ev.__class__ is UpdateRowsEvent
+        body = self._body(ev, update)
+        return None if body is None else (self._pairs if update else self._images)(*body)
 
     def emit(self, ev, op: str, first: int, index: int, prefix: str, base: dict, now_ms: int,
              table: str, pos, append) -> int | None:
         """Append a ChangeEvent for each row from the ``first`` on (id ``prefix + index + n``,
         ``source`` a copy of ``base`` with ``row``); returns the number of rows in the event,
         or None (nothing appended) when the event needs the library's decoding."""
-        update = op == "u"
-        if (not self.fast or ev.number_of_columns != len(self.columns)
-                or ev.columns_present_bitmap != self._all
-                or (update and ev.columns_present_bitmap2 != self._all)):
+        body = self._body(ev, op == "u")
+        if body is None:
             return None
-        wrapper = ev.packet
-        packet = wrapper.packet
-        p = packet._position
-        end = p + ev.event_size - wrapper.read_bytes
-        return self._emit[op](packet._data, p, end, first, index, prefix, base, now_ms, table, pos,
-                              append, ChangeEvent)
+        return self._emit[op](*body, first, index, prefix, base, now_ms, table, pos, append, ChangeEvent)
 
     def rows(self, ev) -> list[tuple[dict | None, dict | None]]:
         """``[(before, after)]`` by the fast path when it can, else by the library."""
