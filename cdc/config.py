@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from . import plugins
 from .errors import ConfigError, ConfigProblem
 from .interpolate import interpolate
@@ -138,6 +136,8 @@ def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", str(path)) from None
+    import yaml  # here, not at the top: a process that only runs a parsed config skips it
+
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from importlib.metadata import entry_points
 from typing import Any
 
 __all__ = ["load", "import_ref", "PluginNotFound"]
@@ -49,6 +48,7 @@ def load(kind: str, type_name: str, builtins: dict[str, str], search_path: str |
             ) from exc
     if ":" in type_name:
         return import_ref(type_name, search_path)
+    from importlib.metadata import entry_points  # slow to import; only plugins need it
     for ep in entry_points(group=f"cdc.{kind}"):
         if ep.name == type_name:
             return ep.load()
