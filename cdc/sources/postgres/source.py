@@ -25,6 +25,7 @@ HEARTBEAT_PREFIX = "cdc_heartbeat"
 STATUS_INTERVAL = 10.0       # seconds between standby status updates
 IDLE_CONFIRM_INTERVAL = 10.0  # seconds between positions taken from keepalives
 _i32 = struct.Struct(">i").unpack_from
+new_event = ChangeEvent.__new__
 _frame_head = struct.Struct(">iBQ").unpack_from  # frame length, CopyData kind, XLogData start
 _type_relid = struct.Struct(">BI").unpack_from   # pgoutput message type, relation id
 _keepalive = struct.Struct(">QqB").unpack_from
@@ -215,8 +216,12 @@ class PostgresSource:
                             "table": rel.table, "lsn": 0, "txId": tx[2], "ts_ms": tx[1]}
                     source = source.copy()
                     source["lsn"] = lsn
-                    append(ChangeEvent(f"{tx[3]}{i}", op, before, after, key, source, now_ms,
-                                       rel.qualified, lsn))
+                    # ChangeEvent.__init__, inlined: slot stores without a call
+                    e = new_event(ChangeEvent)
+                    e.id = f"{tx[3]}{i}"; e.op = op; e.before = before; e.after = after  # noqa: E702
+                    e.key = key; e.source = source; e.ts_ms = now_ms; e.table = rel.qualified  # noqa: E702
+                    e.position = lsn; e.destination = None; e.message = None  # noqa: E702
+                    append(e)
                     continue
                 msg = buf[p:end]
                 if t == 66:  # Begin
