@@ -126,7 +126,7 @@ def main() -> None:
     peak = max(run[3] for run in ours) / 1024
     print(f"\nPostgreSQL catch-up, {TOTAL:,} changes, median of {args.runs}:")
     print(f"  pg_recvlogical (pgoutput -> /dev/null, start to exit):   {a:>9,.0f} rows/s")
-    print(f"  cdc engine -> JSON -> discard sink:")
+    print("  cdc engine -> JSON -> discard sink:")
     print(f"    process start to the last change acknowledged:       {r:>9,.0f} rows/s   {r / a:.2f}x")
     print(f"    process start to exit (incl. shutdown):              {w:>9,.0f} rows/s   {w / a:.2f}x")
     print(f"    replication connection open to the last ack:         {p:>9,.0f} rows/s   {p / a:.2f}x")

@@ -184,68 +184,6 @@ def check(config: str, as_json: bool) -> None:
     sys.exit(1 if errors else 0)
 
 
-@main.group()
-def checkpoint() -> None:
-    """Show, move or forget a source's position (refused while it runs)."""
-
-
-def _positions_call(fn, *args):
-    from .positions import PositionError
-    try:
-        return fn(*args)
-    except PositionError as exc:
-        fail(str(exc))
-    except CdcError as exc:
-        fail(str(exc))
-
-
-@checkpoint.command("show")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--source", "source_name", required=True)
-def checkpoint_show(config: str, source_name: str) -> None:
-    """Print the saved position as JSON."""
-    from . import positions
-    cfg = load_or_exit(config)
-    click.echo(json.dumps(_positions_call(positions.show, cfg, source_name), indent=2))
-
-
-@checkpoint.command("set")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--source", "source_name", required=True)
-@click.option("--position", required=True, help='JSON, e.g. \'{"lsn": "0/1A2B3C8"}\'.')
-def checkpoint_set(config: str, source_name: str, position: str) -> None:
-    """Move the position, e.g. past one poison transaction."""
-    from . import positions
-    cfg = load_or_exit(config)
-    value = _positions_call(positions.set_position, cfg, source_name, position)
-    click.echo(f"source {source_name}: position set to {json.dumps(value)}")
-
-
-@checkpoint.command("reset")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--source", "source_name", required=True)
-@click.option("--drop-slot/--keep-slot", default=None,
-              help="PostgreSQL: also drop the replication slot (asked when not given).")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def checkpoint_reset(config: str, source_name: str, drop_slot: bool | None, yes: bool) -> None:
-    """Forget the position: the next run starts from the source's current position."""
-    from . import positions
-    cfg = load_or_exit(config)
-    if not yes:
-        click.confirm(f"Forget the position of source {source_name}?", abort=True)
-    old = _positions_call(positions.reset, cfg, source_name)
-    click.echo(f"source {source_name}: position {json.dumps(old)} forgotten")
-    slot = _positions_call(positions.slot_of, cfg, source_name)
-    if slot is None:
-        return
-    if drop_slot is None:
-        drop_slot = (not yes) and click.confirm(f"Also drop replication slot {slot} (its WAL is released)?",
-                                                default=False)
-    if drop_slot:
-        dropped = _positions_call(positions.drop_slot, cfg, source_name)
-        click.echo(f"slot {slot} {'dropped' if dropped else 'did not exist'}")
-
-
 @main.command()
 @click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
 @click.option("--rate", type=float, default=2.0, show_default=True, help="Orders written per second.")
@@ -255,8 +193,10 @@ def demo(duration: float | None, rate: float) -> None:
     sys.exit(run_demo(duration=duration, rate=rate))
 
 
+from .cli_checkpoint import checkpoint  # noqa: E402
 from .cli_dlq import dlq  # noqa: E402
 
+main.add_command(checkpoint)
 main.add_command(dlq)
 
 if __name__ == "__main__":

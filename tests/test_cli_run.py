@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from pgutil import read_jsonl, sql, wait_for_lines
+from pgutil import sql, wait_for_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 

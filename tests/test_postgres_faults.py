@@ -2,7 +2,6 @@
 transaction, a sink down at shutdown, the database down at shutdown."""
 
 import json
-import threading
 import time
 
 from cdc.servers import PostgresServer

@@ -4,7 +4,6 @@ import json
 import random
 import string
 
-import psycopg
 import pytest
 
 from cdc.errors import SourceSetupError

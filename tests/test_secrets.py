@@ -10,7 +10,7 @@ import sys
 import psycopg
 
 from _ops_helpers import ROOT, CdcProcess, insert, make_orders, read_jsonl, slot_lsn, wait_for, write_config
-from cdc.servers.base import HOST, free_port
+from cdc.servers.base import free_port
 
 PASSWORD = "S3cret-Passw0rd-xyz"
 

@@ -125,7 +125,6 @@ class KafkaSink:
     def write(self, events: Sequence[ChangeEvent]) -> None:
         if self._producer is None:
             self.open()
-        producer = self._producer
         failures = self._failures = []
         for event in events:
             topic = self.topic_of(event)
