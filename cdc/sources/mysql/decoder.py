@@ -350,6 +350,31 @@ class TableDecoder:
         p = packet._position
         return packet._data, p, p + ev.event_size - wrapper.read_bytes
 
+    def raw_start(self, d: bytes, p: int, end: int, update: bool) -> int | None:
+        """Where the row images start in a rows event's packet bytes ``d`` (``p``: after table
+        id and flags); None when the fast path cannot read them (as ``_body``)."""
+        if not self.fast or p >= end:
+            return None
+        n = d[p]
+        if n >= 251:  # a longer length-coded count: not a table we compiled
+            return None
+        if n != len(self.columns):
+            return None
+        size = len(self._all)
+        q = p + 1 + size
+        if d[p + 1:q] != self._all:
+            return None
+        if update:
+            if d[q:q + size] != self._all:
+                return None
+            q += size
+        return q if q <= end else None
+
+    def raw_emit(self, d: bytes, p: int, end: int, op: str, first: int, index: int, prefix: str, base: dict,
+                 now_ms: int, table: str, pos, append) -> int:
+        """``emit`` for row images at ``d[p:end]`` (checked by ``raw_start``)."""
+        return self._emit[op](d, p, end, first, index, prefix, base, now_ms, table, pos, append, ChangeEvent)
+
     def images(self, ev) -> list | None:
         """The fast path: the rows of a write or delete event, the (before, after) pairs of
         an update event; None when this event needs the library."""

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 import select
+import struct
 import time
 import zlib
 
 import pymysql
 import pymysql.cursors
 from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.binlogstream import MYSQL_EXPECTED_ERROR_CODES
+from pymysqlreplication.constants import FORMAT_DESCRIPTION_EVENT, ROTATE_EVENT, TABLE_MAP_EVENT
+from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
@@ -28,6 +32,9 @@ __all__ = ["MySQLSource"]
 
 log = logging.getLogger("cdc.source.mysql")
 _ROWS = {WriteRowsEvent: "c", UpdateRowsEvent: "u", DeleteRowsEvent: "d"}
+_RAW_ROWS = {23: "c", 24: "u", 25: "d"}  # v1 rows events (what MariaDB writes)
+_HEADER = struct.Struct("<I1xIII").unpack_from  # timestamp, (type), server id, event size, next position
+_from = int.from_bytes
 READ_BUFFER = 1 << 20
 _INSIDE = ("SAVEPOINT", "ROLLBACK TO", "RELEASE SAVEPOINT", "XA ")
 
@@ -54,6 +61,66 @@ class _Reader(BinLogStreamReader):
 
     def connect_stream(self) -> None:
         self._BinLogStreamReader__connect_to_stream()
+
+    # fetchone(), split in two so that the source can read some packets itself:
+    # next_packet() reads one, wrap() is the library's handling of it.
+
+    def next_packet(self):
+        """The next event packet of the stream (untouched), or None at its end."""
+        while True:
+            try:
+                packet = self._stream_connection._read_packet()
+            except pymysql.OperationalError as error:
+                if error.args and error.args[0] in MYSQL_EXPECTED_ERROR_CODES:
+                    self._stream_connection.close()
+                    self._BinLogStreamReader__connected_stream = False
+                    raise SourceConnectionError("binlog connection lost") from error
+                raise
+            if packet.is_eof_packet():
+                self.close()
+                return None
+            if packet.is_ok_packet():
+                return packet
+
+    def wrap(self, packet):
+        """The library's event for ``packet`` (None: filtered), with fetchone()'s bookkeeping
+        (we set neither end_log_pos nor skip_to_timestamp)."""
+        mangled = "_BinLogStreamReader__"
+        wrapper = BinLogPacketWrapper(
+            packet, self.table_map, self._ctl_connection, self.mysql_version,
+            *(getattr(self, mangled + name) for name in (
+                "use_checksum", "allowed_events_in_packet", "only_tables", "ignored_tables",
+                "only_schemas", "ignored_schemas", "freeze_schema", "ignore_decode_errors",
+                "verify_checksum", "optional_meta_data", "enable_logging", "use_column_name_cache",
+                "post_header_lengths")))
+        ev = wrapper.event
+        kind = wrapper.event_type
+        if kind == ROTATE_EVENT:
+            self.log_pos, self.log_file = ev.position, ev.next_binlog
+            if wrapper.timestamp != 0:
+                self.table_map = {}
+        elif wrapper.log_pos:
+            self.log_pos = wrapper.log_pos
+        if kind == FORMAT_DESCRIPTION_EVENT and ev is not None:
+            self.mysql_version = ev.mysql_version
+            self._BinLogStreamReader__post_header_lengths = ev.post_header_len
+        if kind == TABLE_MAP_EVENT and ev is not None:
+            self.table_map[ev.table_id] = ev.get_table()
+        if ev is None or ev.__class__ not in self._BinLogStreamReader__allowed_events:
+            return None
+        return ev
+
+    def row_offset(self, kind: int) -> int:
+        """Where a v1 rows event's body starts in the packet (after the OK byte, the header,
+        table id and flags); 0 when the declared post-header is not the known one."""
+        lengths = self._BinLogStreamReader__post_header_lengths
+        if lengths and len(lengths) >= kind and lengths[kind - 1] != 8:
+            return 0
+        return 28
+
+    @property
+    def checksum_size(self) -> int:
+        return 4 if self._BinLogStreamReader__use_checksum else 0
 
 
 def _default_server_id(name: str) -> int:
@@ -196,20 +263,13 @@ class MySQLSource:
             sock.settimeout(previous)
         return timeout > 0 and bool(select.select([sock], [], [], timeout)[0])
 
-    def _fetch(self):
-        try:
-            ev = self.reader.fetchone()
-        except pymysql.OperationalError as exc:
+    def _failed(self, exc: pymysql.MySQLError) -> SourceError:
+        if isinstance(exc, pymysql.OperationalError):
             code = exc.args[0] if exc.args else 0
             if code == 1236:  # the binlog at our position is gone
-                raise SourceSetupError(f"cannot resume from {self._position}: {exc.args[-1]}",
-                                       source=self.name) from exc
-            raise SourceConnectionError(f"binlog stream failed: {exc.args[-1]}", source=self.name) from exc
-        except pymysql.MySQLError as exc:
-            raise SourceError(f"binlog stream failed: {exc}", source=self.name) from exc
-        if ev is None:
-            raise SourceConnectionError("the server ended the binlog stream", source=self.name)
-        return ev
+                return SourceSetupError(f"cannot resume from {self._position}: {exc.args[-1]}", source=self.name)
+            return SourceConnectionError(f"binlog stream failed: {exc.args[-1]}", source=self.name)
+        return SourceError(f"binlog stream failed: {exc}", source=self.name)
 
     def poll(self, timeout: float) -> list:
         if self._error is not None:
@@ -227,15 +287,35 @@ class MySQLSource:
         return out
 
     def _read(self, out: list, timeout: float) -> None:
+        try:
+            self._read_events(out, timeout)
+        except pymysql.MySQLError as exc:
+            raise self._failed(exc) from exc
+
+    def _read_events(self, out: list, timeout: float) -> None:
         wait = timeout
         now_ms = int(time.time() * 1000)
+        reader = self.reader
+        tables = self._tables
         # Inside a transaction the rest of it is already in the binlog: read on without waiting.
         while len(out) < self.max_poll_events and (self._tx is not None or self._ready(wait)):
             wait = 0.0
-            ev = self._fetch()
+            packet = reader.next_packet()
+            if packet is None:
+                raise SourceConnectionError("the server ended the binlog stream", source=self.name)
+            data = packet._data
+            op = _RAW_ROWS.get(data[5])
+            if op is not None:  # a rows event of a captured table: read straight from the packet
+                table_id = _from(data[20:26], "little")
+                table = tables.get(table_id)
+                if (table is not None and table_id in reader.table_map
+                        and self._raw_rows(data, op, table, now_ms, out)):
+                    continue
+            ev = reader.wrap(packet)
+            if ev is None:
+                continue
             kind = ev.__class__
-            packet = ev.packet
-            self.bytes_read += packet.event_size
+            self.bytes_read += ev.packet.event_size
             if kind in _ROWS:
                 self._rows(ev, _ROWS[kind], now_ms, out)
             elif kind is XidEvent:
@@ -260,11 +340,11 @@ class MySQLSource:
 
     def _begin(self, gtid: str | None, ev) -> None:
         packet = ev.packet
-        if gtid is not None:
-            key = gtid
-        else:
-            key = f"{self.file}:{packet.log_pos - packet.event_size}"
-        self._tx = (key, f"{key}:", gtid, packet.timestamp * 1000)
+        self._start(gtid, packet.log_pos - packet.event_size, packet.timestamp)
+
+    def _start(self, gtid: str | None, pos: int, timestamp: int) -> None:
+        key = gtid if gtid is not None else f"{self.file}:{pos}"
+        self._tx = (key, f"{key}:", gtid, timestamp * 1000)
         self._index = 0
 
     def _commit(self, ev, out: list) -> None:
@@ -301,26 +381,49 @@ class MySQLSource:
         key = [c.name for c in columns if c.is_primary] or None
         self._tables[ev.table_id] = (qualified, ev.schema, ev.table, decoder, key)
 
+    def _raw_rows(self, data: bytes, op: str, table: tuple, now_ms: int, out: list) -> bool:
+        """A v1 rows event read from the packet bytes by the compiled decoder; False (nothing
+        done) when it needs the library (another post-header, a partial row image...)."""
+        reader = self.reader
+        start = reader.row_offset(data[5])
+        if not start:
+            return False
+        timestamp, server_id, size, log_pos = _HEADER(data, 1)
+        decoder = table[3]
+        end = 1 + size - reader.checksum_size
+        p = decoder.raw_start(data, start, end, op == "u")
+        if p is None:
+            return False
+        self.bytes_read += size
+        reader.log_pos = log_pos
+        pos = log_pos - size
+        if self._tx is None:  # rows outside BEGIN (should not happen): key them by position
+            self._start(None, pos, timestamp)
+        self._emit(table, op, server_id, pos, now_ms, out, decoder.raw_emit, (data, p, end))
+        return True
+
     def _rows(self, ev, op: str, now_ms: int, out: list) -> None:
         table = self._tables.get(ev.table_id)
         if table is None:
             return
-        qualified, db, name, decoder, key_names = table
-        tx = self._tx
-        if tx is None:  # rows outside BEGIN (should not happen): key them by position
+        if self._tx is None:  # rows outside BEGIN (should not happen): key them by position
             self._begin(None, ev)
-            tx = self._tx
-        key, prefix, gtid, ts_ms = tx
         packet = ev.packet
-        pos = packet.log_pos - packet.event_size
+        self._emit(table, op, packet.server_id, packet.log_pos - packet.event_size, now_ms, out,
+                   table[3].emit, (ev,))
+
+    def _emit(self, table: tuple, op: str, server_id: int, pos: int, now_ms: int, out: list,
+              emit, args: tuple) -> None:
+        qualified, db, name, decoder, key_names = table
+        key, prefix, gtid, ts_ms = self._tx
         base = {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": self.file,
-                "pos": pos, "row": 0, "gtid": gtid, "server_id": packet.server_id, "ts_ms": ts_ms}
+                "pos": pos, "row": 0, "gtid": gtid, "server_id": server_id, "ts_ms": ts_ms}
         index = self._index
         # rows emitted before a reconnect are skipped (their number is the first to emit)
         first = self._skip[1] - index if self._skip[0] == key and index < self._skip[1] else 0
-        count = decoder.emit(ev, op, first, index, prefix, base, now_ms, qualified, pos, out.append)
-        if count is None:  # the library's decoding
-            count = self._library_rows(ev, op, first, index, prefix, base, now_ms, qualified, pos, out)
+        count = emit(*args, op, first, index, prefix, base, now_ms, qualified, pos, out.append)
+        if count is None:  # the library's decoding (emit() is then the library event's)
+            count = self._library_rows(args[0], op, first, index, prefix, base, now_ms, qualified, pos, out)
         self._index = index + count
 
     def _library_rows(self, ev, op, first, index, prefix, base, now_ms, qualified, pos, out) -> int:
