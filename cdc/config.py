@@ -67,7 +67,7 @@ class SinkSpec(Component):
 class SourceSpec(Component):
     tables: list[str] = field(default_factory=list)
     checkpoint: Component | None = None
-    max_in_flight_events: int = 10_000
+    max_in_flight_events: int = 4096
     max_in_flight_bytes: int = 256 * 1024 * 1024
     checkpoint_interval: float = 1.0
 

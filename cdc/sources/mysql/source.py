@@ -134,7 +134,7 @@ class MySQLSource:
     and ``fast_decoder`` (false: the library's decoding for every table)."""
 
     def __init__(self, dsn: str, tables: list[str], server_id: int | None = None,
-                 max_poll_events: int = 5000, heartbeat_interval: float = 10.0,
+                 max_poll_events: int = 1000, heartbeat_interval: float = 10.0,
                  fast_decoder: bool = True, context: Context | None = None) -> None:
         self.name = context.source if context else "mysql"
         self.dsn = dsn

@@ -45,7 +45,7 @@ class PostgresSource:
     def __init__(self, dsn: str, tables: list[str], slot: str | None = None,
                  publication: str | None = None, create: bool = True,
                  heartbeat_interval: float = 0.0, messages: bool = False,
-                 max_poll_events: int = 5000, context: Context | None = None) -> None:
+                 max_poll_events: int = 1000, context: Context | None = None) -> None:
         self.name = context.source if context else "postgres"
         self.dsn = dsn
         self.tables = tables
