@@ -66,7 +66,10 @@ def test_no_password_in_any_log(tmp_path, pg_server, pg_database):
         finally:
             cdc.stop()
         down = CdcProcess(config, "--source", "down", env={"CDC_LOG_LEVEL": "debug", "CDC_LOG_FORMAT": fmt})
-        assert down.wait(60) == 1                   # cannot connect: the error is logged
+        try:
+            assert down.wait(60) == 1               # cannot connect: the error is logged
+        finally:
+            down.stop()
     log = (tmp_path / "cdc.log").read_text()
     json_lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert json_lines and all("message" in line for line in json_lines)
