@@ -156,7 +156,7 @@ class SourceRunner:
         """After a stop request, read on to the end of a half-read transaction (for at
         most half the grace period), so that the sinks hold whole transactions, the
         final checkpoint is their last commit, and a restart repeats nothing."""
-        if not self._in_tx or self.error is not None:
+        if not self._in_tx or self.error is not None or not self.source_connected:
             return False
         if self._finish_by is None:
             self._finish_by = time.monotonic() + self.grace_period / 2

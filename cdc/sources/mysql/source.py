@@ -123,6 +123,14 @@ class _Reader(BinLogStreamReader):
         return 4 if self._BinLogStreamReader__use_checksum else 0
 
 
+def _table_name(data: bytes) -> tuple[str, str]:
+    """(schema, table) of a raw TableMap packet: after the header and the 8-byte post-header,
+    two length-prefixed, NUL-terminated names."""
+    n = data[28]
+    m = data[30 + n]
+    return data[29:29 + n].decode(), data[31 + n:31 + n + m].decode()
+
+
 def _default_server_id(name: str) -> int:
     return 100_000 + zlib.crc32(name.encode()) % 1_000_000_000
 
@@ -291,6 +299,9 @@ class MySQLSource:
             self._read_events(out, timeout)
         except pymysql.MySQLError as exc:
             raise self._failed(exc) from exc
+        except (struct.error, UnicodeDecodeError, IndexError, KeyError, ValueError) as exc:
+            raise SourceError(f"cannot decode the binlog near {self.file}:{self.pos}: "
+                              f"{type(exc).__name__}: {exc}", source=self.name) from exc
 
     def _read_events(self, out: list, timeout: float) -> None:
         wait = timeout
@@ -304,7 +315,15 @@ class MySQLSource:
             if packet is None:
                 raise SourceConnectionError("the server ended the binlog stream", source=self.name)
             data = packet._data
-            op = _RAW_ROWS.get(data[5])
+            kind_byte = data[5]
+            if kind_byte == TABLE_MAP_EVENT:
+                # A restarted server numbers its tables from zero again: when a table id now
+                # names another table, forget the old one (even if the new one is not captured).
+                table_id = _from(data[20:26], "little")
+                known = tables.get(table_id)
+                if known is not None and _table_name(data) != (known[1], known[2]):
+                    del tables[table_id]
+            op = _RAW_ROWS.get(kind_byte)
             if op is not None:  # a rows event of a captured table: read straight from the packet
                 table_id = _from(data[20:26], "little")
                 table = tables.get(table_id)
@@ -373,9 +392,10 @@ class MySQLSource:
         json = self._json.get(qualified, set())
         # the TableMap body after table id and flags: names, types, metadata
         layout = ev.packet.packet._data[28:20 + ev.event_size]
-        decoder = self._layouts.get(layout)
+        cache_key = (layout, frozenset(json))  # the same layout may gain or lose JSON columns
+        decoder = self._layouts.get(cache_key)
         if decoder is None:
-            decoder = self._layouts[layout] = TableDecoder(columns, self.fast_decoder, json)
+            decoder = self._layouts[cache_key] = TableDecoder(columns, self.fast_decoder, json)
             log.debug("source %s: %s decoder for %s", self.name, "fast" if decoder.fast else "library",
                       qualified)
         key = [c.name for c in columns if c.is_primary] or None

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ...config import Context
-from ...errors import SourceConnectionError
+from ...errors import SourceConnectionError, SourceError
 from ...event import ChangeEvent, Commit
 from . import setup
 from .pgoutput import Decoder
@@ -149,10 +149,14 @@ class PostgresSource:
             out, pos, lsn, tx, index, skip_final, skip_count = self._read_frames(
                 buf, len(buf), tx, index, skip_final, skip_count, int(time.time() * 1000),
                 self.max_poll_events, [])
-        except BaseException:
+        except BaseException as exc:
             # What this poll read is lost with the exception: forget it, so that the
             # skip after a reconnect counts only events that were handed on.
             self._tx, self._index, self._skip, self._last_position = saved
+            if isinstance(exc, (struct.error, UnicodeDecodeError, IndexError, KeyError, ValueError)):
+                raise SourceError(f"cannot decode the replication stream after "
+                                  f"{lsn_to_str(stream.received_lsn)}: {type(exc).__name__}: {exc}",
+                                  source=self.name) from exc
             raise
         self._tx, self._index, self._skip = tx, index, (skip_final, skip_count)
         stream.keep(buf, pos)
