@@ -21,9 +21,7 @@ def _positions_call(fn, *args):
     from .positions import PositionError
     try:
         return fn(*args)
-    except PositionError as exc:
-        fail(str(exc))
-    except CdcError as exc:
+    except (PositionError, CdcError) as exc:
         fail(str(exc))
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from .config import Config
@@ -26,11 +28,28 @@ def _store(cfg: Config, source: str):
     return cfg.sources[source].checkpoint.build()
 
 
-def _locked(cfg: Config, source: str) -> SourceLock:
+@contextmanager
+def _locked(cfg: Config, source: str) -> Iterator[None]:
+    """Hold the source's lock: refused while its ``cdc run`` holds it."""
     try:
-        return SourceLock(cfg.state_dir, source).acquire()
+        lock = SourceLock(cfg.state_dir, source).acquire()
     except LockHeld as exc:
         raise PositionError(str(exc)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _locked_store(cfg: Config, source: str) -> Iterator[Any]:
+    """The source's checkpoint store, with the source's lock held."""
+    with _locked(cfg, source):
+        store = _store(cfg, source)
+        try:
+            yield store
+        finally:
+            store.close()
 
 
 def show(cfg: Config, source: str) -> dict[str, Any]:
@@ -52,35 +71,21 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
         raise PositionError(f"--position is not JSON: {exc}") from None
     if not isinstance(value, dict) or not value:
         raise PositionError('--position must be a JSON object such as \'{"lsn": "0/1A2B3C8"}\'')
-    lock = _locked(cfg, source)
-    try:
-        store = _store(cfg, source)
-        try:
-            old = store.load()
-            if old is not None and set(old) != set(value):
-                raise PositionError(f"the saved position has keys {sorted(old)}; "
-                                    f"--position has {sorted(value)}")
-            store.save(value)
-            return value
-        finally:
-            store.close()
-    finally:
-        lock.release()
+    with _locked_store(cfg, source) as store:
+        old = store.load()
+        if old is not None and set(old) != set(value):
+            raise PositionError(f"the saved position has keys {sorted(old)}; "
+                                f"--position has {sorted(value)}")
+        store.save(value)
+        return value
 
 
 def reset(cfg: Config, source: str) -> dict | None:
     """Forget the position; returns what it was."""
-    lock = _locked(cfg, source)
-    try:
-        store = _store(cfg, source)
-        try:
-            old = store.load()
-            store.reset()
-            return old
-        finally:
-            store.close()
-    finally:
-        lock.release()
+    with _locked_store(cfg, source) as store:
+        old = store.load()
+        store.reset()
+        return old
 
 
 def slot_of(cfg: Config, source: str) -> str | None:
@@ -95,16 +100,12 @@ def drop_slot(cfg: Config, source: str) -> bool:
     """Drop a PostgreSQL source's slot; False when there was none."""
     from .sources.postgres import setup
     src = cfg.sources[source].build()
-    lock = _locked(cfg, source)
-    try:
-        with setup.connect(src.dsn, source) as conn:
-            row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
-                               (src.slot,)).fetchone()
-            if row is None:
-                return False
-            if row[0] is not None:
-                raise PositionError(f"slot {src.slot} is in use by pid {row[0]} on the server")
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (src.slot,))
-            return True
-    finally:
-        lock.release()
+    with _locked(cfg, source), setup.connect(src.dsn, source) as conn:
+        row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
+                           (src.slot,)).fetchone()
+        if row is None:
+            return False
+        if row[0] is not None:
+            raise PositionError(f"slot {src.slot} is in use by pid {row[0]} on the server")
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (src.slot,))
+        return True

@@ -171,7 +171,6 @@ class PostgresSource:
         append = out.append
         relations = self.decoder.relations
         decoder = self.decoder
-        name, db = self.name, self.db
         bases: dict[int, dict] = {}  # relation id -> the source block of this transaction
         pos = 0
         lsn = 0
@@ -215,9 +214,7 @@ class PostgresSource:
                             op, after = "d", None
                     source = bases.get(relid)
                     if source is None:  # once per table and transaction; copies are cheaper
-                        source = bases[relid] = {
-                            "connector": "postgresql", "name": name, "db": db, "schema": rel.schema,
-                            "table": rel.table, "lsn": 0, "txId": tx[2], "ts_ms": tx[1]}
+                        source = bases[relid] = self._source_block(rel.schema, rel.table, 0, tx[2], tx[1])
                     source = source.copy()
                     source["lsn"] = lsn
                     # ChangeEvent.__init__, inlined: slot stores without a call
@@ -253,6 +250,11 @@ class PostgresSource:
             elif kind == 107:  # 'k' keepalive: wal end, server time, reply requested
                 self._keepalive_message(buf, frame + 6, append, in_tx=tx is not None)
         return out, pos, lsn, tx, index, skip_final, skip_count
+
+    def _source_block(self, schema: str, table: str, lsn: int, xid: int | None, ts_ms: int) -> dict:
+        """The event's ``source`` (Debezium's field names)."""
+        return {"connector": "postgresql", "name": self.name, "db": self.db, "schema": schema,
+                "table": table, "lsn": lsn, "txId": xid, "ts_ms": ts_ms}
 
     def _idle(self) -> None:
         """Per poll, not per message: status updates and the optional heartbeat."""
@@ -293,9 +295,8 @@ class PostgresSource:
             if self._skip[0] == tx[0] and index < self._skip[1]:
                 continue
             append(ChangeEvent(f"{tx[3]}{index}", "t", None, None, None,
-                               {"connector": "postgresql", "name": self.name, "db": self.db,
-                                "schema": rel.schema, "table": rel.table, "lsn": lsn,
-                                "txId": tx[2], "ts_ms": tx[1]}, now_ms, rel.qualified, lsn))
+                               self._source_block(rel.schema, rel.table, lsn, tx[2], tx[1]),
+                               now_ms, rel.qualified, lsn))
 
     def _message(self, msg: bytes, lsn: int, now_ms: int, append) -> None:
         transactional, mlsn, prefix, content = self.decoder.message(msg)
@@ -319,9 +320,7 @@ class PostgresSource:
             event_id, xid, ts = f"{tx[3]}{index}", tx[2], tx[1]
         else:
             event_id, xid, ts = f"{lsn_to_str(mlsn)}:m", None, now_ms
-        append(ChangeEvent(event_id, "m", None, None, None,
-                           {"connector": "postgresql", "name": self.name, "db": self.db, "schema": "",
-                            "table": "", "lsn": mlsn, "txId": xid, "ts_ms": ts},
+        append(ChangeEvent(event_id, "m", None, None, None, self._source_block("", "", mlsn, xid, ts),
                            now_ms, "", mlsn, message=body))
         if tx is None:
             append(Commit({"lsn": lsn_to_str(mlsn)}))
