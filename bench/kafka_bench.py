@@ -31,13 +31,17 @@ from pathlib import Path
 import psycopg
 from confluent_kafka.admin import AdminClient, NewTopic
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cdc.config import parse_config  # noqa: E402
 from cdc.engine import SourceRunner  # noqa: E402
-from cdc.servers import KafkaServer, PostgresServer  # noqa: E402
-from cdc.servers.postgres import pg_bindir  # noqa: E402
 from cdc.sinks.kafka import KafkaSink  # noqa: E402
+
+from servers import (  # noqa: E402
+    KafkaServer,
+    PostgresServer,
+    pg_bindir,  # noqa: E402
+)
 
 TRANSACTIONS, ROWS_PER_TX = 200, 1000
 TOTAL = 2 * TRANSACTIONS * ROWS_PER_TX

@@ -11,7 +11,8 @@ then times, each in its own process, over TCP 127.0.0.1, from the same start pos
   that serialises every event to JSON.
 
 Reports rows/s (median of ``--runs``), peak RSS, and the ratios against the plain library
-measured in the same run; exits 1 when the reader (``cdc-poll``) is under 8x.  Usage: ``.venv/bin/python bench/mysql_bench.py [--runs 3]``.
+measured in the same run; exits 1 when the reader (``cdc-poll``) is under 8x.
+Usage: ``.venv/bin/python bench/mysql_bench.py [--runs 3]``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test servers
 
 ROWS = 400_000
 TX_ROWS = 1_000
@@ -69,7 +72,7 @@ def read_library(port: int, start: dict) -> int:
                                 enable_logging=False)
     n = 0
     for ev in stream:
-        for row in ev.rows:
+        for _row in ev.rows:
             n += 1
         if n >= ROWS:
             break
@@ -121,6 +124,7 @@ def child(reader: str, port: int, start: dict) -> None:
     import resource
 
     import pymysqlreplication  # noqa: F401 - imports are not part of the reading
+
     from cdc.engine import runner  # noqa: F401
     from cdc.sources import mysql  # noqa: F401
 
@@ -138,7 +142,7 @@ def run_child(reader: str, port: int, start: dict) -> dict:
 
 
 def run_mysqlbinlog(port: int, start: dict) -> dict:
-    from cdc.servers.base import find_binary
+    from servers import find_binary
 
     binary = find_binary("mysqlbinlog")
     t0 = time.perf_counter()
@@ -163,8 +167,7 @@ def main() -> None:
     if args.reader:
         return child(args.reader, args.port, json.loads(args.start))
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from cdc.servers import MariaDBServer
+    from servers import MariaDBServer
 
     with MariaDBServer() as server:
         server.create_database("bench")
@@ -173,7 +176,7 @@ def main() -> None:
         print(f"workload: {ROWS:,} row changes in {2 * ROWS // 2 // TX_ROWS} transactions, "
               f"written in {time.perf_counter() - t0:.0f}s; MariaDB over TCP 127.0.0.1, catch-up mode")
         results: dict[str, list[dict]] = {name: [] for name in ("mysqlbinlog", *READERS)}
-        for run in range(args.runs):
+        for _run in range(args.runs):
             results["mysqlbinlog"].append(run_mysqlbinlog(server.port, start))
             for name in READERS:
                 results[name].append(run_child(name, server.port, start))

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test servers
+
 ROWS_PER_TX, TXS = 1000, 200
 TOTAL = 2 * ROWS_PER_TX * TXS
 
@@ -95,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     import psycopg
 
-    from cdc.servers import PostgresServer
+    from servers import PostgresServer
     with PostgresServer() as server:
         dsn = server.create_database("bench")
         with psycopg.connect(dsn, autocommit=True) as conn:

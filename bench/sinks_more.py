@@ -20,13 +20,13 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from webhook_server import WebhookServer  # noqa: E402
-
 from cdc.config import Context  # noqa: E402
 from cdc.event import ChangeEvent  # noqa: E402
-from cdc.servers import PostgresServer  # noqa: E402
 from cdc.sinks.http import HttpSink  # noqa: E402
 from cdc.sinks.mirror import PostgresMirrorSink  # noqa: E402
+
+from servers import PostgresServer  # noqa: E402
+from webhook_server import WebhookServer  # noqa: E402
 
 N, BATCH = 20_000, 1000
 SRC = {"name": "shop", "schema": "public", "table": "orders"}

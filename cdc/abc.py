@@ -10,18 +10,42 @@ A new sink is one class with ``open``, ``write`` and ``close``; its ``__init__``
 keyword arguments are its YAML options (``cdc.config`` validates them from the
 signature and the annotations).  ``write`` runs on the sink's own thread; when it
 returns, the batch counts as durably delivered.
+
+Optional capabilities are the smaller Protocols below.  cdc asks for them with
+``isinstance(obj, Capability)``, never by probing attribute names:
+
+=====================  ==========================  ===============================================
+capability             implemented by              used by
+=====================  ==========================  ===============================================
+``Checkable``          a sink                      ``cdc check``: a probe instead of open/close
+``DefaultBatchSize``   a sink class                the config: ``batch_size`` when none is given
+``ReportsSkipped``     a sink (database mirrors)   ``cdc dlq replay``: entries superseded
+``Preflight``          a source                    ``cdc check``: settings, rights, retention
+``Describable``        a source                    ``cdc status``, metrics: slot lag, retained WAL
+``TableNaming``        a source class              the config: ``orders`` -> ``public.orders``
+``CountsBytes``        a source                    the engine: ``max_in_flight_bytes``
+``SlotOwner``          a source                    ``cdc checkpoint reset --drop-slot``
+``Timestamped``        a checkpoint store          ``cdc status``, ``cdc check``: checkpoint age
+``DeadLetterStore``    a dead-letter queue         ``cdc dlq list|replay``
+``Countable``          a dead-letter sink          ``cdc status``: dead letters held
+=====================  ==========================  ===============================================
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol, Union, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .event import ChangeEvent, Commit
 
-__all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", "Commit"]
+if TYPE_CHECKING:
+    from .deadletter.record import DeadLetter
 
-TransformResult = Union[ChangeEvent, None, Iterable[ChangeEvent]]
+__all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", "Commit",
+           "Checkable", "DefaultBatchSize", "ReportsSkipped", "Preflight", "Describable", "TableNaming",
+           "CountsBytes", "SlotOwner", "Timestamped", "DeadLetterStore", "Countable", "Problem"]
+
+TransformResult = ChangeEvent | None | Iterable[ChangeEvent]
 
 
 @runtime_checkable
@@ -79,3 +103,97 @@ class CheckpointStore(Protocol):
 
     def close(self) -> None: ...
 
+
+
+# ---- optional capabilities ------------------------------------------------------------
+
+#: A pre-flight finding: ``(level, message)`` with level ``"error"`` (blocks a run) or ``"warning"``.
+Problem = tuple[str, str]
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """A sink that can tell whether its destination is reachable and usable without
+    the cost or side effects of ``open()``."""
+
+    def check(self) -> None:
+        """Return if ready; raise with a message that says what is wrong otherwise."""
+
+
+@runtime_checkable
+class DefaultBatchSize(Protocol):
+    """A sink class whose best batch size is not 1000 (a class attribute)."""
+
+    default_batch_size: int
+
+
+@runtime_checkable
+class ReportsSkipped(Protocol):
+    """A sink that may skip events it already applied (a database mirror's exactly-once
+    position); after each ``write``, the ids it skipped."""
+
+    skipped: list[str]
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    """A source that can check its server before a run (``cdc check``)."""
+
+    def preflight(self, position: dict | None, checkpoint_age: float | None) -> list[Problem]:
+        """Every problem, each with its fix; empty when ready."""
+
+
+@runtime_checkable
+class Describable(Protocol):
+    """A source that reports server-side figures (slot lag, retained log) as a flat dict."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class TableNaming(Protocol):
+    """A source class that completes table names written in the config."""
+
+    @staticmethod
+    def qualify_table(name: str, options: dict) -> str: ...
+
+
+@runtime_checkable
+class CountsBytes(Protocol):
+    """A source that counts the bytes of change log it has read (for ``max_in_flight_bytes``)."""
+
+    bytes_read: int
+
+
+@runtime_checkable
+class SlotOwner(Protocol):
+    """A source that holds a server-side replication slot."""
+
+    slot: str
+
+    def drop_slot(self) -> bool:
+        """Drop the slot; False when there was none.  Raise if it is in use."""
+
+
+@runtime_checkable
+class Timestamped(Protocol):
+    """A checkpoint store that knows when it last saved."""
+
+    def saved_at(self) -> float | None:
+        """Seconds since the epoch of the last save, or None."""
+
+
+@runtime_checkable
+class DeadLetterStore(Protocol):
+    """The read side of a dead-letter queue, for ``cdc dlq list`` and ``replay``."""
+
+    def list(self) -> list[DeadLetter]: ...
+
+    def remove(self, entry_id: str) -> None: ...
+
+
+@runtime_checkable
+class Countable(Protocol):
+    """A dead-letter sink that can say how many events it holds."""
+
+    def count(self) -> int: ...

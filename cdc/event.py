@@ -27,6 +27,8 @@ from typing import Any
 
 import orjson
 
+from .lsn import format_lsn
+
 __all__ = ["ChangeEvent", "Commit", "UNAVAILABLE"]
 
 #: Placeholder for a value the log does not carry (PostgreSQL's unchanged TOAST).
@@ -104,7 +106,7 @@ class ChangeEvent:
         """The log position for messages (a PostgreSQL LSN as ``0/16B3748``)."""
         p = self.position if self.position is not None else self.source.get("lsn", self.source.get("pos"))
         if isinstance(p, int) and self.source.get("connector") == "postgresql":
-            return f"{p >> 32:X}/{p & 0xFFFFFFFF:X}"
+            return format_lsn(p)
         return "?" if p is None else str(p)
 
     def __eq__(self, other: object) -> bool:

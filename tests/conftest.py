@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from cdc.servers import KafkaServer, MariaDBServer, PostgresServer, RabbitMQServer, RedisServer
+from servers import KafkaServer, MariaDBServer, PostgresServer, RabbitMQServer, RedisServer
 
 
 def _serve(server):
@@ -75,6 +75,13 @@ def pg_database(pg_server):
 def mariadb_database(mariadb_server) -> str:
     """DSN (root user) of a fresh, empty database on the shared MariaDB server."""
     return mariadb_server.create_database(unique_name())
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test not marked ``unit`` is an integration test (it starts a real server)."""
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.integration)
 
 
 def _skipped(config) -> int:

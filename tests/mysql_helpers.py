@@ -8,7 +8,7 @@ from cdc.config import Context
 from cdc.event import ChangeEvent, Commit
 from cdc.sources.mysql import MySQLSource
 
-__all__ = ["make_source", "collect", "db_of", "execute"]
+__all__ = ["make_source", "collect", "db_of", "execute", "preflight"]
 
 
 def db_of(dsn: str) -> str:
@@ -20,6 +20,14 @@ def make_source(server, db: str, tables: list[str], name: str = "legacy", **opti
     options.setdefault("server_id", 4201)
     return MySQLSource(dsn=server.dsn(db, user="cdc"), tables=tables,
                        context=Context(config_dir=None, source=name, name=name), **options)
+
+
+def preflight(dsn: str, tables: list[str] = (), position: dict | None = None,
+              checkpoint_age: float | None = None) -> list[tuple[str, str]]:
+    """What ``cdc check`` reports for a MySQL source with this DSN."""
+    source = MySQLSource(dsn=dsn, tables=list(tables), server_id=4299,
+                         context=Context(config_dir=None, source="check", name="check"))
+    return source.preflight(position, checkpoint_age)
 
 
 def execute(server, db: str, *statements: str, sql_mode: str | None = None) -> None:

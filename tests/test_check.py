@@ -7,13 +7,11 @@ import subprocess
 import sys
 
 import psycopg
-import pymysql
 import pytest
 
 from _ops_helpers import ROOT, make_orders, write_config
-from cdc.check_mysql import connect_params, mysql_problems
-from cdc.servers import MariaDBServer, PostgresServer
-from cdc.servers.base import HOST
+from mysql_helpers import preflight
+from servers import HOST, MariaDBServer, PostgresServer
 
 
 def cdc_check(config) -> tuple[int, list[dict]]:
@@ -82,11 +80,8 @@ def test_check_reports_every_postgres_problem(tmp_path, bad_pg):
 
 
 def test_check_mysql_settings_on_a_ready_mariadb(mariadb_server):
-    conn = mariadb_server.connect(user="cdc")
-    try:
-        problems = mysql_problems(conn, checkpoint_age_s=60, position={"file": "binlog.000001", "pos": 4})
-    finally:
-        conn.close()
+    problems = preflight(mariadb_server.dsn(user="cdc"), checkpoint_age=60,
+                         position={"file": "binlog.000001", "pos": 4})
     # the test server keeps binlogs for ever: a warning, not a blocker
     assert [level for level, _ in problems] == ["warning"], problems
     assert "never expired" in problems[0][1]
@@ -99,25 +94,24 @@ def test_check_mysql_settings_on_a_misconfigured_mariadb():
         with server.connect() as root, root.cursor() as cur:
             cur.execute("CREATE USER 'weak'@'%' IDENTIFIED BY 's3cret-pw'")
             cur.execute("GRANT SELECT ON *.* TO 'weak'@'%'")
-        params = connect_params({"dsn": f"mysql://weak:s3cret-pw@{HOST}:{server.port}/"})
-        conn = pymysql.connect(**params)
-        try:
-            problems = mysql_problems(conn, checkpoint_age_s=7200, position={"file": "binlog.000099", "pos": 4})
-        finally:
-            conn.close()
-        with server.connect() as root:  # may list the binlogs: sees that the checkpoint's one is gone
-            purged = mysql_problems(root, checkpoint_age_s=60, position={"file": "binlog.000099", "pos": 4})
+        problems = preflight(f"mysql://weak:s3cret-pw@{HOST}:{server.port}/", checkpoint_age=7200,
+                             position={"file": "binlog.000099", "pos": 4})
+        # root may list the binlogs: sees that the checkpoint's one is gone
+        purged = preflight(server.dsn(), checkpoint_age=60, position={"file": "binlog.000099", "pos": 4})
+        # a GTID position resumes from whichever binlog holds it: a purged file loses nothing
+        by_gtid = preflight(server.dsn(), checkpoint_age=60,
+                            position={"gtid": "0-1-1", "file": "binlog.000099", "pos": 4})
         with MariaDBServer(settings={"log_bin": None}) as nolog:
-            with nolog.connect() as conn2:
-                no_binlog = mysql_problems(conn2)
+            no_binlog = preflight(nolog.dsn())
     errors = "\n".join(m for level, m in problems if level == "error")
-    for expected in ("binlog_format is STATEMENT, must be ROW", "SET GLOBAL binlog_format = 'ROW'",
-                     "binlog_row_image is MINIMAL, must be FULL", "binlog_row_metadata is MINIMAL, must be FULL",
-                     "lacks REPLICATION SLAVE, BINLOG MONITOR",
+    for expected in ("binlog_format is 'STATEMENT', must be ROW", "SET GLOBAL binlog_format = 'ROW'",
+                     "binlog_row_image is 'MINIMAL', must be FULL", "binlog_row_metadata is 'MINIMAL', must be FULL",
+                     "lacks the REPLICATION SLAVE privilege", "lacks the REPLICATION CLIENT privilege",
                      "the checkpoint is 2.0 h old but binlogs are kept 1.0 h"):
         assert expected in errors, f"{expected!r} not in:\n{errors}"
     assert any(level == "error" and "checkpoint's binlog binlog.000099 was purged" in m
                for level, m in purged), purged
     warnings = [m for level, m in problems if level == "warning"]
     assert any("gtid_strict_mode is OFF" in w for w in warnings), warnings
-    assert any(level == "error" and m.startswith("log_bin is OFF") for level, m in no_binlog), no_binlog
+    assert not any("purged" in m for _, m in by_gtid), by_gtid
+    assert any(level == "error" and m.startswith("log_bin is 'OFF'") for level, m in no_binlog), no_binlog

@@ -9,6 +9,7 @@ from cdc.checkpoints.file import FileCheckpointStore
 from cdc.checkpoints.postgres import PostgresCheckpointStore
 from cdc.config import Context
 from cdc.errors import CheckpointError
+
 from pgutil import Running, config, file_pipeline, sql, wait_for_lines
 
 

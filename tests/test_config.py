@@ -10,6 +10,8 @@ import yaml
 from cdc.config import parse_config
 from cdc.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = """

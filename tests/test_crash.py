@@ -63,12 +63,16 @@ def test_sigkill_loses_nothing(pg_database, tmp_path):
                 committed.extend(batch)
                 time.sleep(0.004)
 
+    # CDC_TEST_SEED=N replays a run's kill times (the seed is printed, and shown on failure)
+    seed = int(os.environ.get("CDC_TEST_SEED") or random.randrange(2**32))
+    print(f"kill-time seed: {seed} (replay with CDC_TEST_SEED={seed})")
+    kill_times = random.Random(seed)
     thread = threading.Thread(target=writer)
     thread.start()
     kills = 0
     try:
         while kills < KILLS:
-            time.sleep(random.uniform(0.3, 2.0))
+            time.sleep(kill_times.uniform(0.3, 2.0))
             assert thread.is_alive(), "the writer finished before every kill: slow it down"
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()

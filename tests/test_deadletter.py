@@ -12,15 +12,17 @@ import orjson
 import psycopg
 import pytest
 from click.testing import CliRunner
-from webhook_server import WebhookServer
 
 from cdc.cli import main
 from cdc.config import load_config
-from cdc.deadletter import DeadLetterWriter, store_for
+from cdc.deadletter import store_for
 from cdc.engine import SourceRunner
+from cdc.engine.deadletters import DeadLetterWriter
 from cdc.errors import PermanentSinkError
 from cdc.event import ChangeEvent
 from cdc.sinks.mirror import order_key
+
+from webhook_server import WebhookServer
 
 
 @pytest.fixture

@@ -16,10 +16,9 @@ from urllib.parse import urlsplit
 import psycopg
 import yaml
 
-from cdc.check_mysql import mysql_problems
-from cdc.servers import MariaDBServer, PostgresServer
-
 from _ops_helpers import ROOT
+from mysql_helpers import preflight
+from servers import MariaDBServer, PostgresServer
 
 DOCKER = ROOT / "docker"
 
@@ -131,6 +130,5 @@ def test_compose_mysql_settings_pass_cdc_check():
                 body = "\n".join(line for line in statement.splitlines() if not line.startswith("--"))
                 if body.strip():
                     cur.execute(body)
-        with server.connect(user="cdc") as conn:
-            problems = mysql_problems(conn, checkpoint_age_s=3600)
+        problems = preflight(server.dsn("shop", user="cdc"), checkpoint_age=3600)
     assert problems == [], problems

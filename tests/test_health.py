@@ -9,8 +9,7 @@ import json
 import redis
 
 from _ops_helpers import CdcProcess, basic_config, http_get, insert, make_orders, wait_for
-from cdc.servers import RedisServer
-from cdc.servers.base import free_port
+from servers import RedisServer, free_port
 
 SINK = '''
 import redis

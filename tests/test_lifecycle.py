@@ -13,10 +13,21 @@ import time
 
 import psycopg
 
-from _ops_helpers import (ROOT, CdcProcess, basic_config, insert, make_orders, read_jsonl, slot_lsn,
-                          slot_name, wait_for, write_config)
 from cdc.observe.metrics import position_numbers
 from cdc.observe.state import SourceLock
+
+from _ops_helpers import (
+    ROOT,
+    CdcProcess,
+    basic_config,
+    insert,
+    make_orders,
+    read_jsonl,
+    slot_lsn,
+    slot_name,
+    wait_for,
+    write_config,
+)
 
 
 def ids(path) -> list[int]:

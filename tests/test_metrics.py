@@ -5,9 +5,10 @@ from __future__ import annotations
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
-from _ops_helpers import CdcProcess, http_get, insert, make_orders, read_jsonl, wait_for, write_config
 from cdc.observe.metrics import position_numbers
-from cdc.servers.base import free_port
+
+from _ops_helpers import CdcProcess, http_get, insert, make_orders, read_jsonl, wait_for, write_config
+from servers import free_port
 
 CONFIG = """
 metrics: {listen: "127.0.0.1:%d"}

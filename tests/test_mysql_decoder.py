@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
+from test_mysql_source import ALL_ROWS, ALL_TYPES
 
 from cdc.sources.mysql.decoder import TableDecoder
+
 from mysql_helpers import db_of, execute
-from test_mysql_source import ALL_ROWS, ALL_TYPES
 
 EDGE_ROWS = [
     # more edge values: small decimals, fractional times of every precision, multi-byte text
@@ -66,7 +67,7 @@ def test_fast_decoder_matches_the_library(mariadb_server, mariadb_database):
     typed = [e for e in events if e[0] == "all_types"]
     assert len(typed) == len(ALL_ROWS) + len(EDGE_ROWS) + 3  # one event per INSERT, UPDATE, DELETE
     rows = 0
-    for table, fast_path, fast, library in typed:
+    for _table, fast_path, fast, library in typed:
         assert fast_path, "every column of all_types has a fast reader"
         assert fast == library
         rows += len(fast)

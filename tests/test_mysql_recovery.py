@@ -19,8 +19,9 @@ import pytest
 
 from cdc.errors import SourceConnectionError
 from cdc.event import Commit
-from cdc.servers import MariaDBServer
+
 from mysql_helpers import execute, make_source
+from servers import MariaDBServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,11 +40,13 @@ def _drain(source, seen: list, commits: list, until, timeout: float = 120.0) -> 
             items = source.poll(0.2)
         except SourceConnectionError:
             source.close()
+            reopen_by = time.monotonic() + 60
             while True:
                 try:
                     source.open(commits[-1].position if commits else None)
                     break
                 except SourceConnectionError:
+                    assert time.monotonic() < reopen_by, "the server did not come back"
                     time.sleep(0.5)
             continue
         for item in items:

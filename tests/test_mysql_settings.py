@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from cdc.errors import SourceSetupError
-from cdc.servers import MariaDBServer
 from cdc.sources.mysql import MySQLSource
+
 from mysql_helpers import db_of, execute, make_source
+from servers import MariaDBServer
 
 
 def test_misconfigured_server_names_every_setting():
@@ -28,8 +29,8 @@ def test_misconfigured_server_names_every_setting():
 
 def test_missing_privileges_missing_table_and_own_server_id(mariadb_server, mariadb_database):
     db = db_of(mariadb_database)
-    execute(mariadb_server, db, f"CREATE USER IF NOT EXISTS 'weak'@'%' IDENTIFIED BY 'weak'",
-            f"GRANT SELECT ON *.* TO 'weak'@'%'")
+    execute(mariadb_server, db, "CREATE USER IF NOT EXISTS 'weak'@'%' IDENTIFIED BY 'weak'",
+            "GRANT SELECT ON *.* TO 'weak'@'%'")
     source = MySQLSource(dsn=f"mysql://weak:weak@127.0.0.1:{mariadb_server.port}/{db}",
                          tables=[f"{db}.nope"], server_id=1)
     with pytest.raises(SourceSetupError) as info:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import time
 import uuid
 
 import psycopg
@@ -11,6 +12,7 @@ import pytest
 from cdc.config import Context
 from cdc.event import Commit
 from cdc.sources.postgres import PostgresSource
+
 from mysql_helpers import collect, db_of, execute, make_source
 
 ORDERS = ("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(20),"
@@ -117,7 +119,9 @@ def test_large_transaction_streams_in_bounded_batches(shop):
                 "INSERT INTO big SELECT seq, CONCAT('note number ', seq) FROM seq")
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         seen, largest, ids, last = 0, 0, set(), None
+        deadline = time.monotonic() + 120
         while last is None or seen < 100_000:
+            assert time.monotonic() < deadline, f"read {seen} of 100,000 rows"
             batch = source.poll(1.0)
             largest = max(largest, len(batch))
             for item in batch:

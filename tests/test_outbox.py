@@ -8,13 +8,14 @@ import time
 
 import psycopg
 import pytest
-from webhook_server import WebhookServer
 
 from cdc.config import load_config
 from cdc.engine import SourceRunner
 from cdc.errors import ConfigError
 from cdc.event import ChangeEvent
 from cdc.transforms.outbox import Outbox
+
+from webhook_server import WebhookServer
 
 SRC = {"name": "shop", "schema": "public", "table": "outbox"}
 

@@ -4,8 +4,9 @@ transaction, a sink down at shutdown, the database down at shutdown."""
 import json
 import time
 
-from cdc.servers import PostgresServer
+from _ops_helpers import wait_for
 from pgutil import Running, config, file_pipeline, read_jsonl, sql
+from servers import PostgresServer
 
 DOWN_SINK = '''
 from cdc.errors import TransientSinkError
@@ -55,8 +56,7 @@ def test_shutdown_with_a_sink_down_neither_skips_nor_acknowledges(pg_database, t
     running.runner.grace_period = 1.0
     with running:
         sql(pg_database, "INSERT INTO t VALUES (1), (2)")
-        while running.runner.counts["received"] < 2:
-            time.sleep(0.05)
+        wait_for(lambda: running.runner.counts["received"] >= 2, 30, "2 events read")
         before = sql(pg_database, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
                                   " WHERE slot_name = %s", params=(running.runner.source.slot,))[0][0]
     worker = running.runner.workers[0]
@@ -78,8 +78,7 @@ def test_stop_during_a_source_outage_with_a_sink_down_does_not_hang(tmp_path):
         running.runner.grace_period = 2.0
         with running:
             sql(dsn, "INSERT INTO t VALUES (1)")
-            while running.runner.counts["received"] < 1:
-                time.sleep(0.05)
+            wait_for(lambda: running.runner.counts["received"] >= 1, 30, "1 event read")
             server.kill()  # the source goes away while the sink holds an event
             time.sleep(1.0)
             started = time.monotonic()

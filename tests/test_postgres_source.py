@@ -8,9 +8,9 @@ import pytest
 
 from cdc.errors import SourceSetupError
 from cdc.event import UNAVAILABLE
-from cdc.servers import PostgresServer
 
 from pgutil import Running, config, file_pipeline, read_jsonl, sql, wait_for_lines
+from servers import PostgresServer
 
 
 @pytest.fixture

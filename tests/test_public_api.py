@@ -1,6 +1,10 @@
 """The curated public API: everything in __all__ exists, and nothing else leaks in."""
 
+import pytest
+
 import cdc
+
+pytestmark = pytest.mark.unit
 
 
 def test_all_names_exist_and_are_curated():

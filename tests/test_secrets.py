@@ -10,7 +10,7 @@ import sys
 import psycopg
 
 from _ops_helpers import ROOT, CdcProcess, insert, make_orders, read_jsonl, slot_lsn, wait_for, write_config
-from cdc.servers.base import free_port
+from servers import free_port
 
 PASSWORD = "S3cret-Passw0rd-xyz"
 
@@ -59,7 +59,7 @@ def test_no_password_in_any_log(tmp_path, pg_server, pg_database):
         try:
             wait_for(lambda: slot_lsn(pg_database), 60, "the slot")
             insert(pg_database, 100 if fmt == "json" else 1, 3)
-            wait_for(lambda: len(read_jsonl(tmp_path / "out/orders.jsonl")) == (6 if fmt == "json" else 3),
+            wait_for(lambda: len(read_jsonl(tmp_path / "out/orders.jsonl")) == (6 if fmt == "json" else 3),  # noqa: B023
                      60, "rows")
             cdc.signal(signal.SIGTERM)
             assert cdc.wait(60) == 0
@@ -96,8 +96,8 @@ def test_log_lines_that_quote_a_dsn_are_redacted_in_both_formats(pg_database):
     import io
     import logging
 
-    from cdc.observe.logging import event_fields, setup_logging
     from cdc.event import ChangeEvent
+    from cdc.observe.logging import event_fields, setup_logging
     event = ChangeEvent("0/16B3748:0", "c", None, {"id": 1}, {"id": 1}, {}, 0, "public.orders", 23803720)
     try:
         for fmt in ("text", "json"):

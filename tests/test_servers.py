@@ -9,7 +9,7 @@ import pymysql
 import redis
 from confluent_kafka import Consumer, Producer
 
-from cdc.servers import MariaDBServer, PostgresServer
+from servers import MariaDBServer, PostgresServer
 
 
 def test_postgres_select(pg_database):

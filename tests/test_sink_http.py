@@ -9,13 +9,14 @@ import socket
 import time
 
 import pytest
-from webhook_server import WebhookServer
 
 from cdc.config import Context, RetryOptions, SinkSpec
 from cdc.engine import AckTracker, SinkWorker
 from cdc.errors import PermanentSinkError, TransientSinkError
 from cdc.event import ChangeEvent
 from cdc.sinks.http import HttpSink
+
+from webhook_server import WebhookServer
 
 
 def event(i: int, **row) -> ChangeEvent:

@@ -17,8 +17,10 @@ from cdc.config import Context, parse_config
 from cdc.engine import SourceRunner
 from cdc.errors import ConfigError, PermanentSinkError, TransientSinkError
 from cdc.event import ChangeEvent
-from cdc.servers.base import free_port
 from cdc.sinks.kafka import KafkaSink
+
+from _ops_helpers import wait_for
+from servers import free_port
 
 
 def event(op: str, row_id: int, status: str = "new", table: str = "orders", seq: int = 0,
@@ -144,15 +146,14 @@ def test_broker_killed_mid_stream_loses_nothing(kafka_server, pg_database, tmp_p
     runner = SourceRunner(parse_config(raw, tmp_path / "c.yaml", {}), "shop", grace_period=60)
     engine = threading.Thread(target=runner.run, daemon=True)
     engine.start()
-    while runner.source.stream is None:  # the slot exists: every write from now on is captured
-        assert engine.is_alive(), runner.error
-        time.sleep(0.05)
+    # the slot exists: every write from now on is captured
+    wait_for(lambda: runner.source.stream is not None or not engine.is_alive(), 30, "streaming")
+    assert engine.is_alive(), runner.error
     progress: list = []
     writer = threading.Thread(target=_write_orders, args=(pg_database, transactions, rows, 0.1, progress))
     try:
         writer.start()
-        while len(progress) < transactions // 3:
-            time.sleep(0.05)
+        wait_for(lambda: len(progress) >= transactions // 3, 60, "a third of the writes")
         kafka_server.kill()          # kill -9, mid-stream
         time.sleep(5)                # longer than delivery_timeout: the batch fails, the worker retries
         kafka_server.start()

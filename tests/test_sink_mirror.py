@@ -236,7 +236,8 @@ def test_mariadb_replay_keeps_superseded_and_applies_latest(my_target, tmp_path)
 
     from cdc.cli import main
     from cdc.config import load_config
-    from cdc.deadletter import DeadLetterWriter, store_for
+    from cdc.deadletter import store_for
+    from cdc.engine.deadletters import DeadLetterWriter
     config = tmp_path / "p.yaml"
     config.write_text(f"""
 sources:

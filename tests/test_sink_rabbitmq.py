@@ -16,6 +16,8 @@ from cdc.errors import PermanentSinkError
 from cdc.event import ChangeEvent
 from cdc.sinks.rabbitmq import RabbitMQSink
 
+from _ops_helpers import wait_for
+
 
 def event(op: str, row_id: int, status: str = "new", seq: int = 0) -> ChangeEvent:
     row = {"id": row_id, "status": status}
@@ -112,8 +114,7 @@ def test_broker_restart_mid_stream_loses_nothing(rabbitmq_server, tmp_path):
 
     feeder = threading.Thread(target=feed)
     feeder.start()
-    while tracker.acked_events < batches * size // 4:
-        time.sleep(0.02)
+    wait_for(lambda: tracker.acked_events >= batches * size // 4, 60, "a quarter acknowledged")
     rabbitmq_server.restart()  # mid-stream
     feeder.join()
     deadline = time.monotonic() + 120

@@ -11,8 +11,9 @@ import redis
 
 from cdc.errors import PermanentSinkError, TransientSinkError
 from cdc.event import ChangeEvent
-from cdc.servers import RedisServer
 from cdc.sinks.redis import RedisSink
+
+from servers import RedisServer
 
 
 def event(op: str, row_id: int, status: str = "new", seq: int = 0, table: str = "orders") -> ChangeEvent:

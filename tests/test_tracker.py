@@ -2,7 +2,11 @@
 
 import threading
 
+import pytest
+
 from cdc.engine.tracker import AckTracker
+
+pytestmark = pytest.mark.unit
 
 
 def test_position_waits_for_every_sink_and_every_earlier_batch():

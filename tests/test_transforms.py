@@ -7,6 +7,8 @@ from cdc.transforms.builtin import Filter, Mask, Python, Rename, Route, Select
 from cdc.transforms.chain import TransformChain
 from cdc.transforms.testing import make_event, run_transform
 
+pytestmark = pytest.mark.unit
+
 ORDER = {"id": 7, "customer_id": 3, "status": "paid", "amount": "120.50", "note": "x"}
 
 

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from ..config import Context
+from ..config.model import Context
 from ..errors import CheckpointError
 
 __all__ = ["FileCheckpointStore"]

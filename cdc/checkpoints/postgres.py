@@ -7,7 +7,7 @@ import json
 import psycopg
 from psycopg import sql
 
-from ..config import Context
+from ..config.model import Context
 from ..errors import CheckpointError
 
 __all__ = ["PostgresCheckpointStore"]

@@ -8,26 +8,26 @@ the database.  A lost source connection is resumed from that checkpoint.
 
 from __future__ import annotations
 
-import gc
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..config import Config, PipelineSpec
-from ..deadletter import TRANSFORMS_SINK, DeadLetterWriter
+from ..abc import CountsBytes
+from ..config.model import Config, PipelineSpec
+from ..deadletter.record import TRANSFORMS_SINK
 from ..errors import CdcError, CheckpointError, SourceConnectionError, TransformError
 from ..event import ChangeEvent, Commit
 from ..transforms.chain import TransformChain
+from .deadletters import DeadLetterWriter
+from .retry import Backoff
 from .tracker import AckTracker
 from .worker import SinkWorker
 
 __all__ = ["SourceRunner"]
 
 log = logging.getLogger("cdc.runner")
-SWITCH_INTERVAL = 0.05  # seconds
 CHECKPOINT_FAILURE_TIMEOUT = 300.0  # seconds of failing checkpoint saves before the source stops
 
 
@@ -73,6 +73,8 @@ class SourceRunner:
         self._stop = threading.Event()
         self._last_save = 0.0
         self._bytes_seen = 0
+        self._counts_bytes = isinstance(self.source, CountsBytes)
+        self.last_tick = time.monotonic()   # liveness: the main loop turned
         # read by cdc.observe (metrics, /readyz, the status file); updated per batch
         self.source_connected = False
         self.source_error: str | None = None
@@ -100,13 +102,6 @@ class SourceRunner:
 
     def run(self) -> int:
         """Run until stopped; 0 after a clean stop, 1 after an error."""
-        # Events hold no reference cycles; collecting every 700 allocations costs ~15% of
-        # the reader's time, so the young generation is allowed to grow (one runner per process).
-        gc.freeze()
-        gc.set_threshold(max(gc.get_threshold()[0], 10_000), 10, 10)
-        # The reader and the sink threads all want the GIL; handing it over every 5 ms
-        # (the default) costs the reader a few percent of its throughput.
-        sys.setswitchinterval(max(sys.getswitchinterval(), SWITCH_INTERVAL))
         position = self.store.load()
         self.saved_position = position
         log.info("source %s: starting from %s", self.name, position or "the current position")
@@ -128,7 +123,7 @@ class SourceRunner:
 
     def _loop(self) -> None:
         spec, tracker, source = self.spec, self.tracker, self.source
-        backoff = 1.0
+        backoff = Backoff(1.0, 30.0)
         while not self._stop.is_set() or self._finishing_tx():
             if (tracker.events_in_flight >= spec.max_in_flight_events
                     or tracker.bytes_in_flight >= spec.max_in_flight_bytes):
@@ -139,12 +134,12 @@ class SourceRunner:
             try:
                 items = source.poll(self.poll_timeout)
             except SourceConnectionError as exc:
-                log.warning("source %s: %s; resuming from the checkpoint in %.0fs", self.name, exc, backoff)
+                delay = backoff.next()
+                log.warning("source %s: %s; resuming from the checkpoint in %.0fs", self.name, exc, delay)
                 self.source_connected, self.source_error = False, str(exc)
-                self._reconnect(backoff)
-                backoff = min(backoff * 2, 30.0)
+                self._reconnect(delay)
                 continue
-            backoff = 1.0
+            backoff.reset()
             self.caught_up = not items
             if items:
                 self._dispatch(items)
@@ -175,7 +170,7 @@ class SourceRunner:
                 self.counts["transactions"] += 1
             else:
                 events.append(item)
-        deliveries = []
+        deliveries: list[tuple[SinkWorker, list[ChangeEvent]]] = []
         emitted = 0
         for p in self.pipelines:
             mine = events if p.tables is None else [e for e in events if e.table in p.tables]
@@ -188,7 +183,7 @@ class SourceRunner:
             if mine:
                 emitted += len(mine)
                 deliveries.extend((w, mine) for w in p.workers)
-        seen = getattr(self.source, "bytes_read", 0)
+        seen = self.source.bytes_read if self._counts_bytes else 0
         nbytes, self._bytes_seen = seen - self._bytes_seen, seen
         seq = self.tracker.add(len(deliveries), position, len(events), nbytes)
         for worker, mine in deliveries:
@@ -278,9 +273,10 @@ class SourceRunner:
         if not self._stop.wait(delay):
             self._open(self.tracker.position or self.saved_position, delay)
 
-    def _open(self, position: dict | None, delay: float) -> bool:
+    def _open(self, position: dict | None, first_delay: float) -> bool:
         """Reopen the source, retrying while the database is unreachable; False if a
         stop was requested first.  A setup problem (``SourceSetupError``) is raised."""
+        backoff = Backoff(first_delay, max(first_delay, 30.0))
         while True:
             try:
                 self.source.open(position)
@@ -288,10 +284,10 @@ class SourceRunner:
                 return True
             except SourceConnectionError as exc:
                 self.source_connected, self.source_error = False, str(exc)
+                delay = backoff.next()
                 log.warning("source %s: unavailable, retrying in %.0fs: %s", self.name, delay, exc)
                 if self._stop.wait(delay):
                     return False
-                delay = min(delay * 2, 30.0)
 
     def _shutdown(self) -> None:
         drained = self._drain(self.grace_period)

@@ -14,16 +14,21 @@ What happens when events cannot be delivered (``on_error``):
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from ..config import SinkSpec
+from ..config.model import SinkSpec
 from ..errors import PermanentError, SinkError, TransientError
 from ..event import ChangeEvent
+from .retry import Backoff
 from .tracker import AckTracker
+
+if TYPE_CHECKING:
+    from ..abc import Sink
+    from .deadletters import DeadLetterWriter
 
 __all__ = ["SinkWorker", "SinkHalted", "SinkAborted"]
 
@@ -32,6 +37,10 @@ log = logging.getLogger("cdc.sink")
 
 class SinkHalted(Exception):
     """The worker stopped because its error policy said so."""
+
+    # set by SinkWorker._attempt before raising
+    attempts: int
+    first_failure: float | None
 
 
 class SinkAborted(Exception):
@@ -46,15 +55,15 @@ def is_transient(exc: BaseException) -> bool:
 
 
 class SinkWorker:
-    def __init__(self, spec: SinkSpec, sink: object, tracker: AckTracker,
+    def __init__(self, spec: SinkSpec, sink: Sink, tracker: AckTracker,
                  on_fatal: Callable[[str, BaseException], None],
-                 dead_letters: object | None = None) -> None:
+                 dead_letters: DeadLetterWriter | None = None) -> None:
         self.spec = spec
         self.name = spec.context.name
-        self.sink = sink
+        self.sink: Sink = sink
         self.tracker = tracker
         self.on_fatal = on_fatal
-        self.dead_letters = dead_letters
+        self.dead_letters: DeadLetterWriter | None = dead_letters
         self.connected = False
         self.last_error: str | None = None
         self.counts = {"written": 0, "batches": 0, "failed": 0, "skipped": 0, "dead_lettered": 0}
@@ -152,8 +161,10 @@ class SinkWorker:
         Returns how many were skipped or parked."""
         parked = 0
         for event in events:
+            def write_one(e: ChangeEvent = event) -> None:
+                self.sink.write([e])
             try:
-                self._attempt(lambda e=event: self.sink.write([e]), f"write event {event.id}")
+                self._attempt(write_one, f"write event {event.id}")
             except SinkHalted as halted:
                 parked += self._park(event, halted)
         return parked
@@ -176,6 +187,7 @@ class SinkWorker:
     def _attempt(self, action: Callable[[], object], what: str) -> None:
         """Run ``action``, retrying transient errors as ``retry`` allows."""
         retry = self.spec.retry
+        backoff = Backoff(retry.initial_backoff, max(retry.initial_backoff, retry.max_backoff))
         attempts = 0
         first_failure = None
         while True:
@@ -197,8 +209,7 @@ class SinkWorker:
                     halted = SinkHalted(f"{what} failed after {attempts} attempt(s): {exc}")
                     halted.attempts, halted.first_failure = attempts, first_failure
                     raise halted from exc
-                delay = min(retry.max_backoff, retry.initial_backoff * 2 ** (attempts - 1))
-                delay *= random.uniform(0.5, 1.0)
+                delay = backoff.next()
                 if isinstance(exc, SinkError) and exc.retry_after:
                     delay = max(delay, exc.retry_after)
                 log.warning("sink %s: %s failed (attempt %d), retrying in %.1fs: %s",

@@ -4,7 +4,7 @@ Everything here reads the counters that ``SourceRunner`` and ``SinkWorker`` keep
 batch, so every source and sink reports without code of its own.
 """
 
-from .state import SourceLock, LockHeld, read_status, StatusWriter
+from .state import LockHeld, SourceLock, StatusWriter, read_status
 
 __all__ = ["SourceLock", "LockHeld", "read_status", "StatusWriter", "attach"]
 

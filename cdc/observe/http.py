@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..secrets import redact
+from .secrets import redact
 
 __all__ = ["serve", "health", "readiness"]
 
@@ -22,7 +22,7 @@ def health(runner) -> tuple[bool, str]:
     """Liveness: the main loop is turning (or waiting on sinks that hold events)."""
     if runner._stop.is_set() and runner.error is not None:
         return False, f"stopping after an error: {redact(str(runner.error))}"
-    idle = time.monotonic() - getattr(runner, "last_tick", time.monotonic())
+    idle = time.monotonic() - runner.last_tick
     if idle > LIVENESS_TIMEOUT and runner.tracker.drained:
         return False, f"main loop has not turned for {idle:.0f}s"
     return True, "ok"

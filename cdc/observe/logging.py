@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 
-from ..secrets import RedactingFilter, redact
+from .secrets import RedactingFilter, redact
 
 __all__ = ["setup_logging", "event_fields", "JsonFormatter", "TextFormatter", "EVENT_KEYS"]
 

@@ -14,6 +14,9 @@ import time
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..abc import Describable
+from ..lsn import is_lsn, parse_lsn
+
 __all__ = ["RunnerMetrics", "position_numbers"]
 
 log = logging.getLogger("cdc.metrics")
@@ -33,12 +36,8 @@ def position_numbers(position: dict | None) -> dict[str, int]:
             out[key] = value
         elif isinstance(value, str) and value.isdigit():
             out[key] = int(value)
-        elif isinstance(value, str) and value.count("/") == 1:
-            hi, lo = value.split("/")
-            try:
-                out[key] = (int(hi, 16) << 32) + int(lo, 16)
-            except ValueError:
-                pass
+        elif is_lsn(value):
+            out[key] = parse_lsn(value)
     return out
 
 
@@ -72,14 +71,14 @@ class RunnerMetrics:
 
     def source_lag(self) -> dict:
         """What the source's ``describe()`` says (slot lag bytes, retained WAL), cached."""
-        describe = getattr(type(self.runner.source), "describe", None)
-        if describe is None:
+        source = self.runner.source
+        if not isinstance(source, Describable):
             return {}
         with self._lag_lock:
             if time.monotonic() - self._lag_at >= LAG_REFRESH:
                 self._lag_at = time.monotonic()
                 try:
-                    self._lag = describe(self.runner.source)
+                    self._lag = source.describe()
                 except Exception as exc:
                     log.debug("source %s: lag query failed: %s", self.runner.name, exc)
                     self._lag = {}

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from ..secrets import redact
+from .secrets import redact
 
 __all__ = ["SourceLock", "LockHeld", "StatusWriter", "read_status", "lock_path", "status_path"]
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..config import Context
+from ..config.model import Context
 from ..errors import TransientSinkError
 from ..event import ChangeEvent
 from ..templates import Template

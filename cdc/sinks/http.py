@@ -24,14 +24,17 @@ import hmac
 import time
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import orjson
 
-from ..config import Context
+from ..config.model import Context
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
 from ..templates import Template
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["HttpSink", "sign"]
 
@@ -71,7 +74,7 @@ class HttpSink:
             self.key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
         self.content = content
         self.name = context.name if context else "http"
-        self.client = None
+        self.client: httpx.Client | None = None
 
     def open(self) -> None:
         import httpx

@@ -16,11 +16,11 @@ from typing import Any
 
 import orjson
 
-from ..config import Context
-from ._extras import require
+from ..config.model import Context
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
 from ..templates import Template
+from ._extras import require
 
 __all__ = ["KafkaSink", "DEFAULT_TOPIC"]
 

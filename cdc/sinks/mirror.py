@@ -27,14 +27,15 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from ..config import Context
+from ..config.model import Context
 from ..errors import PermanentSinkError
 from ..event import UNAVAILABLE, ChangeEvent
+from ..lsn import parse_lsn
 from ._db import Target, connect, sink_error
 
 __all__ = ["PostgresMirrorSink", "MySQLMirrorSink", "TableMapping", "order_key"]
 
-_PG_ID = re.compile(r"^([0-9A-Fa-f]+)/([0-9A-Fa-f]+):(\d+)$")
+_PG_ID = re.compile(r"^([0-9A-Fa-f]+/[0-9A-Fa-f]+):(\d+)$")
 _DIGITS = re.compile(r"(\d+)")
 
 
@@ -42,7 +43,7 @@ def order_key(event_id: str) -> tuple:
     """A sortable key for an event id, in stream order."""
     m = _PG_ID.match(event_id)
     if m:
-        return (0, (int(m[1], 16) << 32) | int(m[2], 16), int(m[3]))
+        return (0, parse_lsn(m[1]), int(m[2]))
     return (1, tuple(int(p) if i % 2 else p for i, p in enumerate(_DIGITS.split(event_id))))
 
 

@@ -16,12 +16,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from ..config import Context
-from ._extras import require
+from ..config.model import Context
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
-from ..secrets import redact
+from ..observe.secrets import redact
 from ..templates import Template
+from ._extras import require
 
 __all__ = ["RedisSink"]
 

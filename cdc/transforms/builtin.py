@@ -11,10 +11,10 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from ..config import Context
+from ..config.model import Context
+from ..config.registry import PluginNotFound, import_ref
 from ..errors import ConfigError, ConfigProblem
 from ..event import ChangeEvent
-from ..plugins import PluginNotFound, import_ref
 from ..templates import Template
 
 __all__ = ["Filter", "Select", "Rename", "Mask", "Route", "Python"]
@@ -49,7 +49,7 @@ def _condition(field: str, spec: Any, path: str) -> Callable[[ChangeEvent], bool
         if wanted is not None:
             return lambda e: str(value(e)) in wanted
         return lambda e: value(e) == spec or (value(e) is not None and str(value(e)) == str(spec))
-    checks = []
+    checks: list[Callable[..., bool]] = []  # each called as check(event)
     for op, arg in spec.items():
         if op not in _OPERATORS:
             raise ConfigError([ConfigProblem(f"{path}.{field}.{op}", f"unknown operator (one of {', '.join(_OPERATORS)})")])

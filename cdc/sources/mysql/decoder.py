@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 
 import orjson
-
 from pymysqlreplication.constants import FIELD_TYPE as T
 from pymysqlreplication.row_event import UpdateRowsEvent
 

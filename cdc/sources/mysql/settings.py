@@ -6,7 +6,7 @@ Each problem names the setting to change; all of them are reported at once.
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote, urlsplit, parse_qs
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 import pymysql.cursors

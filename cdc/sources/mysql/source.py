@@ -17,13 +17,15 @@ import pymysql.cursors
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.binlogstream import MYSQL_EXPECTED_ERROR_CODES
 from pymysqlreplication.constants import FORMAT_DESCRIPTION_EVENT, ROTATE_EVENT, TABLE_MAP_EVENT
-from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, QueryEvent, RotateEvent, XidEvent
+from pymysqlreplication.packet import BinLogPacketWrapper
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
-from ...config import Context
+from ...abc import Problem
+from ...config.model import Context
 from ...errors import ConfigError, ConfigProblem, SourceConnectionError, SourceError, SourceSetupError
 from ...event import ChangeEvent, Commit
+from . import preflight
 from . import settings as checks
 from .decoder import TableDecoder
 from .position import GtidState
@@ -170,6 +172,9 @@ class MySQLSource:
         self._index = 0
         self._skip: tuple = (None, 0)
         self._error: SourceConnectionError | None = None
+
+    def preflight(self, position: dict | None, checkpoint_age: float | None) -> list[Problem]:
+        return preflight.problems(self, position, checkpoint_age)
 
     @staticmethod
     def qualify_table(name: str, options: dict) -> str:

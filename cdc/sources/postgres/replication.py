@@ -19,23 +19,15 @@ from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ...errors import SourceConnectionError, SourceError
+from ...lsn import format_lsn
 
-__all__ = ["ReplicationStream", "lsn_to_str", "str_to_lsn", "SESSION_OPTIONS"]
+__all__ = ["ReplicationStream", "SESSION_OPTIONS"]
 
 PG_EPOCH_US = 946_684_800_000_000
 SESSION_OPTIONS = "-c DateStyle=ISO -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=3"
 _status = struct.Struct(">cQQQqB").pack
 _frame_len = struct.Struct(">i").unpack_from
 _frame_head = struct.Struct(">i").pack
-
-
-def lsn_to_str(lsn: int) -> str:
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def str_to_lsn(text: str) -> int:
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) | int(low, 16)
 
 
 def quote_ident(name: str) -> str:
@@ -64,10 +56,11 @@ class ReplicationStream:
     def start(self, slot: str, start_lsn: int, options: dict[str, str]) -> None:
         pgconn = pq.PGconn.connect(self.conninfo.encode())
         if pgconn.status != pq.ConnStatus.OK:
-            message = pgconn.get_error_message(); pgconn.finish()
+            message = pgconn.get_error_message()
+            pgconn.finish()
             raise SourceConnectionError(message.strip() or "cannot connect")
         opts = ", ".join(f"{quote_ident(k)} {quote_literal(v)}" for k, v in options.items())
-        command = f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {lsn_to_str(start_lsn)} ({opts})"
+        command = f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} ({opts})"
         result = pgconn.exec_(command.encode())
         if result.status != pq.ExecStatus.COPY_BOTH:
             message = (result.error_message or pgconn.get_error_message()).decode(errors="replace").strip()

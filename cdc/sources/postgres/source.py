@@ -11,12 +11,14 @@ import time
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ...config import Context
+from ...abc import Problem
+from ...config.model import Context
 from ...errors import SourceConnectionError, SourceError
 from ...event import ChangeEvent, Commit
-from . import setup
+from ...lsn import format_lsn, parse_lsn
+from . import preflight, setup, slots
 from .pgoutput import Decoder
-from .replication import ReplicationStream, lsn_to_str, str_to_lsn
+from .replication import ReplicationStream
 
 __all__ = ["PostgresSource", "HEARTBEAT_PREFIX"]
 
@@ -73,9 +75,15 @@ class PostgresSource:
     def qualify_table(name: str, options: dict) -> str:
         return name if "." in name else f"public.{name}"
 
-    @staticmethod
-    def describe(source: PostgresSource) -> dict:
+    def preflight(self, position: dict | None, checkpoint_age: float | None) -> list[Problem]:
+        return preflight.problems(self, position)
+
+    def drop_slot(self) -> bool:
+        return slots.drop(self.dsn, self.slot, self.name)
+
+    def describe(self) -> dict:
         """The slot's confirmed position and how many WAL bytes it is behind."""
+        source = self
         with setup.connect(source.dsn, source.name) as conn:
             row = conn.execute(
                 "SELECT confirmed_flush_lsn::text, active,"
@@ -99,7 +107,7 @@ class PostgresSource:
         if self._tx is not None:  # reconnecting mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
         self._tx = None
-        start = str_to_lsn(position["lsn"]) if position else 0
+        start = parse_lsn(position["lsn"]) if position else 0
         self.confirmed_lsn = max(self.confirmed_lsn, start)
         self._last_position = max(self._last_position, start)
         options = {"proto_version": "1", "publication_names": self.publication}
@@ -107,7 +115,7 @@ class PostgresSource:
             options["messages"] = "true"
         self.stream = ReplicationStream(self.dsn)
         self.stream.start(self.slot, start, options)
-        log.info("source %s: streaming slot %s from %s", self.name, self.slot, lsn_to_str(start))
+        log.info("source %s: streaming slot %s from %s", self.name, self.slot, format_lsn(start))
 
     def close(self) -> None:
         if self.stream is not None:
@@ -122,7 +130,7 @@ class PostgresSource:
             self._heartbeat_conn = None
 
     def confirm(self, position: dict) -> None:
-        self.confirmed_lsn = str_to_lsn(position["lsn"])
+        self.confirmed_lsn = parse_lsn(position["lsn"])
         self._send_status()
 
     def keepalive(self) -> None:
@@ -155,7 +163,7 @@ class PostgresSource:
             self._tx, self._index, self._skip, self._last_position = saved
             if isinstance(exc, (struct.error, UnicodeDecodeError, IndexError, KeyError, ValueError)):
                 raise SourceError(f"cannot decode the replication stream after "
-                                  f"{lsn_to_str(stream.received_lsn)}: {type(exc).__name__}: {exc}",
+                                  f"{format_lsn(stream.received_lsn)}: {type(exc).__name__}: {exc}",
                                   source=self.name) from exc
             raise
         self._tx, self._index, self._skip = tx, index, (skip_final, skip_count)
@@ -227,14 +235,14 @@ class PostgresSource:
                 msg = buf[p:end]
                 if t == 66:  # Begin
                     final_lsn, ts_ms, xid = decoder.begin(msg)
-                    tx, index = (final_lsn, ts_ms, xid, f"{lsn_to_str(final_lsn)}:"), 0
+                    tx, index = (final_lsn, ts_ms, xid, f"{format_lsn(final_lsn)}:"), 0
                     bases = {}
                 elif t == 67:  # Commit
                     _, end_lsn, ts_ms = decoder.commit(msg)
                     tx = None
                     skip_final = skip_count = 0
                     self._last_position = end_lsn
-                    append(Commit({"lsn": lsn_to_str(end_lsn)}, ts_ms))
+                    append(Commit({"lsn": format_lsn(end_lsn)}, ts_ms))
                 elif t == 82:  # Relation
                     decoder.relation(msg)
                     bases = {}
@@ -272,7 +280,7 @@ class PostgresSource:
             # Nothing is half-read: every commit before wal_end has reached us.
             self._last_idle_commit = now
             self._last_position = wal_end
-            append(Commit({"lsn": lsn_to_str(wal_end)}))
+            append(Commit({"lsn": format_lsn(wal_end)}))
 
     @staticmethod
     def _not_copy_data(frame: bytes) -> None:
@@ -303,7 +311,7 @@ class PostgresSource:
         if prefix == HEARTBEAT_PREFIX:
             if not transactional and self._tx is None:
                 self._last_position = max(self._last_position, mlsn)
-                append(Commit({"lsn": lsn_to_str(mlsn)}))
+                append(Commit({"lsn": format_lsn(mlsn)}))
             return
         if not self.messages:
             return
@@ -319,11 +327,11 @@ class PostgresSource:
                 return
             event_id, xid, ts = f"{tx[3]}{index}", tx[2], tx[1]
         else:
-            event_id, xid, ts = f"{lsn_to_str(mlsn)}:m", None, now_ms
+            event_id, xid, ts = f"{format_lsn(mlsn)}:m", None, now_ms
         append(ChangeEvent(event_id, "m", None, None, None, self._source_block("", "", mlsn, xid, ts),
                            now_ms, "", mlsn, message=body))
         if tx is None:
-            append(Commit({"lsn": lsn_to_str(mlsn)}))
+            append(Commit({"lsn": format_lsn(mlsn)}))
 
     def _heartbeat(self) -> None:
         now = time.monotonic()

@@ -1,0 +1,106 @@
+"""``cdc checkpoint show|set|reset CONFIG --source NAME``: an operator moves a position.
+
+Refused while the source's ``cdc run`` process holds its lock (``state_dir``), so a
+running pipeline never has its checkpoint changed under it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..abc import SlotOwner, Timestamped
+from ..config.model import Config
+from ..observe.state import LockHeld, SourceLock
+
+__all__ = ["show", "set_position", "reset", "drop_slot", "PositionError"]
+
+
+class PositionError(Exception):
+    """The command cannot be carried out; the message says why."""
+
+
+def _store(cfg: Config, source: str):
+    if source not in cfg.sources:
+        raise PositionError(f"no source named {source!r} (sources: {', '.join(cfg.sources)})")
+    return cfg.sources[source].checkpoint.build()
+
+
+@contextmanager
+def _locked(cfg: Config, source: str) -> Iterator[None]:
+    """Hold the source's lock: refused while its ``cdc run`` holds it."""
+    assert cfg.state_dir is not None  # always set by the config loader
+    try:
+        lock = SourceLock(cfg.state_dir, source).acquire()
+    except LockHeld as exc:
+        raise PositionError(str(exc)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _locked_store(cfg: Config, source: str) -> Iterator[Any]:
+    """The source's checkpoint store, with the source's lock held."""
+    with _locked(cfg, source):
+        store = _store(cfg, source)
+        try:
+            yield store
+        finally:
+            store.close()
+
+
+def show(cfg: Config, source: str) -> dict[str, Any]:
+    store = _store(cfg, source)
+    try:
+        saved_at = store.saved_at() if isinstance(store, Timestamped) else None
+        assert cfg.state_dir is not None  # always set by the config loader
+        return {"source": source, "position": store.load(), "saved_at": saved_at,
+                "age_s": round(time.time() - saved_at, 1) if saved_at else None,
+                "running": SourceLock(cfg.state_dir, source).held()}
+    finally:
+        store.close()
+
+
+def set_position(cfg: Config, source: str, position: str) -> dict:
+    """``position`` is the JSON of a position, e.g. ``{"lsn": "0/1A2B3C8"}``."""
+    try:
+        value = json.loads(position)
+    except ValueError as exc:
+        raise PositionError(f"--position is not JSON: {exc}") from None
+    if not isinstance(value, dict) or not value:
+        raise PositionError('--position must be a JSON object such as \'{"lsn": "0/1A2B3C8"}\'')
+    with _locked_store(cfg, source) as store:
+        old = store.load()
+        if old is not None and set(old) != set(value):
+            raise PositionError(f"the saved position has keys {sorted(old)}; "
+                                f"--position has {sorted(value)}")
+        store.save(value)
+        return value
+
+
+def reset(cfg: Config, source: str) -> dict | None:
+    """Forget the position; returns what it was."""
+    with _locked_store(cfg, source) as store:
+        old = store.load()
+        store.reset()
+        return old
+
+
+def slot_of(cfg: Config, source: str) -> str | None:
+    """The replication slot a source holds on its server, else None."""
+    src = cfg.sources[source].build()
+    return src.slot if isinstance(src, SlotOwner) else None
+
+
+def drop_slot(cfg: Config, source: str) -> bool:
+    """Drop a source's replication slot; False when there was none (or it holds none)."""
+    src = cfg.sources[source].build()
+    if not isinstance(src, SlotOwner):
+        return False
+    with _locked(cfg, source):
+        return src.drop_slot()

@@ -1,0 +1,104 @@
+"""``cdc check CONFIG``: connect to every source and sink and report every problem at
+once, each with its fix.  Errors block a run (exit 1); warnings do not."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import click
+
+from ..abc import Checkable, Preflight, Timestamped
+from ..config import Config, SourceSpec
+from ..observe.secrets import redact
+from .common import CONFIG, load_or_exit
+
+__all__ = ["Finding", "check_config", "check"]
+
+
+@dataclass
+class Finding:
+    area: str      # e.g. "source shop (postgres)", "sink orders.sinks[0]:file"
+    level: str     # "error" | "warning" | "ok"
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"area": self.area, "level": self.level, "message": self.message}
+
+
+def check_config(cfg: Config) -> list[Finding]:
+    out: list[Finding] = []
+    for name, spec in cfg.sources.items():
+        out.extend(_source(name, spec))
+        for pipeline in cfg.pipelines_of(name):
+            for sink in pipeline.sinks:
+                out.append(_sink(sink.context.name, sink))
+                if sink.dead_letter is not None:
+                    out.append(_sink(sink.dead_letter.context.name, sink.dead_letter))
+    return out
+
+
+def _source(name: str, spec: SourceSpec) -> list[Finding]:
+    area = f"source {name} ({spec.type})"
+    position, age = None, None
+    try:
+        store = spec.checkpoint.build()
+        try:
+            position = store.load()
+            saved_at = store.saved_at() if isinstance(store, Timestamped) else None
+            age = time.time() - saved_at if saved_at else None
+        finally:
+            store.close()
+    except Exception as exc:
+        return [Finding(f"checkpoint {name}", "error", _text(exc))]
+    try:
+        source = spec.build()
+        if not isinstance(source, Preflight):
+            return [Finding(area, "ok", "no pre-flight checks for this source type")]
+        problems = source.preflight(position, age)
+    except Exception as exc:
+        return [Finding(area, "error", _text(exc))]
+    found = [Finding(area, level, redact(msg)) for level, msg in problems]
+    return found or [Finding(area, "ok", "ready")]
+
+
+def _sink(name: str, spec) -> Finding:
+    area = f"sink {name} ({spec.type})"
+    try:
+        sink = spec.build()
+        if isinstance(sink, Checkable):
+            sink.check()
+        else:
+            sink.open()
+            sink.close()
+    except Exception as exc:
+        return Finding(area, "error", f"unreachable: {_text(exc)}")
+    return Finding(area, "ok", "reachable")
+
+
+def _text(exc: BaseException) -> str:
+    return redact(f"{type(exc).__name__}: {exc}".strip() if not str(exc) else str(exc).strip())
+
+
+@click.command()
+@CONFIG
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(config: str, as_json: bool) -> None:
+    """Pre-flight: check every source's settings and every sink's reachability.
+
+    Exits 1 if anything blocks a run (warnings do not)."""
+    cfg = load_or_exit(config)
+    findings = check_config(cfg)
+    if as_json:
+        click.echo(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        mark = {"ok": "ok   ", "warning": "WARN ", "error": "ERROR"}
+        for f in findings:
+            click.echo(f"{mark[f.level]} {f.area}: {f.message}")
+    errors = sum(f.level == "error" for f in findings)
+    if not as_json:
+        warnings = sum(f.level == "warning" for f in findings)
+        click.echo(f"{errors} error(s), {warnings} warning(s)" + ("" if errors else ": ready to run"))
+    sys.exit(1 if errors else 0)

@@ -1,0 +1,70 @@
+"""``cdc checkpoint show|set|reset``: an operator's commands for a source's position."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..checkpoints import operations as positions
+from ..checkpoints.operations import PositionError
+from ..errors import CdcError
+from .common import CONFIG, fail, load_or_exit
+
+__all__ = ["checkpoint"]
+
+
+@click.group()
+def checkpoint() -> None:
+    """Show, move or forget a source's position (refused while it runs)."""
+
+
+def _positions_call(fn, *args):
+    try:
+        return fn(*args)
+    except (PositionError, CdcError) as exc:
+        fail(str(exc))
+
+
+@checkpoint.command("show")
+@CONFIG
+@click.option("--source", "source_name", required=True)
+def checkpoint_show(config: str, source_name: str) -> None:
+    """Print the saved position as JSON."""
+    cfg = load_or_exit(config)
+    click.echo(json.dumps(_positions_call(positions.show, cfg, source_name), indent=2))
+
+
+@checkpoint.command("set")
+@CONFIG
+@click.option("--source", "source_name", required=True)
+@click.option("--position", required=True, help='JSON, e.g. \'{"lsn": "0/1A2B3C8"}\'.')
+def checkpoint_set(config: str, source_name: str, position: str) -> None:
+    """Move the position, e.g. past one poison transaction."""
+    cfg = load_or_exit(config)
+    value = _positions_call(positions.set_position, cfg, source_name, position)
+    click.echo(f"source {source_name}: position set to {json.dumps(value)}")
+
+
+@checkpoint.command("reset")
+@CONFIG
+@click.option("--source", "source_name", required=True)
+@click.option("--drop-slot/--keep-slot", default=None,
+              help="PostgreSQL: also drop the replication slot (asked when not given).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def checkpoint_reset(config: str, source_name: str, drop_slot: bool | None, yes: bool) -> None:
+    """Forget the position: the next run starts from the source's current position."""
+    cfg = load_or_exit(config)
+    if not yes:
+        click.confirm(f"Forget the position of source {source_name}?", abort=True)
+    old = _positions_call(positions.reset, cfg, source_name)
+    click.echo(f"source {source_name}: position {json.dumps(old)} forgotten")
+    slot = _positions_call(positions.slot_of, cfg, source_name)
+    if slot is None:
+        return
+    if drop_slot is None:
+        drop_slot = (not yes) and click.confirm(f"Also drop replication slot {slot} (its WAL is released)?",
+                                                default=False)
+    if drop_slot:
+        dropped = _positions_call(positions.drop_slot, cfg, source_name)
+        click.echo(f"slot {slot} {'dropped' if dropped else 'did not exist'}")

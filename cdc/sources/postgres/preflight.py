@@ -1,0 +1,87 @@
+"""Pre-flight checks of a PostgreSQL server for logical decoding (``cdc check``):
+the source's own set-up checks plus slots, WAL senders, publication rights and
+slots that hold WAL back."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ...abc import Problem
+from . import setup
+
+if TYPE_CHECKING:
+    from .source import PostgresSource
+
+__all__ = ["problems"]
+
+WAL_WARN_BYTES = 1 << 30  # an inactive slot holding more WAL than this is worth a warning
+
+
+def problems(source: PostgresSource, position: dict | None = None) -> list[Problem]:
+    """Every problem with its fix; ``error`` blocks a run."""
+    out: list[Problem] = []
+    with setup.connect(source.dsn, source.name) as conn:
+        out += [("error", p) for p in setup.check(conn, source.tables, source.name)]
+        q = lambda sql, *args: conn.execute(sql, args).fetchall()  # noqa: E731
+        max_slots = int(q("SHOW max_replication_slots")[0][0])
+        max_senders = int(q("SHOW max_wal_senders")[0][0])
+        slots = q("SELECT slot_name, active, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,"
+                  " database IS DISTINCT FROM current_database() FROM pg_replication_slots")
+        mine = next((s for s in slots if s[0] == source.slot), None)
+        if mine is None and len(slots) >= max_slots:
+            out.append(("error", f"max_replication_slots is {max_slots} and all are used: raise it in "
+                                 f"postgresql.conf and restart, or drop an unused slot"))
+        senders = q("SELECT count(*) FROM pg_stat_replication")[0][0]
+        if senders >= max_senders:
+            out.append(("error", f"max_wal_senders is {max_senders} and {senders} are connected: raise it "
+                                 f"in postgresql.conf and restart"))
+        if mine is not None and mine[3]:
+            out.append(("error", f"slot {source.slot} belongs to another database (slots are per server): "
+                                 f"set slot: to another name for this source"))
+        elif mine is not None and mine[1]:
+            out.append(("warning", f"slot {source.slot} is in use by another connection: is cdc already running?"))
+        if mine is None and position is not None:
+            out.append(("warning", f"there is a checkpoint but slot {source.slot} is missing: it will be "
+                                   f"created at the current WAL position and changes since the checkpoint "
+                                   f"are lost (cdc checkpoint reset, then re-snapshot)"))
+        for slot, active, retained, _ in slots:
+            if slot != source.slot and not active and (retained or 0) > WAL_WARN_BYTES:
+                out.append(("warning", f"inactive slot {slot} holds {retained / 2**20:.0f} MiB of WAL: "
+                                       f"SELECT pg_drop_replication_slot('{slot}') if nothing uses it"))
+        out += _publication_rights(conn, source)
+    return out
+
+
+def _publication_rights(conn, source: PostgresSource) -> list[Problem]:
+    user, superuser = conn.execute(
+        "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    pub = conn.execute("SELECT pg_get_userbyid(pubowner), puballtables FROM pg_publication WHERE pubname = %s",
+                       (source.publication,)).fetchone()
+    if superuser:
+        return []
+    if pub is None:
+        if not source.create:
+            return [("error", f"publication {source.publication} does not exist and create is false: "
+                              f"CREATE PUBLICATION {source.publication} FOR TABLE {', '.join(source.tables)}")]
+        if not conn.execute("SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()[0]:
+            return [("error", f"user {user} cannot create publication {source.publication}: "
+                              f"GRANT CREATE ON DATABASE <db> TO {user}, or create it as an owner")]
+    elif pub[1]:
+        return []
+    elif not conn.execute("SELECT pg_has_role(current_user, %s, 'USAGE')", (pub[0],)).fetchone()[0]:
+        have = {f"{s}.{t}" for s, t in conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (source.publication,))}
+        missing = [t for t in source.tables if t not in have]
+        if missing:
+            return [("error", f"publication {source.publication} (owner {pub[0]}) lacks {', '.join(missing)} "
+                              f"and {user} may not alter it: ALTER PUBLICATION {source.publication} "
+                              f"ADD TABLE {', '.join(missing)} as {pub[0]}")]
+        return []
+    out = []
+    for table in source.tables:
+        row = conn.execute("SELECT pg_has_role(current_user, tableowner, 'USAGE') FROM pg_tables"
+                           " WHERE schemaname || '.' || tablename = %s", (table,)).fetchone()
+        if row is not None and not row[0]:
+            out.append(("error", f"user {user} does not own {table} so cannot add it to publication "
+                                 f"{source.publication}: create the publication as the owner"))
+    return out
