@@ -9,7 +9,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from .errors import ConfigProblem
+from .errors import ConfigError, ConfigProblem
 from .event import ChangeEvent
 
 __all__ = ["Template", "FIELDS"]
@@ -22,10 +22,19 @@ class Template:
 
     __slots__ = ("text", "_fields", "_cache")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, option: str = "") -> None:
+        """``option`` is the config key the text came from: an unknown field is a
+        ``ConfigError`` naming it."""
         self.text = text
-        self._fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        try:
+            self._fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        except ValueError as exc:  # an unmatched { or }
+            raise ConfigError([ConfigProblem(option, f"not a valid template ({exc}): write {{{{ for a literal {{")]) \
+                from None
         self._cache: dict[Any, str] = {}
+        problems = self.problems(option)
+        if problems:
+            raise ConfigError(problems)
 
     def problems(self, path: str) -> list[ConfigProblem]:
         bad = [f for f in self._fields if f not in FIELDS]

@@ -59,8 +59,8 @@ def test_interpolation_forms():
     found = problems(GOOD.replace("${SHOP_DSN:-postgresql://cdc@127.0.0.1:5432/shop}",
                                   "${SHOP_DSN:?set it to the shop database}"))
     assert found == ["sources.shop.dsn: ${SHOP_DSN}: set it to the shop database"]
-    cfg = parse(GOOD.replace("out/x.jsonl", "\"out/$${x}.jsonl\""))
-    assert cfg.pipelines["p"].sinks[0].options["path"] == "out/${x}.jsonl"
+    cfg = parse(GOOD.replace("out/x.jsonl", "\"out/$${{x}}.jsonl\""))  # $$ is a literal $, {{ a literal {
+    assert cfg.pipelines["p"].sinks[0].options["path"] == "out/${{x}}.jsonl"
 
 
 def test_every_problem_with_its_key_path():

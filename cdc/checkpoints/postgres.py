@@ -34,7 +34,7 @@ class PostgresCheckpointStore:
                 raise CheckpointError(f"checkpoint database: {exc}".strip()) from exc
         return self._conn
 
-    def _run(self, query: sql.Composable, params: tuple) -> list:
+    def _run(self, query: sql.Composed, params: tuple) -> list:
         try:
             cur = self._connection().execute(query, params)
             return cur.fetchall() if cur.description else []

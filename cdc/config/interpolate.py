@@ -18,6 +18,9 @@ _PATTERN = re.compile(
 )
 
 
+_OPENING = re.compile(r"\$\$|\$\{")
+
+
 def _expand(text: str, env: Mapping[str, str], path: str, problems: list[ConfigProblem]) -> str:
     def sub(m: re.Match) -> str:
         if m.group(0) == "$$":
@@ -39,6 +42,16 @@ def _expand(text: str, env: Mapping[str, str], path: str, problems: list[ConfigP
                                                 f"(use ${{{name}:-default}} for a default)"))
         return ""
 
+    for m in _OPENING.finditer(text):
+        if m.group(0) == "${" and not _PATTERN.match(text, m.start()):
+            close = text.find("}", m.start())
+            if close < 0:
+                problems.append(ConfigProblem(path, f"unclosed {text[m.start():m.start() + 40]} "
+                                                    f"(write ${{NAME}} or ${{NAME:-default}})"))
+            else:
+                problems.append(ConfigProblem(path, f"not a variable: {text[m.start():close + 1]} "
+                                                    f"(write ${{NAME}}, ${{NAME:-default}}, or $$ for a literal $)"))
+            return text
     return _PATTERN.sub(sub, text)
 
 

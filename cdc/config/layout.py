@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from ..abc import DefaultBatchSize, TableNaming
+from ..abc import DefaultBatchSize, SlotOwner, TableNaming
 from ..checkpoints import CHECKPOINTS
 from ..errors import ConfigError, ConfigProblem
 from ..observe.secrets import redact, secrets_in
@@ -45,8 +45,38 @@ def read_layout(raw: dict, directory: Path, problems: list[ConfigProblem]
     for name, spec in _mapping(raw, "pipelines", "", problems).items():
         pipelines[name] = _pipeline(name, spec, sources, directory, problems)
     listen, state_dir = _ops_keys(raw, directory, problems)
+    _shared_positions({n: s for n, s in sources.items() if s is not None}, problems)
     # a source is None only where a problem was recorded, and then the loader raises
     return cast("dict[str, SourceSpec]", sources), pipelines, listen, state_dir
+
+
+def _shared_positions(sources: dict[str, SourceSpec], problems: list[ConfigProblem]) -> None:
+    """Two sources on one checkpoint (or one replication slot) would resume from each
+    other's positions and skip their own changes."""
+    checkpoints: dict[Any, str] = {}
+    slots: dict[str, str] = {}
+    for name, spec in sources.items():
+        if spec.checkpoint is not None:
+            same = checkpoints.setdefault(_checkpoint_identity(spec.checkpoint), name)
+            if same != name:
+                problems.append(ConfigProblem(f"{spec.path}.checkpoint", f"the same checkpoint as source {same}: "
+                                              f"each source needs its own (another path, or another table)"))
+        try:
+            source = spec.build()
+        except Exception:
+            continue  # already reported
+        if isinstance(source, SlotOwner):
+            same = slots.setdefault(source.slot, name)
+            if same != name:
+                problems.append(ConfigProblem(f"{spec.path}.slot", f"slot {source.slot} is also the slot of "
+                                              f"source {same}: each source needs its own"))
+
+
+def _checkpoint_identity(comp: Component) -> tuple:
+    options = dict(comp.options)
+    if isinstance(options.get("path"), str):
+        options["path"] = str(comp.context.resolve_path(options["path"]).resolve())
+    return (comp.type, tuple(sorted((k, repr(v)) for k, v in options.items())))
 
 
 def _ops_keys(raw: dict, directory: Path, problems: list[ConfigProblem]) -> tuple[str | None, Path]:
@@ -135,6 +165,10 @@ def qualified(factory: Any, table: str, options: dict) -> str:
     return factory.qualify_table(table, options) if isinstance(factory, TableNaming) else table
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def _source(name: str, raw: Any, directory: Path, problems: list[ConfigProblem]) -> SourceSpec | None:
     path = f"sources.{name}"
     ctx = Context(directory, source=name, name=name)
@@ -143,7 +177,8 @@ def _source(name: str, raw: Any, directory: Path, problems: list[ConfigProblem])
     if comp is None:
         return None
     source_ok = len(problems) == before
-    tables = [qualified(comp.factory, t, comp.options) for t in comp.options.get("tables", [])]
+    tables = comp.options.get("tables", [])
+    tables = [qualified(comp.factory, t, comp.options) for t in tables] if _strings(tables) else []
     if "tables" in comp.options:
         comp.options["tables"] = tables
     checkpoint = None
@@ -192,7 +227,7 @@ def _pipeline(name: str, raw: Any, sources: dict, directory: Path,
         tables = check_value(list[str], raw["tables"], f"{path}.tables", problems)
         spec = sources.get(source)
         if spec is not None and isinstance(tables, list):
-            tables = [qualified(spec.factory, t, spec.options) for t in tables]
+            tables = [qualified(spec.factory, t, spec.options) for t in tables] if _strings(tables) else []
             for i, t in enumerate(tables):
                 if spec.tables and t not in spec.tables:
                     problems.append(ConfigProblem(f"{path}.tables[{i}]", f"{t} is not among the tables of "
@@ -248,7 +283,16 @@ def _sink(raw: Any, path: str, pipeline: str, source: str, index: int, directory
     if spec.on_error == "dead_letter" and "dead_letter" not in raw:
         problems.append(ConfigProblem(f"{path}.dead_letter", "required when on_error is dead_letter"))
     _at_least(spec, ("batch_size",), 1, path, problems)
+    _at_least(spec.retry, ("max_attempts",), 0, f"{path}.retry", problems)
+    _positive(spec.retry, ("initial_backoff", "max_backoff"), f"{path}.retry", problems)
     return [spec]
+
+
+def _positive(spec: Any, keys: tuple[str, ...], path: str, problems: list[ConfigProblem]) -> None:
+    for key in keys:
+        value = getattr(spec, key)
+        if isinstance(value, (int, float)) and not value > 0:
+            problems.append(ConfigProblem(f"{path}.{key}", f"must be more than 0 (got {value})"))
 
 
 def _builds(comp: Component, problems: list[ConfigProblem]) -> bool:

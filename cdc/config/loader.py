@@ -23,22 +23,56 @@ __all__ = ["load_config", "parse_config"]
 def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Config:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", str(path)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"not UTF-8 text: byte {data[exc.start]:#04x} at line {line}; save the file as UTF-8",
+                          str(path)) from None
     import yaml  # here, not at the top: a process that only runs a parsed config skips it
 
+    duplicates: list[ConfigProblem] = []
     try:
-        raw = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _duplicate_keys(node, "", duplicates)
+            raw = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", str(path)) from None
-    return parse_config(raw, path, os.environ if env is None else env)
+    return parse_config(raw, path, os.environ if env is None else env, duplicates)
 
 
-def parse_config(raw: Any, path: Path, env: Mapping[str, str]) -> Config:
-    problems: list[ConfigProblem] = []
+def _duplicate_keys(node: Any, path: str, problems: list[ConfigProblem]) -> None:
+    """YAML keeps the last of two equal keys silently; cdc calls it a mistake."""
+    import yaml
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            sub = f"{path}.{name}" if path else name
+            if name in seen:
+                problems.append(ConfigProblem(sub, f"duplicate key (line {key.start_mark.line + 1}; the first is "
+                                                   f"at line {seen[name]}): YAML would keep only the last"))
+            else:
+                seen[name] = key.start_mark.line + 1
+            _duplicate_keys(value, sub, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _duplicate_keys(item, f"{path}[{i}]", problems)
+
+
+def parse_config(raw: Any, path: Path, env: Mapping[str, str],
+                 problems: list[ConfigProblem] | None = None) -> Config:
+    problems = list(problems or [])
     raw = interpolate(raw, env, problems)
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem("", "the config must be a mapping with sources and pipelines")], str(path))

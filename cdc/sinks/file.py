@@ -21,7 +21,7 @@ class FileSink:
     default_batch_size = 5000
 
     def __init__(self, path: str, fsync: bool = True, context: Context | None = None) -> None:
-        self.template = Template(str(context.resolve_path(path) if context else Path(path)))
+        self.template = Template(str(context.resolve_path(path) if context else Path(path)), "path")
         self.fsync = fsync
         self._files: dict[str, int] = {}
 

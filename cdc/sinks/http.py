@@ -66,7 +66,7 @@ class HttpSink:
     def __init__(self, url: str, timeout: float = 10.0, headers: dict[str, str] | None = None,
                  secret: str | None = None, content: Literal["envelope", "payload"] = "envelope",
                  context: Context | None = None) -> None:
-        self.template = Template(url)
+        self.template = Template(url, "url")
         self.timeout = timeout
         self.headers = {"Content-Type": "application/json", "User-Agent": "cdc", **(headers or {})}
         self.key = None

@@ -65,7 +65,7 @@ class KafkaSink:
                  delivery_timeout: float = 60.0, config: dict[str, Any] | None = None,
                  context: Context | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.template = Template(topic or DEFAULT_TOPIC)
+        self.template = Template(topic or DEFAULT_TOPIC, "topic")
         self.routed = topic is None
         self.tombstones = tombstones
         self.delivery_timeout = delivery_timeout

@@ -49,8 +49,8 @@ class RabbitMQSink:
                  exchange_type: str | None = None, mandatory: bool = True,
                  content_type: str = "application/json", context: Context | None = None) -> None:
         self.url = url
-        self.exchange = Template(exchange)
-        self.routing_key = Template(routing_key)
+        self.exchange = Template(exchange, "exchange")
+        self.routing_key = Template(routing_key, "routing_key")
         self.exchange_type = exchange_type
         self.mandatory = mandatory
         self.content_type = content_type

@@ -52,7 +52,7 @@ class RedisSink:
                  context: Context | None = None) -> None:
         self.url = url
         self.mode = mode
-        self.stream = Template(stream)
+        self.stream = Template(stream, "stream")
         self.maxlen = maxlen
         self.approximate = approximate
         self.id_field = id_field

@@ -7,6 +7,7 @@ plain callables over one event.  None of them changes its input event.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
@@ -159,13 +160,24 @@ class Route:
     ``{schema}.{table}``; fields: source, db, schema, table, op, destination."""
 
     def __init__(self, destination: str) -> None:
-        self.template = Template(destination)
+        self.template = Template(destination, "destination")
         problems = self.template.problems("destination")
         if problems:
             raise ConfigError(problems)
 
     def __call__(self, event: ChangeEvent) -> ChangeEvent:
         return event.replace(destination=self.template.render(event))
+
+
+def takes_one_event(fn: Any) -> bool:
+    """Can ``fn(event)`` be called?  (Builtins without a signature are given the benefit of the doubt.)"""
+    try:
+        inspect.signature(fn).bind(None)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
 
 
 class Python:
@@ -182,6 +194,9 @@ class Python:
         self.fn = fn(**options) if options is not None else fn
         if not callable(self.fn):
             raise ConfigError([ConfigProblem("function", f"{function} is not callable")])
+        if not takes_one_event(self.fn):
+            raise ConfigError([ConfigProblem("function", f"{function} cannot be called with one event "
+                                                         f"(a transform is fn(event); a factory needs options:)")])
         self.name = function
 
     def __call__(self, event: ChangeEvent) -> Any:

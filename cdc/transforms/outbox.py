@@ -46,7 +46,7 @@ class Outbox:
     (the outbox tables; default: every event of the pipeline is an outbox row)."""
 
     def __init__(self, destination: str = "outbox.{message_type}", tables: list[str] | None = None) -> None:
-        self.template = Template(destination)
+        self.template = Template(destination, "destination")
         problems = self.template.problems("destination")
         if problems:
             raise ConfigError(problems)

@@ -276,9 +276,9 @@ def compile_image(columns: list, json_names: frozenset = frozenset(), key_names:
             f"p += {nbytes}", "if not nulls:"]
     body += [f"    {line}" for line in _no_nulls(codes, env)]
     body.append("else:")
-    for i, (code, _) in enumerate(codes):
+    for i, (column_lines, _) in enumerate(codes):
         body += [f"    if nulls & {1 << i}:", f"        v{i} = None", "    else:"]
-        body += [f"        {line}" for line in code]
+        body += [f"        {line}" for line in column_lines]
     row = "{" + ", ".join(f"{col.name!r}: v{i}" for i, col in enumerate(columns)) + "}"
 
     def indent(lines: list[str], depth: int) -> list[str]:
@@ -414,7 +414,7 @@ class TableDecoder:
                     row[name] = _json(row[name])
             return row
 
-        out = []
+        out: list[tuple[dict | None, dict | None]] = []
         for row in ev.rows:
             if "after_values" in row:
                 out.append((convert(row["before_values"], row["before_none_sources"]),

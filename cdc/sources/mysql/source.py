@@ -47,6 +47,9 @@ class _Reader(BinLogStreamReader):
     runner reopens the source at its checkpoint."""
 
     _connected_once = False
+    # the library's attributes (set by BinLogStreamReader.__init__), reassigned in wrap()
+    table_map: dict
+    mysql_version: tuple
 
     def _BinLogStreamReader__connect_to_stream(self):  # noqa: N802 - overrides a private method
         if self._connected_once:
@@ -440,7 +443,7 @@ class MySQLSource:
     def _emit(self, table: tuple, op: str, server_id: int, pos: int, now_ms: int, out: list,
               emit, args: tuple) -> None:
         qualified, db, name, decoder, key_names = table
-        key, prefix, gtid, ts_ms = self._tx
+        key, prefix, gtid, ts_ms = self._tx  # type: ignore[misc]  # callers start a transaction first; no check on the hot path
         base = {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": self.file,
                 "pos": pos, "row": 0, "gtid": gtid, "server_id": server_id, "ts_ms": ts_ms}
         index = self._index

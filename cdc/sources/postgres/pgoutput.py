@@ -8,6 +8,7 @@ later events.  Tuples are decoded with ``struct.unpack_from`` over the message.
 
 from __future__ import annotations
 
+import builtins
 import struct
 
 from ...event import UNAVAILABLE
@@ -175,26 +176,26 @@ class Decoder:
         return row, pos
 
     @staticmethod
-    def begin(data: bytes) -> tuple[int, int, int]:
+    def begin(data: bytes) -> builtins.tuple[int, int, int]:
         """(final_lsn, commit time in ms since the epoch, xid)."""
         final_lsn, ts, xid = _begin(data, 1)
         return final_lsn, ts // 1000 + PG_EPOCH_MS, xid
 
     @staticmethod
-    def commit(data: bytes) -> tuple[int, int, int]:
+    def commit(data: bytes) -> builtins.tuple[int, int, int]:
         """(commit_lsn, end_lsn, commit time in ms)."""
         _, commit_lsn, end_lsn, ts = _commit(data, 1)
         return commit_lsn, end_lsn, ts // 1000 + PG_EPOCH_MS
 
     @staticmethod
-    def truncate(data: bytes) -> tuple[list[int], int]:
+    def truncate(data: bytes) -> builtins.tuple[list[int], int]:
         """(relation ids, options: 1 cascade, 2 restart identity)."""
         n = _u32(data, 1)[0]
         options = data[5]
         return [_u32(data, 6 + 4 * i)[0] for i in range(n)], options
 
     @staticmethod
-    def message(data: bytes) -> tuple[bool, int, str, bytes]:
+    def message(data: bytes) -> builtins.tuple[bool, int, str, bytes]:
         """(transactional, lsn, prefix, content) of a logical decoding message."""
         flags, lsn = _message_head(data, 1)
         prefix, pos = _cstring(data, 10)

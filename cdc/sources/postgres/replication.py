@@ -13,6 +13,7 @@ import os
 import select
 import struct
 import time
+from typing import Any
 
 import psycopg
 from psycopg import pq
@@ -43,7 +44,7 @@ class ReplicationStream:
     protocol frames; ``send_status(flush_lsn)`` confirms a position."""
 
     def __init__(self, dsn: str) -> None:
-        params = conninfo_to_dict(dsn)
+        params: dict[str, Any] = conninfo_to_dict(dsn)  # values parsed from a DSN string are strings
         options = " ".join(filter(None, [params.pop("options", ""), SESSION_OPTIONS]))
         self.conninfo = make_conninfo(**params, replication="database", options=options,
                                       application_name=params.get("application_name", "cdc"))

@@ -23,12 +23,16 @@ def connect(dsn: str, source: str) -> psycopg.Connection:
 def check(conn: psycopg.Connection, tables: list[str], source: str) -> list[str]:
     """Every problem that blocks CDC, each with its fix (empty when ready)."""
     problems = []
-    wal_level = conn.execute("SHOW wal_level").fetchone()[0]
+    shown = conn.execute("SHOW wal_level").fetchone()
+    assert shown is not None  # SHOW returns one row
+    wal_level = shown[0]
     if wal_level != "logical":
         problems.append(f"wal_level is {wal_level!r}: set wal_level = logical in postgresql.conf "
                         f"(ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL")
-    user, can_replicate = conn.execute(
+    role = conn.execute(
         "SELECT current_user, rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+    assert role is not None  # the current user has a pg_roles row
+    user, can_replicate = role
     if not can_replicate:
         problems.append(f"user {user} lacks the REPLICATION privilege: ALTER ROLE {user} WITH REPLICATION")
     for table in tables:
@@ -78,8 +82,10 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
         else:
             have = {f"{s}.{t}" for s, t in conn.execute(
                 "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))}
-            alltables = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
-                                     (publication,)).fetchone()[0]
+            pub = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
+                               (publication,)).fetchone()
+            assert pub is not None  # the publication exists (checked above)
+            alltables = pub[0]
             missing = [i for t, i in zip(tables, idents) if t not in have]
             if missing and not alltables:
                 conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(

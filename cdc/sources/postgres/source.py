@@ -7,6 +7,7 @@ import logging
 import re
 import struct
 import time
+from typing import cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -51,7 +52,7 @@ class PostgresSource:
         self.name = context.source if context else "postgres"
         self.dsn = dsn
         self.tables = tables
-        self.db = conninfo_to_dict(dsn).get("dbname", "")
+        self.db = cast(str, conninfo_to_dict(dsn).get("dbname", ""))  # a DSN string parses to strings
         self.slot = slot or _default_name(self.name, self.db)
         self.publication = publication or _default_name(self.name, self.db)
         self.create = create
@@ -296,6 +297,7 @@ class PostgresSource:
     def _truncate(self, msg: bytes, lsn: int, now_ms: int, append) -> None:
         relids, _ = self.decoder.truncate(msg)
         tx = self._tx
+        assert tx is not None  # pgoutput sends Truncate inside a transaction (rare: not the row path)
         for relid in relids:
             rel = self.decoder.relations[relid]
             index = self._index
