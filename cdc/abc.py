@@ -25,6 +25,7 @@ capability             implemented by              used by
 ``TableNaming``        a source class              the config: ``orders`` -> ``public.orders``
 ``CountsBytes``        a source                    the engine: ``max_in_flight_bytes``
 ``SlotOwner``          a source                    ``cdc checkpoint reset --drop-slot``
+``PositionCheck``      a source                    ``cdc checkpoint set``: refuse a bad position
 ``Timestamped``        a checkpoint store          ``cdc status``, ``cdc check``: checkpoint age
 ``DeadLetterStore``    a dead-letter queue         ``cdc dlq list|replay``
 ``Countable``          a dead-letter sink          ``cdc status``: dead letters held
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", "Commit",
            "Checkable", "DefaultBatchSize", "ReportsSkipped", "Preflight", "Describable", "TableNaming",
-           "CountsBytes", "SlotOwner", "Timestamped", "DeadLetterStore", "Countable", "Problem"]
+           "CountsBytes", "SlotOwner", "PositionCheck", "Timestamped", "DeadLetterStore", "Countable", "Problem"]
 
 TransformResult = ChangeEvent | None | Iterable[ChangeEvent]
 
@@ -173,6 +174,15 @@ class SlotOwner(Protocol):
 
     def drop_slot(self) -> bool:
         """Drop the slot; False when there was none.  Raise if it is in use."""
+
+
+@runtime_checkable
+class PositionCheck(Protocol):
+    """A source that can tell whether a position an operator typed can be resumed from."""
+
+    def check_position(self, position: dict) -> None:
+        """Return if the server can resume at ``position``; raise ``ValueError`` saying why
+        not (malformed, ahead of the server, or behind what the server still holds)."""
 
 
 @runtime_checkable

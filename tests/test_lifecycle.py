@@ -155,6 +155,16 @@ def test_position_commands(tmp_path, pg_database):
     assert moved.returncode == 0, moved.stderr
     bad = cdc_cli("checkpoint", "set", str(config), "--source", "shop", "--position", '{"file": "x"}')
     assert bad.returncode == 1 and "keys" in bad.stderr
+    garbage = cdc_cli("checkpoint", "set", str(config), "--source", "shop", "--position", '{"lsn": "zzz"}')
+    assert garbage.returncode == 1 and "not a PostgreSQL LSN" in garbage.stderr, garbage.stderr
+    ahead = cdc_cli("checkpoint", "set", str(config), "--source", "shop", "--position", '{"lsn": "FF/0"}')
+    assert ahead.returncode == 1 and "ahead of the server's current WAL position" in ahead.stderr, ahead.stderr
+    behind = cdc_cli("checkpoint", "set", str(config), "--source", "shop", "--position", '{"lsn": "0/1"}')
+    assert behind.returncode == 1 and "before the slot's confirmed position" in behind.stderr, behind.stderr
+    for refused in (garbage, ahead, behind):
+        assert "Traceback" not in refused.stderr
+    kept = json.loads(cdc_cli("checkpoint", "show", str(config), "--source", "shop").stdout)
+    assert kept["position"] == {"lsn": after_poison}
     insert(pg_database, 11, 2)
     cdc = CdcProcess(config)
     try:

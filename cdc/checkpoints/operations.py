@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..abc import SlotOwner, Timestamped
+from ..abc import PositionCheck, SlotOwner, Timestamped
 from ..config.model import Config
 from ..observe.state import LockHeld, SourceLock
 
@@ -79,6 +79,12 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
         if old is not None and set(old) != set(value):
             raise PositionError(f"the saved position has keys {sorted(old)}; "
                                 f"--position has {sorted(value)}")
+        src = cfg.sources[source].build()
+        if isinstance(src, PositionCheck):
+            try:
+                src.check_position(value)
+            except ValueError as exc:
+                raise PositionError(f"--position refused: {exc}") from None
         store.save(value)
         return value
 

@@ -7,6 +7,7 @@ against the checkpoint's age and position.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import pymysql
@@ -17,7 +18,7 @@ from . import settings
 if TYPE_CHECKING:
     from .source import MySQLSource
 
-__all__ = ["problems"]
+__all__ = ["problems", "check_position"]
 
 _FILE_KEYS = ("file", "log_file", "binlog_file", "log_name")
 
@@ -46,6 +47,60 @@ def problems(source: MySQLSource, position: dict | None, checkpoint_age: float |
     out.extend(_gtid_modes(v, info["mariadb"]))
     out.extend(_retention(v, checkpoint_age, position, logs))
     return out
+
+
+_MARIADB_GTID = re.compile(r"^\d+-\d+-\d+$")
+
+
+def check_position(source: MySQLSource, position: dict) -> None:
+    """A position an operator typed: the keys and types cdc writes, a binlog file the
+    server still has, and nothing ahead of what the server has written."""
+    unknown = set(position) - {"gtid", "file", "pos"}
+    if unknown or not ({"gtid", "file"} & set(position)):
+        raise ValueError('a MySQL position is {"gtid": "0-1-42", "file": "binlog.000003", "pos": 81234} '
+                         f"(gtid, or file and pos), not {sorted(position)}")
+    gtid, file, pos = position.get("gtid"), position.get("file"), position.get("pos")
+    if gtid is not None and not isinstance(gtid, str):
+        raise ValueError(f"gtid must be a string, not {gtid!r}")
+    if file is not None and (not isinstance(file, str) or not isinstance(pos, int) or isinstance(pos, bool)
+                             or pos < 4):
+        raise ValueError(f"file must be a binlog name and pos a byte offset of at least 4, not {file!r}, {pos!r}")
+    params = {k: v for k, v in source.settings.items() if k != "db"}
+    conn = pymysql.connect(**params, connect_timeout=10)
+    try:
+        info = settings.server_info(conn)
+        with conn.cursor() as cur:
+            cur.execute("SHOW BINARY LOGS")
+            logs = {row[0]: int(row[1]) for row in cur.fetchall()}
+            if gtid and info["mariadb"]:
+                cur.execute("SELECT @@gtid_binlog_pos")
+                server = {g.split("-")[0]: g for g in (cur.fetchone()[0] or "").split(",") if g}
+            elif gtid:
+                cur.execute("SELECT GTID_SUBSET(%s, @@gtid_executed)", (gtid,))
+                if not cur.fetchone()[0]:
+                    raise ValueError(f"gtid {gtid} is not a subset of the server's executed GTIDs: it is ahead "
+                                     f"of the server, or from another server")
+    except pymysql.MySQLError as exc:
+        raise ValueError(f"the server refused to check it: {exc.args[-1]}") from None
+    finally:
+        conn.close()
+    if gtid and info["mariadb"]:
+        for part in gtid.split(","):
+            if not _MARIADB_GTID.match(part.strip()):
+                raise ValueError(f"{part!r} is not a MariaDB GTID (domain-server-sequence, e.g. 0-1-42)")
+            domain, _, seq = part.strip().split("-")
+            have = server.get(domain)
+            if have is None or int(seq) > int(have.split("-")[2]):
+                raise ValueError(f"gtid {part} is ahead of the server's binlog (gtid_binlog_pos "
+                                 f"{','.join(server.values()) or 'empty'})")
+    if file is not None:
+        if file not in logs:
+            names = sorted(logs)
+            where = "ahead of the server's binlogs" if names and file > names[-1] else "purged, or never existed"
+            raise ValueError(f"binlog {file} is {where} (the server has {names[0] if names else '-'} .. "
+                             f"{names[-1] if names else '-'})")
+        if pos > logs[file]:
+            raise ValueError(f"pos {pos} is past the end of {file} ({logs[file]} bytes)")
 
 
 def _gtid_modes(v: dict, mariadb: bool) -> list[Problem]:

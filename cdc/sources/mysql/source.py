@@ -179,6 +179,9 @@ class MySQLSource:
     def preflight(self, position: dict | None, checkpoint_age: float | None) -> list[Problem]:
         return preflight.problems(self, position, checkpoint_age)
 
+    def check_position(self, position: dict) -> None:
+        preflight.check_position(self, position)
+
     @staticmethod
     def qualify_table(name: str, options: dict) -> str:
         if "." in name:

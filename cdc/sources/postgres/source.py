@@ -82,6 +82,9 @@ class PostgresSource:
     def drop_slot(self) -> bool:
         return slots.drop(self.dsn, self.slot, self.name)
 
+    def check_position(self, position: dict) -> None:
+        slots.check_position(self.dsn, self.slot, self.name, position)
+
     def describe(self) -> dict:
         """The slot's confirmed position and how many WAL bytes it is behind."""
         source = self
