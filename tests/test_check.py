@@ -9,7 +9,7 @@ import sys
 import psycopg
 import pytest
 
-from _ops_helpers import ROOT, make_orders, write_config
+from _ops_helpers import ROOT, make_orders, slot_name, write_config
 from mysql_helpers import preflight
 from servers import HOST, MariaDBServer, PostgresServer
 
@@ -115,3 +115,27 @@ def test_check_mysql_settings_on_a_misconfigured_mariadb():
     assert any("gtid_strict_mode is OFF" in w for w in warnings), warnings
     assert not any("purged" in m for _, m in by_gtid), by_gtid
     assert any(level == "error" and m.startswith("log_bin is 'OFF'") for level, m in no_binlog), no_binlog
+
+
+def test_check_fails_when_the_slot_of_a_checkpoint_is_gone_or_ahead(tmp_path, pg_database):
+    """A checkpoint whose slot was dropped (or re-created later) cannot be resumed without
+    losing the changes in between: ``cdc check`` says so as an error, with the way out."""
+    make_orders(pg_database)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE audit (at timestamptz, what text)")
+        conn.execute("ALTER TABLE audit REPLICA IDENTITY FULL")
+        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+    config = write_config(tmp_path, pg_database, CONFIG.replace("SINK", "{type: file, path: out/x.jsonl}"))
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state/shop.json").write_text(json.dumps({"source": "shop", "position": {"lsn": lsn}}))
+    code, findings = cdc_check(config)
+    errors = [f["message"] for f in findings if f["level"] == "error"]
+    slot = slot_name(pg_database)
+    assert code == 1 and any(f"slot {slot} is missing" in e and "cdc checkpoint reset" in e
+                             for e in errors), findings
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("INSERT INTO orders VALUES (1, 'moves the WAL on')")
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    code, findings = cdc_check(config)
+    errors = [f["message"] for f in findings if f["level"] == "error"]
+    assert code == 1 and any("starts after the checkpoint" in e for e in errors), findings

@@ -99,6 +99,7 @@ def check_position(source: MySQLSource, position: dict) -> None:
             where = "ahead of the server's binlogs" if names and file > names[-1] else "purged, or never existed"
             raise ValueError(f"binlog {file} is {where} (the server has {names[0] if names else '-'} .. "
                              f"{names[-1] if names else '-'})")
+        assert pos is not None  # an int of at least 4 whenever file is set (checked above)
         if pos > logs[file]:
             raise ValueError(f"pos {pos} is past the end of {file} ({logs[file]} bytes)")
 

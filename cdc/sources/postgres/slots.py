@@ -16,9 +16,11 @@ def check_position(dsn: str, slot: str, source: str, position: dict) -> None:
         raise ValueError(f'a PostgreSQL position is {{"lsn": "X/Y"}}, not {sorted(position)}')
     lsn = parse_lsn(position["lsn"])
     with setup.connect(dsn, source) as conn:
-        current, confirmed = conn.execute(
+        row = conn.execute(
             "SELECT pg_current_wal_lsn()::text, (SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
             " WHERE slot_name = %s)", (slot,)).fetchone()
+    assert row is not None  # a SELECT without FROM returns one row
+    current, confirmed = row
     if lsn > parse_lsn(current):
         raise ValueError(f"{position['lsn']} is ahead of the server's current WAL position {current}")
     if confirmed is not None and lsn < parse_lsn(confirmed):
