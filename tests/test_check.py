@@ -69,7 +69,7 @@ def test_check_reports_every_postgres_problem(tmp_path, bad_pg):
     assert code == 1
     errors = "\n".join(f["message"] for f in findings if f["level"] == "error")
     for expected in ("wal_level is 'replica'", "wal_level = logical",
-                     "lacks the REPLICATION privilege: ALTER ROLE app WITH REPLICATION",
+                     "lacks the REPLICATION privilege: ALTER ROLE \"app\" WITH REPLICATION",
                      "public.audit has no primary key and no REPLICA IDENTITY",
                      "max_replication_slots is 1 and all are used",
                      "cannot create publication cdc_shop_shop", "GRANT CREATE ON DATABASE",
@@ -139,3 +139,20 @@ def test_check_fails_when_the_slot_of_a_checkpoint_is_gone_or_ahead(tmp_path, pg
     code, findings = cdc_check(config)
     errors = [f["message"] for f in findings if f["level"] == "error"]
     assert code == 1 and any("starts after the checkpoint" in e for e in errors), findings
+
+
+def test_check_fix_texts_quote_identifiers(tmp_path, pg_database):
+    """The fix a user copies into psql must run as it is, for any table name."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "Sales"')
+        conn.execute('CREATE TABLE "Sales"."No Key" (at timestamptz)')
+    config = write_config(tmp_path, pg_database, CONFIG.replace("tables: [orders, audit]", 'tables: ["Sales.No Key"]')
+                          .replace("SINK", "{type: file, path: out/x.jsonl}"))
+    code, findings = cdc_check(config)
+    errors = [f["message"] for f in findings if f["level"] == "error"]
+    assert code == 1 and any('ALTER TABLE "Sales"."No Key" REPLICA IDENTITY FULL' in e for e in errors), findings
+    with psycopg.connect(pg_database, autocommit=True) as conn:  # the fix, pasted as it is, works
+        fix = next(e for e in errors if "REPLICA IDENTITY" in e).split(" or ", 1)[1]
+        conn.execute(fix)
+    code, findings = cdc_check(config)
+    assert code == 0, findings

@@ -177,7 +177,7 @@ def test_setup_errors_name_the_fix(tmp_path, pg_database):
         source.open(None)
     plain = pg_database.replace("postgres@", "plain@")
     source = config(tmp_path, plain, ["public.nokey"], {"all": file_pipeline()}).sources["db"].build()
-    with pytest.raises(SourceSetupError, match="ALTER ROLE plain WITH REPLICATION"):
+    with pytest.raises(SourceSetupError, match='ALTER ROLE "plain" WITH REPLICATION'):
         source.open(None)
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from ...abc import Problem
 from ...lsn import parse_lsn
 from . import setup
+from .setup import quoted
 
 if TYPE_CHECKING:
     from .source import PostgresSource
@@ -77,10 +78,12 @@ def _publication_rights(conn, source: PostgresSource) -> list[Problem]:
     if pub is None:
         if not source.create:
             return [("error", f"publication {source.publication} does not exist and create is false: "
-                              f"CREATE PUBLICATION {source.publication} FOR TABLE {', '.join(source.tables)}")]
+                              f"CREATE PUBLICATION {quoted(conn, source.publication)} FOR TABLE "
+                              f"{', '.join(quoted(conn, t) for t in source.tables)}")]
         if not conn.execute("SELECT has_database_privilege(current_database(), 'CREATE')").fetchone()[0]:
             return [("error", f"user {user} cannot create publication {source.publication}: "
-                              f"GRANT CREATE ON DATABASE <db> TO {user}, or create it as an owner")]
+                              f"GRANT CREATE ON DATABASE {quoted(conn, conn.info.dbname)} TO {quoted(conn, user)}, "
+                              f"or create it as an owner")]
     elif pub[1]:
         return []
     elif not conn.execute("SELECT pg_has_role(current_user, %s, 'USAGE')", (pub[0],)).fetchone()[0]:
@@ -89,8 +92,8 @@ def _publication_rights(conn, source: PostgresSource) -> list[Problem]:
         missing = [t for t in source.tables if t not in have]
         if missing:
             return [("error", f"publication {source.publication} (owner {pub[0]}) lacks {', '.join(missing)} "
-                              f"and {user} may not alter it: ALTER PUBLICATION {source.publication} "
-                              f"ADD TABLE {', '.join(missing)} as {pub[0]}")]
+                              f"and {user} may not alter it: ALTER PUBLICATION {quoted(conn, source.publication)} "
+                              f"ADD TABLE {', '.join(quoted(conn, t) for t in missing)} as {pub[0]}")]
         return []
     out = []
     for table in source.tables:

@@ -10,7 +10,7 @@ from psycopg import sql
 
 from ...errors import SourceConnectionError, SourceSetupError
 
-__all__ = ["prepare", "check", "primary_keys", "connect"]
+__all__ = ["prepare", "check", "primary_keys", "connect", "quoted"]
 
 
 def connect(dsn: str, source: str) -> psycopg.Connection:
@@ -18,6 +18,11 @@ def connect(dsn: str, source: str) -> psycopg.Connection:
         return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
     except psycopg.OperationalError as exc:
         raise SourceConnectionError(f"cannot connect: {str(exc).strip()}", source=source) from exc
+
+
+def quoted(conn: psycopg.Connection, name: str) -> str:
+    """``Sales.No Key`` -> ``"Sales"."No Key"``: fix texts a user can paste into psql as they are."""
+    return sql.Identifier(*name.split(".", 1)).as_string(conn)
 
 
 def check(conn: psycopg.Connection, tables: list[str], source: str) -> list[str]:
@@ -34,7 +39,8 @@ def check(conn: psycopg.Connection, tables: list[str], source: str) -> list[str]
     assert role is not None  # the current user has a pg_roles row
     user, can_replicate = role
     if not can_replicate:
-        problems.append(f"user {user} lacks the REPLICATION privilege: ALTER ROLE {user} WITH REPLICATION")
+        problems.append(f"user {user} lacks the REPLICATION privilege: ALTER ROLE {quoted(conn, user)} "
+                        f"WITH REPLICATION")
     for table in tables:
         row = conn.execute(
             "SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)"
@@ -45,7 +51,7 @@ def check(conn: psycopg.Connection, tables: list[str], source: str) -> list[str]
             problems.append(f"table {table} does not exist")
         elif row[0] == "n" or (row[0] == "d" and not row[1]):
             problems.append(f"table {table} has no primary key and no REPLICA IDENTITY: add a primary key "
-                            f"or ALTER TABLE {table} REPLICA IDENTITY FULL")
+                            f"or ALTER TABLE {quoted(conn, table)} REPLICA IDENTITY FULL")
     return problems
 
 
