@@ -34,7 +34,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cdc.config import parse_config  # noqa: E402
-from cdc.engine import SourceRunner  # noqa: E402
+from cdc.engine import SourceRunner, tune_process  # noqa: E402
 from cdc.sinks.kafka import KafkaSink  # noqa: E402
 
 from servers import (  # noqa: E402
@@ -97,6 +97,7 @@ def make_runner(dsn: str, bootstrap: str, workdir: Path) -> SourceRunner:
                {"type": "kafka", "bootstrap_servers": bootstrap, "topic": TOPIC}]}}}
     config = parse_config(raw, workdir / "bench.yaml", {})
     config.pipelines["p"].sinks[0].factory = TimedKafkaSink
+    tune_process()  # as `cdc run` does
     return SourceRunner(config, "bench", grace_period=60)
 
 

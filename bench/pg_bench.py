@@ -69,10 +69,11 @@ def cdc_child(dsn: str, slot: str, publication: str) -> None:
     import threading
 
     from cdc.config import parse_config
-    from cdc.engine import SourceRunner
+    from cdc.engine import SourceRunner, tune_process
     raw = {"sources": {"db": {"type": "postgres", "dsn": dsn, "tables": ["public.orders"], "slot": slot,
                               "publication": publication, "checkpoint": {"type": "memory"}}},
            "pipelines": {"bench": {"source": "db", "sinks": [{"type": "discard"}]}}}
+    tune_process()  # as `cdc run` does
     runner = SourceRunner(parse_config(raw, Path("bench.yaml"), {}), "db")
     start = time.perf_counter()
     done = {}

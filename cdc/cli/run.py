@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
@@ -18,7 +17,6 @@ from .common import CONFIG, fail, load_or_exit, report_config_error
 __all__ = ["run", "run_source"]
 
 log = logging.getLogger("cdc")
-SWITCH_INTERVAL = 0.05  # seconds
 
 
 @click.command()
@@ -39,17 +37,6 @@ def run(config: str, source_name: str | None, grace_period: float) -> None:
     sys.exit(run_source(cfg, source_name, grace_period))
 
 
-def tune_process() -> None:
-    """Process-wide settings for a process that runs one source (``cdc run``)."""
-    # Events hold no reference cycles; collecting every 700 allocations costs ~15% of
-    # the reader's time, so the young generation is allowed to grow.
-    gc.freeze()
-    gc.set_threshold(max(gc.get_threshold()[0], 10_000), 10, 10)
-    # The reader and the sink threads all want the GIL; handing it over every 5 ms
-    # (the default) costs the reader a few percent of its throughput.
-    sys.setswitchinterval(max(sys.getswitchinterval(), SWITCH_INTERVAL))
-
-
 def metrics_listen(cfg: Config, source_name: str) -> str | None:
     """With several sources (one process each), source i listens on port + i."""
     if not cfg.metrics_listen:
@@ -59,7 +46,7 @@ def metrics_listen(cfg: Config, source_name: str) -> str | None:
 
 
 def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
-    from ..engine import SourceRunner
+    from ..engine import SourceRunner, tune_process
     from ..observe import LockHeld, SourceLock, attach
     assert cfg.state_dir is not None  # always set by the config loader
     try:
@@ -101,7 +88,7 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    tune_process()
+    tune_process()  # this process runs one source: a library embedder decides for itself
     try:
         return runner.run()
     except CdcError as exc:
