@@ -109,10 +109,11 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
 class Decoder:
     """Stateful pgoutput decoder; ``primary_keys`` overrides the replica identity key."""
 
-    def __init__(self, primary_keys: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, primary_keys: dict[str, list[str]] | None = None, key_lookup=None) -> None:
         self.relations: dict[int, Relation] = {}
         self.type_names: dict[int, str] = {}
         self.primary_keys = primary_keys or {}
+        self.key_lookup = key_lookup  # oid -> the primary key now (None: unknown)
 
     def relation(self, data: bytes) -> Relation:
         oid = _u32(data, 1)[0]
@@ -132,7 +133,13 @@ class Decoder:
             if flags & 1:
                 flagged.append(name)
         qualified = f"{schema}.{table}"
-        key = [k for k in self.primary_keys.get(qualified, ()) if k in names] or flagged
+        if identity == "d":  # the replica identity is the primary key: the flags name it, as it is now
+            key = flagged
+        else:  # FULL or an index: the key is the primary key, looked up again at every Relation
+            pk = self.key_lookup(oid) if self.key_lookup is not None else None
+            if pk is None:
+                pk = self.primary_keys.get(qualified, ())
+            key = [k for k in pk if k in names] or flagged
         rel = Relation(oid, schema, table, names, converters, key, identity)
         self.relations[oid] = rel
         return rel
