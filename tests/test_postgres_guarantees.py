@@ -234,3 +234,31 @@ def test_table_changed_while_stopped_delivers_its_changes_then_says_what_to_do(p
         assert "public.renamed" in error
     events = [(e["source"]["table"], e["after"]["id"]) for e in read_jsonl(out)]
     assert events[:3] == [("gone", 1), ("gone", 2), ("other", 1)], events
+
+
+# ---- 12. a transform that mutates its input stops the source -------------------------------------
+
+MUTATOR = '''
+def shout(event):
+    event.after["status"] = event.after["status"].upper()  # wrong: the event is shared
+    return event
+'''
+
+
+def test_transform_mutating_its_input_stops_before_any_pipeline_gets_it(pg_database, tmp_path):
+    (tmp_path / "mutator.py").write_text(MUTATOR)
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, status text)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {
+        "plain": file_pipeline("out/plain.jsonl"),
+        "shouting": file_pipeline("out/shouting.jsonl",
+                                  transforms=[{"type": "python", "function": "mutator:shout"}])})
+    run = Run(cfg)
+    with run:
+        sql(pg_database, "INSERT INTO t VALUES (1, 'new')")
+        run.inner.thread.join(30)
+        assert not run.inner.thread.is_alive(), "the mutation went unnoticed"
+    error = run.failure()
+    assert "transforms[0]:python" in error and "shouting" in error and "mutat" in error
+    assert "replace" in error  # the fix
+    plain = read_jsonl(tmp_path / "out/plain.jsonl")
+    assert all(e["after"]["status"] == "new" for e in plain), plain
