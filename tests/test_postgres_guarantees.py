@@ -262,3 +262,30 @@ def test_transform_mutating_its_input_stops_before_any_pipeline_gets_it(pg_datab
     assert "replace" in error  # the fix
     plain = read_jsonl(tmp_path / "out/plain.jsonl")
     assert all(e["after"]["status"] == "new" for e in plain), plain
+
+
+# ---- bad data never halts the source ---------------------------------------------------------------
+
+def test_filter_comparisons_on_nan_never_raise(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, amount numeric, ratio float8)")
+    out = tmp_path / "out/big.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.t"], {"big": file_pipeline(
+        "out/big.jsonl", transforms=[{"type": "filter", "where": {"amount": {"gt": 100}, "ratio": {"lt": 1}}}])})
+    with Running(cfg) as running:
+        sql(pg_database, "INSERT INTO t VALUES (1, 'NaN', 0.5), (2, 500, 'NaN'), (3, 500, 0.5)")
+        events = wait_for_lines(out, 1, timeout=10)
+        time.sleep(0.3)
+        assert running.runner.error is None and running.thread.is_alive()
+    assert [e["after"]["id"] for e in read_jsonl(out)] == [3]
+
+
+def test_domain_types_come_out_as_their_base_type(pg_database, tmp_path):
+    sql(pg_database, "CREATE DOMAIN qty AS int CHECK (VALUE >= 0)", "CREATE DOMAIN small_qty AS qty",
+        "CREATE DOMAIN doc AS jsonb", "CREATE DOMAIN flag AS boolean",
+        "CREATE TABLE t (id int PRIMARY KEY, q qty, s small_qty, d doc, f flag)")
+    out = tmp_path / "out/all.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    with Running(cfg):
+        sql(pg_database, """INSERT INTO t VALUES (1, 5, 6, '{"a": [1]}', true)""")
+        events = wait_for_lines(out, 1)
+    assert events[0]["after"] == {"id": 1, "q": 5, "s": 6, "d": {"a": [1]}, "f": True}

@@ -75,6 +75,7 @@ class PostgresSource:
         self._ignored: set[int] = set()        # relation ids of tables not in ``tables``
         self._gone: list[str] = []             # configured tables that did not exist at open()
         self._gone_until = 0                   # ... and the WAL position then
+        self._base_types: dict[int, int] = {}  # user-defined type oid -> the oid its values convert as
 
     @staticmethod
     def qualify_table(name: str, options: dict) -> str:
@@ -107,7 +108,8 @@ class PostgresSource:
                 self._oids = {oid: table for table, oid in oids.items()}
                 self._partitions = setup.partitions(conn, oids)
                 self._ignored = set()
-                self.decoder = Decoder(setup.primary_keys(conn, self.tables), key_lookup=self._primary_key)
+                self.decoder = Decoder(setup.primary_keys(conn, self.tables), key_lookup=self._primary_key,
+                                       base_type=self._base_type)
                 if self._gone:
                     self._gone_until = str_to_lsn(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])
                     log.warning("source %s: %s does not exist (renamed or dropped while cdc was stopped?): "
@@ -332,6 +334,26 @@ class PostgresSource:
             f"of the missing tables; now change the config of source {self.name} (and pipelines' tables:), "
             f"then start cdc again:\n  - " + "\n  - ".join(lines), source=self.name)
         self._gone = []
+
+    def _base_type(self, oid: int) -> int:
+        """A domain's values convert as its base type's (a domain over int is a number);
+        other user-defined types (enums...) stay as they are.  Per Relation, cached."""
+        base = self._base_types.get(oid)
+        if base is None:
+            base = oid
+            try:
+                with setup.connect(self.dsn, self.name) as conn:
+                    for _ in range(32):  # a domain over a domain...
+                        row = conn.execute("SELECT typtype, typbasetype FROM pg_type WHERE oid = %s",
+                                           (base,)).fetchone()
+                        if row is None or row[0] != "d":
+                            break
+                        base = row[1]
+            except (psycopg.Error, SourceError) as exc:
+                log.warning("source %s: cannot read type %s: %s", self.name, oid, exc)
+                return oid
+            self._base_types[oid] = base
+        return base
 
     def _primary_key(self, oid: int) -> list[str] | None:
         """The key of a table whose replica identity is not its primary key, read afresh."""
