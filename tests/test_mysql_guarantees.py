@@ -234,3 +234,23 @@ def test_table_changed_while_stopped_delivers_its_changes_then_says_what_to_do(s
         assert f"{db}.renamed" in error
     events = [(e["source"]["table"], e["after"]["id"]) for e in read_jsonl(out)]
     assert events[:3] == [("gone", 1), ("gone", 2), ("other", 1)], events
+
+
+# ---- bad data: geometry ------------------------------------------------------------------------------
+
+def test_geometry_is_wkb_with_its_srid_beside_it(shop):
+    import base64
+    server, db = shop
+    execute(server, db, "CREATE TABLE g (id int PRIMARY KEY, p geometry)")
+    source = make_source(server, db, [f"{db}.g"])
+    source.open(None)
+    try:
+        execute(server, db, "INSERT INTO g VALUES (1, ST_GeomFromText('POINT(1 2)', 4326)), (2, NULL)")
+        events = collect(source, 2)
+    finally:
+        source.close()
+    with server.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT ST_AsBinary(p) FROM g WHERE id = 1")
+        wkb = cur.fetchone()[0]
+    assert events[0].after["p"] == {"wkb": base64.b64encode(wkb).decode(), "srid": 4326}
+    assert events[1].after["p"] is None
