@@ -57,3 +57,20 @@ def test_engine_resumes_from_a_postgres_checkpoint(pg_database, tmp_path):
     with Running(cfg):
         events = wait_for_lines(tmp_path / "out/all.jsonl", 2)
     assert [e["after"]["id"] for e in events] == [1, 2]
+
+
+def test_file_store_refuses_a_position_saved_by_another_source(tmp_path):
+    """Two sources given one checkpoint file: the second must not resume from the first's position."""
+    a = FileCheckpointStore("state/shared.json", context=Context(tmp_path, source="orders"))
+    b = FileCheckpointStore("state/shared.json", context=Context(tmp_path, source="legacy"))
+    a.save({"lsn": "0/10"})
+    with pytest.raises(CheckpointError) as info:
+        b.load()
+    message = str(info.value)
+    assert "orders" in message and "legacy" in message and "path" in message
+    assert a.load() == {"lsn": "0/10"}
+    with pytest.raises(CheckpointError):
+        b.save({"gtid": "0-1-5"})  # nor overwrite it
+    assert a.load() == {"lsn": "0/10"}
+    (tmp_path / "state/old.json").write_text(json.dumps({"position": {"lsn": "0/5"}}))  # no "source" yet
+    assert FileCheckpointStore("state/old.json", context=Context(tmp_path, source="x")).load() == {"lsn": "0/5"}

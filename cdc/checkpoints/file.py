@@ -17,15 +17,29 @@ class FileCheckpointStore:
     def __init__(self, path: str, context: Context | None = None) -> None:
         self.path = context.resolve_path(path) if context else Path(path)
         self.source = context.source if context else ""
+        self._owner_checked = False
 
     def load(self) -> dict | None:
+        data = self._read()
+        return None if data is None else data.get("position")
+
+    def _read(self) -> dict | None:
+        """The file's content, refused when another source saved it: resuming from that
+        source's position would skip (or repeat) this one's changes."""
         try:
             data = json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot read checkpoint {self.path}: {exc}") from exc
-        return data.get("position")
+        owner = data.get("source") if isinstance(data, dict) else None
+        if owner and self.source and owner != self.source:
+            raise CheckpointError(
+                f"checkpoint {self.path} holds the position of source {owner}, not of source {self.source}: "
+                f"two sources must not share a checkpoint path. Give source {self.source} its own "
+                f"checkpoint path; if source {owner} was renamed to {self.source}, set \"source\" in "
+                f"the file to {self.source!r}")
+        return data
 
     def saved_at(self) -> float | None:
         try:
@@ -34,6 +48,9 @@ class FileCheckpointStore:
             return None
 
     def save(self, position: dict) -> None:
+        if self._owner_checked is not True:
+            self._read()  # raises when another source owns the file
+            self._owner_checked = True
         body = json.dumps({"source": self.source, "position": position, "saved_at": time.time()})
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:

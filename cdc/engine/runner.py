@@ -19,7 +19,7 @@ from ..config.model import Config, PipelineSpec
 from ..deadletter.record import TRANSFORMS_SINK
 from ..errors import CdcError, CheckpointError, SourceConnectionError, TransformError
 from ..event import ChangeEvent, Commit
-from ..transforms.chain import TransformChain
+from ..transforms.chain import TransformChain, TransformMutatedInput
 from .deadletters import DeadLetterWriter
 from .retry import Backoff
 from .tracker import AckTracker
@@ -198,8 +198,8 @@ class SourceRunner:
         (``stop`` re-raises; ``skip`` and ``dead_letter`` go on without the event)."""
         try:
             return p.chain.apply(events)
-        except TransformError:
-            if p.spec.on_error == "stop":
+        except TransformError as exc:
+            if p.spec.on_error == "stop" or isinstance(exc, TransformMutatedInput):
                 raise
         out: list[ChangeEvent] = []
         for event in events:  # again one by one, to find the events that fail

@@ -74,7 +74,7 @@ def _condition(field: str, spec: Any, path: str) -> Callable[[ChangeEvent], bool
                     return False
                 try:
                     return c(_number(v) if isinstance(t, Decimal) or isinstance(t, (int, float)) else v, t)
-                except TypeError:
+                except (TypeError, ArithmeticError):  # e.g. NaN (decimal.InvalidOperation): no match
                     return False
             checks.append(check)
     return lambda e: all(c(e) for c in checks)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..event import ChangeEvent
-from .chain import TransformChain
+from .chain import TransformChain, TransformMutatedInput
 
 __all__ = ["make_event", "run_transform"]
 
@@ -39,7 +39,12 @@ def run_transform(transform: Callable, *events: ChangeEvent) -> list[ChangeEvent
     """Run ``transform`` like a pipeline does and return what it emits.  Fails if
     the transform changed an input event (events are shared between pipelines)."""
     snapshots = [copy.deepcopy(e.to_dict()) for e in events]
-    out = TransformChain("test", [(getattr(transform, "__name__", type(transform).__name__), transform)]).apply(list(events))
+    chain = TransformChain("test", [(getattr(transform, "__name__", type(transform).__name__), transform)])
+    try:
+        out = chain.apply(list(events))
+    except TransformMutatedInput as exc:
+        raise AssertionError(f"{transform!r} changed its input event {exc.event.id}; "
+                             f"return event.replace(...) instead") from exc
     for event, snapshot in zip(events, snapshots):
         if event.to_dict() != snapshot:
             raise AssertionError(f"{transform!r} changed its input event {event.id}; "

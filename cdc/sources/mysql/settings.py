@@ -13,7 +13,7 @@ import pymysql.cursors
 
 from ...errors import SourceSetupError
 
-__all__ = ["parse_dsn", "check", "require", "server_info", "json_columns"]
+__all__ = ["parse_dsn", "check", "require", "server_info", "json_columns", "missing_tables"]
 
 _REQUIRED = [  # (variable, wanted, how to set it)
     ("log_bin", "ON", "start the server with log_bin (log-bin=binlog in my.cnf)"),
@@ -58,8 +58,10 @@ def _variable(cur, name: str) -> str | None:
     return None if row is None else str(row[1]).upper()
 
 
-def check(conn: pymysql.Connection, tables: list[str], server_id: int) -> list[str]:
-    """Every problem that blocks binlog CDC, each with its fix (empty when ready)."""
+def check(conn: pymysql.Connection, tables: list[str], server_id: int, missing_ok: bool = False) -> list[str]:
+    """Every problem that blocks binlog CDC, each with its fix (empty when ready).  With
+    ``missing_ok`` a table that does not exist is not a problem here (a resumed source
+    first reads what the binlog still holds for it, see ``MySQLSource``)."""
     problems = []
     with conn.cursor(pymysql.cursors.Cursor) as cur:
         for name, wanted, fix in _REQUIRED:
@@ -80,17 +82,26 @@ def check(conn: pymysql.Connection, tables: list[str], server_id: int) -> list[s
         if int(cur.fetchone()[0]) == server_id:
             problems.append(f"server_id {server_id} is the server's own: choose another server_id "
                             f"(unique among the server's replicas)")
+        if not missing_ok:
+            problems += [f"table {table} does not exist" for table in missing_tables(conn, tables)]
+    return problems
+
+
+def missing_tables(conn: pymysql.Connection, tables: list[str]) -> list[str]:
+    out = []
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
         for table in tables:
             db, name = table.split(".", 1)
             cur.execute("SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
                         (db, name))
             if cur.fetchone() is None:
-                problems.append(f"table {table} does not exist")
-    return problems
+                out.append(table)
+    return out
 
 
-def require(conn: pymysql.Connection, tables: list[str], server_id: int, source: str) -> None:
-    problems = check(conn, tables, server_id)
+def require(conn: pymysql.Connection, tables: list[str], server_id: int, source: str,
+            missing_ok: bool = False) -> None:
+    problems = check(conn, tables, server_id, missing_ok)
     if problems:
         raise SourceSetupError("the MySQL/MariaDB server is not ready for CDC:\n  - " + "\n  - ".join(problems),
                                source=source)

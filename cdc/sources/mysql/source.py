@@ -7,10 +7,12 @@ row images are decoded by ``decoder.TableDecoder`` (compiled per table layout).
 from __future__ import annotations
 
 import logging
+import re
 import select
 import struct
 import time
 import zlib
+from typing import Literal
 
 import pymysql
 import pymysql.cursors
@@ -39,6 +41,12 @@ _HEADER = struct.Struct("<I1xIII").unpack_from  # timestamp, (type), server id, 
 _from = int.from_bytes
 READ_BUFFER = 1 << 20
 _INSIDE = ("SAVEPOINT", "ROLLBACK TO", "RELEASE SAVEPOINT", "XA ")
+_COMMENTS = r"\s*(?:/\*.*?\*/\s*|#[^\n]*\n\s*|--[^\n]*\n\s*)*"
+_DML = re.compile(_COMMENTS + r"(INSERT|REPLACE|UPDATE|DELETE|LOAD\s+(?:DATA|XML))\b", re.I | re.S)
+_TRUNCATE = re.compile(_COMMENTS + r"TRUNCATE\s+(?:TABLE\s+)?([`\w$.\s]+?)\s*;?\s*$", re.I | re.S)
+_RENAME = re.compile(_COMMENTS + r"RENAME\s+TABLES?\s+(.*)$", re.I | re.S)
+_ALTER_RENAME = re.compile(_COMMENTS + r"ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+([`\w$.]+)\s+.*?"
+                           r"\bRENAME\s+(?:TO\s+|AS\s+)?([`\w$.]+)", re.I | re.S)
 
 
 class _Reader(BinLogStreamReader):
@@ -136,6 +144,12 @@ def _table_name(data: bytes) -> tuple[str, str]:
     return data[29:29 + n].decode(), data[31 + n:31 + n + m].decode()
 
 
+def _name(text: str, schema: str) -> str:
+    """``db.table`` of an identifier as a statement writes it (backquotes, default schema)."""
+    parts = [p.strip().strip("`") for p in text.strip().split(".")]
+    return ".".join(parts) if len(parts) == 2 else f"{schema}.{parts[-1]}"
+
+
 def _default_server_id(name: str) -> int:
     return 100_000 + zlib.crc32(name.encode()) % 1_000_000_000
 
@@ -143,12 +157,16 @@ def _default_server_id(name: str) -> int:
 class MySQLSource:
     """Options: ``dsn`` (``mysql://user:pass@host:3306/db``), ``tables`` (``db.table``),
     ``server_id`` (unique among the server's replicas; default: derived from the source
-    name), ``max_poll_events``, ``heartbeat_interval`` (seconds the server may stay silent)
-    and ``fast_decoder`` (false: the library's decoding for every table)."""
+    name), ``max_poll_events``, ``heartbeat_interval`` (seconds the server may stay silent),
+    ``fast_decoder`` (false: the library's decoding for every table) and ``statement_dml``
+    (``stop``, the default: an INSERT/UPDATE/DELETE on a captured table written in
+    statement format stops the source with its position and the fix; ``skip``: such
+    statements are skipped with a warning, and the rows they changed are not captured)."""
 
     def __init__(self, dsn: str, tables: list[str], server_id: int | None = None,
                  max_poll_events: int = 1000, heartbeat_interval: float = 10.0,
-                 fast_decoder: bool = True, context: Context | None = None) -> None:
+                 fast_decoder: bool = True, statement_dml: Literal["stop", "skip"] = "stop",
+                 context: Context | None = None) -> None:
         self.name = context.source if context else "mysql"
         self.dsn = dsn
         try:
@@ -174,7 +192,17 @@ class MySQLSource:
         self._tx: tuple | None = None         # (key, id prefix, gtid, ts_ms) while in a transaction
         self._index = 0
         self._skip: tuple = (None, 0)
-        self._error: SourceConnectionError | None = None
+        self._error: SourceError | None = None
+        self.statement_dml = statement_dml
+        self._in_begin = False                # a BEGIN was read: Query events are inside the transaction
+        self._start_commit: Commit | None = None  # a first run's start position, handed out first
+        self._gone: list[str] = []            # configured tables that did not exist at open()
+        self._gone_until: tuple = ("", 0)     # ... and the end of the binlog then
+        self._renamed: dict[str, str] = {}
+        self._patterns = [(t, re.compile(rf"(?<![\w$`.])`?{re.escape(t.split('.', 1)[0])}`?\s*\.\s*"
+                                         rf"`?{re.escape(t.split('.', 1)[1])}`?(?![\w$])", re.I),
+                           re.compile(rf"(?<![\w$`.])`?{re.escape(t.split('.', 1)[1])}`?(?![\w$])", re.I))
+                          for t in tables]
 
     def preflight(self, position: dict | None, checkpoint_age: float | None) -> list[Problem]:
         return preflight.problems(self, position, checkpoint_age)
@@ -209,10 +237,22 @@ class MySQLSource:
         try:
             reader.connect_ctl()  # the library's metadata connection serves our checks too
             conn = reader._ctl_connection
-            checks.require(conn, self.tables, self.server_id, self.name)
+            resuming = position is not None or self._position is not None
+            checks.require(conn, self.tables, self.server_id, self.name, missing_ok=resuming)
             self.info = checks.server_info(conn)
             self._json = checks.json_columns(conn, self.tables) if self.info["mariadb"] else {}
-            position = position or self._position or self._current(conn)
+            self._gone = checks.missing_tables(conn, self.tables) if resuming else []
+            if self._gone:
+                end = self._current(conn)
+                self._gone_until = (end["file"], end["pos"])
+                log.warning("source %s: %s does not exist (renamed or dropped while cdc was stopped?): reading "
+                            "what the binlog holds for it up to %s, then stopping", self.name,
+                            ", ".join(self._gone), end)
+            # A first run stores where it starts before it reads anything (the first poll hands
+            # this position out): otherwise a restart before the first acknowledgement would
+            # begin at the then current end of the binlog, and lose everything in between.
+            self._start_commit = None if resuming else Commit(self._current(conn))
+            position = position or self._position or self._start_commit.position
             self.file, self.pos = position.get("file", ""), position.get("pos", 4)
             gtid = position.get("gtid") if self.info["gtid"] else None
             reader.is_mariadb = self.info["mariadb"]
@@ -231,6 +271,7 @@ class MySQLSource:
         if self._tx is not None:  # reopening mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
         self._tx = None
+        self._in_begin = False
         self._position = position
         self.gtids = GtidState(gtid or "", self.info["mariadb"]) if self.info["gtid"] else None
         log.info("source %s: reading the binlog of %s from %s", self.name, self.info["version"], position)
@@ -296,10 +337,13 @@ class MySQLSource:
             raise error
         if self.reader is None:
             raise SourceConnectionError("not connected", source=self.name)
+        if self._start_commit is not None:
+            start, self._start_commit = self._start_commit, None
+            return [start]
         out: list = []
         try:
             self._read(out, timeout)
-        except SourceConnectionError as exc:
+        except SourceError as exc:
             if not out:
                 raise
             self._error = exc  # hand over what was read first: the skip counts it as emitted
@@ -352,25 +396,104 @@ class MySQLSource:
                 self._commit(ev, out)
             elif kind is TableMapEvent:
                 self._table_map(ev)
-            elif kind is MariadbGtidEvent or kind is GtidEvent:
+            elif kind is MariadbGtidEvent:
+                self._begin(ev.gtid, ev)
+                self._in_begin = not ev.flags & 1  # FL_STANDALONE: DDL, no BEGIN ... COMMIT
+            elif kind is GtidEvent:  # MySQL writes a BEGIN Query event when there is one
                 self._begin(ev.gtid, ev)
             elif kind is QueryEvent:
-                query = ev.query.strip().upper()
-                if query == "BEGIN":
-                    if self._tx is None or self._tx[2] is None:
-                        self._begin(None, ev)
-                elif query.startswith(_INSIDE):  # savepoints and XA steps do not end a transaction
-                    pass
-                else:  # COMMIT, ROLLBACK, or a DDL statement: all end a transaction
-                    if query != "COMMIT" and query != "ROLLBACK":
-                        self._ddl()
-                    self._commit(ev, out)
+                self._query(ev, now_ms, out)
+                if self._error is not None:  # after a DDL that needs the operator
+                    return
             elif kind is RotateEvent:
                 self.file, self.pos = ev.next_binlog, ev.position
 
     def _begin(self, gtid: str | None, ev) -> None:
         packet = ev.packet
+        self._in_begin = False
         self._start(gtid, packet.log_pos - packet.event_size, packet.timestamp)
+
+    def _query(self, ev, now_ms: int, out: list) -> None:
+        """A Query event: BEGIN, COMMIT, a savepoint, DDL, or DML in statement format."""
+        text = ev.query.strip()
+        query = text.upper()
+        if query == "BEGIN":
+            if self._tx is None or self._tx[2] is None:
+                self._begin(None, ev)
+            self._in_begin = True
+            return
+        if query.startswith(_INSIDE):  # savepoints and XA steps do not end a transaction
+            return
+        if query == "COMMIT" or query == "ROLLBACK":
+            self._commit(ev, out)
+            return
+        schema = ev.schema.decode(errors="replace") if isinstance(ev.schema, bytes) else (ev.schema or "")
+        if _DML.match(text):  # statement format: no row events for what it changed
+            table = self._captured_in(schema, text)
+            if table is not None:
+                self._statement_dml(table, text, ev)
+            if self._in_begin:
+                return  # inside a transaction: not a boundary
+            self._commit(ev, out)  # a statement on its own (a non-transactional table)
+            return
+        # DDL: a transaction of its own
+        truncate = _TRUNCATE.match(text)
+        if truncate:
+            self._truncate(_name(truncate.group(1), schema), ev, now_ms, out)
+        renamed = self._ddl(text, schema)
+        self._commit(ev, out)
+        if renamed and self._error is None:
+            old, new = renamed[0]
+            self._error = SourceSetupError(
+                f"table {old} was renamed to {new} at GTID {self._tx_gtid or '-'} ({self.file}:{self.pos}); "
+                f"every change before that was delivered. Put {new} in place of {old} in tables: of source "
+                f"{self.name} (and in pipelines' tables: and transforms that name it), then start cdc again",
+                source=self.name)
+
+    _tx_gtid: str | None = None
+
+    def _captured_in(self, schema: str, text: str) -> str | None:
+        """The captured table a statement names, if any (a conservative text match)."""
+        for table, qualified, bare in self._patterns:
+            if qualified.search(text) or (schema == table.split(".", 1)[0] and bare.search(text)):
+                return table
+        return None
+
+    def _statement_dml(self, table: str, text: str, ev) -> None:
+        gtid = self._tx[2] if self._tx is not None else None
+        where = f"GTID {gtid} ({self.file}:{ev.packet.log_pos - ev.packet.event_size})" if gtid \
+            else f"{self.file}:{ev.packet.log_pos - ev.packet.event_size}"
+        statement = " ".join(text.split())[:200]
+        if self.statement_dml == "skip":
+            log.warning("source %s: skipped a statement-format change of %s at %s (statement_dml: skip); "
+                        "the rows it changed are not captured: %s", self.name, table, where, statement)
+            return
+        raise SourceSetupError(
+            f"a change of captured table {table} was written to the binlog as an SQL statement, not as rows, "
+            f"at {where}: {statement!r}. The session that wrote it used binlog_format STATEMENT or MIXED, "
+            f"and cdc reads row events only, so the rows it changed cannot be captured. Fix the writer: "
+            f"SET SESSION binlog_format = 'ROW' (and check that nothing sets STATEMENT or MIXED). To go on: "
+            f"re-snapshot or reconcile {table}, then either move the checkpoint past this transaction "
+            f"(cdc checkpoint set) or set statement_dml: skip on source {self.name} to skip such statements "
+            f"with a warning", source=self.name)
+
+    def _truncate(self, qualified: str, ev, now_ms: int, out: list) -> None:
+        """TRUNCATE of a captured table: an ``op: "t"`` event, as the PostgreSQL source emits."""
+        if qualified not in self.tables:
+            return
+        if self._tx is None:
+            self._begin(None, ev)
+        key, prefix, gtid, ts_ms = self._tx  # type: ignore[misc]  # _begin set it
+        index = self._index
+        self._index += 1
+        if self._skip[0] == key and index < self._skip[1]:
+            return
+        packet = ev.packet
+        pos = packet.log_pos - packet.event_size
+        db, name = qualified.split(".", 1)
+        source = {"connector": "mysql", "name": self.name, "db": db, "table": name, "file": self.file,
+                  "pos": pos, "row": 0, "gtid": gtid, "server_id": packet.server_id, "ts_ms": ts_ms}
+        out.append(ChangeEvent(f"{prefix}{index}", "t", None, None, None, source, now_ms, qualified, pos))
 
     def _start(self, gtid: str | None, pos: int, timestamp: int) -> None:
         key = gtid if gtid is not None else f"{self.file}:{pos}"
@@ -379,6 +502,8 @@ class MySQLSource:
 
     def _commit(self, ev, out: list) -> None:
         tx = self._tx
+        self._in_begin = False
+        self._tx_gtid = tx[2] if tx is not None else None
         if tx is not None and tx[2] is not None and self.gtids is not None:
             self.gtids.add(tx[2])
         self.pos = ev.packet.log_pos
@@ -389,11 +514,43 @@ class MySQLSource:
         self._tx = None
         self._skip = (None, 0)
         out.append(Commit(position, ev.packet.timestamp * 1000))
+        if self._gone and (self.file, self.pos) >= self._gone_until and self._error is None:
+            self._tables_gone()
 
-    def _ddl(self) -> None:
-        """A statement that may change a table: read the next TableMaps afresh."""
+    def _ddl(self, text: str = "", schema: str = "") -> list[tuple[str, str]]:
+        """A statement that may change a table: read the next TableMaps afresh, and the
+        JSON columns (MariaDB's are text with a CHECK, which TableMaps do not show)."""
         self.reader.table_map.clear()
         self._tables.clear()
+        if self.info.get("mariadb") and self._captured_in(schema, text) is not None:
+            self._json = checks.json_columns(self.reader._ctl_connection, self.tables)
+        pairs = []
+        rename = _RENAME.match(text)
+        if rename:
+            pairs = [p.split() for p in re.split(r"\s*,\s*", rename.group(1).strip().rstrip(";"))]
+            pairs = [(p[0], p[2]) for p in pairs if len(p) == 3 and p[1].upper() == "TO"]
+        alter = _ALTER_RENAME.match(text)
+        if alter:
+            pairs = [(alter.group(1), alter.group(2))]
+        renamed = []
+        for old, new in pairs:
+            old, new = _name(old, schema), _name(new, schema)
+            if old in self.tables and old != new:
+                self._renamed[old] = new
+                renamed.append((old, new))
+        return renamed
+
+    def _tables_gone(self) -> None:
+        """Everything the binlog held when we started has been read: say what to change
+        about the configured tables that no longer exist."""
+        lines = [f"table {t} was renamed to {self._renamed[t]}: put {self._renamed[t]} in its place in tables:"
+                 if t in self._renamed else f"table {t} does not exist any more (dropped, or renamed while cdc "
+                 f"was stopped): remove it from tables:, or put its new name there" for t in self._gone]
+        self._error = SourceSetupError(
+            f"every change the binlog held up to {self._gone_until[0]}:{self._gone_until[1]} was delivered, "
+            f"including those of the missing tables; now change the config of source {self.name} (and "
+            f"pipelines' tables:), then start cdc again:\n  - " + "\n  - ".join(lines), source=self.name)
+        self._gone = []
 
     def _table_map(self, ev) -> None:
         qualified = f"{ev.schema}.{ev.table}"

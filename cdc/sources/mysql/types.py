@@ -17,6 +17,7 @@
 | json (MySQL binary json)                           | nested JSON                                   |
 | json (MariaDB: a checked longtext)                 | nested JSON when the column is known as json  |
 | bit(n)                                             | string of n ``0``/``1``                       |
+| geometry types                                     | ``{"wkb": base64 WKB, "srid": 4326}``         |
 | zero dates (``0000-00-00``, year ``0000``)         | null                                          |
 | NULL                                               | null                                          |
 
@@ -102,6 +103,8 @@ def from_library(column, value, none_source: str | None = None):
     if value == "" and column_encoding(column) is None:
         value = b""  # the library decodes an empty binary value as ''
     if isinstance(value, (bytes, bytearray)):
+        if t == FIELD_TYPE.GEOMETRY:  # MySQL's form: a 4-byte little-endian SRID, then WKB
+            return {"wkb": base64.b64encode(bytes(value[4:])).decode(), "srid": int.from_bytes(value[:4], "little")}
         if t == FIELD_TYPE.STRING:  # binary(n): restore the zero padding the binlog drops
             value = bytes(value).ljust(column.max_length, b"\0")
         return base64.b64encode(value).decode()

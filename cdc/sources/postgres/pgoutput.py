@@ -110,10 +110,13 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
 class Decoder:
     """Stateful pgoutput decoder; ``primary_keys`` overrides the replica identity key."""
 
-    def __init__(self, primary_keys: dict[str, list[str]] | None = None) -> None:
+    def __init__(self, primary_keys: dict[str, list[str]] | None = None, key_lookup=None,
+                 base_type=None) -> None:
         self.relations: dict[int, Relation] = {}
         self.type_names: dict[int, str] = {}
         self.primary_keys = primary_keys or {}
+        self.key_lookup = key_lookup  # oid -> the primary key now (None: unknown)
+        self.base_type = base_type    # a user-defined type's oid -> its base type's (domains)
 
     def relation(self, data: bytes) -> Relation:
         oid = _u32(data, 1)[0]
@@ -128,12 +131,20 @@ class Decoder:
             name, pos = _cstring(data, pos + 1)
             type_oid = _u32(data, pos)[0]
             pos += 8  # type oid + typmod
+            if type_oid >= 16384 and self.base_type is not None:  # a user-defined type: a domain?
+                type_oid = self.base_type(type_oid)
             names.append(name)
             converters.append(converter_for(type_oid, self.type_names.get(type_oid)))
             if flags & 1:
                 flagged.append(name)
         qualified = f"{schema}.{table}"
-        key = [k for k in self.primary_keys.get(qualified, ()) if k in names] or flagged
+        if identity == "d":  # the replica identity is the primary key: the flags name it, as it is now
+            key = flagged
+        else:  # FULL or an index: the key is the primary key, looked up again at every Relation
+            pk = self.key_lookup(oid) if self.key_lookup is not None else None
+            if pk is None:
+                pk = self.primary_keys.get(qualified, ())
+            key = [k for k in pk if k in names] or flagged
         rel = Relation(oid, schema, table, names, converters, key, identity)
         self.relations[oid] = rel
         return rel

@@ -7,14 +7,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...abc import Problem
-from ...lsn import parse_lsn
 from . import setup
 from .setup import quoted
 
 if TYPE_CHECKING:
     from .source import PostgresSource
 
-__all__ = ["problems", "slot_problems"]
+__all__ = ["problems"]
 
 WAL_WARN_BYTES = 1 << 30  # an inactive slot holding more WAL than this is worth a warning
 
@@ -42,30 +41,15 @@ def problems(source: PostgresSource, position: dict | None = None) -> list[Probl
                                  f"set slot: to another name for this source"))
         elif mine is not None and mine[1]:
             out.append(("warning", f"slot {source.slot} is in use by another connection: is cdc already running?"))
-        if position is not None:
-            out += [("error", p) for p in slot_problems(conn, source.slot, position)]
+        problem = setup.slot_problem(conn, source.slot, position, source.name)
+        if problem:
+            out.append(("error", problem))
         for slot, active, retained, _ in slots:
             if slot != source.slot and not active and (retained or 0) > WAL_WARN_BYTES:
                 out.append(("warning", f"inactive slot {slot} holds {retained / 2**20:.0f} MiB of WAL: "
                                        f"SELECT pg_drop_replication_slot('{slot}') if nothing uses it"))
         out += _publication_rights(conn, source)
     return out
-
-
-def slot_problems(conn, slot: str, position: dict) -> list[str]:
-    """A checkpoint that its slot cannot resume: the slot is gone, or it starts after the
-    checkpoint (dropped and re-created).  The changes in between are lost either way."""
-    row = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-                       (slot,)).fetchone()
-    recover = ("to copy the tables again and stream from now: cdc checkpoint reset --source <name> --yes "
-               "(with snapshot: initial the next run re-snapshots)")
-    if row is None:
-        return [f"slot {slot} is missing but the checkpoint is at {position.get('lsn')}: the changes since "
-                f"then are lost and cdc will not start; {recover}"]
-    if row[0] is not None and "lsn" in position and parse_lsn(row[0]) > parse_lsn(position["lsn"]):
-        return [f"slot {slot} starts after the checkpoint ({row[0]} > {position['lsn']}): it was re-created "
-                f"and the changes in between are lost; cdc will not start; {recover}"]
-    return []
 
 
 def _publication_rights(conn, source: PostgresSource) -> list[Problem]:

@@ -5,12 +5,18 @@ Each problem is a ``SourceSetupError`` that says what to change.
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 from psycopg import sql
 
 from ...errors import SourceConnectionError, SourceSetupError
 
-__all__ = ["prepare", "check", "primary_keys", "connect", "quoted"]
+__all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "missing_tables", "captured_oids",
+           "primary_key_of", "quoted"]
+
+log = logging.getLogger("cdc.source.postgres")
+_RESET = "cdc checkpoint reset <config> --source {source}"
 
 
 def connect(dsn: str, source: str) -> psycopg.Connection:
@@ -25,8 +31,10 @@ def quoted(conn: psycopg.Connection, name: str) -> str:
     return sql.Identifier(*name.split(".", 1)).as_string(conn)
 
 
-def check(conn: psycopg.Connection, tables: list[str], source: str) -> list[str]:
-    """Every problem that blocks CDC, each with its fix (empty when ready)."""
+def check(conn: psycopg.Connection, tables: list[str], source: str, missing_ok: bool = False) -> list[str]:
+    """Every problem that blocks CDC, each with its fix (empty when ready).  With
+    ``missing_ok`` a table that does not exist is not a problem here (a resumed source
+    first reads what the WAL still holds for it, see ``PostgresSource``)."""
     problems = []
     shown = conn.execute("SHOW wal_level").fetchone()
     assert shown is not None  # SHOW returns one row
@@ -48,60 +56,138 @@ def check(conn: psycopg.Connection, tables: list[str], source: str) -> list[str]
             " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
             table.split(".", 1)).fetchone()
         if row is None:
-            problems.append(f"table {table} does not exist")
+            if not missing_ok:
+                problems.append(f"table {table} does not exist")
         elif row[0] == "n" or (row[0] == "d" and not row[1]):
             problems.append(f"table {table} has no primary key and no REPLICA IDENTITY: add a primary key "
                             f"or ALTER TABLE {quoted(conn, table)} REPLICA IDENTITY FULL")
     return problems
 
 
+_PRIMARY_KEY = ("SELECT a.attname FROM pg_index i"
+                " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
+                " WHERE i.indrelid = %s AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)")
+
+
 def primary_keys(conn: psycopg.Connection, tables: list[str]) -> dict[str, list[str]]:
-    """``schema.table`` -> its primary-key columns, in key order."""
+    """``schema.table`` -> its primary-key columns, in key order (tables that exist)."""
     out = {}
-    for table in tables:
-        rows = conn.execute(
-            "SELECT a.attname FROM pg_index i"
-            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
-            " WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
-            (sql.Identifier(*table.split(".", 1)).as_string(conn),)).fetchall()
-        if rows:
-            out[table] = [r[0] for r in rows]
+    for table, oid in captured_oids(conn, tables).items():
+        key = primary_key_of(conn, oid)
+        if key:
+            out[table] = key
     return out
 
 
+def primary_key_of(conn: psycopg.Connection, oid: int) -> list[str]:
+    """The primary-key columns of the table ``oid`` as they are now, in key order."""
+    return [r[0] for r in conn.execute(_PRIMARY_KEY, (oid,)).fetchall()]
+
+
+def captured_oids(conn: psycopg.Connection, tables: list[str]) -> dict[str, int]:
+    """``schema.table`` -> its oid, for the tables that exist."""
+    out = {}
+    for table in tables:
+        row = conn.execute(
+            "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')", table.split(".", 1)).fetchone()
+        if row:
+            out[table] = row[0]
+    return out
+
+
+def partitions(conn: psycopg.Connection, oids: dict[str, int]) -> dict[int, str]:
+    """The oid of every partition of a captured partitioned table -> the table's name."""
+    out = {}
+    for table, oid in oids.items():
+        for (leaf,) in conn.execute("SELECT relid FROM pg_partition_tree(%s) WHERE relid <> %s", (oid, oid)):
+            out[leaf] = table
+    return out
+
+
+def missing_tables(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    oids = captured_oids(conn, tables)
+    return [t for t in tables if t not in oids]
+
+
+def slot_problem(conn: psycopg.Connection, slot: str, position: dict | None, source: str = "",
+                 dropped_while_reading: bool = False) -> str | None:
+    """Why the slot cannot resume ``position`` (a checkpoint), or None.
+
+    Without a position (a first run, or after ``cdc checkpoint reset``) a missing slot
+    is no problem: ``create: true`` creates it.  With one, the slot must exist and must
+    not start after it: otherwise the changes in between are gone, and only an operator
+    can decide to accept that.  ``cdc check`` calls this with the stored checkpoint."""
+    reset = _RESET.format(source=source or "<source>")
+    row = conn.execute("SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff(confirmed_flush_lsn, %s::pg_lsn)"
+                       " FROM pg_replication_slots WHERE slot_name = %s",
+                       ((position or {}).get("lsn") or "0/0", slot)).fetchone()
+    if row is None:
+        if position is None and not dropped_while_reading:
+            return None
+        since = (f"the checkpoint at {position['lsn']}" if position
+                 else "the position this run started at")
+        return (f"replication slot {slot} does not exist, but cdc has read from it before (resuming from "
+                f"{since}): it was dropped, so every change after {since.split(' at ')[-1]} "
+                f"that cdc had not yet delivered is lost to cdc (PostgreSQL keeps WAL for a slot only "
+                f"while the slot exists). cdc does not re-create it at the current position by itself. "
+                f"To start over from now, accepting the loss: {reset} (its first run creates the slot), then "
+                f"re-snapshot the captured tables or reconcile the destinations with the database")
+    if position is not None and row[1] is not None and row[1] > 0:
+        return (f"replication slot {slot} starts at {row[0]}, after the checkpoint at {position['lsn']}: "
+                f"the changes in between were confirmed by another reader of the slot (or the checkpoint "
+                f"is an old copy), so they are lost to cdc. To go on from the slot's position, accepting "
+                f"the loss: {reset}, then re-snapshot the captured tables or reconcile the destinations")
+    return None
+
+
 def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot: str,
-            source: str, create: bool = True) -> None:
-    """Fail with every problem at once, then make sure the publication covers the
-    tables and the slot exists.  The publication comes first: a slot must not
-    start decoding before its publication exists."""
-    problems = check(conn, tables, source)
+            source: str, create: bool = True, position: dict | None = None,
+            dropped_while_reading: bool = False) -> list[str]:
+    """Fail with every problem at once, then make sure the publication publishes exactly
+    the tables and the slot exists.  The publication comes first: a slot must not
+    start decoding before its publication exists.
+
+    ``position`` is the checkpoint: with one, a missing slot is an error (never
+    re-created, see ``slot_problem``) and a missing table is not (the WAL may still
+    hold its changes).  Returns the configured tables that do not exist."""
+    resuming = position is not None or dropped_while_reading
+    problems = check(conn, tables, source, missing_ok=resuming)
     if problems:
         raise SourceSetupError("PostgreSQL is not ready for CDC:\n  - " + "\n  - ".join(problems), source=source)
-    idents = [sql.Identifier(*t.split(".", 1)) for t in tables]
-    exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
+    problem = slot_problem(conn, slot, position, source, dropped_while_reading)
+    if problem:
+        raise SourceSetupError(problem, source=source)
+    gone = missing_tables(conn, tables) if resuming else []
+    present = [t for t in tables if t not in gone]
+    idents = {t: sql.Identifier(*t.split(".", 1)) for t in present}
+    partitioned = bool(present) and conn.execute(
+        "SELECT count(*) FROM pg_class WHERE relkind = 'p' AND oid = ANY (%s::regclass[])",
+        ([idents[t].as_string(conn) for t in present],)).fetchone()[0] > 0  # type: ignore[index] # count(*): one row
+    exists = conn.execute("SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = %s",
+                          (publication,)).fetchone()
+    name = sql.Identifier(publication)
     try:
         if not exists:
             if not create:
                 raise SourceSetupError(f"publication {publication} does not exist", source=source)
-            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                sql.Identifier(publication), sql.SQL(", ").join(idents)))
+            if not present:
+                raise SourceSetupError(f"none of the tables exists: {', '.join(tables)}", source=source)
+            # Partitioned tables: changes are published under the table the config names.
+            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = {})")
+                         .format(name, sql.SQL(", ").join(idents.values()),
+                                 sql.SQL("true" if partitioned else "false")))
         else:
-            have = {f"{s}.{t}" for s, t in conn.execute(
-                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,))}
-            pub = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s",
-                               (publication,)).fetchone()
-            assert pub is not None  # the publication exists (checked above)
-            alltables = pub[0]
-            missing = [i for t, i in zip(tables, idents) if t not in have]
-            if missing and not alltables:
-                conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                    sql.Identifier(publication), sql.SQL(", ").join(missing)))
+            _match_publication(conn, publication, present, idents, exists, partitioned, source)
         slot_row = conn.execute("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s",
                                 (slot,)).fetchone()
         if slot_row is None:
             if not create:
-                raise SourceSetupError(f"replication slot {slot} does not exist", source=source)
+                raise SourceSetupError(f"replication slot {slot} does not exist (create: false): create it "
+                                       f"with SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')",
+                                       source=source)
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+            log.info("source %s: created replication slot %s", source, slot)
         elif slot_row[1] != conn.info.dbname:
             raise SourceSetupError(f"replication slot {slot} belongs to database {slot_row[1]}, not "
                                    f"{conn.info.dbname}: set another slot name", source=source)
@@ -112,3 +198,38 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
         raise SourceSetupError(f"not allowed to set up CDC: {str(exc).strip()} (create the publication "
                                f"as the tables' owner, or grant ownership)", source=source,
                                sqlstate=exc.sqlstate) from exc
+    return gone
+
+
+def _match_publication(conn, publication: str, tables: list[str], idents: dict, flags: tuple,
+                       partitioned: bool, source: str) -> None:
+    """Make an existing publication publish the configured tables and no other: a table
+    removed from ``tables:`` (perhaps because it holds personal data) must stop flowing."""
+    alltables, viaroot = flags
+    name = sql.Identifier(publication)
+    have = {f"{s}.{t}": (s, t) for s, t in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid"
+        " JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE p.pubname = %s", (publication,))}
+    schemas = conn.execute(
+        "SELECT n.nspname FROM pg_publication_namespace s JOIN pg_publication p ON p.oid = s.pnpubid"
+        " JOIN pg_namespace n ON n.oid = s.pnnspid WHERE p.pubname = %s", (publication,)).fetchall()
+    if alltables or schemas:
+        what = "FOR ALL TABLES" if alltables else "FOR TABLES IN SCHEMA " + ", ".join(r[0] for r in schemas)
+        raise SourceSetupError(
+            f"publication {publication} is {what}: it publishes tables that are not in tables:. "
+            f"Drop it (DROP PUBLICATION {publication}; cdc creates one for the configured tables) or "
+            f"set publication: to one that lists exactly the configured tables", source=source)
+    missing = [idents[t] for t in tables if t not in have]
+    if missing:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, sql.SQL(", ").join(missing)))
+    extra = sorted(set(have) - set(tables))
+    if extra:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+            name, sql.SQL(", ").join(sql.Identifier(*have[t]) for t in extra)))
+        log.warning("source %s: removed %s from publication %s: not in tables: any more; their changes are "
+                    "no longer captured", source, ", ".join(extra), publication)
+    if partitioned and not viaroot:
+        conn.execute(sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = true)").format(name))
+        log.info("source %s: publication %s now publishes partitions' changes under their partitioned "
+                 "table (publish_via_partition_root)", source, publication)

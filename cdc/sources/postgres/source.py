@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ...abc import Problem
 from ...config.model import Context
-from ...errors import SourceConnectionError, SourceError
+from ...errors import SourceConnectionError, SourceError, SourceSetupError
 from ...event import ChangeEvent, Commit
 from ...lsn import format_lsn, parse_lsn
 from . import preflight, setup, slots
@@ -71,6 +71,14 @@ class PostgresSource:
         self._last_position = 0
         self._heartbeat_conn: psycopg.Connection | None = None
         self._last_heartbeat = 0.0
+        self._started = False              # streamed before: the slot must not be re-created
+        self._error: SourceError | None = None  # raised by the next poll (after what was read)
+        self._oids: dict[int, str] = {}        # oid of a captured table -> its configured name
+        self._partitions: dict[int, str] = {}  # oid of a partition -> its captured parent
+        self._ignored: set[int] = set()        # relation ids of tables not in ``tables``
+        self._gone: list[str] = []             # configured tables that did not exist at open()
+        self._gone_until = 0                   # ... and the WAL position then
+        self._base_types: dict[int, int] = {}  # user-defined type oid -> the oid its values convert as
 
     @staticmethod
     def qualify_table(name: str, options: dict) -> str:
@@ -104,10 +112,26 @@ class PostgresSource:
     def open(self, position: dict | None) -> None:
         try:
             with setup.connect(self.dsn, self.name) as conn:
-                setup.prepare(conn, self.tables, self.publication, self.slot, self.name, self.create)
-                self.decoder = Decoder(setup.primary_keys(conn, self.tables))
+                # With a checkpoint (or after streaming once) the slot must exist: never
+                # re-create it silently at the current position (what lies between is lost).
+                self._gone = setup.prepare(conn, self.tables, self.publication, self.slot, self.name,
+                                           self.create, position, dropped_while_reading=self._started)
+                oids = setup.captured_oids(conn, self.tables)
+                self._oids = {oid: table for table, oid in oids.items()}
+                self._partitions = setup.partitions(conn, oids)
+                self._ignored = set()
+                self.decoder = Decoder(setup.primary_keys(conn, self.tables), key_lookup=self._primary_key,
+                                       base_type=self._base_type)
+                if self._gone:
+                    current = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+                    assert current is not None  # one row
+                    self._gone_until = parse_lsn(current[0])
+                    log.warning("source %s: %s does not exist (renamed or dropped while cdc was stopped?): "
+                                "reading what the WAL holds for it up to %s, then stopping", self.name,
+                                ", ".join(self._gone), format_lsn(self._gone_until))
         except psycopg.OperationalError as exc:  # the connection broke during set-up
             raise SourceConnectionError(f"set-up failed: {str(exc).strip()}", source=self.name) from exc
+        self._error = None
         if self._tx is not None:  # reconnecting mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
         self._tx = None
@@ -119,6 +143,7 @@ class PostgresSource:
             options["messages"] = "true"
         self.stream = ReplicationStream(self.dsn)
         self.stream.start(self.slot, start, options)
+        self._started = True
         log.info("source %s: streaming slot %s from %s", self.name, self.slot, format_lsn(start))
 
     def close(self) -> None:
@@ -149,6 +174,8 @@ class PostgresSource:
     # ---- reading -------------------------------------------------------------------
 
     def poll(self, timeout: float) -> list:
+        if self._error is not None:
+            raise self._error
         stream = self.stream
         buf = stream.receive(timeout)
         if buf is None:
@@ -171,6 +198,8 @@ class PostgresSource:
                                   source=self.name) from exc
             raise
         self._tx, self._index, self._skip = tx, index, (skip_final, skip_count)
+        if self._gone and tx is None and self._last_position >= self._gone_until:
+            self._tables_gone()
         stream.keep(buf, pos)
         self.bytes_read += pos
         if lsn:
@@ -203,9 +232,14 @@ class PostgresSource:
                 p = frame + 30  # the pgoutput message
                 t, relid = _type_relid(buf, p)
                 if t == 73 or t == 85 or t == 68:  # Insert, Update, Delete
-                    rel = relations[relid]
                     i = index
                     index += 1
+                    try:
+                        rel = relations[relid]
+                    except KeyError:
+                        if relid in self._ignored:
+                            continue  # not in tables: (e.g. removed from the config)
+                        raise
                     if i < skip_count and tx[0] == skip_final:
                         continue  # emitted before a reconnect
                     if t == 73:
@@ -248,7 +282,9 @@ class PostgresSource:
                     self._last_position = end_lsn
                     append(Commit({"lsn": format_lsn(end_lsn)}, ts_ms))
                 elif t == 82:  # Relation
-                    decoder.relation(msg)
+                    if self._relation(decoder.relation(msg), lsn):
+                        pos = frame  # not consumed: the next poll raises self._error
+                        break
                     bases = {}
                 elif t == 89:  # Type
                     decoder.type(msg)
@@ -262,6 +298,85 @@ class PostgresSource:
             elif kind == 107:  # 'k' keepalive: wal end, server time, reply requested
                 self._keepalive_message(buf, frame + 6, append, in_tx=tx is not None)
         return out, pos, lsn, tx, index, skip_final, skip_count
+
+    def _relation(self, rel, lsn: int) -> bool:
+        """Per Relation message: name a partition's changes after its captured parent, ignore
+        tables not in ``tables``, and stop (True) at a captured table renamed under us."""
+        oid = rel.oid
+        root = self._partitions.get(oid)
+        if root is not None:
+            rel.schema, rel.table = root.split(".", 1)
+            rel.qualified = root
+            return False
+        known = self._oids.get(oid)
+        if known is not None and known != rel.qualified:
+            self._error = SourceSetupError(
+                f"table {known} was renamed to {rel.qualified} (seen at {format_lsn(lsn)}); every change "
+                f"before that was delivered. Put {rel.qualified} in place of {known} in tables: of source "
+                f"{self.name} (and in pipelines' tables: and transforms that name it), then start cdc "
+                f"again", source=self.name)
+            return True
+        if known is None:
+            if rel.qualified not in self.tables:
+                del self.decoder.relations[oid]
+                self._ignored.add(oid)
+                return False
+            self._oids[oid] = rel.qualified  # e.g. a table re-created, or gone at open()
+        self._ignored.discard(oid)
+        return False
+
+    def _tables_gone(self) -> None:
+        """Everything the WAL held when we started has been read: say what to change about
+        the configured tables that no longer exist."""
+        known = {table: oid for oid, table in self._oids.items()}
+        lines = []
+        try:
+            with setup.connect(self.dsn, self.name) as conn:
+                for table in self._gone:
+                    row = None
+                    if table in known:
+                        row = conn.execute("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN"
+                                           " pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+                                           (known[table],)).fetchone()
+                    lines.append(f"table {table} was renamed to {row[0]}: put {row[0]} in its place in tables:"
+                                 if row else f"table {table} does not exist any more (dropped, or renamed while "
+                                 f"cdc was stopped): remove it from tables:, or put its new name there")
+        except psycopg.Error as exc:
+            lines = [f"table {t} does not exist any more ({str(exc).strip()})" for t in self._gone]
+        self._error = SourceSetupError(
+            f"every change the WAL held up to {format_lsn(self._gone_until)} was delivered, including those "
+            f"of the missing tables; now change the config of source {self.name} (and pipelines' tables:), "
+            f"then start cdc again:\n  - " + "\n  - ".join(lines), source=self.name)
+        self._gone = []
+
+    def _base_type(self, oid: int) -> int:
+        """A domain's values convert as its base type's (a domain over int is a number);
+        other user-defined types (enums...) stay as they are.  Per Relation, cached."""
+        base = self._base_types.get(oid)
+        if base is None:
+            base = oid
+            try:
+                with setup.connect(self.dsn, self.name) as conn:
+                    for _ in range(32):  # a domain over a domain...
+                        row = conn.execute("SELECT typtype, typbasetype FROM pg_type WHERE oid = %s",
+                                           (base,)).fetchone()
+                        if row is None or row[0] != "d":
+                            break
+                        base = row[1]
+            except (psycopg.Error, SourceError) as exc:
+                log.warning("source %s: cannot read type %s: %s", self.name, oid, exc)
+                return oid
+            self._base_types[oid] = base
+        return base
+
+    def _primary_key(self, oid: int) -> list[str] | None:
+        """The key of a table whose replica identity is not its primary key, read afresh."""
+        try:
+            with setup.connect(self.dsn, self.name) as conn:
+                return setup.primary_key_of(conn, oid)
+        except (psycopg.Error, SourceError) as exc:
+            log.warning("source %s: cannot read the primary key of relation %s: %s", self.name, oid, exc)
+            return None
 
     def _source_block(self, schema: str, table: str, lsn: int, xid: int | None, ts_ms: int) -> dict:
         """The event's ``source`` (Debezium's field names)."""
@@ -279,6 +394,10 @@ class PostgresSource:
         if reply:
             self._send_status()
         now = time.monotonic()
+        if not in_tx and self._gone and wal_end >= self._gone_until:
+            self._last_position = max(self._last_position, wal_end)
+            append(Commit({"lsn": format_lsn(wal_end)}))
+            return
         if (not in_tx and wal_end > self._last_position
                 and now - self._last_idle_commit >= IDLE_CONFIRM_INTERVAL):
             # Nothing is half-read: every commit before wal_end has reached us.
@@ -302,9 +421,11 @@ class PostgresSource:
         tx = self._tx
         assert tx is not None  # pgoutput sends Truncate inside a transaction (rare: not the row path)
         for relid in relids:
-            rel = self.decoder.relations[relid]
             index = self._index
             self._index += 1
+            if relid in self._ignored:
+                continue
+            rel = self.decoder.relations[relid]
             if self._skip[0] == tx[0] and index < self._skip[1]:
                 continue
             append(ChangeEvent(f"{tx[3]}{index}", "t", None, None, None,

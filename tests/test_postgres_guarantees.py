@@ -1,0 +1,291 @@
+"""What the PostgreSQL source promises about slots, publications and schema changes
+(issue 10), each against a real PostgreSQL 15.  See docs/guarantees.md."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import pytest
+
+from cdc.errors import SourceSetupError
+from cdc.sources.postgres import setup
+
+from pgutil import Running, config, file_pipeline, read_jsonl, sql, wait_for_lines
+
+
+class Run:
+    """A SourceRunner on a thread that also keeps the exception ``run()`` may raise."""
+
+    def __init__(self, cfg) -> None:
+        self.inner = Running(cfg)
+        self.runner = self.inner.runner
+        self.raised: BaseException | None = None
+        self.inner.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.inner.code = self.runner.run()
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            self.raised = exc
+
+    def __enter__(self) -> Run:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.inner.stop()
+
+    def failure(self) -> str:
+        return str(self.raised or self.runner.error or "")
+
+
+def _slot(dsn: str, slot: str):
+    rows = sql(dsn, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+               params=(slot,))
+    return rows[0][0] if rows else None
+
+
+def _drop_slot_under_cdc(dsn: str, slot: str) -> None:
+    """What an operator (or a failover tool) does: terminate the walsender, drop the slot."""
+    deadline = time.time() + 30
+    while True:
+        sql(dsn, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                 " WHERE slot_name = %s AND active", params=(slot,))
+        try:
+            sql(dsn, "SELECT pg_drop_replication_slot(%s)", params=(slot,))
+            return
+        except Exception:  # still active: cdc reconnected in between
+            assert time.time() < deadline, "could not drop the slot"
+            time.sleep(0.05)
+
+
+def _checkpoint(tmp_path) -> dict:
+    return json.loads((tmp_path / "state/db.json").read_text())["position"]
+
+
+# ---- 1. a dropped slot is never re-created silently ------------------------------------------
+
+def test_slot_dropped_while_running_stops_with_the_loss_named(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    out = tmp_path / "out/all.jsonl"
+    run = Run(cfg)
+    with run:
+        slot = run.runner.source.slot
+        sql(pg_database, "INSERT INTO t VALUES (1)")
+        assert len(wait_for_lines(out, 1)) == 1
+        _drop_slot_under_cdc(pg_database, slot)
+        sql(pg_database, "INSERT INTO t VALUES (2)")  # lost with the slot
+        run.inner.thread.join(30)
+        assert not run.inner.thread.is_alive(), "cdc went on reading after its slot was dropped"
+    error = run.failure()
+    assert f"slot {slot}" in error and "does not exist" in error
+    assert "cdc checkpoint reset" in error and "lost" in error
+    assert _slot(pg_database, slot) is None, "the slot was re-created"
+    assert [e["after"]["id"] for e in read_jsonl(out)] == [1]
+
+
+def test_slot_dropped_while_stopped_refuses_to_start(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    with Running(cfg) as running:
+        slot = running.runner.source.slot
+        sql(pg_database, "INSERT INTO t VALUES (1)")
+        wait_for_lines(tmp_path / "out/all.jsonl", 1)
+    sql(pg_database, "SELECT pg_drop_replication_slot(%s)", params=(slot,))
+    sql(pg_database, "INSERT INTO t VALUES (2)")
+    source = cfg.sources["db"].build()
+    with pytest.raises(SourceSetupError) as info:
+        source.open(_checkpoint(tmp_path))
+    message = str(info.value)
+    assert "does not exist" in message and _checkpoint(tmp_path)["lsn"] in message
+    assert "cdc checkpoint reset" in message
+    assert _slot(pg_database, slot) is None
+    # the helper `cdc check` calls says the same
+    with setup.connect(pg_database, "db") as conn:
+        assert "does not exist" in setup.slot_problem(conn, slot, _checkpoint(tmp_path))
+        assert setup.slot_problem(conn, slot, None) is None  # a first run creates it
+
+
+def test_slot_ahead_of_the_checkpoint_refuses_to_start(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    with Running(cfg) as running:
+        slot = running.runner.source.slot
+        sql(pg_database, "INSERT INTO t VALUES (1)")
+        wait_for_lines(tmp_path / "out/all.jsonl", 1)
+    sql(pg_database, "INSERT INTO t VALUES (2)")
+    sql(pg_database, "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", params=(slot,))
+    source = cfg.sources["db"].build()
+    with pytest.raises(SourceSetupError, match="cdc checkpoint reset") as info:
+        source.open(_checkpoint(tmp_path))
+    assert "after the checkpoint" in str(info.value)
+    with setup.connect(pg_database, "db") as conn:
+        assert "after the checkpoint" in setup.slot_problem(conn, slot, _checkpoint(tmp_path))
+
+
+def test_first_run_creates_the_slot_and_a_reset_starts_over(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    source = cfg.sources["db"].build()
+    source.open(None)  # no checkpoint: create: true may create the slot
+    source.close()
+    assert _slot(pg_database, source.slot) is not None
+
+
+# ---- 3. the publication follows tables: --------------------------------------------------------
+
+def test_table_removed_from_config_is_no_longer_captured(pg_database, tmp_path, caplog):
+    sql(pg_database, "CREATE TABLE a (id int PRIMARY KEY)", "CREATE TABLE secret (id int PRIMARY KEY)")
+    out = tmp_path / "out/all.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.a", "public.secret"], {"all": file_pipeline()})
+    with Running(cfg):
+        sql(pg_database, "INSERT INTO a VALUES (1)", "INSERT INTO secret VALUES (1)")
+        wait_for_lines(out, 2)
+    sql(pg_database, "INSERT INTO secret VALUES (2)", "INSERT INTO a VALUES (2)")  # while stopped
+    cfg = config(tmp_path, pg_database, ["public.a"], {"all": file_pipeline()})
+    caplog.set_level(logging.INFO, logger="cdc.source.postgres")
+    with Running(cfg) as running:
+        publication = running.runner.source.publication
+        sql(pg_database, "INSERT INTO secret VALUES (3)", "INSERT INTO a VALUES (3)")
+        events = wait_for_lines(out, 4)
+        time.sleep(0.5)
+    tables = sql(pg_database, "SELECT tablename FROM pg_publication_tables WHERE pubname = %s",
+                 params=(publication,))
+    assert tables == [("a",)]
+    events = read_jsonl(out)
+    assert [(e["source"]["table"], e["after"]["id"]) for e in events] == [
+        ("a", 1), ("secret", 1), ("a", 2), ("a", 3)]
+    assert any("public.secret" in r.getMessage() and "removed" in r.getMessage() for r in caplog.records)
+
+
+# ---- 4. partitioned tables come out under the parent's name --------------------------------------
+
+def test_partitioned_table_events_are_named_after_the_parent(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE parts (id int, region text, PRIMARY KEY (id, region))"
+                     " PARTITION BY LIST (region)",
+        "CREATE TABLE parts_eu PARTITION OF parts FOR VALUES IN ('eu')",
+        "CREATE TABLE parts_us PARTITION OF parts FOR VALUES IN ('us')")
+    out = tmp_path / "out/parts.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.parts"],
+                 {"parts": file_pipeline("out/parts.jsonl", tables=["public.parts"])})
+    with Running(cfg):
+        sql(pg_database, "INSERT INTO parts VALUES (1, 'eu'), (2, 'us')",
+            "UPDATE parts SET id = 3 WHERE id = 1", "DELETE FROM parts WHERE id = 2")
+        events = wait_for_lines(out, 4, timeout=10)
+    assert [(e["op"], e["source"]["table"]) for e in events] == [
+        ("c", "parts"), ("c", "parts"), ("u", "parts"), ("d", "parts")]
+    assert events[0]["key"] == {"id": 1, "region": "eu"}
+
+
+# ---- 5. key columns follow the table -------------------------------------------------------------
+
+def test_key_follows_a_renamed_key_column_and_a_moved_primary_key(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, code text NOT NULL, v text)")
+    out = tmp_path / "out/all.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    with Running(cfg):
+        sql(pg_database, "INSERT INTO t VALUES (1, 'a', 'x')")
+        wait_for_lines(out, 1)
+        sql(pg_database, "ALTER TABLE t DROP CONSTRAINT t_pkey", "ALTER TABLE t ADD PRIMARY KEY (code)",
+            "INSERT INTO t VALUES (2, 'b', 'x')", "UPDATE t SET v = 'y' WHERE code = 'b'")
+        wait_for_lines(out, 3)
+        sql(pg_database, "ALTER TABLE t RENAME COLUMN code TO tcode", "INSERT INTO t VALUES (3, 'c', 'x')")
+        events = wait_for_lines(out, 4)
+    assert [e["key"] for e in events] == [{"id": 1}, {"code": "b"}, {"code": "b"}, {"tcode": "c"}]
+
+
+def test_key_of_a_replica_identity_full_table_follows_its_primary_key(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, code text NOT NULL)",
+        "ALTER TABLE t REPLICA IDENTITY FULL")
+    out = tmp_path / "out/all.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    with Running(cfg):
+        sql(pg_database, "INSERT INTO t VALUES (1, 'a')")
+        wait_for_lines(out, 1)
+        sql(pg_database, "ALTER TABLE t DROP CONSTRAINT t_pkey", "ALTER TABLE t ADD PRIMARY KEY (code)",
+            "UPDATE t SET id = 5 WHERE code = 'a'")
+        events = wait_for_lines(out, 2)
+    assert [e["key"] for e in events] == [{"id": 1}, {"code": "a"}]
+
+
+# ---- 10. a table renamed or dropped while cdc is stopped -----------------------------------------
+
+@pytest.mark.parametrize("change", ["ALTER TABLE gone RENAME TO renamed", "DROP TABLE gone"])
+def test_table_changed_while_stopped_delivers_its_changes_then_says_what_to_do(pg_database, tmp_path, change):
+    sql(pg_database, "CREATE TABLE gone (id int PRIMARY KEY)", "CREATE TABLE other (id int PRIMARY KEY)")
+    out = tmp_path / "out/all.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.gone", "public.other"], {"all": file_pipeline()})
+    with Running(cfg):
+        sql(pg_database, "INSERT INTO gone VALUES (1)")
+        wait_for_lines(out, 1)
+    sql(pg_database, "INSERT INTO gone VALUES (2)", "INSERT INTO other VALUES (1)", change,
+        "INSERT INTO other VALUES (2)")
+    run = Run(cfg)
+    run.inner.thread.start()
+    run.inner.thread.join(60)
+    assert not run.inner.thread.is_alive(), "cdc did not stop"
+    error = run.failure()
+    assert "public.gone" in error and "tables:" in error, error
+    if "RENAME" in change:
+        assert "public.renamed" in error
+    events = [(e["source"]["table"], e["after"]["id"]) for e in read_jsonl(out)]
+    assert events[:3] == [("gone", 1), ("gone", 2), ("other", 1)], events
+
+
+# ---- 12. a transform that mutates its input stops the source -------------------------------------
+
+MUTATOR = '''
+def shout(event):
+    event.after["status"] = event.after["status"].upper()  # wrong: the event is shared
+    return event
+'''
+
+
+def test_transform_mutating_its_input_stops_before_any_pipeline_gets_it(pg_database, tmp_path):
+    (tmp_path / "mutator.py").write_text(MUTATOR)
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, status text)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {
+        "plain": file_pipeline("out/plain.jsonl"),
+        "shouting": file_pipeline("out/shouting.jsonl",
+                                  transforms=[{"type": "python", "function": "mutator:shout"}])})
+    run = Run(cfg)
+    with run:
+        sql(pg_database, "INSERT INTO t VALUES (1, 'new')")
+        run.inner.thread.join(30)
+        assert not run.inner.thread.is_alive(), "the mutation went unnoticed"
+    error = run.failure()
+    assert "transforms[0]:python" in error and "shouting" in error and "mutat" in error
+    assert "replace" in error  # the fix
+    plain = read_jsonl(tmp_path / "out/plain.jsonl")
+    assert all(e["after"]["status"] == "new" for e in plain), plain
+
+
+# ---- bad data never halts the source ---------------------------------------------------------------
+
+def test_filter_comparisons_on_nan_never_raise(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, amount numeric, ratio float8)")
+    out = tmp_path / "out/big.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.t"], {"big": file_pipeline(
+        "out/big.jsonl", transforms=[{"type": "filter", "where": {"amount": {"gt": 100}, "ratio": {"lt": 1}}}])})
+    with Running(cfg) as running:
+        sql(pg_database, "INSERT INTO t VALUES (1, 'NaN', 0.5), (2, 500, 'NaN'), (3, 500, 0.5)")
+        wait_for_lines(out, 1, timeout=10)
+        time.sleep(0.3)
+        assert running.runner.error is None and running.thread.is_alive()
+    assert [e["after"]["id"] for e in read_jsonl(out)] == [3]
+
+
+def test_domain_types_come_out_as_their_base_type(pg_database, tmp_path):
+    sql(pg_database, "CREATE DOMAIN qty AS int CHECK (VALUE >= 0)", "CREATE DOMAIN small_qty AS qty",
+        "CREATE DOMAIN doc AS jsonb", "CREATE DOMAIN flag AS boolean",
+        "CREATE TABLE t (id int PRIMARY KEY, q qty, s small_qty, d doc, f flag)")
+    out = tmp_path / "out/all.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    with Running(cfg):
+        sql(pg_database, """INSERT INTO t VALUES (1, 5, 6, '{"a": [1]}', true)""")
+        events = wait_for_lines(out, 1)
+    assert events[0]["after"] == {"id": 1, "q": 5, "s": 6, "d": {"a": [1]}, "f": True}
