@@ -37,11 +37,15 @@ from ..config import Context
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
 from ..templates import Template, UnsafeValue, url_part
+from ._logs import route_library_logs
 from ._message import Content, is_message, payload_of
 
 __all__ = ["HttpSink", "sign"]
 
 _TRANSIENT_STATUS = {408, 425, 429}
+
+route_library_logs("httpx", "cdc.sink.http.httpx")
+route_library_logs("httpcore", "cdc.sink.http.httpx")
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from ._extras import require
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
 from ..templates import Template, UnsafeValue
+from ._logs import BrokerState, LibraryLog
 from ._message import Content, is_message, message_key, payload_of, split_key_change
 
 __all__ = ["KafkaSink", "DEFAULT_TOPIC"]
@@ -99,6 +101,10 @@ class KafkaSink:
             raise PermanentSinkError(str(problems[0]), sink=self.name)
         self._producer: Any = None
         self._failures: list[Any] = []
+        self.state = BrokerState(log, self.name)
+        self._lock = threading.Lock()       # held by write: the idle poller stays out
+        self._stop_polling = threading.Event()
+        self._poller: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -117,7 +123,10 @@ class KafkaSink:
         # the rest of the sink.  flush() still waits for every message's outcome.
         conf["delivery.report.only.error"] = True
         conf["on_delivery"] = self._on_delivery
-        conf["logger"] = logging.getLogger("cdc.sink.kafka.librdkafka")
+        conf["logger"] = LibraryLog("cdc.sink.kafka.librdkafka")
+        # Broker states, read only while the broker is down, to notice it is back.
+        conf["statistics.interval.ms"] = 1000
+        conf["stats_cb"] = self._on_stats
         return conf
 
     def open(self) -> None:
@@ -128,15 +137,51 @@ class KafkaSink:
             raise PermanentSinkError(f"invalid producer config: {exc.args[0].str()}", sink=self.name) from None
         log.info("sink %s: producing to %s (settings: %s)", self.name, self.bootstrap_servers,
                  ", ".join(sorted(self.extra)) or "defaults")
+        if self._poller is None:
+            self._stop_polling.clear()
+            self._poller = threading.Thread(target=self._poll_while_idle, name=f"kafka poll {self.name}",
+                                            daemon=True)
+            self._poller.start()
 
     def close(self) -> None:
+        self._stop_polling.set()
+        if self._poller is not None:
+            self._poller.join(5)
+            self._poller = None
         if self._producer is not None:
             self._producer.flush(min(self.delivery_timeout, 10.0))
             self._producer = None
 
+    def not_ready(self) -> str | None:
+        """Why the sink is not ready (the producer has no broker connection), or None.
+        Read by ``/readyz``; follows librdkafka's connection state, not the last write."""
+        return self.state.not_ready()
+
+    def _poll_while_idle(self) -> None:
+        """Serve librdkafka's error and statistics callbacks between batches (``write``
+        serves them itself while it waits for delivery reports)."""
+        while not self._stop_polling.wait(0.5):
+            if self._lock.acquire(blocking=False):
+                try:
+                    if self._producer is not None:
+                        self._producer.poll(0)
+                finally:
+                    self._lock.release()
+
     def _on_error(self, err: Any) -> None:
         # Connection trouble is reported here and retried by librdkafka itself.
-        log.debug("sink %s: %s", self.name, err.str())
+        name = err.name()
+        if name == "_ALL_BROKERS_DOWN" or err.fatal() or name in ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED"):
+            self.state.down(err.str())
+        else:
+            log.debug("sink %s: %s", self.name, err.str())
+
+    def _on_stats(self, stats: str) -> None:
+        if self.state.down_since is None:  # only parsed while down
+            return
+        brokers = orjson.loads(stats).get("brokers", {})
+        if any(b.get("state") == "UP" for b in brokers.values()):
+            self.state.up()
 
     # ---- writing ---------------------------------------------------------------
 
@@ -167,6 +212,10 @@ class KafkaSink:
             return False
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
+        with self._lock:
+            self._write(events)
+
+    def _write(self, events: Sequence[ChangeEvent]) -> None:
         topics = self._topics(events)  # all checked before anything is produced
         if self._producer is None:
             self.open()
@@ -187,6 +236,7 @@ class KafkaSink:
         self._wait_for_reports()
         if failures:
             self._raise(failures)
+        self.state.up()  # delivered: a broker is there, whatever the statistics said last
 
     def _change(self, topic: str, event: ChangeEvent) -> None:
         key = orjson.dumps(event.key, option=orjson.OPT_SORT_KEYS) if event.key is not None else None

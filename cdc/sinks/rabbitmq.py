@@ -21,11 +21,13 @@ from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
 from ..secrets import redact
 from ..templates import Template, UnsafeValue
+from ._logs import BrokerState, route_library_logs
 from ._message import Content, is_message, payload_of, split_key_change
 
 __all__ = ["RabbitMQSink"]
 
 log = logging.getLogger("cdc.sink.rabbitmq")
+route_library_logs("pika", "cdc.sink.rabbitmq.pika")
 
 # AMQP reply codes that retrying cannot fix: access refused, not found, precondition failed...
 _PERMANENT_CODES = frozenset({403, 404, 406, 530, 540})
@@ -92,6 +94,8 @@ class RabbitMQSink:
         self._connection: Any = None
         self._channel: Any = None
         self._declared: set[str] = set()
+        self.state = BrokerState(log, self.name)
+        self._connected_once = False
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -103,11 +107,16 @@ class RabbitMQSink:
             self._channel.confirm_delivery()
         except pika.exceptions.ProbableAuthenticationError as exc:
             raise PermanentSinkError(f"login refused: {redact(str(exc))}", sink=self.name) from None
-        except pika.exceptions.AMQPError as exc:
+        except (pika.exceptions.AMQPError, OSError) as exc:
             self.close()
-            raise TransientSinkError(f"cannot connect: {redact(repr(exc))}", sink=self.name) from None
+            message = f"cannot connect: {redact(repr(exc))}"
+            self.state.down(message)
+            raise TransientSinkError(message, sink=self.name) from None
         self._declared.clear()
-        log.info("sink %s: connected to %s", self.name, redact(self.url))
+        if not self._connected_once:
+            log.info("sink %s: connected to %s", self.name, redact(self.url))
+            self._connected_once = True
+        self.state.up()
 
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -179,7 +188,9 @@ class RabbitMQSink:
                       sink=self.name) from None
         except (pika.exceptions.AMQPError, OSError) as exc:  # lost connection: reconnect next time
             self.close()
-            raise TransientSinkError(f"connection lost: {redact(repr(exc))}", sink=self.name) from None
+            message = f"connection lost: {redact(repr(exc))}"
+            self.state.down(message)
+            raise TransientSinkError(message, sink=self.name) from None
 
     def _publish(self, pika: Any, event: ChangeEvent, exchange: str, routing_key: str) -> None:
         if self.exchange_type and exchange and exchange not in self._declared:
