@@ -4,7 +4,7 @@ quote identifiers, and classify driver errors as transient or permanent."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import PermanentSinkError, SinkError, TransientSinkError
 
@@ -54,14 +54,26 @@ def connect(dsn: str) -> Target:
             import psycopg
             return Target(psycopg.connect(dsn, connect_timeout=10), dialect)
         import pymysql
-        url = urlsplit(dsn)
-        conn = pymysql.connect(host=url.hostname or "127.0.0.1", port=url.port or 3306,
-                               user=unquote(url.username or "root"), password=unquote(url.password or ""),
-                               database=url.path.lstrip("/") or None, charset="utf8mb4",
-                               autocommit=False, connect_timeout=10)
+        conn = pymysql.connect(**mysql_params(dsn))
+        with conn.cursor() as cur:  # timestamps are exchanged in UTC, as the events carry them
+            cur.execute("SET time_zone = '+00:00'")
         return Target(conn, dialect)
     except Exception as exc:
         raise sink_error(exc, "cannot connect") from exc
+
+
+def mysql_params(dsn: str) -> dict[str, Any]:
+    """PyMySQL settings from ``mysql://user:pw@host:port/db?option=value&...``: query
+    options (``init_command``, ``read_timeout``, ``ssl_ca``...) are passed on as given."""
+    url = urlsplit(dsn)
+    params: dict[str, Any] = {"host": url.hostname or "127.0.0.1", "port": url.port or 3306,
+                              "user": unquote(url.username or "root"), "password": unquote(url.password or ""),
+                              "database": url.path.lstrip("/") or None, "charset": "utf8mb4",
+                              "connect_timeout": 10}
+    for key, value in parse_qsl(url.query, keep_blank_values=True):
+        params[key] = int(value) if value.isdigit() else value
+    params["autocommit"] = False  # one transaction per batch, position included
+    return params
 
 
 def sink_error(exc: BaseException, what: str) -> SinkError:

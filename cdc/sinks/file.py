@@ -1,33 +1,61 @@
-"""``file``: JSON Lines, flushed and fsynced before a batch is acknowledged."""
+"""``file``: JSON Lines, flushed and fsynced before a batch is acknowledged.
+
+A batch either lands whole or not at all: when a write fails part-way (a full disk),
+every file the batch touched is truncated back to where the batch started, so a retry
+neither tears a line nor duplicates one.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..config.model import Context
-from ..errors import TransientSinkError
+from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
-from ..templates import Template
+from ..templates import Template, UnsafeValue, path_segment
+from ._message import Content, body_of
 
 __all__ = ["FileSink"]
+
+# Failures no retry can fix: the path cannot be created or opened as it is.
+_PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
+                               errno.EROFS, errno.ENAMETOOLONG, errno.EEXIST, errno.ELOOP})
 
 
 class FileSink:
     """Appends one JSON event per line.  ``path`` may be a template such as
-    ``out/{destination}.jsonl`` (see ``cdc.templates``)."""
+    ``out/{destination}.jsonl`` (see ``cdc.templates``): a field value is one file-name
+    segment (never ``/``, ``..`` or NUL), and the file stays inside the directory
+    before the first field.  ``content``: ``envelope``, ``payload`` or ``auto``
+    (the default: outbox messages as their payload, other events as envelopes)."""
 
     default_batch_size = 5000
 
-    def __init__(self, path: str, fsync: bool = True, context: Context | None = None) -> None:
-        self.template = Template(str(context.resolve_path(path) if context else Path(path)), "path")
+    def __init__(self, path: str, fsync: bool = True, content: Content = "auto",
+                 context: Context | None = None) -> None:
+        text = str(context.resolve_path(path) if context else Path(path))
+        self.template = Template(text, "path", encode=path_segment, check=self._inside)
+        self.base = os.path.normpath(os.path.dirname(self.template.prefix) or ".")
         self.fsync = fsync
+        self.content = content
+        self.name = context.name if context else "file"
         self._files: dict[str, int] = {}
+
+    def _inside(self, path: str) -> None:
+        if self.template.is_constant:
+            return
+        if not os.path.normpath(path).startswith(self.base.rstrip(os.sep) + os.sep):
+            raise UnsafeValue(f"{path!r} is outside {self.base}")
 
     def open(self) -> None:
         if self.template.is_constant:
-            self._fd(self.template.text)
+            try:
+                self._fd(self.template.text)
+            except OSError as exc:
+                raise self._error(exc, self.template.text) from None
 
     def _fd(self, path: str) -> int:
         fd = self._files.get(path)
@@ -40,14 +68,23 @@ class FileSink:
     def write(self, events: Sequence[ChangeEvent]) -> None:
         chunks: dict[str, list[bytes]] = {}
         render = self.template.render
+        content = self.content
         for event in events:
-            lines = chunks.get(path := render(event))
+            try:
+                path = render(event)
+            except UnsafeValue as exc:
+                raise PermanentSinkError(f"event {event.id}: path template: {exc}", sink=self.name,
+                                         events=[event]) from None
+            lines = chunks.get(path)
             if lines is None:
                 lines = chunks[path] = []
-            lines.append(event.to_json())
+            lines.append(body_of(event, content))
+        starts: dict[int, int] = {}  # fd -> size before this batch
+        path = ""
         try:
             for path, lines in chunks.items():
                 fd = self._fd(path)
+                starts[fd] = os.fstat(fd).st_size
                 data = b"\n".join(lines) + b"\n"
                 view = memoryview(data)
                 while view:
@@ -55,7 +92,26 @@ class FileSink:
                 if self.fsync:
                     os.fsync(fd)
         except OSError as exc:
-            raise TransientSinkError(f"cannot write {exc.filename or path}: {exc.strerror}") from exc
+            self._roll_back(starts)
+            raise self._error(exc, path) from exc
+
+    def _roll_back(self, starts: dict[int, int]) -> None:
+        """Cut every file this batch touched back to its size before the batch."""
+        for fd, size in starts.items():
+            try:
+                os.ftruncate(fd, size)
+            except OSError:  # cannot even truncate: forget the fd, reopen next time
+                self._forget(fd)
+
+    def _forget(self, fd: int) -> None:
+        for path, known in list(self._files.items()):
+            if known == fd:
+                del self._files[path]
+                os.close(fd)
+
+    def _error(self, exc: OSError, path: str) -> Exception:
+        cls = PermanentSinkError if exc.errno in _PERMANENT_ERRNOS else TransientSinkError
+        return cls(f"cannot write {exc.filename or path}: {exc.strerror}", sink=self.name)
 
     def close(self) -> None:
         for fd in self._files.values():

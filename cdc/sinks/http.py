@@ -2,11 +2,16 @@
 
 - Body: with ``batch_size: 1`` one JSON object per request and an ``Idempotency-Key``
   header holding the event id; otherwise a JSON array whose elements carry their ids.
-  ``content: envelope`` sends the change envelope; ``content: payload`` sends the
-  message body (``after``, e.g. an outbox message's payload), batched as
+  The change envelope, or the message body (see ``content``), batched as
   ``{"id": ..., "type": ..., "payload": ...}``.
 - ``url`` may be a template (``https://hooks.example/{destination}``): consecutive
-  events for the same URL share a request, and order is kept.
+  events for the same URL share a request, and order is kept.  Field values are
+  percent-encoded (``/``, ``?``, ``#`` and ``&`` included), ``.`` and ``..`` are refused,
+  and fields may only appear after the host: an event can never pick the server or
+  climb the path.  A refused value is a permanent error for that event.
+- ``content``: ``auto`` (default: outbox messages as their payload, other events as
+  envelopes), ``envelope`` or ``payload``.  The payload of an ordinary row change is
+  ``after``, or for a delete ``before`` (the old row, or at least its key).
 - ``secret``: Standard Webhooks signing.  Headers ``webhook-id``,
   ``webhook-timestamp`` (unix seconds) and ``webhook-signature: v1,<base64
   HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``; a ``whsec_``-prefixed secret is
@@ -24,14 +29,17 @@ import hmac
 import time
 from collections.abc import Sequence
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import orjson
 
 from ..config.model import Context
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
-from ..templates import Template
+from ..templates import Template, UnsafeValue, url_part
+from ._logs import route_library_logs
+from ._message import Content, is_message, payload_of
 
 if TYPE_CHECKING:
     import httpx
@@ -39,6 +47,9 @@ if TYPE_CHECKING:
 __all__ = ["HttpSink", "sign"]
 
 _TRANSIENT_STATUS = {408, 425, 429}
+
+route_library_logs("httpx", "cdc.sink.http.httpx")
+route_library_logs("httpcore", "cdc.sink.http.httpx")
 
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -64,16 +75,20 @@ class HttpSink:
     default_batch_size = 100
 
     def __init__(self, url: str, timeout: float = 10.0, headers: dict[str, str] | None = None,
-                 secret: str | None = None, content: Literal["envelope", "payload"] = "envelope",
+                 secret: str | None = None, content: Content = "auto",
                  context: Context | None = None) -> None:
-        self.template = Template(url, "url")
+        self.name = context.name if context else "http"
+        self.template = Template(url, "url", encode=url_part)
+        prefix = urlsplit(self.template.prefix)
+        if not self.template.is_constant and not (prefix.netloc and prefix.path.startswith("/")):
+            raise PermanentSinkError("url: template fields may only follow the host"
+                                     " (https://host/path/{destination}), never choose it", sink=self.name)
         self.timeout = timeout
         self.headers = {"Content-Type": "application/json", "User-Agent": "cdc", **(headers or {})}
         self.key = None
         if secret:
             self.key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
         self.content = content
-        self.name = context.name if context else "http"
         self.client: httpx.Client | None = None
 
     def open(self) -> None:
@@ -81,16 +96,24 @@ class HttpSink:
         self.client = httpx.Client(timeout=self.timeout, follow_redirects=False)
 
     def _element(self, e: ChangeEvent) -> object:
-        if self.content == "envelope":
+        if not is_message(e, self.content):
             return e.to_dict()
-        return {"id": e.id, "type": (e.message or {}).get("type"), "payload": e.after}
+        return {"id": e.id, "type": (e.message or {}).get("type"), "payload": payload_of(e)}
+
+    def _url(self, event: ChangeEvent) -> str:
+        try:
+            return self.template.render(event)
+        except UnsafeValue as exc:
+            raise PermanentSinkError(f"event {event.id}: url template: {exc}", sink=self.name,
+                                     events=[event]) from None
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
+        urls = [self._url(e) for e in events]  # every value checked before anything is sent
         start = 0
         while start < len(events):  # one request per run of events with the same URL
-            url = self.template.render(events[start])
+            url = urls[start]
             end = start + 1
-            while end < len(events) and self.template.render(events[end]) == url:
+            while end < len(events) and urls[end] == url:
                 end += 1
             self._post(url, events[start:end])
             start = end
@@ -99,7 +122,7 @@ class HttpSink:
         import httpx
         if len(events) == 1:
             e = events[0]
-            body = orjson.dumps(e.to_dict() if self.content == "envelope" else e.after)
+            body = orjson.dumps(payload_of(e)) if is_message(e, self.content) else e.to_json()
             msg_id = e.id
         else:
             body = orjson.dumps([self._element(e) for e in events])

@@ -11,6 +11,8 @@ retried batch may be delivered twice; consumers deduplicate on the ``id`` header
 from __future__ import annotations
 
 import logging
+import re
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +21,10 @@ import orjson
 from ..config.model import Context
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
-from ..templates import Template
+from ..templates import Template, UnsafeValue
 from ._extras import require
+from ._logs import BrokerState, LibraryLog
+from ._message import Content, is_message, message_key, payload_of, split_key_change
 
 __all__ = ["KafkaSink", "DEFAULT_TOPIC"]
 
@@ -41,6 +45,16 @@ _PERMANENT = frozenset({
 })
 
 
+_LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def check_topic(topic: str) -> None:
+    """Kafka's own rule: 1-249 of ``a-z A-Z 0-9 . _ -``, and not ``.`` or ``..``."""
+    if not _LEGAL_TOPIC.fullmatch(topic) or topic in (".", ".."):
+        raise UnsafeValue(f"{topic!r} is not a legal Kafka topic name"
+                          " (1-249 characters of a-z A-Z 0-9 . _ -)")
+
+
 def _import_kafka() -> Any:
     return require("confluent_kafka", "kafka", "kafka", "confluent-kafka")
 
@@ -51,8 +65,17 @@ class KafkaSink:
     - ``bootstrap_servers``: ``host:port[,host:port...]``.
     - ``topic``: template (default ``{source}.{schema}.{table}``).  When ``topic`` is
       not set and the ``route`` transform gave the event a destination, that wins.
+      The topic must be a legal Kafka name (1-249 of ``a-z A-Z 0-9 . _ -``); an event
+      whose values make an illegal one is a permanent error (the error policy decides),
+      and is never sent to another topic.
     - ``tombstones``: after a delete, also send a null-valued message with the same
-      key, so log compaction can drop the row.
+      key, so log compaction can drop the row.  An update that changes the key is
+      sent as a delete under the old key (id ``<id>:delete``, plus its tombstone) and
+      a create under the new key, as Debezium does, so compaction forgets the old key.
+    - ``content``: ``auto`` (default), ``envelope`` or ``payload``.  A message (an
+      outbox event under ``auto``) is sent as its payload, with headers ``id`` =
+      ``message_id`` and ``message_type``, keyed by the outbox's aggregate id (the
+      transform's ``key`` column) or else its ``message_id``.
     - ``delivery_timeout``: seconds librdkafka keeps trying one message before the
       batch fails as transient (``message.timeout.ms``).
     - ``config``: any other librdkafka producer setting (``compression.type``,
@@ -63,9 +86,11 @@ class KafkaSink:
 
     def __init__(self, bootstrap_servers: str, topic: str | None = None, tombstones: bool = False,
                  delivery_timeout: float = 60.0, config: dict[str, Any] | None = None,
-                 context: Context | None = None) -> None:
+                 content: Content = "auto", context: Context | None = None) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.template = Template(topic or DEFAULT_TOPIC, "topic")
+        self.template = Template(topic or DEFAULT_TOPIC, "topic", check=check_topic)
+        self.content = content
+        self._routed_ok: set[str] = set()
         self.routed = topic is None
         self.tombstones = tombstones
         self.delivery_timeout = delivery_timeout
@@ -76,6 +101,10 @@ class KafkaSink:
             raise PermanentSinkError(str(problems[0]), sink=self.name)
         self._producer: Any = None
         self._failures: list[Any] = []
+        self.state = BrokerState(log, self.name)
+        self._lock = threading.Lock()       # held by write: the idle poller stays out
+        self._stop_polling = threading.Event()
+        self._poller: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -94,7 +123,10 @@ class KafkaSink:
         # the rest of the sink.  flush() still waits for every message's outcome.
         conf["delivery.report.only.error"] = True
         conf["on_delivery"] = self._on_delivery
-        conf["logger"] = logging.getLogger("cdc.sink.kafka.librdkafka")
+        conf["logger"] = LibraryLog("cdc.sink.kafka.librdkafka")
+        # Broker states, read only while the broker is down, to notice it is back.
+        conf["statistics.interval.ms"] = 1000
+        conf["stats_cb"] = self._on_stats
         return conf
 
     def open(self) -> None:
@@ -105,38 +137,114 @@ class KafkaSink:
             raise PermanentSinkError(f"invalid producer config: {exc.args[0].str()}", sink=self.name) from None
         log.info("sink %s: producing to %s (settings: %s)", self.name, self.bootstrap_servers,
                  ", ".join(sorted(self.extra)) or "defaults")
+        if self._poller is None:
+            self._stop_polling.clear()
+            self._poller = threading.Thread(target=self._poll_while_idle, name=f"kafka poll {self.name}",
+                                            daemon=True)
+            self._poller.start()
 
     def close(self) -> None:
+        self._stop_polling.set()
+        if self._poller is not None:
+            self._poller.join(5)
+            self._poller = None
         if self._producer is not None:
             self._producer.flush(min(self.delivery_timeout, 10.0))
             self._producer = None
 
+    def not_ready(self) -> str | None:
+        """Why the sink is not ready (the producer has no broker connection), or None.
+        Read by ``/readyz``; follows librdkafka's connection state, not the last write."""
+        return self.state.not_ready()
+
+    def _poll_while_idle(self) -> None:
+        """Serve librdkafka's error and statistics callbacks between batches (``write``
+        serves them itself while it waits for delivery reports)."""
+        while not self._stop_polling.wait(0.5):
+            if self._lock.acquire(blocking=False):
+                try:
+                    if self._producer is not None:
+                        self._producer.poll(0)
+                finally:
+                    self._lock.release()
+
     def _on_error(self, err: Any) -> None:
         # Connection trouble is reported here and retried by librdkafka itself.
-        log.debug("sink %s: %s", self.name, err.str())
+        name = err.name()
+        if name == "_ALL_BROKERS_DOWN" or err.fatal() or name in ("_AUTHENTICATION", "SASL_AUTHENTICATION_FAILED"):
+            self.state.down(err.str())
+        else:
+            log.debug("sink %s: %s", self.name, err.str())
+
+    def _on_stats(self, stats: str) -> None:
+        if self.state.down_since is None:  # only parsed while down
+            return
+        brokers = orjson.loads(stats).get("brokers", {})
+        if any(b.get("state") == "UP" for b in brokers.values()):
+            self.state.up()
 
     # ---- writing ---------------------------------------------------------------
 
     def topic_of(self, event: ChangeEvent) -> str:
+        """The event's topic; ``UnsafeValue`` when its values make an illegal one."""
         if self.routed and event.destination:
-            return event.destination
+            topic = event.destination
+            if topic not in self._routed_ok:
+                check_topic(topic)
+                if len(self._routed_ok) < 10_000:
+                    self._routed_ok.add(topic)
+            return topic
         return self.template.render(event)
 
+    def _topics(self, events: Sequence[ChangeEvent]) -> list[str]:
+        topic_of = self.topic_of
+        try:
+            return [topic_of(e) for e in events]
+        except UnsafeValue as exc:
+            bad = next(e for e in events if not self._legal(e))
+            raise PermanentSinkError(f"event {bad.id}: topic: {exc}", sink=self.name, events=[bad]) from None
+
+    def _legal(self, event: ChangeEvent) -> bool:
+        try:
+            self.topic_of(event)
+            return True
+        except UnsafeValue:
+            return False
+
     def write(self, events: Sequence[ChangeEvent]) -> None:
+        with self._lock:
+            self._write(events)
+
+    def _write(self, events: Sequence[ChangeEvent]) -> None:
+        topics = self._topics(events)  # all checked before anything is produced
         if self._producer is None:
             self.open()
         failures = self._failures = []
-        for event in events:
-            topic = self.topic_of(event)
-            key = orjson.dumps(event.key, option=orjson.OPT_SORT_KEYS) if event.key is not None else None
-            headers = [("id", event.id.encode()), ("op", event.op.encode())]
-            self._produce(topic, event.to_json(), key, headers)
-            if self.tombstones and event.op == "d" and key is not None:
-                tombstone = [("id", f"{event.id}:tombstone".encode()), ("op", b"d")]
-                self._produce(topic, None, key, tombstone)
+        content = self.content
+        for topic, event in zip(topics, events):
+            if is_message(event, content):
+                headers = [("id", event.id.encode()),
+                           ("message_type", str((event.message or {}).get("type", "")).encode())]
+                self._produce(topic, orjson.dumps(payload_of(event)), message_key(event), headers)
+                continue
+            if event.op == "u" and event.before is not None:
+                split = split_key_change(event)
+                if split is not None:  # the key changed: delete the old key, create the new
+                    self._change(topic, split[0])
+                    event = split[1]
+            self._change(topic, event)
         self._wait_for_reports()
         if failures:
             self._raise(failures)
+        self.state.up()  # delivered: a broker is there, whatever the statistics said last
+
+    def _change(self, topic: str, event: ChangeEvent) -> None:
+        key = orjson.dumps(event.key, option=orjson.OPT_SORT_KEYS) if event.key is not None else None
+        headers = [("id", event.id.encode()), ("op", event.op.encode())]
+        self._produce(topic, event.to_json(), key, headers)
+        if self.tombstones and event.op == "d" and key is not None:
+            tombstone = [("id", f"{event.id}:tombstone".encode()), ("op", b"d")]
+            self._produce(topic, None, key, tombstone)
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list) -> None:
         producer = self._producer

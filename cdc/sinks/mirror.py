@@ -9,21 +9,31 @@
   just ``public.orders: mirror.orders``) maps source tables to target tables and
   renames columns; an unmapped table goes to the table of the same name (without
   the source schema) in the target's default schema or database.
+- Values are converted by the target column's type, read from the target's catalog
+  once per table: base64 text to ``bytea``/``blob``, any JSON value (``null``
+  included, in a NOT NULL column) to ``json``/``jsonb``, ``...Z`` timestamps to
+  MySQL ``datetime``/``timestamp`` (sessions run in UTC), numbers to ``boolean``,
+  ``0101`` strings to MySQL ``bit``, objects and arrays to text as JSON.
 - Exactly once: the sink stores, per source table, the id of the last event it
   applied in ``position_table`` (created when missing), in the same transaction as
   the rows.  A redelivered event whose id is not after the stored one is skipped;
   after each ``write`` the ids it skipped are in ``sink.skipped`` (so ``cdc dlq
   replay`` can tell an event that was applied from one already superseded).
-  Ids are ordered as PostgreSQL ``LSN:index`` ids when they look like one, else
-  naturally (digit runs compared as numbers).
+  Ids are compared by the source's position semantics: PostgreSQL ``LSN:index``;
+  MariaDB GTIDs ``domain-server-seq:n`` per domain by ``seq`` (the server id changes
+  at a failover and says nothing about order); MySQL GTIDs ``uuid:n:index`` per
+  server uuid; other ids naturally (digit runs as numbers).  With several GTID
+  domains or uuids the stored id is one id per domain, comma-separated.
 - Identifiers are always quoted; values are always bound parameters.
 """
 
 from __future__ import annotations
 
+import base64
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -33,18 +43,41 @@ from ..event import UNAVAILABLE, ChangeEvent
 from ..lsn import parse_lsn
 from ._db import Target, connect, sink_error
 
-__all__ = ["PostgresMirrorSink", "MySQLMirrorSink", "TableMapping", "order_key"]
+__all__ = ["PostgresMirrorSink", "MySQLMirrorSink", "TableMapping", "order_key", "stream_of"]
 
-_PG_ID = re.compile(r"^([0-9A-Fa-f]+/[0-9A-Fa-f]+):(\d+)$")
+_PG_ID = re.compile(r"^([0-9A-Fa-f]+)/([0-9A-Fa-f]+):(\d+)$")
+_MARIADB_GTID_ID = re.compile(r"^(\d+)-(\d+)-(\d+):(\d+)$")
+_MYSQL_GTID_ID = re.compile(r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}):(\d+):(\d+)$")
 _DIGITS = re.compile(r"(\d+)")
 
 
-def order_key(event_id: str) -> tuple:
-    """A sortable key for an event id, in stream order."""
+def stream_of(event_id: str) -> tuple[str, tuple]:
+    """``(stream, key)``: ids of one stream are ordered by ``key``; ids of different
+    streams (MariaDB GTID domains, MySQL server uuids) are not ordered at all."""
     m = _PG_ID.match(event_id)
     if m:
-        return (0, parse_lsn(m[1]), int(m[2]))
-    return (1, tuple(int(p) if i % 2 else p for i, p in enumerate(_DIGITS.split(event_id))))
+        return "", (0, parse_lsn(f"{m[1]}/{m[2]}"), int(m[3]))
+    m = _MARIADB_GTID_ID.match(event_id)
+    if m:  # the server id is left out: a failover continues the domain's sequence
+        return f"domain {m[1]}", (2, int(m[3]), int(m[4]))
+    m = _MYSQL_GTID_ID.match(event_id)
+    if m:
+        return m[1].lower(), (3, int(m[2]), int(m[3]))
+    return "", (1, tuple(int(p) if i % 2 else p for i, p in enumerate(_DIGITS.split(event_id))))
+
+
+def order_key(event_id: str) -> tuple:
+    """A sortable key for an event id within its stream (see ``stream_of``)."""
+    return stream_of(event_id)[1]
+
+
+def _last_ids(stored: str) -> dict[str, tuple[tuple, str]]:
+    """A stored position (ids, comma-separated) as {stream: (key, id)}."""
+    out = {}
+    for event_id in stored.split(","):
+        stream, key = stream_of(event_id)
+        out[stream] = (key, event_id)
+    return out
 
 
 @dataclass
@@ -77,6 +110,8 @@ class _MirrorSink:
         self.sink_name = context.name if context else self.dialect
         self.target: Target | None = None
         self._sql_cache: dict[tuple, str] = {}
+        self._converters: dict[str, dict[str, Callable[[Any], Any]]] = {}  # target table -> column -> fn
+        self._cur: Any = None
         #: ids of the last ``write``'s events not applied: at or behind the stored position
         self.skipped: list[str] = []
 
@@ -95,6 +130,7 @@ class _MirrorSink:
             raise sink_error(exc, f"cannot create {self.position_table}") from exc
 
     def _reset(self) -> None:
+        self._converters.clear()  # a failed batch may be a changed table: read the catalog again
         if self.target is not None:
             self.target.close()
             self.target = None
@@ -112,21 +148,30 @@ class _MirrorSink:
         skipped: list[str] = []
         try:
             with t.conn.cursor() as cur:
+                self._cur = cur
                 applied = self._positions(cur)
-                changed: dict[str, str] = {}
+                positions: dict[str, dict[str, tuple[tuple, str]]] = {}
+                changed: set[str] = set()
                 statements: list[tuple[str, list]] = []
                 for e in events:
                     if e.op not in ("c", "u", "d", "r", "t"):
                         continue
-                    last = changed.get(e.table) or applied.get(e.table)
-                    if last is not None and order_key(e.id) <= order_key(last):
+                    last_ids = positions.get(e.table)
+                    if last_ids is None:
+                        stored = applied.get(e.table)
+                        last_ids = positions[e.table] = _last_ids(stored) if stored else {}
+                    stream, key = stream_of(e.id)
+                    last = last_ids.get(stream)
+                    if last is not None and key <= last[0]:
                         skipped.append(e.id)  # applied before (a redelivery) or superseded
                         continue
                     self._statements(e, statements)
-                    changed[e.table] = e.id
+                    last_ids[stream] = (key, e.id)
+                    changed.add(e.table)
                 self._execute(cur, statements)
-                for source_table, event_id in changed.items():
-                    self._save_position(cur, source_table, event_id)
+                for source_table in changed:
+                    ids = positions[source_table]
+                    self._save_position(cur, source_table, ",".join(ids[s][1] for s in sorted(ids)))
             t.conn.commit()
         except Exception as exc:
             err = sink_error(exc, "cannot apply batch")
@@ -170,19 +215,29 @@ class _MirrorSink:
         key_cols = m.key or [rename.get(k, k) for k in (e.key or {})]
         if not key_cols:
             raise PermanentSinkError(f"table {e.table} has no primary key to mirror on (set key: in tables)")
+        convert = self._converters.get(table)
+        if convert is None:
+            convert = self._converters[table] = self.converters(self._cur, table)
         if e.op == "d":
-            out.append(self._delete(table, key_cols, self._row(e.before or e.key or {}, rename)))
+            out.append(self._delete(table, key_cols, self._row(e.before or e.key or {}, rename, convert)))
             return
-        row = self._row(e.after or {}, rename)
+        row = self._row(e.after or {}, rename, convert)
         if e.op == "u" and e.before:
-            old = self._row(e.before, rename)
+            old = self._row(e.before, rename, convert)
             if any(k in old and old[k] != row.get(k) for k in key_cols):
                 out.append(self._delete(table, key_cols, old))  # the key changed
         out.append(self._upsert(table, key_cols, row))
 
-    def _row(self, row: dict, rename: dict[str, str]) -> dict:
+    def _row(self, row: dict, rename: dict[str, str], convert: dict[str, Callable[[Any], Any]]) -> dict:
+        out = {}
         adapt = self.adapt
-        return {rename.get(k, k): adapt(v) for k, v in row.items() if v != UNAVAILABLE}
+        for k, v in row.items():
+            if v == UNAVAILABLE:
+                continue
+            column = rename.get(k, k)
+            fn = convert.get(column)
+            out[column] = fn(v) if fn is not None else adapt(v)
+        return out
 
     def _delete(self, table: str, key_cols: list[str], row: dict) -> tuple[str, list]:
         missing = [k for k in key_cols if k not in row]
@@ -212,6 +267,10 @@ class _MirrorSink:
     def adapt(self, value):  # pragma: no cover - overridden
         return value
 
+    def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:  # pragma: no cover
+        """Column -> conversion of a JSON value, for the columns whose type needs one."""
+        raise NotImplementedError
+
     def truncate_sql(self, qt: str) -> str:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -220,6 +279,47 @@ class _MirrorSink:
 
     def _save_position(self, cur, source_table: str, event_id: str) -> None:  # pragma: no cover
         raise NotImplementedError
+
+
+# ---- conversions of JSON values by the target column's type ------------------------------
+
+def _json_value(wrap: Callable[[Any], Any], not_null: bool) -> Callable[[Any], Any]:
+    """A JSON column takes any JSON value; ``null`` is JSON null where SQL NULL cannot be
+    (a NOT NULL column: the event cannot tell the two apart otherwise)."""
+    if not_null:
+        return wrap
+    return lambda v: None if v is None else wrap(v)
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _from_base64(value: Any) -> Any:
+    return base64.b64decode(value) if isinstance(value, str) else value
+
+
+def _to_bool(value: Any) -> Any:
+    return bool(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _as_text(value: Any) -> Any:
+    return orjson.dumps(value).decode() if isinstance(value, (dict, list)) else value
+
+
+def _mysql_datetime(value: Any) -> Any:
+    """``2026-11-25T17:16:27.5Z`` (UTC) -> ``2026-11-25 17:16:27.5`` (the session is UTC)."""
+    if isinstance(value, str):
+        if value.endswith("Z"):
+            value = value[:-1]
+        elif value.endswith("+00:00"):
+            value = value[:-6]
+        return value.replace("T", " ", 1)
+    return value
+
+
+def _bits(value: Any) -> Any:
+    return int(value, 2) if isinstance(value, str) and value and set(value) <= {"0", "1"} else value
 
 
 class PostgresMirrorSink(_MirrorSink):
@@ -232,6 +332,23 @@ class PostgresMirrorSink(_MirrorSink):
             from psycopg.types.json import Jsonb
             return Jsonb(value)
         return value
+
+    def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:
+        from psycopg.types.json import Jsonb
+        cur.execute("SELECT a.attname, t.typname, t.typcategory, a.attnotnull FROM pg_attribute a"
+                    " JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s)"
+                    " AND a.attnum > 0 AND NOT a.attisdropped", (self.target.quote(table),))
+        out: dict[str, Callable[[Any], Any]] = {}
+        for name, typname, category, not_null in cur.fetchall():
+            if typname in ("json", "jsonb"):
+                out[name] = _json_value(Jsonb, not_null)
+            elif typname == "bytea":
+                out[name] = _from_base64
+            elif typname == "bool":
+                out[name] = _to_bool
+            elif category == "S":  # a JSON object or array into a text column: its JSON
+                out[name] = _as_text
+        return out
 
     def truncate_sql(self, qt: str) -> str:
         return f"TRUNCATE {qt}"
@@ -259,6 +376,28 @@ class MySQLMirrorSink(_MirrorSink):
         if isinstance(value, (dict, list)):
             return orjson.dumps(value).decode()
         return value
+
+    def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:
+        schema, _, name = table.rpartition(".")
+        cur.execute("SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE FROM information_schema.COLUMNS"
+                    " WHERE TABLE_SCHEMA = COALESCE(%s, DATABASE()) AND TABLE_NAME = %s", (schema or None, name))
+        columns = cur.fetchall()
+        # MariaDB's json is a longtext with CHECK (json_valid(col))
+        cur.execute("SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS"
+                    " WHERE CONSTRAINT_SCHEMA = COALESCE(%s, DATABASE()) AND TABLE_NAME = %s", (schema or None, name))
+        checked_json = {m for (clause,) in cur.fetchall() for m in re.findall(r"json_valid\(`((?:[^`]|``)+)`\)", clause)}
+        out: dict[str, Callable[[Any], Any]] = {}
+        for column, data_type, nullable in columns:
+            data_type = data_type.lower()
+            if data_type == "json" or column.replace("`", "``") in checked_json:
+                out[column] = _json_value(_json_text, nullable == "NO")
+            elif data_type in ("blob", "tinyblob", "mediumblob", "longblob", "binary", "varbinary"):
+                out[column] = _from_base64
+            elif data_type in ("datetime", "timestamp"):
+                out[column] = _mysql_datetime
+            elif data_type == "bit":
+                out[column] = _bits
+        return out
 
     def truncate_sql(self, qt: str) -> str:
         return f"DELETE FROM {qt}"

@@ -16,16 +16,25 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import orjson
+
 from ..config.model import Context
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import ChangeEvent
 from ..observe.secrets import redact
-from ..templates import Template
+from ..templates import Template, UnsafeValue
 from ._extras import require
+from ._message import Content, body_of, is_message, payload_of, split_key_change
 
 __all__ = ["RedisSink"]
 
 log = logging.getLogger("cdc.sink.redis")
+
+
+def check_stream_key(key: str) -> None:
+    """Redis takes any binary key, but an empty name is a mistake, not a destination."""
+    if not key:
+        raise UnsafeValue("the stream key is empty")
 
 
 def _import_redis() -> Any:
@@ -42,6 +51,13 @@ class RedisSink:
     - ``maxlen``: cap each stream at about this many entries (``XADD MAXLEN ~``);
       ``approximate: false`` trims exactly (slower).
     - ``id_field``: the field that carries the event id (default ``id``).
+    - ``content``: ``auto`` (default), ``envelope`` or ``payload``.  A message (an
+      outbox event under ``auto``) is an entry ``id`` (message_id), ``message_type``,
+      ``payload`` (the payload as the application wrote it); a change is ``id``,
+      ``op``, ``event`` (the envelope).  In pub/sub mode the body alone is published.
+
+    An event whose values render an empty stream key is a permanent error.  An update
+    that changes the key is added as a delete (id ``<id>:delete``) then a create.
     """
 
     default_batch_size = 1000
@@ -49,10 +65,11 @@ class RedisSink:
     def __init__(self, url: str, mode: Literal["stream", "pubsub"] = "stream",
                  stream: str = "{source}.{schema}.{table}", maxlen: int | None = None,
                  approximate: bool = True, id_field: str = "id", timeout: float = 10.0,
-                 context: Context | None = None) -> None:
+                 content: Content = "auto", context: Context | None = None) -> None:
+        self.content = content
         self.url = url
         self.mode = mode
-        self.stream = Template(stream, "stream")
+        self.stream = Template(stream, "stream", check=check_stream_key)
         self.maxlen = maxlen
         self.approximate = approximate
         self.id_field = id_field
@@ -82,19 +99,43 @@ class RedisSink:
         redis = _import_redis()
         if self._client is None:
             self.open()
+        keys = self._keys(events)  # all checked before anything is sent
         pipe = self._client.pipeline(transaction=False)
-        render = self.stream.render
+        content = self.content
         if self.mode == "stream":
-            for event in events:
-                fields = {self.id_field: event.id, "op": event.op, "event": event.to_json()}
-                pipe.xadd(render(event), fields, maxlen=self.maxlen, approximate=self.approximate)
+            id_field, maxlen, approximate = self.id_field, self.maxlen, self.approximate
+            for key, event in zip(keys, events):
+                if is_message(event, content):
+                    fields = {id_field: event.id, "message_type": str((event.message or {}).get("type", "")),
+                              "payload": orjson.dumps(payload_of(event))}
+                else:
+                    if event.op == "u" and event.before is not None:
+                        split = split_key_change(event)
+                        if split is not None:  # the key changed: delete the old key, create the new
+                            old = split[0]
+                            pipe.xadd(key, {id_field: old.id, "op": "d", "event": old.to_json()},
+                                      maxlen=maxlen, approximate=approximate)
+                            event = split[1]
+                    fields = {id_field: event.id, "op": event.op, "event": event.to_json()}
+                pipe.xadd(key, fields, maxlen=maxlen, approximate=approximate)
         else:
-            for event in events:
-                pipe.publish(render(event), event.to_json())
+            for key, event in zip(keys, events):
+                pipe.publish(key, body_of(event, content))
         try:
             pipe.execute(raise_on_error=True)
         except redis.RedisError as exc:
             self._raise(redis, exc)
+
+    def _keys(self, events: Sequence[ChangeEvent]) -> list[str]:
+        render = self.stream.render
+        out = []
+        for event in events:
+            try:
+                out.append(render(event))
+            except UnsafeValue as exc:
+                raise PermanentSinkError(f"event {event.id}: stream: {exc}", sink=self.name,
+                                         events=[event]) from None
+        return out
 
     def _raise(self, redis: Any, exc: Exception) -> None:
         message = redact(f"{type(exc).__name__}: {exc}")

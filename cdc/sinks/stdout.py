@@ -8,15 +8,18 @@ from collections.abc import Sequence
 import orjson
 
 from ..event import ChangeEvent
+from ._message import Content, body_of, is_message, payload_of
 
 __all__ = ["StdoutSink"]
 
 
 class StdoutSink:
-    """Prints events; ``pretty: true`` indents them for people watching."""
+    """Prints events; ``pretty: true`` indents them for people watching.  ``content``:
+    ``auto`` (outbox messages as their payload), ``envelope`` or ``payload``."""
 
-    def __init__(self, pretty: bool = False) -> None:
+    def __init__(self, pretty: bool = False, content: Content = "auto") -> None:
         self.pretty = pretty
+        self.content = content
 
     def open(self) -> None:
         pass
@@ -25,9 +28,11 @@ class StdoutSink:
         out = sys.stdout.buffer
         if self.pretty:
             for e in events:
-                out.write(orjson.dumps(e.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+                value = payload_of(e) if is_message(e, self.content) else e.to_dict()
+                out.write(orjson.dumps(value, option=orjson.OPT_INDENT_2) + b"\n")
         else:
-            out.write(b"".join(e.to_json() + b"\n" for e in events))
+            content = self.content
+            out.write(b"".join(body_of(e, content) + b"\n" for e in events))
         out.flush()
 
     def close(self) -> None:
