@@ -51,6 +51,7 @@ class MariaDBServer(Server):
         self.settings = {**self.defaults, **overrides}
         self.datadir = self.data_dir / "data"
         self.socket = self.data_dir / "mariadb.sock"
+        self.tmpdir = self.data_dir / "tmp"  # private: concurrent bootstraps collide in a shared /tmp
 
     def _user_flag(self) -> list[str]:
         return [f"--user={self.user}"] if self.user else []
@@ -58,16 +59,19 @@ class MariaDBServer(Server):
     def init(self) -> None:
         init_sql = self.data_dir / "init.sql"
         init_sql.write_text(INIT_SQL)
+        self.tmpdir.mkdir(exist_ok=True)
         if self.user:
             shutil.chown(init_sql, self.user, self.user)
+            shutil.chown(self.tmpdir, self.user, self.user)
         if (self.datadir / "mysql").exists():
             return
         self.run([find_binary("mariadb-install-db"), "--no-defaults", *self._user_flag(),
-                  f"--datadir={self.datadir}", "--skip-test-db"])
+                  f"--datadir={self.datadir}", f"--tmpdir={self.tmpdir}", "--skip-test-db"])
 
     def command(self) -> list[str]:
         args = [find_binary("mariadbd"), "--no-defaults", *self._user_flag(),
-                f"--datadir={self.datadir}", f"--socket={self.socket}", f"--port={self.port}",
+                f"--datadir={self.datadir}", f"--tmpdir={self.tmpdir}", f"--socket={self.socket}",
+                f"--port={self.port}",
                 f"--pid-file={self.data_dir / 'mariadb.pid'}", f"--init-file={self.data_dir / 'init.sql'}"]
         for key, value in self.settings.items():
             if value is not None:
