@@ -1,0 +1,265 @@
+"""Reading PostgreSQL tables chunk by chunk for snapshots (``docs/snapshots.md``).
+
+Each chunk is one short ``REPEATABLE READ READ ONLY`` transaction on a connection of
+its own: ``pg_current_snapshot()`` (the chunk's snapshot: xmin, xmax, in-progress
+xids), then ``COPY (SELECT ... ORDER BY key LIMIT n) TO STDOUT`` in text form, whose
+values go through the same converters as pgoutput's (both are the types' text
+output, with the replication connection's session settings).  After the commit a
+non-transactional logical message (``pg_logical_emit_message``: WAL only, no table
+write) marks the chunk's high watermark in the stream.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ...errors import SourceConnectionError
+from ...event import ChangeEvent
+from ...snapshot.chunk import Chunk, SnapshotInputError
+from .replication import SESSION_OPTIONS, lsn_to_str, str_to_lsn
+from .types import converter_for
+
+__all__ = ["PostgresSnapshotReader", "WATERMARK_PREFIX"]
+
+WATERMARK_PREFIX = "cdc_heartbeat"  # the source turns these messages into commits
+MAX_NOTED = 200_000                 # xids remembered for the check against a chunk's snapshot
+_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.S)
+_SIMPLE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
+
+
+def _unescape(field: bytes) -> bytes:
+    """COPY's text escapes undone (only called on fields holding a backslash)."""
+    def sub(m: re.Match) -> bytes:
+        if m.group(1):
+            return bytes([int(m.group(1), 8) & 0xFF])
+        if m.group(2):
+            return bytes([int(m.group(2), 16)])
+        c = m.group(3)
+        return _SIMPLE.get(c, c)
+    return _ESCAPE.sub(sub, field)
+
+
+class _Watermark:
+    __slots__ = ("xmin", "xmax", "xip", "high")
+
+    def __init__(self, xmin: int, xmax: int, xip: frozenset, high: int) -> None:
+        self.xmin, self.xmax, self.xip, self.high = xmin, xmax, xip, high
+
+    def full(self, xid32: int) -> int:
+        """A 32-bit xid from the stream as a 64-bit xid near this snapshot's."""
+        x = (self.xmax & ~0xFFFFFFFF) | xid32
+        if x > self.xmax + 0x80000000:
+            x -= 1 << 32
+        elif x < self.xmax - 0x80000000:
+            x += 1 << 32
+        return x
+
+    def visible(self, xid32: int) -> bool:
+        x = self.full(xid32)
+        return x < self.xmin or (x < self.xmax and x not in self.xip)
+
+
+class _Table:
+    def __init__(self, table: str, names: list[str], converters: list, key: list[str]) -> None:
+        self.table = table
+        self.schema, self.name = table.split(".", 1)
+        self.names = names
+        self.converters = converters
+        self.key = key
+        self.key_index = [names.index(k) for k in key]
+
+
+class PostgresSnapshotReader:
+    def __init__(self, dsn: str, source_name: str, db: str) -> None:
+        self.dsn = dsn
+        self.source_name = source_name
+        self.db = db
+        params = conninfo_to_dict(dsn)
+        options = " ".join(filter(None, [params.pop("options", ""), SESSION_OPTIONS]))
+        self.conninfo = make_conninfo(**params, options=options,
+                                      application_name=params.get("application_name", "cdc") + "_snapshot")
+        self.conn: psycopg.Connection | None = None
+        self._tables: dict[str, _Table] = {}
+        self._noted: set[int] = set()        # xids of changes of copied tables handed on
+        self._floor: dict[str, int] = {}     # table -> an xid taken when its copy (re)started here
+
+    # ---- connection and metadata ----------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed:
+            try:
+                self.conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError as exc:
+                raise SourceConnectionError(f"snapshot connection: {str(exc).strip()}",
+                                            source=self.source_name) from exc
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _table(self, table: str) -> _Table:
+        t = self._tables.get(table)
+        if t is not None:
+            return t
+        conn = self._connect()
+        ident = sql.Identifier(*table.split(".", 1)).as_string(conn)
+        columns = conn.execute(
+            "SELECT a.attname, a.atttypid, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''"
+            " ORDER BY a.attnum", (ident,)).fetchall()
+        key = [r[0] for r in conn.execute(
+            "SELECT a.attname FROM pg_index i"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
+            " WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
+            (ident,)).fetchall()]
+        if not key:
+            raise SnapshotInputError(f"table {table} has no primary key: a snapshot reads tables in key order "
+                                     f"(add a primary key)", source=self.source_name)
+        t = _Table(table, [c[0] for c in columns], [converter_for(c[1], c[2]) for c in columns], key)
+        self._tables[table] = t
+        return t
+
+    def estimate(self, table: str) -> int | None:
+        try:
+            row = self._connect().execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                                          (sql.Identifier(*table.split(".", 1)).as_string(self._connect()),)
+                                          ).fetchone()
+        except psycopg.Error:
+            return None
+        return int(row[0]) if row and row[0] >= 0 else None
+
+    def check_where(self, table: str, where: str) -> None:
+        conn = self._connect()
+        query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
+            sql.Identifier(*table.split(".", 1)), sql.SQL(where))
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute(query)
+        except psycopg.Error as exc:
+            raise SnapshotInputError(f"--where {where!r} on {table}: {str(exc).strip()}",
+                                     source=self.source_name) from None
+
+    # ---- chunks ---------------------------------------------------------------------------
+
+    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+        t = self._table(table)
+        conn = self._connect()
+        try:
+            if table not in self._floor:
+                # every transaction committed before now is visible to the snapshots we
+                # accept (see docs/snapshots.md): remember an xid taken now
+                with conn.transaction(force_rollback=True):
+                    self._floor[table] = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
+            query = self._query(t, after, limit + 1, where)
+            rows = []
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                text = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]
+                with conn.cursor().copy(query) as copy:
+                    rows = self._decode(t, copy)
+                # a transaction committed before this copy started but not visible in the
+                # snapshot: if it is still invisible, the snapshot cannot be used yet
+                racy = conn.execute(
+                    "SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x"
+                    " WHERE x < %s::text::xid8 AND pg_xact_status(x) = 'committed'",
+                    (str(self._floor[table]),)).fetchone()[0]
+            high = conn.execute("SELECT pg_logical_emit_message(false, %s, '')::text",
+                                (WATERMARK_PREFIX,)).fetchone()[0]
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise SourceConnectionError(f"snapshot read of {table}: {str(exc).strip()}",
+                                        source=self.source_name) from exc
+        except psycopg.Error as exc:
+            raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}", source=self.source_name) from None
+        xmin, xmax, xip = text.split(":")
+        wm = _Watermark(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x),
+                        str_to_lsn(high))
+        noted = self._noted
+        if racy or any(not wm.visible(x) for x in noted):
+            return None
+        if noted:  # below xmin, visible to every later snapshot (xmin only grows)
+            self._noted = {x for x in noted if wm.full(x) >= wm.xmin}
+        done = len(rows) <= limit
+        rows = rows[:limit]
+        last_key = list(rows[-1][0]) if rows else after
+        return Chunk(table, rows, last_key, done, wm, t.key)
+
+    def _query(self, t: _Table, after: list | None, limit: int, where: str | None) -> sql.Composed:
+        key = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
+        conditions = []
+        if after is not None:
+            conditions.append(sql.SQL("({}) > ({})").format(key, sql.SQL(", ").join(sql.Literal(v) for v in after)))
+        if where:
+            conditions.append(sql.SQL("({})").format(sql.SQL(where)))
+        return sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT").format(
+            sql.SQL(", ").join(sql.Identifier(n) for n in t.names),
+            sql.Identifier(t.schema, t.name),
+            sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL(""),
+            key, sql.Literal(limit))
+
+    @staticmethod
+    def _decode(t: _Table, copy) -> list[tuple[tuple, dict]]:
+        names, converters, key_index = t.names, t.converters, t.key_index
+        pairs = list(zip(range(len(names)), converters))
+        out = []
+        append = out.append
+        for block in copy:
+            line = bytes(block)
+            fields = line[:-1].split(b"\t") if line[-1:] == b"\n" else line.split(b"\t")
+            values = []
+            add = values.append
+            for i, conv in pairs:
+                f = fields[i]
+                if f == b"\\N":
+                    add(None)
+                    continue
+                if b"\\" in f:
+                    f = _unescape(f)
+                add(f.decode() if conv is None else conv(f))
+            append((tuple([values[i] for i in key_index]), dict(zip(names, values))))
+        return out
+
+    # ---- the stream side ---------------------------------------------------------------
+
+    def note(self, event: ChangeEvent) -> None:
+        xid = event.source.get("txId")
+        if xid is not None and len(self._noted) < MAX_NOTED:
+            self._noted.add(xid)
+
+    def newer(self, event: ChangeEvent, watermark: _Watermark) -> bool:
+        xid = event.source.get("txId")
+        return xid is None or not watermark.visible(xid)
+
+    def reached(self, position: dict, watermark: _Watermark) -> bool:
+        lsn = position.get("lsn")
+        return lsn is not None and str_to_lsn(lsn) >= watermark.high
+
+    def events(self, chunk: Chunk, rows: list[tuple[tuple, dict]], position: dict, last: bool) -> list:
+        # ids sort between the transactions before and after ``position`` (see docs/snapshots.md)
+        at = str_to_lsn(position["lsn"]) - 1
+        prefix = lsn_to_str(at) + ":"
+        t = self._tables[chunk.table]
+        now = int(time.time() * 1000)
+        base = {"connector": "postgresql", "name": self.source_name, "db": self.db, "schema": t.schema,
+                "table": t.name, "lsn": at, "txId": None, "ts_ms": now, "snapshot": True}
+        key_names = t.key
+        out = []
+        new = ChangeEvent.__new__
+        table = chunk.table
+        for i, (key, row) in enumerate(rows):
+            e = new(ChangeEvent)
+            e.id = f"{prefix}{i}"; e.op = "r"; e.before = None; e.after = row  # noqa: E702
+            e.key = dict(zip(key_names, key)); e.source = base; e.ts_ms = now  # noqa: E702
+            e.table = table; e.position = at; e.destination = None; e.message = None  # noqa: E702
+            out.append(e)
+        if last and out:
+            out[-1].source = dict(base, snapshot="last")
+        return out

@@ -1,0 +1,44 @@
+"""Snapshots of PostgreSQL tables (docs/snapshots.md), against a real server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from pgutil import Running, config, file_pipeline, read_jsonl, sql
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_initial_snapshot_then_stream(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE items (id bigint PRIMARY KEY, name text, price numeric(8,2),"
+                     " at timestamptz, tags text[])",
+        "INSERT INTO items SELECT g, 'item ' || g || E'\\ttab', g * 1.5, '2026-01-01'::timestamptz + g * interval '1s',"
+        " ARRAY['a', 'b c'] FROM generate_series(1, 1000) g")
+    cfg = config(tmp_path, pg_database, ["public.items"], {"all": file_pipeline()}, snapshot_chunk_size=128)
+    out = tmp_path / "out/all.jsonl"
+    with Running(cfg) as r:
+        wait_for(lambda: len(read_jsonl(out)) >= 1000, 60, "the snapshot rows")
+        sql(pg_database, "UPDATE items SET name = 'changed' WHERE id = 5")
+        wait_for(lambda: len(read_jsonl(out)) >= 1001, 30, "the live change")
+        wait_for(lambda: r.runner.saved_position and not r.runner.saved_position["snapshot"]["queue"], 30,
+                 "the checkpoint")
+    events = read_jsonl(out)
+    reads = [e for e in events if e["op"] == "r"]
+    assert [e["after"]["id"] for e in reads] == list(range(1, 1001))
+    assert reads[0]["after"] == {"id": 1, "name": "item 1\ttab", "price": "1.50", "at": "2026-01-01T00:00:01Z",
+                                 "tags": ["a", "b c"]}
+    assert [e["source"]["snapshot"] for e in reads].count("last") == 1 and reads[-1]["source"]["snapshot"] == "last"
+    assert events[-1]["op"] == "u" and events[-1]["after"]["name"] == "changed"
+    saved = json.loads((tmp_path / "state/db.json").read_text())["position"]
+    assert saved["snapshot"] == {"tables": ["public.items"], "queue": []}
+    # a restart copies nothing again
+    with Running(cfg):
+        sql(pg_database, "UPDATE items SET name = 'again' WHERE id = 6")
+        wait_for(lambda: len(read_jsonl(out)) >= 1002, 30, "the second live change")
+    assert len(read_jsonl(out)) == 1002
