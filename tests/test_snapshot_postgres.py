@@ -99,3 +99,81 @@ def test_writer_hits_the_chunk_being_copied(pg_database, tmp_path):
     print(f"{writer.done} writer transactions during the copy; {reads} snapshot rows, "
           f"{len(events) - reads} live changes, {repeats} repeats; chunks read again: {figures['chunks_retried']}")
     assert writer.done > 100
+
+
+def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_path):
+    import os
+    import random
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    rnd = random.Random(seed)
+    sql(pg_database, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note text)",
+        f"INSERT INTO snap SELECT 2 * g, 0, repeat('x', 200) FROM generate_series(1, {ROWS}) g")
+    chunk = 2000
+    raw = {"sources": {"db": {"type": "postgres", "dsn": pg_database, "tables": ["public.snap"],
+                              "snapshot_chunk_size": chunk,
+                              "checkpoint": {"type": "file", "path": "state/db.json"}, "checkpoint_interval": 0.2}},
+           "pipelines": {"all": {"source": "db", "sinks": [{"type": "file", "path": "out/all.jsonl"}]}}}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    checkpoint = tmp_path / "state/db.json"
+    runs = []
+
+    def start() -> subprocess.Popen:
+        log = open(tmp_path / f"run{len(runs)}.log", "wb")
+        runs.append(log.name)
+        return subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log)
+
+    def copied() -> int | None:
+        try:
+            position = json.loads(checkpoint.read_text())["position"]
+        except (OSError, ValueError):
+            return None
+        queue = position.get("snapshot", {}).get("queue", [])
+        return queue[0]["after"][0] if queue and queue[0]["after"] else (None if queue else -1)
+
+    proc = start()
+    kills = 0
+    with ChunkHitter(_pg_executor(pg_database), lambda: max(copied() or 0, 0), chunk * 2, seed) as writer:
+        try:
+            while kills < 5:
+                before = copied() or 0
+                wait_for(lambda: (copied() or 0) > before or copied() == -1, 60, "progress of this run")
+                time.sleep(rnd.uniform(0.0, 0.6))
+                assert copied() != -1, "the copy finished before every kill: make it longer"
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                print(f"kill {kills}: checkpoint says copied up to key {copied()}")
+                proc = start()
+            wait_for(lambda: copied() == -1, 300, "the end of the copy")
+        finally:
+            if writer.error is not None:
+                proc.kill()
+    assert writer.error is None, writer.error
+    expected = _table_rows(pg_database)
+    out = tmp_path / "out/all.jsonl"
+    deadline = time.time() + 90
+    while rebuild(read_jsonl(out), "snap") != expected:
+        assert time.time() < deadline, "the file sink did not reach the table's state"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    resumed = []
+    for i, name in enumerate(runs):
+        text = open(name).read()
+        m = re.search(r"snapshot initial of public.snap (resuming after key \[(\d+)\]|from the start)", text)
+        print(f"run {i}: {m.group(1) if m else 'no snapshot left to do'}")
+        resumed.append(int(m.group(2)) if m and m.group(2) else None)
+    assert resumed[0] is None
+    assert sum(k is not None and k > 0 for k in resumed[1:]) >= 4, "restarts did not resume after a chunk"
+    events = read_jsonl(out)
+    repeats = same_ids_same_content(events)
+    print(f"{kills} kills; {sum(e['op'] == 'r' for e in events)} snapshot rows for {ROWS} rows, "
+          f"{repeats} repeated events, {writer.done} writer transactions")
