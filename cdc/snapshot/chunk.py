@@ -33,3 +33,4 @@ class Chunk:
     done: bool
     watermark: Any
     key_columns: list[str] = field(default_factory=list)
+    first_index: int = 0   # rows of this copy emitted before this chunk (set when emitted)

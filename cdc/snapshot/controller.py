@@ -161,6 +161,7 @@ class SnapshotController:
         window, self.window = self.window, None
         chunk, entry = window.chunk, window.entry
         rows = [kr for kr in chunk.rows if kr[0] in window.keys]
+        chunk.first_index = entry["rows"]
         events = self.reader.events(chunk, rows, position, chunk.done) if rows else []
         entry["after"] = chunk.last_key
         entry["rows"] += len(events)

@@ -11,6 +11,7 @@ import select
 import struct
 import time
 import zlib
+from typing import Literal
 
 import pymysql
 import pymysql.cursors
@@ -27,6 +28,7 @@ from ...event import ChangeEvent, Commit
 from . import settings as checks
 from .decoder import TableDecoder
 from .position import GtidState
+from .snapshot import MySQLSnapshotReader
 
 __all__ = ["MySQLSource"]
 
@@ -138,13 +140,18 @@ def _default_server_id(name: str) -> int:
 class MySQLSource:
     """Options: ``dsn`` (``mysql://user:pass@host:3306/db``), ``tables`` (``db.table``),
     ``server_id`` (unique among the server's replicas; default: derived from the source
-    name), ``max_poll_events``, ``heartbeat_interval`` (seconds the server may stay silent)
-    and ``fast_decoder`` (false: the library's decoding for every table)."""
+    name), ``max_poll_events``, ``heartbeat_interval`` (seconds the server may stay silent),
+    ``fast_decoder`` (false: the library's decoding for every table), and ``snapshot`` /
+    ``snapshot_chunk_size`` (copying the existing rows: ``docs/snapshots.md``)."""
 
     def __init__(self, dsn: str, tables: list[str], server_id: int | None = None,
                  max_poll_events: int = 1000, heartbeat_interval: float = 10.0,
-                 fast_decoder: bool = True, context: Context | None = None) -> None:
+                 fast_decoder: bool = True,
+                 snapshot: Literal["initial", "never", "initial_only", "when_needed"] = "initial",
+                 snapshot_chunk_size: int = 10_000, context: Context | None = None) -> None:
         self.name = context.source if context else "mysql"
+        self.snapshot = snapshot
+        self.snapshot_chunk_size = snapshot_chunk_size
         self.dsn = dsn
         try:
             self.settings = checks.parse_dsn(dsn)
@@ -235,6 +242,12 @@ class MySQLSource:
                             else "SELECT @@global.gtid_executed")
                 position["gtid"] = cur.fetchone()[0] or ""
         return position
+
+    def snapshot_reader(self) -> MySQLSnapshotReader:
+        return MySQLSnapshotReader(self.settings, self.name)
+
+    def snapshot_position(self) -> dict | None:
+        return self._position
 
     def close(self) -> None:
         if self.reader is not None:
