@@ -133,3 +133,78 @@ def test_writer_hits_the_chunk_being_copied(mariadb_server, mariadb_database, tm
     print(f"{writer.done} writer transactions during the copy; {reads} snapshot rows, "
           f"{len(events) - reads} live changes, {repeats} repeats")
     assert writer.done > 100
+
+
+def test_sigkill_during_the_copy_resumes_after_the_last_chunk(mariadb_server, mariadb_database, tmp_path):
+    import json
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    rnd = random.Random(seed)
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note varchar(250))",
+            f"INSERT INTO snap SELECT 2 * seq, 0, repeat('x', 200) FROM seq_1_to_{ROWS}")
+    chunk = 2000
+    _config(tmp_path, mariadb_server, db, [f"{db}.snap"], snapshot_chunk_size=chunk, checkpoint_interval=0.2)
+    path = tmp_path / "pipelines.yaml"
+    checkpoint = tmp_path / "state/db.json"
+    runs = []
+
+    def start() -> subprocess.Popen:
+        log = open(tmp_path / f"run{len(runs)}.log", "wb")
+        runs.append(log.name)
+        return subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log)
+
+    def copied() -> int | None:
+        try:
+            position = json.loads(checkpoint.read_text())["position"]
+        except (OSError, ValueError):
+            return None
+        queue = position.get("snapshot", {}).get("queue", [])
+        return queue[0]["after"][0] if queue and queue[0]["after"] else (None if queue else -1)
+
+    proc = start()
+    kills = 0
+    with ChunkHitter(_executor(mariadb_server, db), lambda: max(copied() or 0, 0), chunk * 2, seed) as writer:
+        try:
+            while kills < 5:
+                before = copied() or 0
+                wait_for(lambda: (copied() or 0) > before or copied() == -1, 60, "progress of this run")
+                time.sleep(rnd.uniform(0.0, 0.6))
+                assert copied() != -1, "the copy finished before every kill: make it longer"
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                print(f"kill {kills}: checkpoint says copied up to key {copied()}")
+                proc = start()
+            wait_for(lambda: copied() == -1, 300, "the end of the copy")
+        finally:
+            if writer.error is not None:
+                proc.kill()
+    assert writer.error is None, writer.error
+    with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, v, note FROM snap")
+        expected = {i: {"id": i, "v": v, "note": n} for i, v, n in cur.fetchall()}
+    out = tmp_path / "out/all.jsonl"
+    deadline = time.time() + 90
+    while rebuild(read_jsonl(out), "snap") != expected:
+        assert time.time() < deadline, "the file sink did not reach the table's state"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    resumed = []
+    for i, name in enumerate(runs):
+        text = open(name).read()
+        m = re.search(r"snapshot initial of \S+\.snap (resuming after key \[(\d+)\]|from the start)", text)
+        print(f"run {i}: {m.group(1) if m else 'no snapshot left to do'}")
+        resumed.append(int(m.group(2)) if m and m.group(2) else None)
+    assert resumed[0] is None
+    assert sum(k is not None and k > 0 for k in resumed[1:]) >= 4, "restarts did not resume after a chunk"
+    events = read_jsonl(out)
+    repeats = same_ids_same_content(events)
+    print(f"{kills} kills; {sum(e['op'] == 'r' for e in events)} snapshot rows for {ROWS} rows, "
+          f"{repeats} repeated events, {writer.done} writer transactions")
