@@ -119,6 +119,11 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
         log.error("cannot serve metrics on %s: %s", metrics_listen(cfg, source_name), exc.strerror)
         return 1
 
+    from .snapshot.progress import ProgressBars
+    bars = ProgressBars(runner) if runner.snapshots is not None and ProgressBars.wanted() else None
+    if bars is not None:  # a snapshot's per-table progress, on a terminal
+        runner.on_tick.append(bars)
+
     first_signal: list[float] = []
 
     def on_signal(signum: int, frame: object) -> None:
@@ -143,6 +148,8 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
         log.error("%s", exc)
         return 1
     finally:
+        if bars is not None:
+            bars.close()
         close_observers()
         lock.release()
 
@@ -195,9 +202,11 @@ def demo(duration: float | None, rate: float) -> None:
 
 from .cli_checkpoint import checkpoint  # noqa: E402
 from .cli_dlq import dlq  # noqa: E402
+from .cli_snapshot import snapshot  # noqa: E402
 
 main.add_command(checkpoint)
 main.add_command(dlq)
+main.add_command(snapshot)
 
 if __name__ == "__main__":
     main()

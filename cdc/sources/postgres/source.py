@@ -110,8 +110,7 @@ class PostgresSource:
         self.confirmed_lsn = max(self.confirmed_lsn, start)
         self._last_position = max(self._last_position, start)
         options = {"proto_version": "1", "publication_names": self.publication}
-        if self.messages or self.heartbeat_interval or self.snapshot != "never":
-            options["messages"] = "true"  # heartbeats, and the snapshot's watermarks
+        options["messages"] = "true"  # heartbeats, and snapshot watermarks (even with snapshot: never)
         self.stream = ReplicationStream(self.dsn)
         self.stream.start(self.slot, start, options)
         log.info("source %s: streaming slot %s from %s", self.name, self.slot, lsn_to_str(start))
