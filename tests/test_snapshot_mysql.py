@@ -208,3 +208,39 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(mariadb_server, ma
     repeats = same_ids_same_content(events)
     print(f"{kills} kills; {sum(e['op'] == 'r' for e in events)} snapshot rows for {ROWS} rows, "
           f"{repeats} repeated events, {writer.done} writer transactions")
+
+
+def test_on_demand_snapshot_while_a_writer_hits_the_chunk(mariadb_server, mariadb_database, tmp_path):
+    from click.testing import CliRunner
+
+    from cdc.cli import main
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note varchar(100))",
+            "INSERT INTO snap SELECT 2 * seq, 0, concat('row ', seq) FROM seq_1_to_100000")
+    chunk = 3000
+    cfg = _config(tmp_path, mariadb_server, db, [f"{db}.snap"], snapshot="never", snapshot_chunk_size=chunk)
+    out = tmp_path / "out/all.jsonl"
+    path = str(tmp_path / "pipelines.yaml")
+    with Running(cfg) as r:
+        bad = CliRunner().invoke(main, ["snapshot", path, "--source", "db", "--table", "snap", "--where", "id >"])
+        assert bad.exit_code == 2 and "syntax" in bad.output, bad.output
+        with ChunkHitter(_executor(mariadb_server, db), lambda: _current(r.runner), chunk * 2, seed) as writer:
+            time.sleep(0.5)
+            result = CliRunner().invoke(main, ["snapshot", path, "--source", "db", "--table", "snap"])
+            assert result.exit_code == 0, result.output
+            wait_for(lambda: r.runner.snapshots.progress, 30, "the copy to start")
+            wait_for(lambda: r.runner.snapshots.finished, 300, "the copy")
+            time.sleep(0.5)
+        assert writer.error is None, writer.error
+        with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id, v, note FROM snap")
+            expected = {i: {"id": i, "v": v, "note": n} for i, v, n in cur.fetchall()}
+        deadline = time.time() + 60
+        while rebuild(read_jsonl(out), "snap") != expected:
+            assert time.time() < deadline, "the file sink did not reach the table's state"
+            time.sleep(0.5)
+    events = read_jsonl(out)
+    same_ids_same_content(events)
+    print(f"{sum(e['op'] == 'r' for e in events)} snapshot rows; {writer.done} writer transactions during it")
