@@ -145,7 +145,8 @@ class SourceRunner:
                 self._checkpoint()
                 continue
             try:
-                items = source.poll(self.poll_timeout)
+                items = source.poll(0.0 if self.snapshots is not None and self.snapshots.ready
+                                    else self.poll_timeout)
             except SourceConnectionError as exc:
                 log.warning("source %s: %s; resuming from the checkpoint in %.0fs", self.name, exc, backoff)
                 self.source_connected, self.source_error = False, str(exc)

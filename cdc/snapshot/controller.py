@@ -105,6 +105,11 @@ class SnapshotController:
         return self._state
 
     @property
+    def ready(self) -> bool:
+        """A chunk is to be read: the runner should not wait in ``poll``."""
+        return self.window is None and bool(self.queue) and time.monotonic() >= self._not_before
+
+    @property
     def finished(self) -> bool:
         return not self.queue
 

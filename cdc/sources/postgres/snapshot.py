@@ -15,14 +15,14 @@ import re
 import time
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
 from ...snapshot.chunk import Chunk, SnapshotInputError
 from .replication import SESSION_OPTIONS, lsn_to_str, str_to_lsn
-from .types import converter_for
+from .types import _bool, _timestamp, converter_for
 
 __all__ = ["PostgresSnapshotReader", "WATERMARK_PREFIX"]
 
@@ -72,6 +72,52 @@ class _Table:
         self.converters = converters
         self.key = key
         self.key_index = [names.index(k) for k in key]
+        self.decode = _compile(self)
+
+    def slow(self, line: bytes) -> tuple[tuple, dict]:
+        """One line with NULLs or escapes."""
+        values = []
+        for f, conv in zip(line[:-1].split(b"\t"), self.converters):
+            if f == b"\\N":
+                values.append(None)
+                continue
+            if b"\\" in f:
+                f = _unescape(f)
+            values.append(f.decode() if conv is None else conv(f))
+        return tuple([values[i] for i in self.key_index]), dict(zip(self.names, values))
+
+
+_INLINE = {int: "int({})", _timestamp: "{}.replace(' ', 'T', 1)", _bool: "{} == 't'"}
+
+
+def _compile(t: _Table):
+    """``decode(lines) -> [(key, row)]`` unrolled for the table's columns.  A line without
+    a backslash has neither NULLs (``\\N``) nor escapes: it is split as text and each
+    column converted inline; other lines take ``_Table.slow``."""
+    env = {"slow": t.slow}
+    code = ["def decode(lines, slow=slow, int=int):",
+            "    out = []",
+            "    append = out.append",
+            "    for line in lines:",
+            "        if 92 in line:",  # a backslash
+            "            append(slow(line))",
+            "            continue",
+            "        f = line[:-1].decode().split('\\t')"]
+    for i, conv in enumerate(t.converters):
+        if conv is None:
+            expr = f"f[{i}]"
+        elif conv in _INLINE:
+            expr = _INLINE[conv].format(f"f[{i}]")
+        else:
+            env[f"c{i}"] = conv
+            expr = f"c{i}(f[{i}].encode())"
+        code.append(f"        v{i} = {expr}")
+    key = "".join(f"v{i}, " for i in t.key_index)
+    row = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(t.names))
+    code.append(f"        append((({key}), {{{row}}}))")
+    code.append("    return out")
+    exec("\n".join(code), env)  # noqa: S102 - generated from column names via repr()
+    return env["decode"]
 
 
 class PostgresSnapshotReader:
@@ -158,27 +204,27 @@ class PostgresSnapshotReader:
                 # accept (see docs/snapshots.md): remember an xid taken now
                 with conn.transaction(force_rollback=True):
                     self._floor[table] = int(conn.execute("SELECT pg_current_xact_id()::text").fetchone()[0])
-            query = self._query(t, after, limit + 1, where)
-            rows = []
+            query = self._query(t, after, limit + 1, where).as_bytes(conn)
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 text = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]
-                with conn.cursor().copy(query) as copy:
-                    rows = self._decode(t, copy)
-                # a transaction committed before this copy started but not visible in the
-                # snapshot: if it is still invisible, the snapshot cannot be used yet
-                racy = conn.execute(
-                    "SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x"
-                    " WHERE x < %s::text::xid8 AND pg_xact_status(x) = 'committed'",
-                    (str(self._floor[table]),)).fetchone()[0]
-            high = conn.execute("SELECT pg_logical_emit_message(false, %s, '')::text",
-                                (WATERMARK_PREFIX,)).fetchone()[0]
+                lines = self._copy(conn, query)
+                # The high watermark, written after the snapshot was taken; the xid makes the
+                # commit flush the WAL (the message alone would wait for the WAL writer).
+                # And: a transaction committed before this copy started but not visible in
+                # the snapshot makes the snapshot unusable for now (see docs/snapshots.md).
+                high, _, racy = conn.execute(
+                    "SELECT pg_logical_emit_message(false, %s, '')::text, pg_current_xact_id(),"
+                    " (SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x"
+                    "  WHERE x < %s::text::xid8 AND pg_xact_status(x) = 'committed')",
+                    (WATERMARK_PREFIX, str(self._floor[table]))).fetchone()
         except psycopg.OperationalError as exc:
             self.close()
             raise SourceConnectionError(f"snapshot read of {table}: {str(exc).strip()}",
                                         source=self.source_name) from exc
         except psycopg.Error as exc:
             raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}", source=self.source_name) from None
+        rows = t.decode(lines)
         xmin, xmax, xip = text.split(":")
         wm = _Watermark(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x),
                         str_to_lsn(high))
@@ -206,26 +252,34 @@ class PostgresSnapshotReader:
             key, sql.Literal(limit))
 
     @staticmethod
-    def _decode(t: _Table, copy) -> list[tuple[tuple, dict]]:
-        names, converters, key_index = t.names, t.converters, t.key_index
-        pairs = list(zip(range(len(names)), converters))
-        out = []
-        append = out.append
-        for block in copy:
-            line = bytes(block)
-            fields = line[:-1].split(b"\t") if line[-1:] == b"\n" else line.split(b"\t")
-            values = []
-            add = values.append
-            for i, conv in pairs:
-                f = fields[i]
-                if f == b"\\N":
-                    add(None)
-                    continue
-                if b"\\" in f:
-                    f = _unescape(f)
-                add(f.decode() if conv is None else conv(f))
-            append((tuple([values[i] for i in key_index]), dict(zip(names, values))))
-        return out
+    def _copy(conn: psycopg.Connection, query: bytes) -> list[bytes]:
+        """The lines of ``COPY ... TO STDOUT``, read with libpq's calls directly (psycopg's
+        Copy object costs a few microseconds per row)."""
+        pgconn = conn.pgconn
+        if not pgconn.send_query(query) and pgconn.status != pq.ConnStatus.OK:
+            raise psycopg.OperationalError(pgconn.get_error_message().decode(errors="replace"))
+        result = pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_OUT:
+            message = (result.error_message if result else pgconn.get_error_message()).decode(errors="replace")
+            while pgconn.get_result() is not None:
+                pass
+            cls = psycopg.OperationalError if pgconn.status != pq.ConnStatus.OK else psycopg.DataError
+            raise cls(message.strip())
+        lines = []
+        append = lines.append
+        get = pgconn.get_copy_data
+        while True:
+            n, data = get(0)
+            if n <= 0:
+                break
+            append(bytes(data))
+        error = None
+        while (result := pgconn.get_result()) is not None:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                error = result.error_message.decode(errors="replace").strip()
+        if n == -2 or error:
+            raise psycopg.DataError(error or pgconn.get_error_message().decode(errors="replace"))
+        return lines
 
     # ---- the stream side ---------------------------------------------------------------
 
