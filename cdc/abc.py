@@ -29,6 +29,7 @@ capability             implemented by              used by
 ``Timestamped``        a checkpoint store          ``cdc status``, ``cdc check``: checkpoint age
 ``DeadLetterStore``    a dead-letter queue         ``cdc dlq list|replay``
 ``Countable``          a dead-letter sink          ``cdc status``: dead letters held
+``Snapshottable``      a source                    the engine: copy existing rows (``docs/snapshots.md``)
 =====================  ==========================  ===============================================
 """
 
@@ -41,10 +42,12 @@ from .event import ChangeEvent, Commit
 
 if TYPE_CHECKING:
     from .deadletter.record import DeadLetter
+    from .snapshot.chunk import Chunk
 
 __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", "Commit",
            "Checkable", "DefaultBatchSize", "ReportsSkipped", "Preflight", "Describable", "TableNaming",
-           "CountsBytes", "SlotOwner", "PositionCheck", "Timestamped", "DeadLetterStore", "Countable", "Problem"]
+           "CountsBytes", "SlotOwner", "PositionCheck", "Timestamped", "DeadLetterStore", "Countable", "Problem",
+           "Snapshottable", "SnapshotReader"]
 
 TransformResult = ChangeEvent | None | Iterable[ChangeEvent]
 
@@ -89,6 +92,57 @@ class Source(Protocol):
         """Tell the server everything up to ``position`` is safely stored."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class SnapshotReader(Protocol):
+    """Reads a source's tables chunk by chunk for snapshots (see ``docs/snapshots.md``).
+    Used by the runner's thread only, on its own connection (not the stream's)."""
+
+    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+        """Up to ``limit`` rows of ``table`` with keys after ``after`` (None: from the start),
+        in key order, read in a new snapshot, with that snapshot's watermark.  None when
+        the snapshot cannot be used yet (try again a moment later).  Raises
+        ``SnapshotInputError`` for a table without a primary key or a bad ``where``."""
+
+    def newer(self, event: ChangeEvent, watermark: object) -> bool:
+        """Is this streamed change of a chunk's table newer than the chunk's snapshot?"""
+
+    def note(self, event: ChangeEvent) -> None:
+        """A change of a table being copied was handed on (PostgreSQL remembers its xid)."""
+
+    def reached(self, position: dict, watermark: object) -> bool:
+        """Has the stream, at transaction boundary ``position``, passed every change
+        that the chunk's snapshot includes?"""
+
+    def events(self, chunk: Chunk, rows: list[tuple[tuple, dict]], position: dict,
+               last: bool) -> list[ChangeEvent]:
+        """The ``op: "r"`` events of ``rows``, placed just after ``position``; ``last``
+        marks the last row of the table (``source.snapshot: "last"``)."""
+
+    def estimate(self, table: str) -> int | None:
+        """The table's approximate row count (for progress), or None."""
+
+    def check_where(self, table: str, where: str) -> None:
+        """Raise ``SnapshotInputError`` when ``where`` is not a valid condition on ``table``."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Snapshottable(Protocol):
+    """A source that can copy its existing rows.  Its ``snapshot*`` constructor options
+    are the YAML options (``snapshot: initial | never | initial_only | when_needed``,
+    ``snapshot_chunk_size``)."""
+
+    snapshot: str
+    snapshot_chunk_size: int
+
+    def snapshot_reader(self) -> SnapshotReader:
+        """A new reader on its own connection."""
+
+    def snapshot_position(self) -> dict | None:
+        """The position of the last transaction boundary ``poll`` handed on (or opened at)."""
 
 
 @runtime_checkable

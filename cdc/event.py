@@ -10,7 +10,8 @@ A ``ChangeEvent`` is one committed row change, shaped like Debezium's envelope::
                 "txId": 771, "ts_ms": 1764091000123},
      "ts_ms": 1764091000456}
 
-- ``op``: ``c`` insert, ``u`` update, ``d`` delete, ``t`` truncate, ``m`` logical message.
+- ``op``: ``c`` insert, ``u`` update, ``d`` delete, ``t`` truncate, ``m`` logical message,
+  ``r`` a row read by a snapshot (``docs/snapshots.md``).
 - ``id``: stable across redelivery (derived from the log position), so consumers can
   deduplicate.  ``key``: the primary-key (replica identity) columns.
 - Column values are already JSON values (see the README's type table): integers are

@@ -32,7 +32,6 @@ def _store(cfg: Config, source: str):
 @contextmanager
 def _locked(cfg: Config, source: str) -> Iterator[None]:
     """Hold the source's lock: refused while its ``cdc run`` holds it."""
-    assert cfg.state_dir is not None  # always set by the config loader
     try:
         lock = SourceLock(cfg.state_dir, source).acquire()
     except LockHeld as exc:
@@ -58,7 +57,6 @@ def show(cfg: Config, source: str) -> dict[str, Any]:
     store = _store(cfg, source)
     try:
         saved_at = store.saved_at() if isinstance(store, Timestamped) else None
-        assert cfg.state_dir is not None  # always set by the config loader
         return {"source": source, "position": store.load(), "saved_at": saved_at,
                 "age_s": round(time.time() - saved_at, 1) if saved_at else None,
                 "running": SourceLock(cfg.state_dir, source).held()}

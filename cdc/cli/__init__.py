@@ -1,6 +1,6 @@
 """The ``cdc`` command: one module per command group.
 
-``run`` (and ``validate``), ``status``, ``check``, ``checkpoint``, ``dlq``, ``schema``, ``demo``.
+``run``, ``validate``, ``schema``, ``status``, ``check``, ``checkpoint``, ``snapshot``, ``dlq``, ``demo``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .common import setup_logging
 from .demo import demo
 from .dlq import dlq
 from .run import run
+from .snapshot import snapshot
 from .status import status
 from .validate import schema, validate
 
@@ -36,7 +37,7 @@ def main(log_level: str, log_format: str) -> None:
     setup_logging(log_level, log_format.lower())
 
 
-for command in (run, validate, schema, status, check, checkpoint, dlq, demo):
+for command in (run, validate, schema, status, check, checkpoint, snapshot, dlq, demo):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -48,7 +48,6 @@ def metrics_listen(cfg: Config, source_name: str) -> str | None:
 def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
     from ..engine import SourceRunner, tune_process
     from ..observe import LockHeld, SourceLock, attach
-    assert cfg.state_dir is not None  # always set by the config loader
     try:
         lock = SourceLock(cfg.state_dir, source_name).acquire()
     except LockHeld as exc:
@@ -70,6 +69,11 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
     except OSError as exc:
         log.error("cannot serve metrics on %s: %s", metrics_listen(cfg, source_name), exc.strerror)
         return 1
+
+    from ..snapshot.progress import ProgressBars
+    bars = ProgressBars(runner) if runner.snapshots is not None and ProgressBars.wanted() else None
+    if bars is not None:  # a snapshot's per-table progress, on a terminal
+        runner.on_tick.append(bars)
 
     first_signal: list[float] = []
 
@@ -96,5 +100,7 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
         log.error("%s", exc)
         return 1
     finally:
+        if bars is not None:
+            bars.close()
         close_observers()
         lock.release()

@@ -82,7 +82,7 @@ class Config:
     sources: dict[str, SourceSpec]
     pipelines: dict[str, PipelineSpec]
     metrics_listen: str | None = None   # ``metrics: {listen: host:port}``
-    state_dir: Path | None = None       # lock and status files (default: <config dir>/state)
+    state_dir: Path = Path("state")     # lock and status files (the loader makes it <config dir>/state)
 
     def pipelines_of(self, source: str) -> list[PipelineSpec]:
         return [p for p in self.pipelines.values() if p.source == source]

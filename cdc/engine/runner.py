@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..abc import CountsBytes
+from ..abc import CountsBytes, Snapshottable
 from ..config.model import Config, PipelineSpec
 from ..deadletter.record import TRANSFORMS_SINK
 from ..errors import CdcError, CheckpointError, SourceConnectionError, TransformError
 from ..event import ChangeEvent, Commit
+from ..snapshot import SnapshotController
 from ..transforms.chain import TransformChain, TransformMutatedInput
 from .deadletters import DeadLetterWriter
 from .retry import Backoff
@@ -85,6 +86,10 @@ class SourceRunner:
         self._finish_by: float | None = None
         self._sink_halted = False
         self._checkpoint_failing_since: float | None = None
+        # copying existing rows (docs/snapshots.md); None for a source that cannot
+        self.snapshots = (SnapshotController(source, self.source, self.source.snapshot, self.spec.tables,
+                                             self.source.snapshot_chunk_size, config.state_dir)
+                          if isinstance(self.source, Snapshottable) else None)
 
     # ---- control --------------------------------------------------------------
 
@@ -104,6 +109,8 @@ class SourceRunner:
         """Run until stopped; 0 after a clean stop, 1 after an error."""
         position = self.store.load()
         self.saved_position = position
+        if self.snapshots is not None:
+            self.snapshots.plan(position)
         log.info("source %s: starting from %s", self.name, position or "the current position")
         for w in self.workers:
             w.start()
@@ -132,7 +139,8 @@ class SourceRunner:
                 self._checkpoint()
                 continue
             try:
-                items = source.poll(self.poll_timeout)
+                items = source.poll(0.0 if self.snapshots is not None and self.snapshots.ready
+                                    else self.poll_timeout)
             except SourceConnectionError as exc:
                 delay = backoff.next()
                 log.warning("source %s: %s; resuming from the checkpoint in %.0fs", self.name, exc, delay)
@@ -144,8 +152,22 @@ class SourceRunner:
             if items:
                 self._dispatch(items)
             self._checkpoint()
+            if self.snapshots is not None:
+                self._snapshot_tick()
             for tick in self.on_tick:
                 tick(self)
+
+    def _snapshot_tick(self) -> None:
+        """Read the next snapshot chunk when the sinks have room (docs/snapshots.md)."""
+        snapshots = self.snapshots
+        room = (self.tracker.events_in_flight < self.spec.max_in_flight_events
+                and not self._stop.is_set())
+        items = snapshots.tick(room, self._in_tx)
+        if items:
+            self._dispatch(items)
+        if snapshots.finished and snapshots.mode == "initial_only" and not self._stop.is_set():
+            log.info("source %s: the initial snapshot is done (snapshot: initial_only): stopping", self.name)
+            self._stop.set()
 
     def _finishing_tx(self) -> bool:
         """After a stop request, read on to the end of a half-read transaction (for at
@@ -162,6 +184,8 @@ class SourceRunner:
         events: list[ChangeEvent] = []
         position = None
         commit_ts = 0
+        if self.snapshots is not None:
+            items = self.snapshots.process(items)
         self._in_tx = items[-1].__class__ is not Commit
         for item in items:
             if item.__class__ is Commit:
@@ -170,6 +194,8 @@ class SourceRunner:
                 self.counts["transactions"] += 1
             else:
                 events.append(item)
+        if position is not None and self.snapshots is not None:
+            position = self.snapshots.annotate(position)
         deliveries: list[tuple[SinkWorker, list[ChangeEvent]]] = []
         emitted = 0
         for p in self.pipelines:
@@ -266,6 +292,8 @@ class SourceRunner:
         so that nothing is read twice or skipped."""
         self._drain(float("inf"), until_stop=True)
         self._checkpoint(force=True)
+        if self.snapshots is not None:
+            self.snapshots.discard_window()
         try:
             self.source.close()
         except Exception:
@@ -299,6 +327,8 @@ class SourceRunner:
         self._checkpoint(force=True)
         self.source_connected = False
         closers = [self.source.close, self.store.close]
+        if self.snapshots is not None:
+            closers.append(self.snapshots.close)
         closers += [p.dead_letters.close for p in self.pipelines if p.dead_letters is not None]
         for closer in closers:
             try:

@@ -125,6 +125,15 @@ class _Collector:
                      ["source", "pipeline", "sink"],
                      [(labels, int(w.connected and w.last_error is None)) for w, labels in sinks])
         yield from self._positions(r, src)
+        if r.snapshots is not None:
+            s = r.snapshots
+            yield _counter("cdc_snapshot_rows", "Snapshot rows emitted (op r) by this process",
+                           ["source"], [(src, s.rows_total)])
+            yield _gauge("cdc_snapshot_tables_remaining", "Tables with a snapshot queued or running",
+                         ["source"], [(src, len(s.pending))])
+            yield _gauge("cdc_snapshot_table_rows", "Rows copied so far, per table copy",
+                         ["source", "snapshot", "table"],
+                         [([r.name, p["id"], p["table"]], p["rows"]) for p in s.progress.values()])
 
     def _positions(self, r, src):
         numbers = position_numbers(r.saved_position)

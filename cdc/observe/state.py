@@ -15,6 +15,7 @@ import os
 import time
 from pathlib import Path
 
+from ..snapshot.progress import status_of as snapshot_status
 from .secrets import redact
 
 __all__ = ["SourceLock", "LockHeld", "StatusWriter", "read_status", "lock_path", "status_path"]
@@ -124,7 +125,8 @@ class StatusWriter:
                 "events_in_flight": r.tracker.events_in_flight, "counts": dict(r.counts),
                 "acknowledged": r.tracker.acked_events,
                 "pipelines": {p.spec.name: dict(p.counts) for p in r.pipelines},
-                "sinks": sinks, "last_error": redact(str(error)) if error else None}
+                "sinks": sinks, "last_error": redact(str(error)) if error else None,
+                "snapshot": snapshot_status(r)}
 
     def write(self, running: bool) -> None:
         self._last = time.monotonic()

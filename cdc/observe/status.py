@@ -11,6 +11,8 @@ from typing import Any
 from ..abc import Countable, Describable, Timestamped
 from ..config.model import Config
 from ..errors import CdcError
+from ..snapshot.progress import render as render_snapshots
+from ..snapshot.progress import status_rows as snapshot_rows
 from .secrets import redact
 from .state import SourceLock, read_status
 
@@ -49,6 +51,7 @@ def source_status(cfg: Config, name: str) -> dict[str, Any]:
         row["last_error"] = live.get("last_error")
         row["status_updated_s"] = round(time.time() - live.get("updated_at", 0), 1)
     row["pipelines"] = _pipelines(cfg, name, live or {})
+    row["snapshots"] = snapshot_rows(row.get("position"), live)
     return row
 
 
@@ -116,7 +119,7 @@ def render_table(rows: list[dict], console=None) -> None:
     for row in rows:
         state = f"running (pid {row.get('pid')})" if row.get("running") else "stopped"
         position = row.get("position")
-        pos = ", ".join(f"{k}={v}" for k, v in position.items()) if position else "none"
+        pos = ", ".join(f"{k}={v}" for k, v in position.items() if k != "snapshot") if position else "none"
         lines, dead = [], []
         for p in row.get("pipelines", []):
             lines.append(p["pipeline"])
@@ -128,3 +131,4 @@ def render_table(rows: list[dict], console=None) -> None:
         table.add_row(f"{row['source']} ({row['type']})", state, pos, _age(row.get("checkpoint_age_s")),
                       _lag(row), "\n".join(lines), "\n".join(dead), error)
     (console or Console()).print(table)
+    render_snapshots(rows, console)

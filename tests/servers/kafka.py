@@ -148,7 +148,7 @@ class KafkaServer(Server):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m cdc.servers.kafka", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m servers.kafka", description=__doc__)
     parser.add_argument("--fetch", action="store_true", help="download the Kafka jars (once) and print their dir")
     parser.add_argument("--version", default=KAFKA_VERSION)
     args = parser.parse_args()

@@ -31,6 +31,7 @@ from . import preflight
 from . import settings as checks
 from .decoder import TableDecoder
 from .position import GtidState
+from .snapshot import MySQLSnapshotReader
 
 __all__ = ["MySQLSource"]
 
@@ -158,16 +159,21 @@ class MySQLSource:
     """Options: ``dsn`` (``mysql://user:pass@host:3306/db``), ``tables`` (``db.table``),
     ``server_id`` (unique among the server's replicas; default: derived from the source
     name), ``max_poll_events``, ``heartbeat_interval`` (seconds the server may stay silent),
-    ``fast_decoder`` (false: the library's decoding for every table) and ``statement_dml``
+    ``fast_decoder`` (false: the library's decoding for every table), ``statement_dml``
     (``stop``, the default: an INSERT/UPDATE/DELETE on a captured table written in
     statement format stops the source with its position and the fix; ``skip``: such
-    statements are skipped with a warning, and the rows they changed are not captured)."""
+    statements are skipped with a warning, and the rows they changed are not captured),
+    and ``snapshot`` / ``snapshot_chunk_size`` (copying the existing rows:
+    ``docs/snapshots.md``)."""
 
     def __init__(self, dsn: str, tables: list[str], server_id: int | None = None,
                  max_poll_events: int = 1000, heartbeat_interval: float = 10.0,
                  fast_decoder: bool = True, statement_dml: Literal["stop", "skip"] = "stop",
-                 context: Context | None = None) -> None:
+                 snapshot: Literal["initial", "never", "initial_only", "when_needed"] = "initial",
+                 snapshot_chunk_size: int = 10_000, context: Context | None = None) -> None:
         self.name = context.source if context else "mysql"
+        self.snapshot = snapshot
+        self.snapshot_chunk_size = snapshot_chunk_size
         self.dsn = dsn
         try:
             self.settings = checks.parse_dsn(dsn)
@@ -287,6 +293,12 @@ class MySQLSource:
                             else "SELECT @@global.gtid_executed")
                 position["gtid"] = cur.fetchone()[0] or ""
         return position
+
+    def snapshot_reader(self) -> MySQLSnapshotReader:
+        return MySQLSnapshotReader(self.settings, self.name)
+
+    def snapshot_position(self) -> dict | None:
+        return self._position
 
     def close(self) -> None:
         if self.reader is not None:

@@ -7,7 +7,7 @@ import logging
 import re
 import struct
 import time
-from typing import cast
+from typing import Literal, cast
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -20,6 +20,7 @@ from ...lsn import format_lsn, parse_lsn
 from . import preflight, setup, slots
 from .pgoutput import Decoder
 from .replication import ReplicationStream
+from .snapshot import PostgresSnapshotReader
 
 __all__ = ["PostgresSource", "HEARTBEAT_PREFIX"]
 
@@ -42,14 +43,19 @@ def _default_name(source: str, db: str) -> str:
 class PostgresSource:
     """Options: ``dsn``, ``tables`` (``schema.table``), ``slot`` and ``publication``
     (default ``cdc_<db>_<source>``; created when missing unless ``create: false``),
-    ``heartbeat_interval`` (seconds, 0: off) and ``messages`` (emit logical decoding
-    messages as ``op: m`` events)."""
+    ``heartbeat_interval`` (seconds, 0: off), ``messages`` (emit logical decoding
+    messages as ``op: m`` events), and ``snapshot`` / ``snapshot_chunk_size``
+    (copying the existing rows: ``docs/snapshots.md``)."""
 
     def __init__(self, dsn: str, tables: list[str], slot: str | None = None,
                  publication: str | None = None, create: bool = True,
                  heartbeat_interval: float = 0.0, messages: bool = False,
-                 max_poll_events: int = 1000, context: Context | None = None) -> None:
+                 max_poll_events: int = 1000,
+                 snapshot: Literal["initial", "never", "initial_only", "when_needed"] = "initial",
+                 snapshot_chunk_size: int = 10_000, context: Context | None = None) -> None:
         self.name = context.source if context else "postgres"
+        self.snapshot = snapshot
+        self.snapshot_chunk_size = snapshot_chunk_size
         self.dsn = dsn
         self.tables = tables
         self.db = cast(str, conninfo_to_dict(dsn).get("dbname", ""))  # a DSN string parses to strings
@@ -139,12 +145,17 @@ class PostgresSource:
         self.confirmed_lsn = max(self.confirmed_lsn, start)
         self._last_position = max(self._last_position, start)
         options = {"proto_version": "1", "publication_names": self.publication}
-        if self.messages or self.heartbeat_interval:
-            options["messages"] = "true"
+        options["messages"] = "true"  # heartbeats, and snapshot watermarks (even with snapshot: never)
         self.stream = ReplicationStream(self.dsn)
         self.stream.start(self.slot, start, options)
         self._started = True
         log.info("source %s: streaming slot %s from %s", self.name, self.slot, format_lsn(start))
+
+    def snapshot_reader(self) -> PostgresSnapshotReader:
+        return PostgresSnapshotReader(self.dsn, self.name, self.db)
+
+    def snapshot_position(self) -> dict | None:
+        return {"lsn": format_lsn(self._last_position)} if self._last_position else None
 
     def close(self) -> None:
         if self.stream is not None:

@@ -1,0 +1,145 @@
+"""Initial-snapshot benchmark: cdc vs COPY TO STDOUT (PostgreSQL) and mariadb-dump --quick.
+
+    .venv/bin/python bench/snapshot_bench.py [--rows 1000000] [--runs 3] [--chunk 10000]
+
+The anchor table of ../shared/perf-anchors.md (orders: id, customer_id, status,
+amount, note of 30-110 ASCII characters, created_at) with ``--rows`` rows, on
+private servers, everything over TCP 127.0.0.1.  cdc runs ``cdc run`` with
+``snapshot: initial_only`` into the ``discard`` sink (which serialises every event
+to JSON), from process start to exit (start-up and slot creation included).
+Anchors in the same run: ``psql -c "COPY (SELECT * FROM orders) TO STDOUT"`` and
+``mariadb-dump --quick``, both to /dev/null.  Reported: rows/s (median of the
+runs), the ratios, and cdc's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from servers import MariaDBServer, PostgresServer  # noqa: E402
+
+NOTE = "substr(repeat(md5(g::text) || ' ', 4), 1, (30 + (g * 7919) % 81)::int)"
+
+
+def timed(argv: list[str], env: dict | None = None) -> tuple[float, int]:
+    """(seconds, peak RSS KiB) of a child process; its output goes to /dev/null."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{argv[:3]} failed: {proc.stderr.read().decode()[-3000:]}")
+    return seconds, usage.ru_maxrss
+
+
+def cdc_run(source: dict, workdir: Path) -> tuple[float, int]:
+    raw = {"sources": {"db": {**source, "snapshot": "initial_only",
+                              "checkpoint": {"type": "file", "path": "state/db.json"}}},
+           "pipelines": {"all": {"source": "db", "sinks": [{"type": "discard"}]}}}
+    for old in workdir.glob("state/*"):
+        old.unlink()
+    path = workdir / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return timed([sys.executable, "-m", "cdc", "--log-level", "warning", "run", str(path)])
+
+
+def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path) -> dict:
+    import psycopg
+    server = PostgresServer()
+    server.start()
+    try:
+        dsn = server.create_database("bench")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(20),"
+                         " amount numeric(12,2), note varchar(200), created_at timestamp)")
+            conn.execute(f"INSERT INTO orders SELECT g, 1 + g % 10000, 'new', ((g * 37) % 9999999) / 100.0,"
+                         f" {NOTE}, timestamp '2026-11-25 10:00' + g * interval '1 ms'"
+                         f" FROM generate_series(1::bigint, {rows}) g")
+            conn.execute("VACUUM ANALYZE orders")
+        copy_s, cdc_s, rss = [], [], []
+        for i in range(runs):
+            s, _ = timed(["psql", dsn, "-X", "-q", "-c", "COPY (SELECT * FROM orders) TO STDOUT"])
+            copy_s.append(s)
+            with psycopg.connect(dsn, autocommit=True) as conn:  # each run copies with a new slot
+                for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall():
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            s, peak = cdc_run({"type": "postgres", "dsn": dsn, "tables": ["public.orders"],
+                               "snapshot_chunk_size": chunk}, workdir)
+            cdc_s.append(s)
+            rss.append(peak)
+            print(f"  postgres run {i + 1}: COPY {rows / copy_s[-1]:,.0f} rows/s, cdc {rows / s:,.0f} rows/s, "
+                  f"peak RSS {peak / 1024:.0f} MiB", flush=True)
+        return {"anchor": rows / statistics.median(copy_s), "cdc": rows / statistics.median(cdc_s),
+                "rss_mib": max(rss) / 1024}
+    finally:
+        server.close()
+
+
+def bench_mariadb(rows: int, runs: int, chunk: int, workdir: Path) -> dict:
+    server = MariaDBServer()
+    server.start()
+    try:
+        dsn = server.create_database("bench")
+        with server.connect("bench") as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(20),"
+                        " amount decimal(12,2), note varchar(200), created_at datetime)")
+            cur.execute(f"INSERT INTO orders SELECT seq, 1 + seq % 10000, 'new', ((seq * 37) % 9999999) / 100.0,"
+                        f" substr(repeat(concat(md5(seq), ' '), 4), 1, 30 + (seq * 7919) % 81),"
+                        f" timestamp '2026-11-25 10:00' + interval seq * 1000 microsecond"
+                        f" FROM seq_1_to_{rows}")
+            cur.execute("COMMIT")
+        url = dsn.split("://", 1)[1]
+        dump_s, cdc_s, rss = [], [], []
+        port = server.port
+        for i in range(runs):
+            s, _ = timed(["mariadb-dump", "--quick", "-h", "127.0.0.1", "-P", str(port), "-u", "root",
+                          "-proot", "--protocol=tcp", "--skip-lock-tables", "bench", "orders"])
+            dump_s.append(s)
+            s, peak = cdc_run({"type": "mysql", "dsn": server.dsn("bench", user="cdc"), "tables": ["bench.orders"],
+                               "server_id": 777 + i, "snapshot_chunk_size": chunk}, workdir)
+            cdc_s.append(s)
+            rss.append(peak)
+            print(f"  mariadb run {i + 1}: mariadb-dump {rows / dump_s[-1]:,.0f} rows/s, cdc {rows / s:,.0f} rows/s,"
+                  f" peak RSS {peak / 1024:.0f} MiB", flush=True)
+        del url
+        return {"anchor": rows / statistics.median(dump_s), "cdc": rows / statistics.median(cdc_s),
+                "rss_mib": max(rss) / 1024}
+    finally:
+        server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=10_000)
+    parser.add_argument("--only", choices=["postgres", "mariadb"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {}
+        if args.only in (None, "postgres"):
+            results["PostgreSQL (anchor: COPY TO STDOUT)"] = bench_postgres(args.rows, args.runs, args.chunk, Path(tmp))
+        if args.only in (None, "mariadb"):
+            results["MariaDB (anchor: mariadb-dump --quick)"] = bench_mariadb(args.rows, args.runs, args.chunk,
+                                                                              Path(tmp))
+    print(f"\ninitial snapshot of {args.rows:,} rows, chunk {args.chunk:,}, median of {args.runs}:")
+    print("| source | anchor rows/s | cdc rows/s | cdc / anchor | cdc peak RSS |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in results.items():
+        print(f"| {name} | {r['anchor']:,.0f} | {r['cdc']:,.0f} | {r['cdc'] / r['anchor']:.2f}x | "
+              f"{r['rss_mib']:.0f} MiB |")
+
+
+if __name__ == "__main__":
+    main()

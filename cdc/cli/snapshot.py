@@ -1,0 +1,105 @@
+"""``cdc snapshot``: copy a table again (or the rows matching a condition) while the
+pipeline streams; list and cancel such copies.
+
+The request goes to the running process through a file in ``state_dir`` (see
+``cdc/snapshot/requests.py``): no write access to the source database is needed.
+The condition is checked against the source first (``EXPLAIN`` in a read-only
+transaction), so a condition that does not parse is refused here and never reaches
+the running pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ..abc import Snapshottable
+from ..config.layout import qualified
+from ..errors import CdcError
+from ..observe.state import read_status
+from ..snapshot import requests
+from .common import fail, load_or_exit
+
+__all__ = ["snapshot"]
+
+
+@click.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--source", "source_name", required=True)
+@click.option("--table", help="The table to copy (as in the source's tables:).")
+@click.option("--where", help="Only the rows matching this SQL condition.")
+@click.option("--list", "list_", is_flag=True, help="List the queued and running copies.")
+@click.option("--cancel", "cancel_id", help="Cancel the copy with this id.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (--list).")
+def snapshot(config: str, source_name: str, table: str | None, where: str | None, list_: bool,
+             cancel_id: str | None, as_json: bool) -> None:
+    """Copy a table's rows again, interleaved with the live changes (docs/snapshots.md)."""
+    cfg = load_or_exit(config)
+    spec = cfg.sources.get(source_name)
+    if spec is None:
+        fail(f"no source named {source_name!r} in {config} (sources: {', '.join(cfg.sources)})", 2)
+    if sum(bool(x) for x in (table, list_, cancel_id)) != 1:
+        fail("give exactly one of --table, --list, --cancel", 2)
+    if list_:
+        _list(cfg, source_name, as_json)
+        return
+    if cancel_id:
+        requests.cancel(cfg.state_dir, source_name, cancel_id)
+        click.echo(f"source {source_name}: cancel of snapshot {cancel_id} requested")
+        return
+    assert table is not None  # exactly one of --table, --list, --cancel
+    table = qualified(spec.factory, table, spec.options)
+    if table not in spec.tables:
+        fail(f"{table} is not a table of source {source_name} ({', '.join(spec.tables)})", 2)
+    source = spec.build()
+    if not isinstance(source, Snapshottable):
+        fail(f"source {source_name} ({spec.type}) cannot take snapshots", 2)
+    if where is not None:
+        reader = source.snapshot_reader()
+        try:
+            reader.check_where(table, where)
+        except CdcError as exc:
+            fail(str(exc), 2)
+        finally:
+            reader.close()
+    snapshot_id = requests.submit(cfg.state_dir, source_name, table, where)
+    click.echo(f"source {source_name}: snapshot {snapshot_id} of {table} requested"
+               f"{' where ' + where if where else ''}")
+
+
+def _list(cfg, source_name: str, as_json: bool) -> None:
+    store = cfg.sources[source_name].checkpoint.build()
+    try:
+        position = store.load() or {}
+    except CdcError as exc:
+        fail(str(exc))
+    finally:
+        store.close()
+    live = (read_status(cfg.state_dir, source_name) or {}).get("snapshot") or {}
+    state = live.get("state") or position.get("snapshot") or {}
+    rows = [dict(e, state="running" if i == 0 else "queued") for i, e in enumerate(state.get("queue", []))]
+    directory = requests.request_dir(cfg.state_dir, source_name)
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.request")):
+            try:
+                body = json.loads(path.read_text())
+            except ValueError:
+                continue
+            rows.append({**body, "after": None, "rows": 0, "state": "requested"})
+    totals = {t["id"] + ":" + t["table"]: t for t in live.get("tables", [])}
+    for r in rows:
+        t = totals.get(f"{r['id']}:{r['table']}")
+        if t:
+            r["total"] = t.get("total")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"source {source_name}: no snapshot queued or running")
+        return
+    for r in rows:
+        total = f" of ~{r['total']:,}" if r.get("total") else ""
+        click.echo(f"{r['id']}  {r['table']}  {r['state']}  {r.get('rows', 0):,}{total} rows"
+                   f"{'  after key ' + json.dumps(r['after']) if r.get('after') else ''}"
+                   f"{'  where ' + r['where'] if r.get('where') else ''}")

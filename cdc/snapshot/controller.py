@@ -1,0 +1,309 @@
+"""The snapshot side of a ``SourceRunner``: which tables to copy, one chunk window at
+a time, and the copy's progress in the checkpoint position.
+
+The runner calls, on its own thread:
+
+- ``plan(position)`` once, with the loaded checkpoint;
+- ``process(items)`` on every polled batch (a no-op when no copy is running):
+  it drops buffered rows that a newer streamed change supersedes, and inserts the
+  chunk's rows after the commit that reaches the chunk's watermark;
+- ``annotate(position)`` on the batch's last commit position: adds ``snapshot``;
+- ``tick(...)`` after each turn: may read the next chunk, and returns items to
+  dispatch when a chunk can be emitted at once;
+- ``discard_window()`` when the source reconnects.
+
+The algorithm and why it is correct: ``docs/snapshots.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import CdcError, SourceConnectionError
+from ..event import ChangeEvent, Commit
+from . import requests as signals
+from .chunk import Chunk, SnapshotInputError
+
+__all__ = ["SnapshotController", "INITIAL"]
+
+log = logging.getLogger("cdc.snapshot")
+INITIAL = "initial"
+RETRY_DELAY = 0.2          # seconds before reading a chunk again whose snapshot could not be used
+ERROR_DELAY = 5.0          # seconds before reconnecting the snapshot reader after a lost connection
+REQUEST_POLL = 1.0         # seconds between looks at the request directory
+
+
+@dataclass
+class _Window:
+    entry: dict
+    chunk: Chunk
+    keys: set          # keys of chunk rows not superseded by a newer streamed change
+    opened: float = field(default_factory=time.monotonic)
+
+
+class SnapshotController:
+    def __init__(self, source_name: str, source, mode: str, tables: list[str], chunk_size: int,
+                 state_dir: Path | None = None) -> None:
+        self.name = source_name
+        self.source = source
+        self.mode = mode
+        self.tables = list(tables)
+        self.chunk_size = max(1, int(chunk_size))
+        self.state_dir = state_dir
+        self.done: list[str] = []            # tables whose initial copy is done (or needs none)
+        self.queue: list[dict] = []          # copies to do, the first one in progress
+        self.window: _Window | None = None
+        self.reader: Any = None              # the source's SnapshotReader, opened on the first chunk
+        self.pending: frozenset[str] = frozenset()   # tables of the queued copies
+        self.rows_total = 0                  # snapshot rows emitted by this process
+        self.progress: dict[str, dict] = {}  # copy id:table -> rows, total, started, finished
+        self._state: dict = {}
+        self._not_before = 0.0
+        self._next_request_look = 0.0
+        self._chunks_retried = 0
+
+    # ---- planning ---------------------------------------------------------------
+
+    def plan(self, position: dict | None) -> None:
+        """Decide what to copy from the loaded checkpoint (None: a new source)."""
+        copy = self.mode != "never"
+        saved = (position or {}).get("snapshot")
+        if position is None:
+            self.done = [] if copy else list(self.tables)
+            self.queue = [self._entry(INITIAL, t) for t in self.tables] if copy else []
+        elif saved is None:  # a checkpoint from before snapshots: its tables were streamed already
+            self.done, self.queue = list(self.tables), []
+        else:
+            self.done = [t for t in saved.get("tables", []) if t in self.tables]
+            self.queue = [dict(e) for e in saved.get("queue", []) if e.get("table") in self.tables]
+            queued = {e["table"] for e in self.queue if e["id"] == INITIAL}
+            for t in self.tables:  # a table added to ``tables:`` since the last run
+                if t not in self.done and t not in queued:
+                    if copy:
+                        log.info("source %s: table %s is new: it gets its own snapshot", self.name, t)
+                        self.queue.append(self._entry(INITIAL, t))
+                    else:
+                        self.done.append(t)
+        self._changed()
+        for e in self.queue:
+            what = "resuming after key %s" % (e["after"],) if e["after"] is not None else "from the start"
+            log.info("source %s: snapshot %s of %s %s", self.name, e["id"], e["table"], what)
+
+    @staticmethod
+    def _entry(snapshot_id: str, table: str, where: str | None = None) -> dict:
+        return {"id": snapshot_id, "table": table, "after": None, "rows": 0, "where": where}
+
+    def _changed(self) -> None:
+        self._state = {"tables": list(self.done), "queue": [dict(e) for e in self.queue]}
+        self.pending = frozenset(e["table"] for e in self.queue)
+
+    @property
+    def state(self) -> dict:
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        """A chunk is to be read: the runner should not wait in ``poll``."""
+        return self.window is None and bool(self.queue) and time.monotonic() >= self._not_before
+
+    @property
+    def finished(self) -> bool:
+        return not self.queue
+
+    def annotate(self, position: dict) -> dict:
+        """The checkpoint position with the copy's progress, as of the end of the batch."""
+        return {**position, "snapshot": self._state}
+
+    # ---- the stream side ------------------------------------------------------------
+
+    def process(self, items: list) -> list:
+        pending = self.pending
+        if not pending:
+            return items
+        window = self.window
+        reader = self.reader
+        table = window.chunk.table if window is not None else None
+        out: list = []
+        append = out.append
+        for item in items:
+            if item.__class__ is Commit:
+                append(item)
+                if window is not None and reader.reached(item.position, window.chunk.watermark):
+                    out.extend(self._emit(item.position))
+                    window = table = None
+                continue
+            if item.table in pending:
+                if reader is not None:
+                    reader.note(item)
+                if item.table == table and reader.newer(item, window.chunk.watermark):
+                    self._supersede(window, item)  # type: ignore[arg-type]  # table is set only with a window
+            append(item)
+        return out
+
+    @staticmethod
+    def _supersede(window: _Window, event: ChangeEvent) -> None:
+        """A newer change of the chunk's table: its keys' snapshot rows are not emitted."""
+        columns = window.chunk.key_columns
+        if event.key is None:  # truncate: the rows read are all gone
+            window.keys.clear()
+            return
+        keys = window.keys
+        try:
+            keys.discard(tuple(event.key[c] for c in columns))
+        except KeyError:
+            pass
+        before = event.before
+        if before:
+            try:
+                keys.discard(tuple(before[c] for c in columns))
+            except KeyError:
+                pass
+
+    def _emit(self, position: dict) -> list:
+        window, self.window = self.window, None
+        assert window is not None  # called only when a window's watermark was reached
+        chunk, entry = window.chunk, window.entry
+        rows = [kr for kr in chunk.rows if kr[0] in window.keys]
+        chunk.first_index = entry["rows"]
+        events = self.reader.events(chunk, rows, position, chunk.done) if rows else []
+        entry["after"] = chunk.last_key
+        entry["rows"] += len(events)
+        self.rows_total += len(events)
+        progress = self.progress.get(f"{entry['id']}:{entry['table']}")
+        if progress is not None:
+            progress["rows"] = entry["rows"]
+        if chunk.done:
+            self._finish(entry)
+        self._changed()
+        return events + [Commit(position)]
+
+    def _finish(self, entry: dict) -> None:
+        self.queue.remove(entry)
+        if entry["id"] == INITIAL and entry["table"] not in self.done:
+            self.done.append(entry["table"])
+        progress = self.progress.get(f"{entry['id']}:{entry['table']}")
+        if progress is not None:
+            progress["finished"] = time.time()
+            seconds = max(progress["finished"] - progress["started"], 1e-6)
+            log.info("source %s: snapshot %s of %s done: %d rows, %d of them in %.1fs here (%.0f rows/s)",
+                     self.name, entry["id"], entry["table"], entry["rows"], entry["rows"] - progress["rows_start"],
+                     seconds, (entry["rows"] - progress["rows_start"]) / seconds)
+
+    def discard_window(self) -> None:
+        """The source reconnected: read the open chunk again later."""
+        self.window = None
+
+    # ---- the reading side -------------------------------------------------------------
+
+    def tick(self, room: bool, in_tx: bool) -> list:
+        """Read the next chunk when nothing is open and the sinks have room; items to
+        dispatch now (a chunk that can be placed at once, or the end of a copy)."""
+        now = time.monotonic()
+        if self.state_dir is not None and now >= self._next_request_look:
+            self._next_request_look = now + REQUEST_POLL
+            self._look_at_requests()
+        if self.window is not None or not self.queue or not room or in_tx or now < self._not_before:
+            if self.window is not None and not in_tx:
+                position = self.source.snapshot_position()
+                if position is not None and self.reader.reached(position, self.window.chunk.watermark):
+                    return self._emit(position)
+            return []
+        entry = self.queue[0]
+        key = f"{entry['id']}:{entry['table']}"
+        try:
+            reader = self._reader()
+            if key not in self.progress:
+                self.progress[key] = {"id": entry["id"], "table": entry["table"], "rows": entry["rows"],
+                                      "rows_start": entry["rows"],
+                                      "total": reader.estimate(entry["table"]), "started": time.time(),
+                                      "finished": None, "resumed_after": entry["after"]}
+            chunk = reader.read_chunk(entry["table"], entry["after"], self.chunk_size, entry.get("where"))
+        except SnapshotInputError as exc:
+            log.error("source %s: snapshot %s of %s dropped: %s", self.name, entry["id"], entry["table"], exc)
+            self.queue.remove(entry)
+            if entry["id"] == INITIAL and entry["table"] not in self.done:
+                self.done.append(entry["table"])
+            self._changed()
+            return []
+        except SourceConnectionError as exc:
+            log.warning("source %s: snapshot reader: %s; retrying in %.0fs", self.name, exc, ERROR_DELAY)
+            self._close_reader()
+            self._not_before = now + ERROR_DELAY
+            return []
+        if chunk is None:  # the snapshot could not be used: read again a moment later
+            self._chunks_retried += 1
+            self._not_before = now + RETRY_DELAY
+            return []
+        self.window = _Window(entry, chunk, {k for k, _ in chunk.rows})
+        log.debug("source %s: chunk of %s after %s: %d rows", self.name, entry["table"], entry["after"],
+                  len(chunk.rows))
+        position = self.source.snapshot_position()
+        if position is not None and reader.reached(position, chunk.watermark):
+            return self._emit(position)
+        return []
+
+    def _reader(self):
+        if self.reader is None:
+            self.reader = self.source.snapshot_reader()
+        return self.reader
+
+    def _close_reader(self) -> None:
+        if self.reader is not None:
+            try:
+                self.reader.close()
+            except Exception:
+                pass
+            self.reader = None
+        self.window = None
+
+    def close(self) -> None:
+        self._close_reader()
+
+    # ---- on-demand snapshots --------------------------------------------------------
+
+    def _look_at_requests(self) -> None:
+        assert self.state_dir is not None  # looked at only when there is one
+        try:
+            requests, cancels = signals.take(self.state_dir, self.name)
+        except OSError as exc:
+            log.warning("source %s: cannot read snapshot requests: %s", self.name, exc)
+            return
+        changed = False
+        for req in requests:
+            table = req.get("table")
+            if table not in self.tables:
+                log.error("source %s: snapshot request %s: %s is not a table of this source",
+                          self.name, req.get("id"), table)
+                continue
+            log.info("source %s: snapshot %s of %s requested%s", self.name, req["id"], table,
+                     f" where {req['where']}" if req.get("where") else "")
+            self.queue.append(self._entry(req["id"], table, req.get("where")))
+            changed = True
+        for cancel_id in cancels:
+            for e in [e for e in self.queue if e["id"] == cancel_id]:
+                log.info("source %s: snapshot %s of %s cancelled after %d rows", self.name, e["id"],
+                         e["table"], e["rows"])
+                if self.window is not None and self.window.entry is e:
+                    self.window = None
+                self.queue.remove(e)
+                changed = True
+        if changed:
+            self._changed()
+
+    # ---- observation --------------------------------------------------------------------
+
+    def figures(self) -> dict:
+        """For ``cdc status``, the metrics and the progress bar."""
+        return {"rows_total": self.rows_total, "tables_remaining": len({e["table"] for e in self.queue}),
+                "queue": [dict(e) for e in self.queue], "tables": [dict(p) for p in self.progress.values()],
+                "chunks_retried": self._chunks_retried}
+
+
+def check_mode(mode: str) -> None:
+    from .chunk import MODES
+    if mode not in MODES:
+        raise CdcError(f"snapshot must be one of {', '.join(MODES)} (got {mode!r})")

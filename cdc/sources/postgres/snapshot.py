@@ -1,0 +1,327 @@
+"""Reading PostgreSQL tables chunk by chunk for snapshots (``docs/snapshots.md``).
+
+Each chunk is one short ``REPEATABLE READ READ ONLY`` transaction on a connection of
+its own: ``pg_current_snapshot()`` (the chunk's snapshot: xmin, xmax, in-progress
+xids), then ``COPY (SELECT ... ORDER BY key LIMIT n) TO STDOUT`` in text form, whose
+values go through the same converters as pgoutput's (both are the types' text
+output, with the replication connection's session settings).  After the commit a
+non-transactional logical message (``pg_logical_emit_message``: WAL only, no table
+write) marks the chunk's high watermark in the stream.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import psycopg
+from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from ...errors import SourceConnectionError
+from ...event import ChangeEvent
+from ...lsn import format_lsn, parse_lsn
+from ...snapshot.chunk import Chunk, SnapshotInputError
+from .replication import SESSION_OPTIONS
+from .types import _bool, _timestamp, converter_for
+
+__all__ = ["PostgresSnapshotReader", "WATERMARK_PREFIX"]
+
+WATERMARK_PREFIX = "cdc_heartbeat"  # the source turns these messages into commits
+MAX_NOTED = 200_000                 # xids remembered for the check against a chunk's snapshot
+_ESCAPE = re.compile(rb"\\(?:([0-7]{1,3})|x([0-9A-Fa-f]{1,2})|(.))", re.S)
+_SIMPLE = {b"b": b"\b", b"f": b"\f", b"n": b"\n", b"r": b"\r", b"t": b"\t", b"v": b"\v"}
+
+
+def _unescape(field: bytes) -> bytes:
+    """COPY's text escapes undone (only called on fields holding a backslash)."""
+    def sub(m: re.Match) -> bytes:
+        if m.group(1):
+            return bytes([int(m.group(1), 8) & 0xFF])
+        if m.group(2):
+            return bytes([int(m.group(2), 16)])
+        c = m.group(3)
+        return _SIMPLE.get(c, c)
+    return _ESCAPE.sub(sub, field)
+
+
+
+def one(conn: psycopg.Connection, query: str) -> tuple:
+    """The one row of a query that always returns one."""
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return row
+
+class _Watermark:
+    __slots__ = ("xmin", "xmax", "xip", "high")
+
+    def __init__(self, xmin: int, xmax: int, xip: frozenset, high: int) -> None:
+        self.xmin, self.xmax, self.xip, self.high = xmin, xmax, xip, high
+
+    def full(self, xid32: int) -> int:
+        """A 32-bit xid from the stream as a 64-bit xid near this snapshot's."""
+        x = (self.xmax & ~0xFFFFFFFF) | xid32
+        if x > self.xmax + 0x80000000:
+            x -= 1 << 32
+        elif x < self.xmax - 0x80000000:
+            x += 1 << 32
+        return x
+
+    def visible(self, xid32: int) -> bool:
+        x = self.full(xid32)
+        return x < self.xmin or (x < self.xmax and x not in self.xip)
+
+
+class _Table:
+    def __init__(self, table: str, names: list[str], converters: list, key: list[str]) -> None:
+        self.table = table
+        self.schema, self.name = table.split(".", 1)
+        self.names = names
+        self.converters = converters
+        self.key = key
+        self.key_index = [names.index(k) for k in key]
+        self.decode = _compile(self)
+
+    def slow(self, line: bytes) -> tuple[tuple, dict]:
+        """One line with NULLs or escapes."""
+        values: list = []
+        for f, conv in zip(line[:-1].split(b"\t"), self.converters):
+            if f == b"\\N":
+                values.append(None)
+                continue
+            if b"\\" in f:
+                f = _unescape(f)
+            values.append(f.decode() if conv is None else conv(f))
+        return tuple([values[i] for i in self.key_index]), dict(zip(self.names, values))
+
+
+_INLINE = {int: "int({})", _timestamp: "{}.replace(' ', 'T', 1)", _bool: "{} == 't'"}
+
+
+def _compile(t: _Table):
+    """``decode(lines) -> [(key, row)]`` unrolled for the table's columns.  A line without
+    a backslash has neither NULLs (``\\N``) nor escapes: it is split as text and each
+    column converted inline; other lines take ``_Table.slow``."""
+    env = {"slow": t.slow}
+    code = ["def decode(lines, slow=slow, int=int):",
+            "    out = []",
+            "    append = out.append",
+            "    for line in lines:",
+            "        if 92 in line:",  # a backslash
+            "            append(slow(line))",
+            "            continue",
+            "        f = line[:-1].decode().split('\\t')"]
+    for i, conv in enumerate(t.converters):
+        if conv is None:
+            expr = f"f[{i}]"
+        elif conv in _INLINE:
+            expr = _INLINE[conv].format(f"f[{i}]")
+        else:
+            env[f"c{i}"] = conv
+            expr = f"c{i}(f[{i}].encode())"
+        code.append(f"        v{i} = {expr}")
+    key = "".join(f"v{i}, " for i in t.key_index)
+    row = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(t.names))
+    code.append(f"        append((({key}), {{{row}}}))")
+    code.append("    return out")
+    exec("\n".join(code), env)  # noqa: S102 - generated from column names via repr()
+    return env["decode"]
+
+
+class PostgresSnapshotReader:
+    def __init__(self, dsn: str, source_name: str, db: str) -> None:
+        self.dsn = dsn
+        self.source_name = source_name
+        self.db = db
+        params: dict[str, Any] = conninfo_to_dict(dsn)  # values parsed from a DSN string are strings
+        options = " ".join(filter(None, [params.pop("options", ""), SESSION_OPTIONS]))
+        self.conninfo = make_conninfo(**params, options=options,
+                                      application_name=params.get("application_name", "cdc") + "_snapshot")
+        self.conn: psycopg.Connection | None = None
+        self._tables: dict[str, _Table] = {}
+        self._noted: set[int] = set()        # xids of changes of copied tables handed on
+        self._floor: dict[str, int] = {}     # table -> an xid taken when its copy (re)started here
+
+    # ---- connection and metadata ----------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection:
+        if self.conn is None or self.conn.closed:
+            try:
+                self.conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError as exc:
+                raise SourceConnectionError(f"snapshot connection: {str(exc).strip()}",
+                                            source=self.source_name) from exc
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def _table(self, table: str) -> _Table:
+        t = self._tables.get(table)
+        if t is not None:
+            return t
+        conn = self._connect()
+        ident = sql.Identifier(*table.split(".", 1)).as_string(conn)
+        columns = conn.execute(
+            "SELECT a.attname, a.atttypid, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''"
+            " ORDER BY a.attnum", (ident,)).fetchall()
+        key = [r[0] for r in conn.execute(
+            "SELECT a.attname FROM pg_index i"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
+            " WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
+            (ident,)).fetchall()]
+        if not key:
+            raise SnapshotInputError(f"table {table} has no primary key: a snapshot reads tables in key order "
+                                     f"(add a primary key)", source=self.source_name)
+        t = _Table(table, [c[0] for c in columns], [converter_for(c[1], c[2]) for c in columns], key)
+        self._tables[table] = t
+        return t
+
+    def estimate(self, table: str) -> int | None:
+        try:
+            row = self._connect().execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                                          (sql.Identifier(*table.split(".", 1)).as_string(self._connect()),)
+                                          ).fetchone()
+        except psycopg.Error:
+            return None
+        return int(row[0]) if row and row[0] >= 0 else None
+
+    def check_where(self, table: str, where: str) -> None:
+        conn = self._connect()
+        query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
+            sql.Identifier(*table.split(".", 1)), sql.SQL(where))
+        try:
+            with conn.transaction():
+                conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute(query)
+        except psycopg.Error as exc:
+            raise SnapshotInputError(f"--where {where!r} on {table}: {str(exc).strip()}",
+                                     source=self.source_name) from None
+
+    # ---- chunks ---------------------------------------------------------------------------
+
+    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+        t = self._table(table)
+        conn = self._connect()
+        try:
+            if table not in self._floor:
+                # every transaction committed before now is visible to the snapshots we
+                # accept (see docs/snapshots.md): remember an xid taken now
+                with conn.transaction(force_rollback=True):
+                    self._floor[table] = int(one(conn, "SELECT pg_current_xact_id()::text")[0])
+            query = self._query(t, after, limit + 1, where).as_bytes(conn)
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                text = one(conn, "SELECT pg_current_snapshot()::text")[0]
+                lines = self._copy(conn, query)
+                # The high watermark, written after the snapshot was taken; the xid makes the
+                # commit flush the WAL (the message alone would wait for the WAL writer).
+                # And: a transaction committed before this copy started but not visible in
+                # the snapshot makes the snapshot unusable for now (see docs/snapshots.md).
+                high, _, racy = conn.execute(  # type: ignore[misc]  # one row
+                    "SELECT pg_logical_emit_message(false, %s, '')::text, pg_current_xact_id(),"
+                    " (SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x"
+                    "  WHERE x < %s::text::xid8 AND pg_xact_status(x) = 'committed')",
+                    (WATERMARK_PREFIX, str(self._floor[table]))).fetchone()
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise SourceConnectionError(f"snapshot read of {table}: {str(exc).strip()}",
+                                        source=self.source_name) from exc
+        except psycopg.Error as exc:
+            raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}", source=self.source_name) from None
+        rows = t.decode(lines)
+        xmin, xmax, xip = text.split(":")
+        wm = _Watermark(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x),
+                        parse_lsn(high))
+        noted = self._noted
+        if racy or any(not wm.visible(x) for x in noted):
+            return None
+        if noted:  # below xmin, visible to every later snapshot (xmin only grows)
+            self._noted = {x for x in noted if wm.full(x) >= wm.xmin}
+        done = len(rows) <= limit
+        rows = rows[:limit]
+        last_key = list(rows[-1][0]) if rows else after
+        return Chunk(table, rows, last_key, done, wm, t.key)
+
+    def _query(self, t: _Table, after: list | None, limit: int, where: str | None) -> sql.Composed:
+        key = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
+        conditions = []
+        if after is not None:
+            conditions.append(sql.SQL("({}) > ({})").format(key, sql.SQL(", ").join(sql.Literal(v) for v in after)))
+        if where:
+            conditions.append(sql.SQL("({})").format(sql.SQL(where)))
+        return sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT").format(
+            sql.SQL(", ").join(sql.Identifier(n) for n in t.names),
+            sql.Identifier(t.schema, t.name),
+            sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL(""),
+            key, sql.Literal(limit))
+
+    @staticmethod
+    def _copy(conn: psycopg.Connection, query: bytes) -> list[bytes]:
+        """The lines of ``COPY ... TO STDOUT``, read with libpq's calls directly (psycopg's
+        Copy object costs a few microseconds per row)."""
+        pgconn = conn.pgconn
+        pgconn.send_query(query)  # raises if it cannot be sent
+        result = pgconn.get_result()
+        if result is None or result.status != pq.ExecStatus.COPY_OUT:
+            message = result.error_message.decode(errors="replace") if result else pgconn.get_error_message()
+            while pgconn.get_result() is not None:
+                pass
+            cls = psycopg.OperationalError if pgconn.status != pq.ConnStatus.OK else psycopg.DataError
+            raise cls(message.strip())
+        lines: list[bytes] = []
+        append = lines.append
+        get = pgconn.get_copy_data
+        while True:
+            n, data = get(0)
+            if n <= 0:
+                break
+            append(bytes(data))
+        error = None
+        while (result := pgconn.get_result()) is not None:
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                error = result.error_message.decode(errors="replace").strip()
+        if n == -2 or error:
+            raise psycopg.DataError(error or pgconn.get_error_message())
+        return lines
+
+    # ---- the stream side ---------------------------------------------------------------
+
+    def note(self, event: ChangeEvent) -> None:
+        xid = event.source.get("txId")
+        if xid is not None and len(self._noted) < MAX_NOTED:
+            self._noted.add(xid)
+
+    def newer(self, event: ChangeEvent, watermark: _Watermark) -> bool:
+        xid = event.source.get("txId")
+        return xid is None or not watermark.visible(xid)
+
+    def reached(self, position: dict, watermark: _Watermark) -> bool:
+        lsn = position.get("lsn")
+        return lsn is not None and parse_lsn(lsn) >= watermark.high
+
+    def events(self, chunk: Chunk, rows: list[tuple[tuple, dict]], position: dict, last: bool) -> list:
+        # ids sort between the transactions before and after ``position`` (see docs/snapshots.md)
+        at = parse_lsn(position["lsn"]) - 1
+        prefix = format_lsn(at) + ":"
+        t = self._tables[chunk.table]
+        now = int(time.time() * 1000)
+        base = {"connector": "postgresql", "name": self.source_name, "db": self.db, "schema": t.schema,
+                "table": t.name, "lsn": at, "txId": None, "ts_ms": now, "snapshot": True}
+        key_names = t.key
+        out = []
+        new = ChangeEvent.__new__
+        table = chunk.table
+        for i, (key, row) in enumerate(rows):
+            e = new(ChangeEvent)
+            e.id = f"{prefix}{i}"; e.op = "r"; e.before = None; e.after = row  # noqa: E702
+            e.key = dict(zip(key_names, key)); e.source = base; e.ts_ms = now  # noqa: E702
+            e.table = table; e.position = at; e.destination = None; e.message = None  # noqa: E702
+            out.append(e)
+        if last and out:
+            out[-1].source = dict(base, snapshot="last")
+        return out

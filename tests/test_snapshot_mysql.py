@@ -1,0 +1,247 @@
+"""Snapshots of MariaDB tables (docs/snapshots.md), against a real server, read as the
+replication user ``cdc`` (SELECT and replication only: no write access)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import yaml
+from snapshot_helpers import ChunkHitter, rebuild, same_ids_same_content
+
+from cdc.config import parse_config
+from cdc.engine import SourceRunner
+
+from mysql_helpers import db_of, execute
+from pgutil import read_jsonl
+
+ROWS = 200_000
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _config(tmp_path, server, db: str, tables: list[str], **options):
+    raw = {"sources": {"db": {"type": "mysql", "dsn": server.dsn(db, user="cdc"), "tables": tables,
+                              "server_id": random.randint(5000, 90000),
+                              "checkpoint": {"type": "file", "path": "state/db.json"},
+                              "checkpoint_interval": 0.0, **options}},
+           "pipelines": {"all": {"source": "db", "sinks": [{"type": "file", "path": "out/all.jsonl"}]}}}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return parse_config(raw, path, {})
+
+
+class Running:
+    def __init__(self, cfg) -> None:
+        self.runner = SourceRunner(cfg, "db", grace_period=10.0)
+        self.code = None
+        self.thread = threading.Thread(target=lambda: setattr(self, "code", self.runner.run()), daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_for(lambda: self.runner.source_connected or not self.thread.is_alive(), 30, "the source")
+        assert self.thread.is_alive(), f"runner exited: {self.runner.error}"
+        return self
+
+    def __exit__(self, *exc):
+        self.runner.request_stop()
+        self.thread.join(30)
+
+
+def test_initial_snapshot_then_stream(mariadb_server, mariadb_database, tmp_path):
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db,
+            "CREATE TABLE items (id bigint PRIMARY KEY, name varchar(50), price decimal(8,2),"
+            " at datetime(6), ts timestamp(3) NULL, doc json, raw varbinary(8))",
+            "INSERT INTO items SELECT seq, concat('item ', seq), seq * 1.5, '2026-01-01 00:00:01.5',"
+            " '2026-01-01 00:00:02', '{\"a\": [1, 2]}', x'00ff' FROM seq_1_to_1000")
+    cfg = _config(tmp_path, mariadb_server, db, [f"{db}.items"], snapshot_chunk_size=128)
+    out = tmp_path / "out/all.jsonl"
+    with Running(cfg) as r:
+        wait_for(lambda: len(read_jsonl(out)) >= 1000, 60, "the snapshot rows")
+        execute(mariadb_server, db, "UPDATE items SET name = 'changed' WHERE id = 5")
+        wait_for(lambda: len(read_jsonl(out)) >= 1001, 30, "the live change")
+        wait_for(lambda: r.runner.saved_position and not r.runner.saved_position["snapshot"]["queue"], 30,
+                 "the checkpoint")
+    events = read_jsonl(out)
+    reads = [e for e in events if e["op"] == "r"]
+    assert [e["after"]["id"] for e in reads] == list(range(1, 1001))
+    live = events[-1]
+    assert live["op"] == "u" and live["after"]["name"] == "changed"
+    # a snapshot row has the same JSON values as the binlog's row of the same data
+    assert reads[4]["after"] == {**live["before"]}, (reads[4]["after"], live["before"])
+    assert reads[-1]["source"]["snapshot"] == "last"
+
+
+def _executor(server, db):
+    conn = server.connect(db)
+    conn.autocommit(True)
+
+    def run(statements):
+        with conn.cursor() as cur:
+            cur.execute("BEGIN")
+            for s, p in statements:
+                s = s.replace("ON CONFLICT DO NOTHING", "").replace("INSERT INTO", "INSERT IGNORE INTO")
+                if "NOT EXISTS" in s:  # MariaDB cannot read the table it updates: check first
+                    cur.execute("SELECT 1 FROM snap WHERE id = %s", (p[2],))
+                    if cur.fetchone():
+                        continue
+                    s, p = "UPDATE snap SET id = %s WHERE id = %s", p[:2]
+                cur.execute(s, p)
+            cur.execute("COMMIT")
+    return run
+
+
+def _current(runner):
+    c = runner.snapshots
+    if c is None or not c.queue:
+        return None
+    window = c.window
+    after = window.entry["after"] if window is not None else c.queue[0]["after"]
+    return after[0] if after else 0
+
+
+def test_writer_hits_the_chunk_being_copied(mariadb_server, mariadb_database, tmp_path):
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note varchar(100))",
+            f"INSERT INTO snap SELECT 2 * seq, 0, concat('row ', seq) FROM seq_1_to_{ROWS}")
+    chunk = 4000
+    cfg = _config(tmp_path, mariadb_server, db, [f"{db}.snap"], snapshot_chunk_size=chunk)
+    out = tmp_path / "out/all.jsonl"
+    with Running(cfg) as r:
+        with ChunkHitter(_executor(mariadb_server, db), lambda: _current(r.runner), chunk * 2, seed) as writer:
+            wait_for(lambda: r.runner.snapshots.finished, 300, "the snapshot")
+            time.sleep(1.0)
+        assert writer.error is None, writer.error
+        with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id, v, note FROM snap")
+            expected = {i: {"id": i, "v": v, "note": n} for i, v, n in cur.fetchall()}
+        deadline = time.time() + 60
+        while rebuild(read_jsonl(out), "snap") != expected:
+            assert time.time() < deadline, "the file sink did not reach the table's state"
+            time.sleep(0.5)
+    events = read_jsonl(out)
+    repeats = same_ids_same_content(events)
+    reads = sum(e["op"] == "r" for e in events)
+    print(f"{writer.done} writer transactions during the copy; {reads} snapshot rows, "
+          f"{len(events) - reads} live changes, {repeats} repeats")
+    assert writer.done > 100
+
+
+def test_sigkill_during_the_copy_resumes_after_the_last_chunk(mariadb_server, mariadb_database, tmp_path):
+    import json
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    rnd = random.Random(seed)
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note varchar(250))",
+            f"INSERT INTO snap SELECT 2 * seq, 0, repeat('x', 200) FROM seq_1_to_{ROWS}")
+    chunk = 2000
+    _config(tmp_path, mariadb_server, db, [f"{db}.snap"], snapshot_chunk_size=chunk, checkpoint_interval=0.2)
+    path = tmp_path / "pipelines.yaml"
+    checkpoint = tmp_path / "state/db.json"
+    runs = []
+
+    def start() -> subprocess.Popen:
+        log = open(tmp_path / f"run{len(runs)}.log", "wb")
+        runs.append(log.name)
+        return subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log)
+
+    def copied() -> int | None:
+        try:
+            position = json.loads(checkpoint.read_text())["position"]
+        except (OSError, ValueError):
+            return None
+        queue = position.get("snapshot", {}).get("queue", [])
+        return queue[0]["after"][0] if queue and queue[0]["after"] else (None if queue else -1)
+
+    proc = start()
+    kills = 0
+    with ChunkHitter(_executor(mariadb_server, db), lambda: max(copied() or 0, 0), chunk * 2, seed) as writer:
+        try:
+            while kills < 5:
+                before = copied() or 0
+                wait_for(lambda before=before: (copied() or 0) > before or copied() == -1, 60, "progress of this run")
+                time.sleep(rnd.uniform(0.0, 0.6))
+                assert copied() != -1, "the copy finished before every kill: make it longer"
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                print(f"kill {kills}: checkpoint says copied up to key {copied()}")
+                proc = start()
+            wait_for(lambda: copied() == -1, 300, "the end of the copy")
+        finally:
+            if writer.error is not None:
+                proc.kill()
+    assert writer.error is None, writer.error
+    with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, v, note FROM snap")
+        expected = {i: {"id": i, "v": v, "note": n} for i, v, n in cur.fetchall()}
+    out = tmp_path / "out/all.jsonl"
+    deadline = time.time() + 90
+    while rebuild(read_jsonl(out), "snap") != expected:
+        assert time.time() < deadline, "the file sink did not reach the table's state"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    resumed = []
+    for i, name in enumerate(runs):
+        text = open(name).read()
+        m = re.search(r"snapshot initial of \S+\.snap (resuming after key \[(\d+)\]|from the start)", text)
+        print(f"run {i}: {m.group(1) if m else 'no snapshot left to do'}")
+        resumed.append(int(m.group(2)) if m and m.group(2) else None)
+    assert resumed[0] is None
+    assert sum(k is not None and k > 0 for k in resumed[1:]) >= 4, "restarts did not resume after a chunk"
+    events = read_jsonl(out)
+    repeats = same_ids_same_content(events)
+    print(f"{kills} kills; {sum(e['op'] == 'r' for e in events)} snapshot rows for {ROWS} rows, "
+          f"{repeats} repeated events, {writer.done} writer transactions")
+
+
+def test_on_demand_snapshot_while_a_writer_hits_the_chunk(mariadb_server, mariadb_database, tmp_path):
+    from click.testing import CliRunner
+
+    from cdc.cli import main
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note varchar(100))",
+            "INSERT INTO snap SELECT 2 * seq, 0, concat('row ', seq) FROM seq_1_to_100000")
+    chunk = 3000
+    cfg = _config(tmp_path, mariadb_server, db, [f"{db}.snap"], snapshot="never", snapshot_chunk_size=chunk)
+    out = tmp_path / "out/all.jsonl"
+    path = str(tmp_path / "pipelines.yaml")
+    with Running(cfg) as r:
+        bad = CliRunner().invoke(main, ["snapshot", path, "--source", "db", "--table", "snap", "--where", "id >"])
+        assert bad.exit_code == 2 and "syntax" in bad.output, bad.output
+        with ChunkHitter(_executor(mariadb_server, db), lambda: _current(r.runner), chunk * 2, seed) as writer:
+            time.sleep(0.5)
+            result = CliRunner().invoke(main, ["snapshot", path, "--source", "db", "--table", "snap"])
+            assert result.exit_code == 0, result.output
+            wait_for(lambda: r.runner.snapshots.progress, 30, "the copy to start")
+            wait_for(lambda: r.runner.snapshots.finished, 300, "the copy")
+            time.sleep(0.5)
+        assert writer.error is None, writer.error
+        with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+            cur.execute("SELECT id, v, note FROM snap")
+            expected = {i: {"id": i, "v": v, "note": n} for i, v, n in cur.fetchall()}
+        deadline = time.time() + 60
+        while rebuild(read_jsonl(out), "snap") != expected:
+            assert time.time() < deadline, "the file sink did not reach the table's state"
+            time.sleep(0.5)
+    events = read_jsonl(out)
+    same_ids_same_content(events)
+    print(f"{sum(e['op'] == 'r' for e in events)} snapshot rows; {writer.done} writer transactions during it")

@@ -1,0 +1,180 @@
+"""Snapshots of PostgreSQL tables (docs/snapshots.md), against a real server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from snapshot_helpers import ChunkHitter, rebuild, same_ids_same_content
+
+from pgutil import Running, config, file_pipeline, read_jsonl, sql
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_initial_snapshot_then_stream(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE items (id bigint PRIMARY KEY, name text, price numeric(8,2),"
+                     " at timestamptz, tags text[])",
+        "INSERT INTO items SELECT g, 'item ' || g || E'\\ttab', g * 1.5, '2026-01-01'::timestamptz + g * interval '1s',"
+        " ARRAY['a', 'b c'] FROM generate_series(1, 1000) g")
+    cfg = config(tmp_path, pg_database, ["public.items"], {"all": file_pipeline()}, snapshot_chunk_size=128)
+    out = tmp_path / "out/all.jsonl"
+    with Running(cfg) as r:
+        wait_for(lambda: len(read_jsonl(out)) >= 1000, 60, "the snapshot rows")
+        sql(pg_database, "UPDATE items SET name = 'changed' WHERE id = 5")
+        wait_for(lambda: len(read_jsonl(out)) >= 1001, 30, "the live change")
+        wait_for(lambda: r.runner.saved_position and not r.runner.saved_position["snapshot"]["queue"], 30,
+                 "the checkpoint")
+    events = read_jsonl(out)
+    reads = [e for e in events if e["op"] == "r"]
+    assert [e["after"]["id"] for e in reads] == list(range(1, 1001))
+    assert reads[0]["after"] == {"id": 1, "name": "item 1\ttab", "price": "1.50", "at": "2026-01-01T00:00:01Z",
+                                 "tags": ["a", "b c"]}
+    assert [e["source"]["snapshot"] for e in reads].count("last") == 1 and reads[-1]["source"]["snapshot"] == "last"
+    assert events[-1]["op"] == "u" and events[-1]["after"]["name"] == "changed"
+    saved = json.loads((tmp_path / "state/db.json").read_text())["position"]
+    assert saved["snapshot"] == {"tables": ["public.items"], "queue": []}
+    # a restart copies nothing again
+    with Running(cfg):
+        sql(pg_database, "UPDATE items SET name = 'again' WHERE id = 6")
+        wait_for(lambda: len(read_jsonl(out)) >= 1002, 30, "the second live change")
+    assert len(read_jsonl(out)) == 1002
+
+
+ROWS = 200_000
+
+
+def _pg_executor(dsn):
+    import psycopg
+    conn = psycopg.connect(dsn, autocommit=True)
+
+    def execute(statements):
+        with conn.transaction():
+            for s, p in statements:
+                conn.execute(s, p)
+    return execute
+
+
+def _table_rows(dsn) -> dict:
+    return {r[0]: {"id": r[0], "v": r[1], "note": r[2]} for r in sql(dsn, "SELECT id, v, note FROM snap")}
+
+
+def _current(runner):
+    c = runner.snapshots
+    if c is None or not c.queue:
+        return None
+    window = c.window
+    after = window.entry["after"] if window is not None else c.queue[0]["after"]
+    return after[0] if after else 0
+
+
+def test_writer_hits_the_chunk_being_copied(pg_database, tmp_path):
+    import random
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    sql(pg_database, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note text)",
+        f"INSERT INTO snap SELECT 2 * g, 0, 'row ' || g FROM generate_series(1, {ROWS}) g")
+    chunk = 4000
+    cfg = config(tmp_path, pg_database, ["public.snap"], {"all": file_pipeline()}, snapshot_chunk_size=chunk)
+    out = tmp_path / "out/all.jsonl"
+    with Running(cfg) as r:
+        with ChunkHitter(_pg_executor(pg_database), lambda: 2 * (_current(r.runner) or 0) // 2, chunk * 2,
+                         seed) as writer:
+            wait_for(lambda: r.runner.snapshots.finished, 300, "the snapshot")
+            time.sleep(1.0)  # and some changes after it
+        assert writer.error is None, writer.error
+        expected = _table_rows(pg_database)
+        deadline = time.time() + 60
+        while rebuild(read_jsonl(out), "snap") != expected:
+            assert time.time() < deadline, "the file sink did not reach the table's state"
+            time.sleep(0.5)
+        figures = r.runner.snapshots.figures()
+    events = read_jsonl(out)
+    repeats = same_ids_same_content(events)
+    reads = sum(e["op"] == "r" for e in events)
+    print(f"{writer.done} writer transactions during the copy; {reads} snapshot rows, "
+          f"{len(events) - reads} live changes, {repeats} repeats; chunks read again: {figures['chunks_retried']}")
+    assert writer.done > 100
+
+
+def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_path):
+    import os
+    import random
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    rnd = random.Random(seed)
+    sql(pg_database, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note text)",
+        f"INSERT INTO snap SELECT 2 * g, 0, repeat('x', 200) FROM generate_series(1, {ROWS}) g")
+    chunk = 2000
+    raw = {"sources": {"db": {"type": "postgres", "dsn": pg_database, "tables": ["public.snap"],
+                              "snapshot_chunk_size": chunk,
+                              "checkpoint": {"type": "file", "path": "state/db.json"}, "checkpoint_interval": 0.2}},
+           "pipelines": {"all": {"source": "db", "sinks": [{"type": "file", "path": "out/all.jsonl"}]}}}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    checkpoint = tmp_path / "state/db.json"
+    runs = []
+
+    def start() -> subprocess.Popen:
+        log = open(tmp_path / f"run{len(runs)}.log", "wb")
+        runs.append(log.name)
+        return subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log)
+
+    def copied() -> int | None:
+        try:
+            position = json.loads(checkpoint.read_text())["position"]
+        except (OSError, ValueError):
+            return None
+        queue = position.get("snapshot", {}).get("queue", [])
+        return queue[0]["after"][0] if queue and queue[0]["after"] else (None if queue else -1)
+
+    proc = start()
+    kills = 0
+    with ChunkHitter(_pg_executor(pg_database), lambda: max(copied() or 0, 0), chunk * 2, seed) as writer:
+        try:
+            while kills < 5:
+                before = copied() or 0
+                wait_for(lambda before=before: (copied() or 0) > before or copied() == -1, 60, "progress of this run")
+                time.sleep(rnd.uniform(0.0, 0.6))
+                assert copied() != -1, "the copy finished before every kill: make it longer"
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                kills += 1
+                print(f"kill {kills}: checkpoint says copied up to key {copied()}")
+                proc = start()
+            wait_for(lambda: copied() == -1, 300, "the end of the copy")
+        finally:
+            if writer.error is not None:
+                proc.kill()
+    assert writer.error is None, writer.error
+    expected = _table_rows(pg_database)
+    out = tmp_path / "out/all.jsonl"
+    deadline = time.time() + 90
+    while rebuild(read_jsonl(out), "snap") != expected:
+        assert time.time() < deadline, "the file sink did not reach the table's state"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    resumed = []
+    for i, name in enumerate(runs):
+        text = open(name).read()
+        m = re.search(r"snapshot initial of public.snap (resuming after key \[(\d+)\]|from the start)", text)
+        print(f"run {i}: {m.group(1) if m else 'no snapshot left to do'}")
+        resumed.append(int(m.group(2)) if m and m.group(2) else None)
+    assert resumed[0] is None
+    assert sum(k is not None and k > 0 for k in resumed[1:]) >= 4, "restarts did not resume after a chunk"
+    events = read_jsonl(out)
+    repeats = same_ids_same_content(events)
+    print(f"{kills} kills; {sum(e['op'] == 'r' for e in events)} snapshot rows for {ROWS} rows, "
+          f"{repeats} repeated events, {writer.done} writer transactions")
