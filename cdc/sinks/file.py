@@ -39,7 +39,7 @@ class FileSink:
                  context: Context | None = None) -> None:
         text = str(context.resolve_path(path) if context else Path(path))
         self.template = Template(text, encode=path_segment, check=self._inside)
-        self.base = os.path.normpath(os.path.dirname(self.template.prefix) or ".")
+        self.base = os.path.abspath(os.path.dirname(self.template.prefix) or ".")
         self.fsync = fsync
         self.content = content
         self.name = context.name if context else "file"
@@ -48,7 +48,7 @@ class FileSink:
     def _inside(self, path: str) -> None:
         if self.template.is_constant:
             return
-        if not os.path.normpath(path).startswith(self.base.rstrip(os.sep) + os.sep):
+        if not os.path.abspath(path).startswith(self.base.rstrip(os.sep) + os.sep):
             raise UnsafeValue(f"{path!r} is outside {self.base}")
 
     def open(self) -> None:
