@@ -131,3 +131,17 @@ def test_httpx_logs_are_debug(cdc_log):
         sink.write([event()])
         sink.close()
     assert "HTTP Request" not in cdc_log.getvalue()  # httpx's INFO line per request
+
+
+def test_cdc_check_reports_a_missing_exchange(rabbitmq_server, tmp_path):
+    from cdc.check import check_config
+    from cdc.config import parse_config
+    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused@127.0.0.1:1/x", "tables": ["t"],
+                             "checkpoint": {"type": "memory"}}},
+           "pipelines": {"p": {"source": "s", "sinks": [
+               {"type": "rabbitmq", "name": "missing", "url": rabbitmq_server.url, "exchange": "no-such-exchange"},
+               {"type": "rabbitmq", "name": "present", "url": rabbitmq_server.url, "exchange": "amq.topic"}]}}}
+    findings = {f.area: f for f in check_config(parse_config(raw, tmp_path / "c.yaml", {}))}
+    missing, present = findings["sink missing (rabbitmq)"], findings["sink present (rabbitmq)"]
+    assert missing.level == "error" and "exchange 'no-such-exchange' does not exist" in missing.message
+    assert (present.level, present.message) == ("ok", "reachable")
