@@ -20,7 +20,6 @@ from cdc.event import ChangeEvent
 from cdc.observe.http import readiness
 from cdc.observe.logging import setup_logging
 from cdc.sinks.http import HttpSink
-from cdc.sinks.kafka import KafkaSink
 from cdc.sinks.rabbitmq import RabbitMQSink
 from pgutil import Running, config, sql
 

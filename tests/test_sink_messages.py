@@ -5,10 +5,8 @@ HTTP server."""
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import orjson
-import pika
 import redis
 from webhook_server import WebhookServer
 

@@ -4,7 +4,6 @@ HTTP server, Kafka, RabbitMQ, Redis)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 

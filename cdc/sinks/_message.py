@@ -54,7 +54,8 @@ def payload_of(event: ChangeEvent) -> Any:
 
 def body_of(event: ChangeEvent, content: str) -> bytes:
     """The bytes to send for ``event``."""
-    if is_message(event, content):
+    message = event.message
+    if content == "payload" or (content == "auto" and message is not None and "outbox_id" in message):
         return _dumps(payload_of(event))
     return event.to_json()
 

@@ -11,7 +11,6 @@ import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 from ..config import Context
 from ..errors import PermanentSinkError, TransientSinkError
@@ -79,7 +78,10 @@ class FileSink:
             lines = chunks.get(path)
             if lines is None:
                 lines = chunks[path] = []
-            lines.append(body_of(event, content))
+            if event.message is None and content != "payload":  # the common case, inline
+                lines.append(event.to_json())
+            else:
+                lines.append(body_of(event, content))
         starts: dict[int, int] = {}  # fd -> size before this batch
         path = ""
         try:
