@@ -20,6 +20,7 @@ capability             implemented by              used by
 ``Checkable``          a sink                      ``cdc check``: a probe instead of open/close
 ``DefaultBatchSize``   a sink class                the config: ``batch_size`` when none is given
 ``ReportsSkipped``     a sink (database mirrors)   ``cdc dlq replay``: entries superseded
+``ReportsReadiness``   a sink (brokers)            ``/readyz``: down between deliveries
 ``Preflight``          a source                    ``cdc check``: settings, rights, retention
 ``Describable``        a source                    ``cdc status``, metrics: slot lag, retained WAL
 ``TableNaming``        a source class              the config: ``orders`` -> ``public.orders``
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from .snapshot.chunk import Chunk
 
 __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", "Commit",
-           "Checkable", "DefaultBatchSize", "ReportsSkipped", "Preflight", "Describable", "TableNaming",
+           "Checkable", "DefaultBatchSize", "ReportsSkipped", "ReportsReadiness", "Preflight", "Describable", "TableNaming",
            "CountsBytes", "SlotOwner", "PositionCheck", "Timestamped", "DeadLetterStore", "Countable", "Problem",
            "Snapshottable", "SnapshotReader"]
 
@@ -188,6 +189,15 @@ class ReportsSkipped(Protocol):
     position); after each ``write``, the ids it skipped."""
 
     skipped: list[str]
+
+
+@runtime_checkable
+class ReportsReadiness(Protocol):
+    """A sink that knows its destination is unusable before a delivery fails (a broker
+    connection state), so ``/readyz`` turns 503 while nothing is being sent."""
+
+    def not_ready(self) -> str | None:
+        """Why the sink cannot deliver now, or None when it can."""
 
 
 @runtime_checkable

@@ -19,9 +19,9 @@ from cdc.event import ChangeEvent
 from cdc.observe.http import readiness
 from cdc.observe.logging import setup_logging
 from cdc.sinks.http import HttpSink
-from cdc.sinks.kafka import KafkaSink
 from cdc.sinks.rabbitmq import RabbitMQSink
 
+from pgutil import Running, config, sql
 from webhook_server import WebhookServer
 
 
@@ -49,37 +49,26 @@ def wait_until(predicate, timeout: float) -> float:
     return time.monotonic() - started
 
 
-class _Worker:
-    """What ``readiness`` reads of a sink worker: the worker is connected, its last
-    write worked (so only the sink itself can say it is not ready)."""
-
-    def __init__(self, sink) -> None:
-        self.name, self.sink, self.connected, self.last_error = "k", sink, True, None
-
-
-class _Runner:
-    def __init__(self, sink) -> None:
-        self.name, self.source_connected, self.source_error = "shop", True, None
-        self.workers = [_Worker(sink)]
-
-
-def test_kafka_readiness_follows_the_broker_and_logs_once(kafka_server, cdc_log):
-    sink = KafkaSink(kafka_server.bootstrap, delivery_timeout=60, context=Context(None, name="k"))
-    sink.open()
-    runner = _Runner(sink)
-    try:
-        sink.write([event()])
+def test_kafka_readiness_follows_the_broker_and_logs_once(kafka_server, pg_database, tmp_path, cdc_log):
+    """``cdc run``'s runner (PostgreSQL source -> Kafka sink), idle when the broker dies."""
+    sql(pg_database, "CREATE TABLE orders (id int PRIMARY KEY)")
+    cfg = config(tmp_path, pg_database, ["orders"], {"p": {"source": "db", "sinks": [{
+        "type": "kafka", "name": "k", "bootstrap_servers": kafka_server.bootstrap,
+        "topic": f"ready-{uuid.uuid4().hex[:8]}", "delivery_timeout": 60}]}})
+    with Running(cfg) as running:
+        runner = running.runner
+        sql(pg_database, "INSERT INTO orders VALUES (1)")
+        wait_until(lambda: runner.tracker.acked_events == 1, timeout=30)
         assert readiness(runner) == (True, [])
         kafka_server.kill()
         took = wait_until(lambda: not readiness(runner)[0], timeout=20)  # idle: no write in flight
         assert took < 20, "readiness must not wait for delivery_timeout (60 s)"
-        assert "broker down" in readiness(runner)[1][0]
+        assert "sink k: broker down" in readiness(runner)[1][0]
         time.sleep(5)
         kafka_server.start()
         wait_until(lambda: readiness(runner)[0], timeout=60)
-        sink.write([event(2)])
-    finally:
-        sink.close()
+        sql(pg_database, "INSERT INTO orders VALUES (2)")
+        wait_until(lambda: runner.tracker.acked_events == 2, timeout=60)
     lines = cdc_log.getvalue().splitlines()
     assert len([line for line in lines if "broker down" in line]) == 1, lines
     assert len([line for line in lines if "broker back after" in line]) == 1, lines
@@ -98,8 +87,10 @@ def test_pika_logs_are_routed_and_state_changes_logged_once(rabbitmq_server, cdc
         for _ in range(3):
             with pytest.raises(TransientSinkError):
                 sink.write([event(2)])
+        assert "broker down" in sink.not_ready()  # what /readyz shows
         rabbitmq_server.start()
         sink.write([event(2)])
+        assert sink.not_ready() is None
     finally:
         sink.close()
     lines = cdc_log.getvalue().splitlines()
@@ -132,3 +123,17 @@ def test_httpx_logs_are_debug(cdc_log):
         sink.write([event()])
         sink.close()
     assert "HTTP Request" not in cdc_log.getvalue()  # httpx's INFO line per request
+
+
+def test_cdc_check_reports_a_missing_exchange(rabbitmq_server, tmp_path):
+    from cdc.check import check_config
+    from cdc.config import parse_config
+    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused@127.0.0.1:1/x", "tables": ["t"],
+                             "checkpoint": {"type": "memory"}}},
+           "pipelines": {"p": {"source": "s", "sinks": [
+               {"type": "rabbitmq", "name": "missing", "url": rabbitmq_server.url, "exchange": "no-such-exchange"},
+               {"type": "rabbitmq", "name": "present", "url": rabbitmq_server.url, "exchange": "amq.topic"}]}}}
+    findings = {f.area: f for f in check_config(parse_config(raw, tmp_path / "c.yaml", {}))}
+    missing, present = findings["sink missing (rabbitmq)"], findings["sink present (rabbitmq)"]
+    assert missing.level == "error" and "exchange 'no-such-exchange' does not exist" in missing.message
+    assert (present.level, present.message) == ("ok", "reachable")

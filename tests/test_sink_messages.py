@@ -173,3 +173,15 @@ def test_redis_and_rabbitmq_key_change_delete_then_create(redis_server, rabbitmq
     got = drain(rabbitmq_server.url, queue)
     assert [(p.headers["op"], p.message_id) for _, p, _ in got] == \
         [("c", "0/D:0"), ("d", "0/E:0:delete"), ("c", "0/E:0")]
+
+
+def test_kafka_payload_of_an_ordinary_row_keeps_the_row_key(kafka_server):
+    table = f"t{uuid.uuid4().hex[:8]}"
+    sink = KafkaSink(kafka_server.bootstrap, content="payload")
+    sink.open()
+    try:
+        sink.write(key_change(table)[:1])
+    finally:
+        sink.close()
+    [message] = consume(kafka_server.bootstrap, f"shop.public.{table}", until=1)
+    assert (message.key(), orjson.loads(message.value())) == (b'{"id":1}', {"id": 1, "s": "new"})

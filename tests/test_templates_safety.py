@@ -122,3 +122,15 @@ def test_redis_stream_key_is_checked(redis_server):
             sink.write([outbox_message("")])
     finally:
         sink.close()
+
+
+
+def test_relative_file_template_without_context(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sink = FileSink("{destination}.jsonl")
+    sink.open()
+    sink.write([outbox_message("x")])
+    with pytest.raises(PermanentSinkError):
+        sink.write([outbox_message("../up")])
+    sink.close()
+    assert all_files(tmp_path) == {"x.jsonl"}

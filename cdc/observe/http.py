@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..abc import ReportsReadiness
 from .secrets import redact
 
 __all__ = ["serve", "health", "readiness"]
@@ -39,7 +40,7 @@ def readiness(runner) -> tuple[bool, list[str]]:
             reasons.append(f"sink {w.name}: not connected" + (f": {w.last_error}" if w.last_error else ""))
         elif w.last_error is not None:
             reasons.append(f"sink {w.name}: {w.last_error}")
-        elif (reason := getattr(w.sink, "not_ready", lambda: None)()) is not None:
+        elif isinstance(w.sink, ReportsReadiness) and (reason := w.sink.not_ready()) is not None:
             reasons.append(f"sink {w.name}: {reason}")  # e.g. the Kafka producer has no broker
     return not reasons, [redact(r) for r in reasons]
 

@@ -54,14 +54,18 @@ def payload_of(event: ChangeEvent) -> Any:
 
 def body_of(event: ChangeEvent, content: str) -> bytes:
     """The bytes to send for ``event``."""
-    if is_message(event, content):
+    message = event.message
+    if content == "payload" or (content == "auto" and message is not None and "outbox_id" in message):
         return _dumps(payload_of(event))
     return event.to_json()
 
 
-def message_key(event: ChangeEvent) -> bytes:
-    """A message's broker key: the outbox's aggregate id when it has one, else its id."""
-    message = event.message or {}
+def message_key(event: ChangeEvent) -> bytes | None:
+    """A message's broker key: an outbox message's aggregate id when it has one, else
+    its id; a row's primary key (compact JSON, sorted) for any other event."""
+    message = event.message
+    if message is None or "outbox_id" not in message:
+        return _dumps(event.key, option=orjson.OPT_SORT_KEYS) if event.key is not None else None
     value = message.get("key")
     if value is None:
         return event.id.encode()

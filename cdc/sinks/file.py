@@ -38,7 +38,7 @@ class FileSink:
                  context: Context | None = None) -> None:
         text = str(context.resolve_path(path) if context else Path(path))
         self.template = Template(text, "path", encode=path_segment, check=self._inside)
-        self.base = os.path.normpath(os.path.dirname(self.template.prefix) or ".")
+        self.base = os.path.abspath(os.path.dirname(self.template.prefix) or ".")
         self.fsync = fsync
         self.content = content
         self.name = context.name if context else "file"
@@ -47,7 +47,7 @@ class FileSink:
     def _inside(self, path: str) -> None:
         if self.template.is_constant:
             return
-        if not os.path.normpath(path).startswith(self.base.rstrip(os.sep) + os.sep):
+        if not os.path.abspath(path).startswith(self.base.rstrip(os.sep) + os.sep):
             raise UnsafeValue(f"{path!r} is outside {self.base}")
 
     def open(self) -> None:
@@ -78,7 +78,10 @@ class FileSink:
             lines = chunks.get(path)
             if lines is None:
                 lines = chunks[path] = []
-            lines.append(body_of(event, content))
+            if event.message is None and content != "payload":  # the common case, inline
+                lines.append(event.to_json())
+            else:
+                lines.append(body_of(event, content))
         starts: dict[int, int] = {}  # fd -> size before this batch
         path = ""
         try:

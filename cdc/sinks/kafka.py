@@ -24,7 +24,7 @@ from ..event import ChangeEvent
 from ..templates import Template, UnsafeValue
 from ._extras import require
 from ._logs import BrokerState, LibraryLog
-from ._message import Content, is_message, message_key, payload_of, split_key_change
+from ._message import Content, message_key, payload_of, split_key_change
 
 __all__ = ["KafkaSink", "DEFAULT_TOPIC"]
 
@@ -221,18 +221,23 @@ class KafkaSink:
             self.open()
         failures = self._failures = []
         content = self.content
+        tombstones, produce, dumps, sort_keys = self.tombstones, self._produce, orjson.dumps, orjson.OPT_SORT_KEYS
         for topic, event in zip(topics, events):
-            if is_message(event, content):
+            message = event.message
+            if content == "payload" or (message is not None and content == "auto" and "outbox_id" in message):
                 headers = [("id", event.id.encode()),
-                           ("message_type", str((event.message or {}).get("type", "")).encode())]
-                self._produce(topic, orjson.dumps(payload_of(event)), message_key(event), headers)
+                           ("message_type", str((message or {}).get("type", "")).encode())]
+                produce(topic, dumps(payload_of(event)), message_key(event), headers)
                 continue
             if event.op == "u" and event.before is not None:
                 split = split_key_change(event)
                 if split is not None:  # the key changed: delete the old key, create the new
                     self._change(topic, split[0])
                     event = split[1]
-            self._change(topic, event)
+            key = dumps(event.key, option=sort_keys) if event.key is not None else None
+            produce(topic, event.to_json(), key, [("id", event.id.encode()), ("op", event.op.encode())])
+            if tombstones and event.op == "d" and key is not None:
+                produce(topic, None, key, [("id", f"{event.id}:tombstone".encode()), ("op", b"d")])
         self._wait_for_reports()
         if failures:
             self._raise(failures)

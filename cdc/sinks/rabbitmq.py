@@ -126,6 +126,10 @@ class RabbitMQSink:
             except Exception:  # already broken: nothing left to flush
                 pass
 
+    def not_ready(self) -> str | None:
+        """Why the sink is not ready (its broker connection was lost), or None; read by ``/readyz``."""
+        return self.state.not_ready()
+
     def check(self) -> None:
         """``cdc check``: connect, and make sure a fixed exchange (or, on the default
         exchange, a fixed queue) exists, since publishing to a missing one fails."""
