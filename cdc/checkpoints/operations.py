@@ -15,6 +15,7 @@ from typing import Any
 from ..abc import PositionCheck, SlotOwner, Timestamped
 from ..config.model import Config
 from ..observe.state import LockHeld, SourceLock
+from ..snapshot.controller import POSITION_KEY
 
 __all__ = ["show", "set_position", "reset", "drop_slot", "PositionError"]
 
@@ -65,26 +66,32 @@ def show(cfg: Config, source: str) -> dict[str, Any]:
 
 
 def set_position(cfg: Config, source: str, position: str) -> dict:
-    """``position`` is the JSON of a position, e.g. ``{"lsn": "0/1A2B3C8"}``."""
+    """``position`` is the JSON of a log position, e.g. ``{"lsn": "0/1A2B3C8"}``.  The saved
+    snapshot progress (``snapshot``: the tables copied, the copy in progress) is kept unless
+    ``position`` gives one: moving the log position does not make a source copy its tables again."""
     try:
         value = json.loads(position)
     except ValueError as exc:
         raise PositionError(f"--position is not JSON: {exc}") from None
     if not isinstance(value, dict) or not value:
         raise PositionError('--position must be a JSON object such as \'{"lsn": "0/1A2B3C8"}\'')
+    log_position = {k: v for k, v in value.items() if k != POSITION_KEY}
     with _locked_store(cfg, source) as store:
         old = store.load()
-        if old is not None and set(old) != set(value):
-            raise PositionError(f"the saved position has keys {sorted(old)}; "
-                                f"--position has {sorted(value)}")
+        old_log = {k for k in old if k != POSITION_KEY} if old is not None else None
+        if old_log is not None and old_log != set(log_position):
+            raise PositionError(f"the saved position has keys {sorted(old_log)}; "
+                                f"--position has {sorted(log_position)}")
         src = cfg.sources[source].build()
         if isinstance(src, PositionCheck):
             try:
-                src.check_position(value)
+                src.check_position(log_position)
             except ValueError as exc:
                 raise PositionError(f"--position refused: {exc}") from None
-        store.save(value)
-        return value
+        progress = value.get(POSITION_KEY, (old or {}).get(POSITION_KEY))
+        new = {**log_position, POSITION_KEY: progress} if progress is not None else log_position
+        store.save(new)
+        return new
 
 
 def reset(cfg: Config, source: str) -> dict | None:

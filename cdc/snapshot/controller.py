@@ -28,10 +28,11 @@ from ..event import ChangeEvent, Commit
 from . import requests as signals
 from .chunk import Chunk, SnapshotInputError
 
-__all__ = ["SnapshotController", "INITIAL"]
+__all__ = ["SnapshotController", "INITIAL", "POSITION_KEY"]
 
 log = logging.getLogger("cdc.snapshot")
 INITIAL = "initial"
+POSITION_KEY = "snapshot"  # the copy's progress, saved beside the log position in a checkpoint
 RETRY_DELAY = 0.2          # seconds before reading a chunk again whose snapshot could not be used
 ERROR_DELAY = 5.0          # seconds before reconnecting the snapshot reader after a lost connection
 REQUEST_POLL = 1.0         # seconds between looks at the request directory
@@ -71,7 +72,7 @@ class SnapshotController:
     def plan(self, position: dict | None) -> None:
         """Decide what to copy from the loaded checkpoint (None: a new source)."""
         copy = self.mode != "never"
-        saved = (position or {}).get("snapshot")
+        saved = (position or {}).get(POSITION_KEY)
         if position is None:
             self.done = [] if copy else list(self.tables)
             self.queue = [self._entry(INITIAL, t) for t in self.tables] if copy else []
@@ -116,7 +117,7 @@ class SnapshotController:
 
     def annotate(self, position: dict) -> dict:
         """The checkpoint position with the copy's progress, as of the end of the batch."""
-        return {**position, "snapshot": self._state}
+        return {**position, POSITION_KEY: self._state}
 
     # ---- the stream side ------------------------------------------------------------
 
