@@ -58,6 +58,7 @@ sources:
     tables: [public.orders]
     checkpoint: {{type: file, path: state/shop.json}}
     checkpoint_interval: 0.1
+    snapshot: never  # about streamed changes and their dead letters, not about the copy
 pipelines:
 {pipeline}
 """)

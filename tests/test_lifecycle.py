@@ -192,12 +192,14 @@ sources:
     tables: [orders]
     slot: {slot}_a
     checkpoint: {type: file, path: state/a.json}
+    snapshot: never  # about the supervisor and streamed rows, not the copy
   b:
     type: postgres
     dsn: "DSN_B"
     tables: [orders]
     slot: {slot}_b
     checkpoint: {type: file, path: state/b.json}
+    snapshot: never  # about the supervisor and streamed rows, not the copy
 pipelines:
   pa: {source: a, sinks: [{type: file, path: out/a.jsonl}]}
   pb: {source: b, sinks: [{type: file, path: out/b.jsonl}]}
