@@ -14,7 +14,7 @@ import pytest
 from cdc.config import Context
 from cdc.errors import PermanentSinkError
 from cdc.event import UNAVAILABLE, ChangeEvent
-from cdc.sinks.mirror import MySQLMirrorSink, PostgresMirrorSink, TableMapping, order_key
+from cdc.sinks.mirror import MySQLMirrorSink, PostgresMirrorSink, TableMapping, _last_ids, order_key, stream_of
 
 SRC = {"name": "shop", "schema": "public", "table": "orders"}
 
@@ -37,6 +37,20 @@ BATCH = [
 def test_order_key_follows_the_stream():
     assert order_key("0/1A2B:9") < order_key("0/1A2B:10") < order_key("1/0:0")
     assert order_key("mysql-bin.000002:120:3") < order_key("mysql-bin.000010:4:0")
+
+
+def test_mariadb_snapshot_ids_keep_their_order_when_stored():
+    """A MariaDB snapshot row's id is ``<GTID state>:s<row>``; with two domains the state has a
+    comma, as does the stored position (one id per stream): a stored snapshot id read back must
+    still be the same id, or later snapshot rows compare as older and are skipped."""
+    ids = ["0-1-402,9-1-3:s5", "0-1-402,9-1-3:s2005", "0-1-403,9-1-3:s0", "0-2-404,9-1-4:s1"]
+    assert [stream_of(i)[0] for i in ids] == ["snapshot"] * 4
+    assert sorted(ids, key=order_key) == ids
+    assert order_key("0-1-9:s10") < order_key("0-1-10:s2")  # seqs compare as numbers
+    stored = ",".join(["0-1-405:2", "0-1-402,9-1-3:s2005", "9-1-4:0"])
+    assert _last_ids(stored) == {"domain 0": (order_key("0-1-405:2"), "0-1-405:2"),
+                                 "snapshot": (order_key("0-1-402,9-1-3:s2005"), "0-1-402,9-1-3:s2005"),
+                                 "domain 9": (order_key("9-1-4:0"), "9-1-4:0")}
 
 
 # ---- PostgreSQL target -------------------------------------------------------------

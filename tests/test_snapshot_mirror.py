@@ -66,6 +66,10 @@ def test_mariadb_to_postgres_mirror_of_a_non_empty_table(mariadb_server, mariadb
     sql(target, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note text)")
     execute(mariadb_server, db, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note varchar(100))",
             f"INSERT INTO snap SELECT 2 * seq, 0, concat('row ', seq) FROM seq_1_to_{ROWS}")
+    # a second GTID domain on the server, so the snapshot's ids carry a GTID state of two domains
+    # ("0-1-402,9-1-3:s5"), as on a server that ever wrote another domain
+    execute(mariadb_server, db, "CREATE TABLE other_domain (id int PRIMARY KEY)",
+            "SET SESSION gtid_domain_id = 9", "INSERT INTO other_domain VALUES (1)")
     cfg = _cfg(tmp_path, {"type": "mysql", "dsn": mariadb_server.dsn(db, user="cdc"), "tables": [f"{db}.snap"],
                           "server_id": random.randint(5000, 90000)}, target)
     with MyRunning(cfg) as r:

@@ -22,7 +22,8 @@
   Ids are compared by the source's position semantics: PostgreSQL ``LSN:index``;
   MariaDB GTIDs ``domain-server-seq:n`` per domain by ``seq`` (the server id changes
   at a failover and says nothing about order); MySQL GTIDs ``uuid:n:index`` per
-  server uuid; other ids naturally (digit runs as numbers).  With several GTID
+  server uuid; MariaDB snapshot rows ``<GTID state>:s<row>`` among themselves, by each
+  domain's ``seq``, then the row; other ids naturally (digit runs as numbers).  With several GTID
   domains or uuids the stored id is one id per domain, comma-separated.
 - Identifiers are always quoted; values are always bound parameters.
 """
@@ -47,6 +48,8 @@ __all__ = ["PostgresMirrorSink", "MySQLMirrorSink", "TableMapping", "order_key",
 
 _PG_ID = re.compile(r"^([0-9A-Fa-f]+)/([0-9A-Fa-f]+):(\d+)$")
 _MARIADB_GTID_ID = re.compile(r"^(\d+)-(\d+)-(\d+):(\d+)$")
+_MARIADB_SNAPSHOT_ID = re.compile(r"^(\d+-\d+-\d+(?:,\d+-\d+-\d+)*):s(\d+)$")  # GTID state:s<row>
+_BARE_GTID = re.compile(r"^\d+-\d+-\d+$")  # one domain of a snapshot id's GTID state
 _MYSQL_GTID_ID = re.compile(r"^([0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}):(\d+):(\d+)$")
 _DIGITS = re.compile(r"(\d+)")
 
@@ -63,6 +66,10 @@ def stream_of(event_id: str) -> tuple[str, tuple]:
     m = _MYSQL_GTID_ID.match(event_id)
     if m:
         return m[1].lower(), (3, int(m[2]), int(m[3]))
+    m = _MARIADB_SNAPSHOT_ID.match(event_id)
+    if m:  # a snapshot row after the GTID state: by each domain's seq (in domain order), then row
+        state = sorted((int(d), int(seq)) for d, _, seq in (g.split("-") for g in m[1].split(",")))
+        return "snapshot", (4, tuple(state), int(m[2]))
     return "", (1, tuple(int(p) if i % 2 else p for i, p in enumerate(_DIGITS.split(event_id))))
 
 
@@ -72,9 +79,16 @@ def order_key(event_id: str) -> tuple:
 
 
 def _last_ids(stored: str) -> dict[str, tuple[tuple, str]]:
-    """A stored position (ids, comma-separated) as {stream: (key, id)}."""
+    """A stored position (ids, comma-separated) as {stream: (key, id)}.  A MariaDB snapshot id
+    has commas of its own (its GTID state: ``0-1-42,5-1-9:s7``): a bare GTID is joined to what
+    follows it."""
     out = {}
-    for event_id in stored.split(","):
+    pending = ""
+    for part in stored.split(","):
+        if _BARE_GTID.match(part):
+            pending += part + ","
+            continue
+        event_id, pending = pending + part, ""
         stream, key = stream_of(event_id)
         out[stream] = (key, event_id)
     return out
