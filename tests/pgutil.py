@@ -35,6 +35,13 @@ def config(tmp_path: Path, dsn: str, tables: list[str], pipelines: dict, checkpo
     return parse_config(raw, path, {})
 
 
+def stream_config(tmp_path: Path, dsn: str, tables: list[str], pipelines: dict, checkpoint: dict | None = None,
+                  **source_options):
+    """``config`` for tests about streaming: ``snapshot: never``, so that rows a test writes while
+    the source starts are not also copied as ``op: "r"`` events (the snapshot tests use ``config``)."""
+    return config(tmp_path, dsn, tables, pipelines, checkpoint, **{"snapshot": "never", **source_options})
+
+
 def file_pipeline(path: str = "out/all.jsonl", tables=None, transforms=None) -> dict:
     p = {"source": "db", "sinks": [{"type": "file", "path": path}]}
     if tables:

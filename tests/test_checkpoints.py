@@ -10,7 +10,7 @@ from cdc.checkpoints.postgres import PostgresCheckpointStore
 from cdc.config import Context
 from cdc.errors import CheckpointError
 
-from pgutil import Running, config, file_pipeline, sql, wait_for_lines
+from pgutil import Running, file_pipeline, sql, stream_config, wait_for_lines
 
 
 def test_file_store_round_trip_and_atomic_replace(tmp_path):
@@ -46,7 +46,7 @@ def test_postgres_store_keeps_one_row_per_source(pg_database):
 
 def test_engine_resumes_from_a_postgres_checkpoint(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
-    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()},
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()},
                  checkpoint={"type": "postgres", "dsn": pg_database})
     with Running(cfg):
         sql(pg_database, "INSERT INTO t VALUES (1)")

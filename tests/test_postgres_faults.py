@@ -5,7 +5,7 @@ import json
 import time
 
 from _ops_helpers import wait_for
-from pgutil import Running, config, file_pipeline, read_jsonl, sql
+from pgutil import Running, file_pipeline, read_jsonl, sql, stream_config
 from servers import PostgresServer
 
 DOWN_SINK = '''
@@ -21,7 +21,7 @@ class DownSink:
 
 def test_walsender_killed_mid_transaction_no_gap_no_duplicate(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE big (id int PRIMARY KEY, pad text)")
-    cfg = config(tmp_path, pg_database, ["public.big"], {"all": file_pipeline()},
+    cfg = stream_config(tmp_path, pg_database, ["public.big"], {"all": file_pipeline()},
                  max_in_flight_events=2000, max_poll_events=500)
     out = tmp_path / "out/all.jsonl"
     kills = 0
@@ -51,7 +51,7 @@ def test_shutdown_with_a_sink_down_neither_skips_nor_acknowledges(pg_database, t
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
     pipelines = {"p": {"source": "db", "sinks": [{"type": "downsink:DownSink", "on_error": "skip",
                                                   "retry": {"initial_backoff": 0.1, "max_backoff": 0.2}}]}}
-    cfg = config(tmp_path, pg_database, ["public.t"], pipelines)
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], pipelines)
     running = Running(cfg)
     running.runner.grace_period = 1.0
     with running:
@@ -73,7 +73,7 @@ def test_stop_during_a_source_outage_with_a_sink_down_does_not_hang(tmp_path):
         dsn = server.create_database("shop")
         sql(dsn, "CREATE TABLE t (id int PRIMARY KEY)")
         pipelines = {"p": {"source": "db", "sinks": [{"type": "downsink:DownSink"}]}}
-        cfg = config(tmp_path, dsn, ["public.t"], pipelines)
+        cfg = stream_config(tmp_path, dsn, ["public.t"], pipelines)
         running = Running(cfg)
         running.runner.grace_period = 2.0
         with running:

@@ -3,7 +3,7 @@ logical decoding messages."""
 
 import time
 
-from pgutil import Running, config, file_pipeline, read_jsonl, sql, wait_for_lines
+from pgutil import Running, file_pipeline, read_jsonl, sql, stream_config, wait_for_lines
 
 SLOW_SINK = '''
 import time
@@ -20,7 +20,7 @@ def test_back_pressure_bounds_events_in_flight(pg_database, tmp_path):
     (tmp_path / "slowsink.py").write_text(SLOW_SINK)
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, pad text)")
     pipelines = {"slow": {"source": "db", "sinks": [{"type": "slowsink:SlowSink", "batch_size": 100}]}}
-    cfg = config(tmp_path, pg_database, ["public.t"], pipelines, max_in_flight_events=1000,
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], pipelines, max_in_flight_events=1000,
                  max_poll_events=200)
     peak = 0
     with Running(cfg) as running:
@@ -39,7 +39,7 @@ def test_heartbeat_moves_an_idle_slot(pg_database, tmp_path):
     """The captured table is idle while another table is busy: without a heartbeat the
     slot would hold all that WAL."""
     sql(pg_database, "CREATE TABLE captured (id int PRIMARY KEY)", "CREATE TABLE busy (id int PRIMARY KEY, pad text)")
-    cfg = config(tmp_path, pg_database, ["public.captured"], {"all": file_pipeline()},
+    cfg = stream_config(tmp_path, pg_database, ["public.captured"], {"all": file_pipeline()},
                  heartbeat_interval=0.3, checkpoint_interval=0.1)
     with Running(cfg) as running:
         slot = running.runner.source.slot
@@ -60,7 +60,7 @@ def test_heartbeat_moves_an_idle_slot(pg_database, tmp_path):
 
 def test_logical_decoding_messages(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
-    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}, messages=True)
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}, messages=True)
     with Running(cfg):
         sql(pg_database, "BEGIN", "INSERT INTO t VALUES (1)",
             "SELECT pg_logical_emit_message(true, 'audit', 'order 1 created')", "COMMIT",

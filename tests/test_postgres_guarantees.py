@@ -13,7 +13,7 @@ import pytest
 from cdc.errors import SourceSetupError
 from cdc.sources.postgres import setup
 
-from pgutil import Running, config, file_pipeline, read_jsonl, sql, wait_for_lines
+from pgutil import Running, file_pipeline, read_jsonl, sql, stream_config, wait_for_lines
 
 
 class Run:
@@ -70,7 +70,7 @@ def _checkpoint(tmp_path) -> dict:
 
 def test_slot_dropped_while_running_stops_with_the_loss_named(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
-    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
     out = tmp_path / "out/all.jsonl"
     run = Run(cfg)
     with run:
@@ -90,7 +90,7 @@ def test_slot_dropped_while_running_stops_with_the_loss_named(pg_database, tmp_p
 
 def test_slot_dropped_while_stopped_refuses_to_start(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
-    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
     with Running(cfg) as running:
         slot = running.runner.source.slot
         sql(pg_database, "INSERT INTO t VALUES (1)")
@@ -112,7 +112,7 @@ def test_slot_dropped_while_stopped_refuses_to_start(pg_database, tmp_path):
 
 def test_slot_ahead_of_the_checkpoint_refuses_to_start(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
-    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
     with Running(cfg) as running:
         slot = running.runner.source.slot
         sql(pg_database, "INSERT INTO t VALUES (1)")
@@ -129,7 +129,7 @@ def test_slot_ahead_of_the_checkpoint_refuses_to_start(pg_database, tmp_path):
 
 def test_first_run_creates_the_slot_and_a_reset_starts_over(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
-    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
     source = cfg.sources["db"].build()
     source.open(None)  # no checkpoint: create: true may create the slot
     source.close()
@@ -141,12 +141,12 @@ def test_first_run_creates_the_slot_and_a_reset_starts_over(pg_database, tmp_pat
 def test_table_removed_from_config_is_no_longer_captured(pg_database, tmp_path, caplog):
     sql(pg_database, "CREATE TABLE a (id int PRIMARY KEY)", "CREATE TABLE secret (id int PRIMARY KEY)")
     out = tmp_path / "out/all.jsonl"
-    cfg = config(tmp_path, pg_database, ["public.a", "public.secret"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.a", "public.secret"], {"all": file_pipeline()})
     with Running(cfg):
         sql(pg_database, "INSERT INTO a VALUES (1)", "INSERT INTO secret VALUES (1)")
         wait_for_lines(out, 2)
     sql(pg_database, "INSERT INTO secret VALUES (2)", "INSERT INTO a VALUES (2)")  # while stopped
-    cfg = config(tmp_path, pg_database, ["public.a"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.a"], {"all": file_pipeline()})
     caplog.set_level(logging.INFO, logger="cdc.source.postgres")
     with Running(cfg) as running:
         publication = running.runner.source.publication
@@ -170,7 +170,7 @@ def test_partitioned_table_events_are_named_after_the_parent(pg_database, tmp_pa
         "CREATE TABLE parts_eu PARTITION OF parts FOR VALUES IN ('eu')",
         "CREATE TABLE parts_us PARTITION OF parts FOR VALUES IN ('us')")
     out = tmp_path / "out/parts.jsonl"
-    cfg = config(tmp_path, pg_database, ["public.parts"],
+    cfg = stream_config(tmp_path, pg_database, ["public.parts"],
                  {"parts": file_pipeline("out/parts.jsonl", tables=["public.parts"])})
     with Running(cfg):
         sql(pg_database, "INSERT INTO parts VALUES (1, 'eu'), (2, 'us')",
@@ -186,7 +186,7 @@ def test_partitioned_table_events_are_named_after_the_parent(pg_database, tmp_pa
 def test_key_follows_a_renamed_key_column_and_a_moved_primary_key(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, code text NOT NULL, v text)")
     out = tmp_path / "out/all.jsonl"
-    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
     with Running(cfg):
         sql(pg_database, "INSERT INTO t VALUES (1, 'a', 'x')")
         wait_for_lines(out, 1)
@@ -202,7 +202,7 @@ def test_key_of_a_replica_identity_full_table_follows_its_primary_key(pg_databas
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, code text NOT NULL)",
         "ALTER TABLE t REPLICA IDENTITY FULL")
     out = tmp_path / "out/all.jsonl"
-    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
     with Running(cfg):
         sql(pg_database, "INSERT INTO t VALUES (1, 'a')")
         wait_for_lines(out, 1)
@@ -218,7 +218,7 @@ def test_key_of_a_replica_identity_full_table_follows_its_primary_key(pg_databas
 def test_table_changed_while_stopped_delivers_its_changes_then_says_what_to_do(pg_database, tmp_path, change):
     sql(pg_database, "CREATE TABLE gone (id int PRIMARY KEY)", "CREATE TABLE other (id int PRIMARY KEY)")
     out = tmp_path / "out/all.jsonl"
-    cfg = config(tmp_path, pg_database, ["public.gone", "public.other"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.gone", "public.other"], {"all": file_pipeline()})
     with Running(cfg):
         sql(pg_database, "INSERT INTO gone VALUES (1)")
         wait_for_lines(out, 1)
@@ -248,7 +248,7 @@ def shout(event):
 def test_transform_mutating_its_input_stops_before_any_pipeline_gets_it(pg_database, tmp_path):
     (tmp_path / "mutator.py").write_text(MUTATOR)
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, status text)")
-    cfg = config(tmp_path, pg_database, ["public.t"], {
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {
         "plain": file_pipeline("out/plain.jsonl"),
         "shouting": file_pipeline("out/shouting.jsonl",
                                   transforms=[{"type": "python", "function": "mutator:shout"}])})
@@ -269,7 +269,7 @@ def test_transform_mutating_its_input_stops_before_any_pipeline_gets_it(pg_datab
 def test_filter_comparisons_on_nan_never_raise(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, amount numeric, ratio float8)")
     out = tmp_path / "out/big.jsonl"
-    cfg = config(tmp_path, pg_database, ["public.t"], {"big": file_pipeline(
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"big": file_pipeline(
         "out/big.jsonl", transforms=[{"type": "filter", "where": {"amount": {"gt": 100}, "ratio": {"lt": 1}}}])})
     with Running(cfg) as running:
         sql(pg_database, "INSERT INTO t VALUES (1, 'NaN', 0.5), (2, 500, 'NaN'), (3, 500, 0.5)")
@@ -284,7 +284,7 @@ def test_domain_types_come_out_as_their_base_type(pg_database, tmp_path):
         "CREATE DOMAIN doc AS jsonb", "CREATE DOMAIN flag AS boolean",
         "CREATE TABLE t (id int PRIMARY KEY, q qty, s small_qty, d doc, f flag)")
     out = tmp_path / "out/all.jsonl"
-    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
     with Running(cfg):
         sql(pg_database, """INSERT INTO t VALUES (1, 5, 6, '{"a": [1]}', true)""")
         events = wait_for_lines(out, 1)

@@ -9,7 +9,7 @@ import pytest
 from cdc.errors import SourceSetupError
 from cdc.event import UNAVAILABLE
 
-from pgutil import Running, config, file_pipeline, read_jsonl, sql, wait_for_lines
+from pgutil import Running, file_pipeline, read_jsonl, sql, stream_config, wait_for_lines
 from servers import PostgresServer
 
 
@@ -23,7 +23,7 @@ def shop(pg_database):
 
 
 def test_insert_update_delete_truncate(shop, tmp_path):
-    cfg = config(tmp_path, shop, ["public.orders", "public.customers"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, shop, ["public.orders", "public.customers"], {"all": file_pipeline()})
     out = tmp_path / "out/all.jsonl"
     with Running(cfg):
         sql(shop, "INSERT INTO orders VALUES (1, 10, 'new', 12.50, 'first', '2026-11-25 10:00:00'),"
@@ -58,7 +58,7 @@ def test_unchanged_toast_is_never_null(shop, tmp_path):
     sql(shop, "CREATE TABLE docs (id int PRIMARY KEY, title text, body text)",
         "CREATE TABLE docs_full (id int PRIMARY KEY, title text, body text)",
         "ALTER TABLE docs_full REPLICA IDENTITY FULL")
-    cfg = config(tmp_path, shop, ["public.docs", "public.docs_full"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, shop, ["public.docs", "public.docs_full"], {"all": file_pipeline()})
     with Running(cfg):
         for table in ("docs", "docs_full"):
             sql(shop, f"INSERT INTO {table} VALUES (1, 'a', %s)", params=(big,))
@@ -99,7 +99,7 @@ EXPECTED = {
 
 def test_type_table(shop, tmp_path):
     sql(shop, TYPES)
-    cfg = config(tmp_path, shop, ["public.alltypes"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, shop, ["public.alltypes"], {"all": file_pipeline()})
     with Running(cfg):
         sql(shop, TYPE_ROW)
         [event] = wait_for_lines(tmp_path / "out/all.jsonl", 1)
@@ -116,7 +116,7 @@ def test_column_added_mid_stream_and_two_pipelines(shop, tmp_path):
                                             {"type": "select", "fields": ["id", "status"]}]),
         "copy": file_pipeline("out/copy.jsonl"),
     }
-    cfg = config(tmp_path, shop, ["public.orders", "public.customers"], pipelines)
+    cfg = stream_config(tmp_path, shop, ["public.orders", "public.customers"], pipelines)
     with Running(cfg):
         sql(shop, "INSERT INTO orders (id, status) VALUES (1, 'new')",
             "ALTER TABLE orders ADD COLUMN priority int DEFAULT 0",
@@ -132,7 +132,7 @@ def test_column_added_mid_stream_and_two_pipelines(shop, tmp_path):
 
 
 def test_stop_and_resume_without_gap_or_duplicate(shop, tmp_path):
-    cfg = config(tmp_path, shop, ["public.orders"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, shop, ["public.orders"], {"all": file_pipeline()})
     out = tmp_path / "out/all.jsonl"
     with Running(cfg) as running:
         for i in range(10):
@@ -150,7 +150,7 @@ def test_stop_and_resume_without_gap_or_duplicate(shop, tmp_path):
 def test_transform_error_stops_and_names_the_event(shop, tmp_path):
     (tmp_path / "badplug.py").write_text(
         "def explode(e):\n    if e.after['id'] == 3:\n        raise ValueError('bad order')\n    return e\n")
-    cfg = config(tmp_path, shop, ["public.orders"],
+    cfg = stream_config(tmp_path, shop, ["public.orders"],
                  {"all": file_pipeline(transforms=[{"type": "python", "function": "badplug:explode"}])})
     with Running(cfg) as running:
         for i in range(1, 6):
@@ -171,12 +171,12 @@ def test_transform_error_stops_and_names_the_event(shop, tmp_path):
 
 def test_setup_errors_name_the_fix(tmp_path, pg_database):
     sql(pg_database, "CREATE TABLE nokey (a int)", "CREATE ROLE plain LOGIN")
-    cfg = config(tmp_path, pg_database, ["public.nokey"], {"all": file_pipeline()})
+    cfg = stream_config(tmp_path, pg_database, ["public.nokey"], {"all": file_pipeline()})
     source = cfg.sources["db"].build()
     with pytest.raises(SourceSetupError, match="REPLICA IDENTITY FULL"):
         source.open(None)
     plain = pg_database.replace("postgres@", "plain@")
-    source = config(tmp_path, plain, ["public.nokey"], {"all": file_pipeline()}).sources["db"].build()
+    source = stream_config(tmp_path, plain, ["public.nokey"], {"all": file_pipeline()}).sources["db"].build()
     with pytest.raises(SourceSetupError, match='ALTER ROLE "plain" WITH REPLICATION'):
         source.open(None)
 
@@ -185,6 +185,6 @@ def test_wal_level_must_be_logical(tmp_path):
     with PostgresServer(settings={"wal_level": "replica"}) as server:
         dsn = server.create_database("shop")
         sql(dsn, "CREATE TABLE t (id int PRIMARY KEY)")
-        source = config(tmp_path, dsn, ["public.t"], {"all": file_pipeline()}).sources["db"].build()
+        source = stream_config(tmp_path, dsn, ["public.t"], {"all": file_pipeline()}).sources["db"].build()
         with pytest.raises(SourceSetupError, match="wal_level = logical"):
             source.open(None)

@@ -21,7 +21,7 @@ from cdc.observe.logging import setup_logging
 from cdc.sinks.http import HttpSink
 from cdc.sinks.rabbitmq import RabbitMQSink
 
-from pgutil import Running, config, sql
+from pgutil import Running, sql, stream_config
 from webhook_server import WebhookServer
 
 
@@ -52,7 +52,7 @@ def wait_until(predicate, timeout: float) -> float:
 def test_kafka_readiness_follows_the_broker_and_logs_once(kafka_server, pg_database, tmp_path, cdc_log):
     """``cdc run``'s runner (PostgreSQL source -> Kafka sink), idle when the broker dies."""
     sql(pg_database, "CREATE TABLE orders (id int PRIMARY KEY)")
-    cfg = config(tmp_path, pg_database, ["orders"], {"p": {"source": "db", "sinks": [{
+    cfg = stream_config(tmp_path, pg_database, ["orders"], {"p": {"source": "db", "sinks": [{
         "type": "kafka", "name": "k", "bootstrap_servers": kafka_server.bootstrap,
         "topic": f"ready-{uuid.uuid4().hex[:8]}", "delivery_timeout": 60}]}})
     with Running(cfg) as running:

@@ -16,7 +16,7 @@ from cdc.config import Context
 from cdc.sinks.mirror import MySQLMirrorSink, PostgresMirrorSink
 
 from mysql_helpers import collect, db_of, execute, make_source
-from pgutil import Running, config, sql
+from pgutil import Running, sql, stream_config
 
 UUID = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"
 
@@ -64,7 +64,7 @@ def my_rows(dsn: str, query: str) -> list:
 def test_postgres_to_mariadb_every_type(pg_database, mariadb_server, mariadb_database, tmp_path):
     execute(mariadb_server, db_of(mariadb_database), MY_TARGET)
     sql(pg_database, PG_SOURCE)
-    cfg = config(tmp_path, pg_database, ["every_type"],
+    cfg = stream_config(tmp_path, pg_database, ["every_type"],
                  {"p": {"source": "db", "sinks": [{"type": "mysql", "dsn": mariadb_database}]}})
     with Running(cfg) as running:
         sql(pg_database, PG_ROW)
