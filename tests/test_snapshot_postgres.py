@@ -46,6 +46,31 @@ def test_initial_snapshot_then_stream(pg_database, tmp_path):
     assert len(read_jsonl(out)) == 1002
 
 
+
+def test_watermark_messages_are_never_op_m_events(pg_database, tmp_path):
+    """The copy's watermarks are logical decoding messages, which the source always asks pgoutput
+    for: a pipeline without ``messages: true`` gets no op m event, one with it gets the
+    application's messages, and neither gets a watermark."""
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t SELECT generate_series(1, 300)")
+    for messages in (False, True):
+        out = tmp_path / f"out/{messages}.jsonl"
+        slot = f"cdc_{pg_database.rsplit('/', 1)[1]}_{messages}".lower()  # a new source each time
+        cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline(str(out))},
+                     checkpoint={"type": "file", "path": f"state/{messages}.json"}, slot=slot,
+                     messages=messages, snapshot_chunk_size=32)  # ten chunks: ten watermarks
+        with Running(cfg) as r:
+            wait_for(lambda: r.runner.snapshots.finished, 60, "the copy")  # noqa: B023
+            sql(pg_database, "SELECT pg_logical_emit_message(false, 'app', 'hello')",
+                f"INSERT INTO t VALUES ({1000 + messages})")
+            wait_for(lambda: any(e["op"] == "c" for e in read_jsonl(out)), 30, "the live insert")  # noqa: B023
+        events = read_jsonl(out)
+        copied = list(range(1, 301)) + ([1000] if messages else [])  # the first run's live row too
+        assert [e["after"]["id"] for e in events if e["op"] == "r"] == copied
+        assert [e["message"] for e in events if e["op"] == "m"] == (
+            [{"prefix": "app", "content": "hello"}] if messages else [])
+        assert [e["op"] for e in events if e["op"] not in ("r", "m")] == ["c"]
+
+
 ROWS = 200_000
 
 
