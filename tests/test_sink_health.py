@@ -126,7 +126,7 @@ def test_httpx_logs_are_debug(cdc_log):
 
 
 def test_cdc_check_reports_a_missing_exchange(rabbitmq_server, tmp_path):
-    from cdc.check import check_config
+    from cdc.cli.check import check_config
     from cdc.config import parse_config
     raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused@127.0.0.1:1/x", "tables": ["t"],
                              "checkpoint": {"type": "memory"}}},
