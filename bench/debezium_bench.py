@@ -328,6 +328,7 @@ def main() -> int:
                         run = run_cdc(mode, n, slot, dsn, bootstrap, total, workdir)
                     else:
                         run = run_debezium(mode, n, slot, pg.port, bootstrap, total, workdir)
+                    run.extra["load_1min_after"] = round(os.getloadavg()[0], 1)
                     runs.append(run)
                     print(f"round {n + 1} {mode:<7} {system:<8} {run.rows_s:>9,.0f} rows/s "
                           f"({run.seconds:.2f} s to the last change, exit at {run.exit_s:.2f} s), "
