@@ -21,7 +21,7 @@
    Each system writes to its own topic (one partition) of the same broker.
 4. Reported per run and as medians: rows/s from process start to the 400,000th change delivered,
    CPU seconds of the process (user+system, start to exit, from wait4), peak RSS (ru_maxrss), and the
-   ratios cdc / Debezium of the same round.
+   ratios cdc / Debezium of the same round.  After a Kafka run the topic must hold every change.
 
 Exits 1 when a target of issue 13 measured here is missed (medians of the per-round ratios):
 PostgreSQL -> Kafka >= 5x Debezium (``--min-vs-debezium``), and cdc's PostgreSQL -> Kafka >= 0.8x
@@ -217,6 +217,16 @@ def run_debezium(mode: str, rnd: int, slot: str, pg_port: int, bootstrap: str | 
                 "json_bytes": report["json_bytes"]})
 
 
+def topic_messages(bootstrap: str, topic: str) -> int:
+    """Messages in the one partition of ``topic`` (its high watermark)."""
+    from confluent_kafka import Consumer, TopicPartition
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "debezium-bench", "enable.auto.commit": False})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1]
+    finally:
+        consumer.close()
+
+
 def build_jar() -> None:
     if JAR.exists():
         return
@@ -329,6 +339,12 @@ def main() -> int:
                     else:
                         run = run_debezium(mode, n, slot, pg.port, bootstrap, total, workdir)
                     run.extra["load_1min_after"] = round(os.getloadavg()[0], 1)
+                    if mode == "kafka":  # every change really is in the topic
+                        topic = f"cdc_r{n}" if system == "cdc" else f"dbz_r{n}.public.orders"
+                        run.extra["topic_messages"] = topic_messages(bootstrap, topic)
+                        if run.extra["topic_messages"] < total:
+                            raise SystemExit(f"{system} round {n + 1}: {run.extra['topic_messages']:,} messages "
+                                             f"in {topic}, expected {total:,}")
                     runs.append(run)
                     print(f"round {n + 1} {mode:<7} {system:<8} {run.rows_s:>9,.0f} rows/s "
                           f"({run.seconds:.2f} s to the last change, exit at {run.exit_s:.2f} s), "
