@@ -26,7 +26,7 @@
 Exits 1 when a target of issue 13 measured here is missed (medians of the per-round ratios):
 PostgreSQL -> Kafka >= 5x Debezium (``--min-vs-debezium``), and cdc's PostgreSQL -> Kafka >= 0.8x
 cdc's own PostgreSQL -> discard (``--min-kafka-vs-discard``; needs both modes).  Results also go to
-bench/results/debezium_bench.json.  The jar is built with Maven the first time
+bench/results/debezium_bench.json.  The jar is built with Maven when missing or stale
 (``mvn -q -f bench/debezium/pom.xml package``; the dependencies are cached in ~/.m2).
 """
 
@@ -228,7 +228,9 @@ def topic_messages(bootstrap: str, topic: str) -> int:
 
 
 def build_jar() -> None:
-    if JAR.exists():
+    """Build the jar when it is missing or older than its pom.xml or sources."""
+    sources = [POM, *(POM.parent / "src").rglob("*.java")]
+    if JAR.exists() and JAR.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
         return
     print(f"building {JAR.relative_to(ROOT)} (Debezium {DEBEZIUM_VERSION} from Maven Central) ...",
           file=sys.stderr, flush=True)

@@ -201,7 +201,11 @@ public final class DebeziumBench {
                 })
                 .notifying(this::handleBatch)
                 .build();
-        ExecutorService executor = Executors.newSingleThreadExecutor();
+        ExecutorService executor = Executors.newSingleThreadExecutor(task -> {
+            Thread thread = new Thread(task, "debezium-engine");
+            thread.setDaemon(true); // never keeps the JVM alive after main returns
+            return thread;
+        });
         executor.execute(engine);
         finished.await();
 
@@ -222,8 +226,10 @@ public final class DebeziumBench {
         try {
             engine.close();
         }
-        catch (IOException e) {
-            System.err.println("debezium-bench: closing the engine: " + e);
+        catch (IOException | RuntimeException e) { // e.g. the engine has already shut down after a failure
+            if (status == 0) {
+                System.err.println("debezium-bench: closing the engine: " + e);
+            }
         }
         executor.shutdown();
         executor.awaitTermination(30, TimeUnit.SECONDS);
