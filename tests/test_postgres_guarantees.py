@@ -289,3 +289,18 @@ def test_domain_types_come_out_as_their_base_type(pg_database, tmp_path):
         sql(pg_database, """INSERT INTO t VALUES (1, 5, 6, '{"a": [1]}', true)""")
         events = wait_for_lines(out, 1)
     assert events[0]["after"] == {"id": 1, "q": 5, "s": 6, "d": {"a": [1]}, "f": True}
+
+
+def test_bc_dates_are_iso_8601(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, d date, ts timestamp, tz timestamptz, ds date[])")
+    out = tmp_path / "out/all.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    with Running(cfg):
+        sql(pg_database, "INSERT INTO t VALUES (1, '0044-03-15 BC', '0044-03-15 10:00:00.5 BC',"
+                         " '0001-01-01 00:00:00+00 BC', '{0044-03-15 BC,2026-11-25}'),"
+                         " (2, '2026-11-25', '2026-11-25 10:00:00', '2026-11-25 10:00:00+00', NULL)")
+        events = wait_for_lines(out, 2)
+    assert events[0]["after"] == {"id": 1, "d": "-0043-03-15", "ts": "-0043-03-15T10:00:00.5",
+                                  "tz": "0000-01-01T00:00:00Z", "ds": ["-0043-03-15", "2026-11-25"]}
+    assert events[1]["after"] == {"id": 2, "d": "2026-11-25", "ts": "2026-11-25T10:00:00",
+                                  "tz": "2026-11-25T10:00:00Z", "ds": None}
