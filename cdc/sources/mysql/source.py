@@ -240,7 +240,8 @@ class MySQLSource:
             # A first run stores where it starts before it reads anything (the first poll hands
             # this position out): otherwise a restart before the first acknowledgement would
             # begin at the then current end of the binlog, and lose everything in between.
-            self._start_commit = None if resuming else Commit(self._current(conn))
+            if not resuming:
+                self._start_commit = Commit(self._current(conn))
             position = position or self._position or self._start_commit.position
             self.file, self.pos = position.get("file", ""), position.get("pos", 4)
             gtid = position.get("gtid") if self.info["gtid"] else None
