@@ -254,3 +254,17 @@ def test_geometry_is_wkb_with_its_srid_beside_it(shop):
         wkb = cur.fetchone()[0]
     assert events[0].after["p"] == {"wkb": base64.b64encode(wkb).decode(), "srid": 4326}
     assert events[1].after["p"] is None
+
+
+def test_table_renamed_while_running_stops_after_the_rename(shop):
+    server, db = shop
+    execute(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
+    source = make_source(server, db, [f"{db}.t"])
+    source.open(None)
+    try:
+        execute(server, db, "INSERT INTO t VALUES (1)", "ALTER TABLE t RENAME TO t2", "INSERT INTO t2 VALUES (2)")
+        got = _events(source, lambda g: False, timeout=10)
+    finally:
+        source.close()
+    assert [e.after["id"] for e in got[:-1]] == [1]
+    assert isinstance(got[-1], SourceSetupError) and f"renamed to {db}.t2" in str(got[-1])

@@ -304,3 +304,15 @@ def test_bc_dates_are_iso_8601(pg_database, tmp_path):
                                   "tz": "0000-01-01T00:00:00Z", "ds": ["-0043-03-15", "2026-11-25"]}
     assert events[1]["after"] == {"id": 2, "d": "2026-11-25", "ts": "2026-11-25T10:00:00",
                                   "tz": "2026-11-25T10:00:00Z", "ds": None}
+
+
+def test_table_renamed_while_running_stops_at_its_next_change(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    out = tmp_path / "out/all.jsonl"
+    run = Run(config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}))
+    with run:
+        sql(pg_database, "INSERT INTO t VALUES (1)", "ALTER TABLE t RENAME TO t2", "INSERT INTO t2 VALUES (2)")
+        run.inner.thread.join(30)
+        assert not run.inner.thread.is_alive(), "cdc went on after the rename"
+    assert "renamed to public.t2" in run.failure() and "tables:" in run.failure()
+    assert [e["after"]["id"] for e in read_jsonl(out)] == [1]
