@@ -316,3 +316,16 @@ def test_table_renamed_while_running_stops_at_its_next_change(pg_database, tmp_p
         assert not run.inner.thread.is_alive(), "cdc went on after the rename"
     assert "renamed to public.t2" in run.failure() and "tables:" in run.failure()
     assert [e["after"]["id"] for e in read_jsonl(out)] == [1]
+
+
+def test_table_renamed_while_stopped_with_the_config_following_it_loses_nothing(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    out = tmp_path / "out/all.jsonl"
+    with Running(config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})):
+        sql(pg_database, "INSERT INTO t VALUES (1)")
+        wait_for_lines(out, 1)
+    sql(pg_database, "INSERT INTO t VALUES (2)", "ALTER TABLE t RENAME TO t2", "INSERT INTO t2 VALUES (3)")
+    with Running(config(tmp_path, pg_database, ["public.t2"], {"all": file_pipeline()})) as running:
+        events = wait_for_lines(out, 3)
+        assert running.runner.error is None
+    assert [(e["source"]["table"], e["after"]["id"]) for e in events] == [("t", 1), ("t2", 2), ("t2", 3)]

@@ -296,9 +296,17 @@ class PostgresSource:
             return False
         known = self._oids.get(oid)
         if known is not None and known != rel.qualified:
+            now = self._current_name(oid)
+            if now == known:  # the WAL still names the table as it was before a rename to the configured name
+                log.info("source %s: %s was named %s when these changes were made; they are reported as %s",
+                         self.name, known, rel.qualified, known)
+                rel.schema, rel.table = known.split(".", 1)
+                rel.qualified = known
+                return False
+            new = now or rel.qualified
             self._error = SourceSetupError(
-                f"table {known} was renamed to {rel.qualified} (seen at {lsn_to_str(lsn)}); every change "
-                f"before that was delivered. Put {rel.qualified} in place of {known} in tables: of source "
+                f"table {known} was renamed to {new} (seen at {lsn_to_str(lsn)}); every change "
+                f"before that was delivered. Put {new} in place of {known} in tables: of source "
                 f"{self.name} (and in pipelines' tables: and transforms that name it), then start cdc "
                 f"again", source=self.name)
             return True
@@ -310,6 +318,13 @@ class PostgresSource:
             self._oids[oid] = rel.qualified  # e.g. a table re-created, or gone at open()
         self._ignored.discard(oid)
         return False
+
+    def _current_name(self, oid: int) -> str | None:
+        """``schema.table`` of the table ``oid`` now (None: dropped)."""
+        with setup.connect(self.dsn, self.name) as conn:
+            row = conn.execute("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n"
+                               " ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,)).fetchone()
+        return row[0] if row else None
 
     def _tables_gone(self) -> None:
         """Everything the WAL held when we started has been read: say what to change about
