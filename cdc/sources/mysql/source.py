@@ -194,6 +194,7 @@ class MySQLSource:
         self._gone: list[str] = []            # configured tables that did not exist at open()
         self._gone_until: tuple = ("", 0)     # ... and the end of the binlog then
         self._renamed: dict[str, str] = {}
+        self._seen: set[tuple[str, str]] = set()  # (db, table) of TableMaps read for uncaptured tables
         self._patterns = [(t, re.compile(rf"(?<![\w$`.])`?{re.escape(t.split('.', 1)[0])}`?\s*\.\s*"
                                          rf"`?{re.escape(t.split('.', 1)[1])}`?(?![\w$])", re.I),
                            re.compile(rf"(?<![\w$`.])`?{re.escape(t.split('.', 1)[1])}`?(?![\w$])", re.I))
@@ -366,7 +367,9 @@ class MySQLSource:
                 # names another table, forget the old one (even if the new one is not captured).
                 table_id = _from(data[20:26], "little")
                 known = tables.get(table_id)
-                if known is not None and _table_name(data) != (known[1], known[2]):
+                if known is None:  # names of other tables with changes: see _ddl (renames)
+                    self._seen.add(_table_name(data))
+                elif _table_name(data) != (known[1], known[2]):
                     del tables[table_id]
             op = _RAW_ROWS.get(kind_byte)
             if op is not None:  # a rows event of a captured table: read straight from the packet
@@ -434,11 +437,12 @@ class MySQLSource:
         self._commit(ev, out)
         if renamed and self._error is None:
             old, new = renamed[0]
+            fix = (f"{new} is in tables: already: remove {old} from tables:" if new in self.tables else
+                   f"Put {new} in place of {old} in tables:")
             self._error = SourceSetupError(
                 f"table {old} was renamed to {new} at GTID {self._tx_gtid or '-'} ({self.file}:{self.pos}); "
-                f"every change before that was delivered. Put {new} in place of {old} in tables: of source "
-                f"{self.name} (and in pipelines' tables: and transforms that name it), then start cdc again",
-                source=self.name)
+                f"every change before that was delivered. {fix} of source {self.name} (and in pipelines' "
+                f"tables: and transforms that name it), then start cdc again", source=self.name)
 
     _tx_gtid: str | None = None
 
@@ -528,6 +532,15 @@ class MySQLSource:
             if old in self.tables and old != new:
                 self._renamed[old] = new
                 renamed.append((old, new))
+            elif new in self.tables and tuple(old.split(".", 1)) in self._seen and self._error is None:
+                # the config already names the new name: what was written under the old one was not read
+                self._error = SourceSetupError(
+                    f"captured table {new} was called {old} until this rename at {self.file}:{self.pos} "
+                    f"(GTID {self._tx[2] if self._tx else '-'}), and {old} is not in tables:, so the changes "
+                    f"made to it under that name since this run started were not captured. Re-snapshot "
+                    f"{new} or reconcile the destinations with it; started again, cdc goes on after the "
+                    f"rename. (To capture such changes, rename while cdc runs: it stops after the rename, "
+                    f"then change tables:.)", source=self.name)
         return renamed
 
     def _tables_gone(self) -> None:
