@@ -147,6 +147,9 @@ def test_table_removed_from_config_is_no_longer_captured(pg_database, tmp_path, 
         wait_for_lines(out, 2)
     sql(pg_database, "INSERT INTO secret VALUES (2)", "INSERT INTO a VALUES (2)")  # while stopped
     cfg = config(tmp_path, pg_database, ["public.a"], {"all": file_pipeline()})
+    with setup.connect(pg_database, "db") as conn:  # what `cdc check` can say first
+        [(level, text)] = setup.publication_problems(conn, cfg.sources["db"].build().publication, ["public.a"])
+        assert level == "warning" and "public.secret" in text
     caplog.set_level(logging.INFO, logger="cdc.source.postgres")
     with Running(cfg) as running:
         publication = running.runner.source.publication

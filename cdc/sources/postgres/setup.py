@@ -12,8 +12,8 @@ from psycopg import sql
 
 from ...errors import SourceConnectionError, SourceSetupError
 
-__all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "missing_tables", "captured_oids",
-           "primary_key_of"]
+__all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "publication_problems",
+           "missing_tables", "captured_oids", "primary_key_of"]
 
 log = logging.getLogger("cdc.source.postgres")
 _RESET = "cdc checkpoint reset <config> --source {source}"
@@ -189,6 +189,33 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
                                f"as the tables' owner, or grant ownership)", source=source,
                                sqlstate=exc.sqlstate) from exc
     return gone
+
+
+def publication_problems(conn: psycopg.Connection, publication: str, tables: list[str]) -> list[tuple[str, str]]:
+    """What ``cdc run`` would refuse (``error``) or change (``warning``) about an existing
+    publication, as (level, text); empty when it matches ``tables`` (or does not exist yet:
+    ``cdc run`` creates it).  For ``cdc check``."""
+    row = conn.execute("SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = %s",
+                       (publication,)).fetchone()
+    if row is None:
+        return []
+    out = []
+    schemas = [r[0] for r in conn.execute(
+        "SELECT n.nspname FROM pg_publication_namespace s JOIN pg_publication p ON p.oid = s.pnpubid"
+        " JOIN pg_namespace n ON n.oid = s.pnnspid WHERE p.pubname = %s", (publication,))]
+    if row[0] or schemas:
+        what = "FOR ALL TABLES" if row[0] else "FOR TABLES IN SCHEMA " + ", ".join(schemas)
+        return [("error", f"publication {publication} is {what}: it publishes tables that are not in tables: "
+                          f"(DROP PUBLICATION {publication}; cdc creates one for the configured tables)")]
+    have = {f"{s}.{t}" for s, t in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid"
+        " JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE p.pubname = %s", (publication,))}
+    extra = sorted(have - set(tables))
+    if extra:
+        out.append(("warning", f"publication {publication} also publishes {', '.join(extra)}, which tables: "
+                               f"no longer lists: cdc run removes them from it"))
+    return out
 
 
 def _match_publication(conn, publication: str, tables: list[str], idents: dict, flags: tuple,
