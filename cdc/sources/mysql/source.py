@@ -41,6 +41,12 @@ READ_BUFFER = 1 << 20
 _INSIDE = ("SAVEPOINT", "ROLLBACK TO", "RELEASE SAVEPOINT", "XA ")
 _COMMENTS = r"\s*(?:/\*.*?\*/\s*|#[^\n]*\n\s*|--[^\n]*\n\s*)*"
 _DML = re.compile(_COMMENTS + r"(INSERT|REPLACE|UPDATE|DELETE|LOAD\s+(?:DATA|XML))\b", re.I | re.S)
+# The part of a DML statement that names the tables it writes (not those it only reads).
+_TARGETS = [re.compile(_COMMENTS + p, re.I | re.S) for p in (
+    r"(?:INSERT|REPLACE)\s+(?:(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE)\s+)*(?:INTO\s+)?([`\w$.]+)",
+    r"UPDATE\s+(.*?)\bSET\b",
+    r"DELETE\s+(.*?)(?:\bWHERE\b|\bORDER\b|\bLIMIT\b|$)",
+    r"LOAD\s+(?:DATA|XML)\b.*?\bINTO\s+TABLE\s+([`\w$.]+)")]
 _TRUNCATE = re.compile(_COMMENTS + r"TRUNCATE\s+(?:TABLE\s+)?([`\w$.\s]+?)\s*;?\s*$", re.I | re.S)
 _RENAME = re.compile(_COMMENTS + r"RENAME\s+TABLES?\s+(.*)$", re.I | re.S)
 _ALTER_RENAME = re.compile(_COMMENTS + r"ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+([`\w$.]+)\s+.*?"
@@ -422,7 +428,8 @@ class MySQLSource:
             return
         schema = ev.schema.decode(errors="replace") if isinstance(ev.schema, bytes) else (ev.schema or "")
         if _DML.match(text):  # statement format: no row events for what it changed
-            table = self._captured_in(schema, text)
+            target = next((m.group(1) for m in map(lambda p: p.match(text), _TARGETS) if m), text)
+            table = self._captured_in(schema, target)
             if table is not None:
                 self._statement_dml(table, text, ev)
             if self._in_begin:
