@@ -291,3 +291,12 @@ def test_table_renamed_while_stopped_with_the_config_following_it_names_the_gap(
     with Run(cfg):  # started again: on after the rename
         events = wait_for_lines(out, 2, timeout=20)
     assert [e["after"]["id"] for e in events] == [1, 3]
+
+
+def test_a_position_that_is_not_a_binlog_position_is_refused_with_the_fix(shop):
+    server, db = shop
+    execute(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
+    source = make_source(server, db, [f"{db}.t"])
+    for bad in ({"lsn": "0/16B3748"}, {"file": "binlog.000001", "pos": "x"}):
+        with pytest.raises(SourceSetupError, match="not a binlog position.*cdc checkpoint"):
+            source.open(bad)

@@ -332,3 +332,11 @@ def test_table_renamed_while_stopped_with_the_config_following_it_loses_nothing(
         events = wait_for_lines(out, 3)
         assert running.runner.error is None
     assert [(e["source"]["table"], e["after"]["id"]) for e in events] == [("t", 1), ("t2", 2), ("t2", 3)]
+
+
+def test_a_position_that_is_not_an_lsn_is_refused_with_the_fix(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    source = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}).sources["db"].build()
+    for bad in ({"lsn": "zzz"}, {"gtid": "0-1-5", "file": "binlog.000001", "pos": 4}):
+        with pytest.raises(SourceSetupError, match="not a PostgreSQL position.*cdc checkpoint"):
+            source.open(bad)

@@ -219,6 +219,15 @@ class MySQLSource:
     # ---- lifecycle -----------------------------------------------------------------
 
     def open(self, position: dict | None) -> None:
+        if position is not None and not (
+                isinstance(position, dict) and (isinstance(position.get("gtid"), str)
+                                                or (isinstance(position.get("file"), str)
+                                                    and isinstance(position.get("pos"), int)))):
+            raise SourceSetupError(
+                f"the checkpoint {position!r} is not a binlog position (expected {{\"gtid\": \"0-1-4711\", "
+                f"\"file\": \"binlog.000003\", \"pos\": 81234}}); it may be another source's. Fix it with cdc "
+                f"checkpoint set, or start over with cdc checkpoint reset <config> --source {self.name}",
+                source=self.name)
         stream = {"connect_timeout": 10, **{k: v for k, v in self.settings.items() if k != "db"}}
         if self.heartbeat_interval:  # the server sends a heartbeat when idle: silence means it is gone
             stream.setdefault("read_timeout", max(30, int(3 * self.heartbeat_interval)))

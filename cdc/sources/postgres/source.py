@@ -98,6 +98,8 @@ class PostgresSource:
     # ---- lifecycle -----------------------------------------------------------------
 
     def open(self, position: dict | None) -> None:
+        if position is not None:
+            self._check_position(position)
         try:
             with setup.connect(self.dsn, self.name) as conn:
                 # With a checkpoint (or after streaming once) the slot must exist: never
@@ -131,6 +133,17 @@ class PostgresSource:
         self.stream.start(self.slot, start, options)
         self._started = True
         log.info("source %s: streaming slot %s from %s", self.name, self.slot, lsn_to_str(start))
+
+    def _check_position(self, position) -> None:
+        """A checkpoint that is not a PostgreSQL position (a typo, or another source's) is refused
+        with the fix, not met with a traceback."""
+        lsn = position.get("lsn") if isinstance(position, dict) else None
+        if isinstance(lsn, str) and re.fullmatch(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}", lsn):
+            return
+        raise SourceSetupError(f"the checkpoint {position!r} is not a PostgreSQL position (expected "
+                               f'{{"lsn": "0/16B3748"}}); it may be another source\'s. Fix it with cdc checkpoint set, '
+                               f"or start over with cdc checkpoint reset <config> --source {self.name}",
+                               source=self.name)
 
     def close(self) -> None:
         if self.stream is not None:
