@@ -11,7 +11,6 @@ import time
 import pytest
 
 from cdc.errors import SourceSetupError
-from cdc.event import Commit
 from cdc.sources.postgres import setup
 from pgutil import Running, config, file_pipeline, read_jsonl, sql, wait_for_lines
 

@@ -219,15 +219,8 @@ class MySQLSource:
     # ---- lifecycle -----------------------------------------------------------------
 
     def open(self, position: dict | None) -> None:
-        if position is not None and not (
-                isinstance(position, dict) and (isinstance(position.get("gtid"), str)
-                                                or (isinstance(position.get("file"), str)
-                                                    and isinstance(position.get("pos"), int)))):
-            raise SourceSetupError(
-                f"the checkpoint {position!r} is not a binlog position (expected {{\"gtid\": \"0-1-4711\", "
-                f"\"file\": \"binlog.000003\", \"pos\": 81234}}); it may be another source's. Fix it with cdc "
-                f"checkpoint set, or start over with cdc checkpoint reset <config> --source {self.name}",
-                source=self.name)
+        if position is not None:
+            self.check_position(position)
         stream = {"connect_timeout": 10, **{k: v for k, v in self.settings.items() if k != "db"}}
         if self.heartbeat_interval:  # the server sends a heartbeat when idle: silence means it is gone
             stream.setdefault("read_timeout", max(30, int(3 * self.heartbeat_interval)))
@@ -281,6 +274,19 @@ class MySQLSource:
         self._position = position
         self.gtids = GtidState(gtid or "", self.info["mariadb"]) if self.info["gtid"] else None
         log.info("source %s: reading the binlog of %s from %s", self.name, self.info["version"], position)
+
+    def check_position(self, position) -> None:
+        """A checkpoint that is not a binlog position (a typo, or another source's) is refused
+        with the fix, not met with a traceback (``cdc checkpoint set`` can call this too)."""
+        if not (
+                isinstance(position, dict) and (isinstance(position.get("gtid"), str)
+                                                or (isinstance(position.get("file"), str)
+                                                    and isinstance(position.get("pos"), int)))):
+            raise SourceSetupError(
+                f"the checkpoint {position!r} is not a binlog position (expected {{\"gtid\": \"0-1-4711\", "
+                f"\"file\": \"binlog.000003\", \"pos\": 81234}}); it may be another source's. Fix it with cdc "
+                f"checkpoint set, or start over with cdc checkpoint reset <config> --source {self.name}",
+                source=self.name)
 
     def _current(self, conn: pymysql.Connection) -> dict:
         """The end of the binlog now (without SHOW MASTER STATUS, gone in MySQL 8.4)."""

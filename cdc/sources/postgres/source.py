@@ -99,7 +99,7 @@ class PostgresSource:
 
     def open(self, position: dict | None) -> None:
         if position is not None:
-            self._check_position(position)
+            self.check_position(position)
         try:
             with setup.connect(self.dsn, self.name) as conn:
                 # With a checkpoint (or after streaming once) the slot must exist: never
@@ -134,7 +134,7 @@ class PostgresSource:
         self._started = True
         log.info("source %s: streaming slot %s from %s", self.name, self.slot, lsn_to_str(start))
 
-    def _check_position(self, position) -> None:
+    def check_position(self, position) -> None:
         """A checkpoint that is not a PostgreSQL position (a typo, or another source's) is refused
         with the fix, not met with a traceback."""
         lsn = position.get("lsn") if isinstance(position, dict) else None
