@@ -96,11 +96,12 @@ def test_key_follows_a_renamed_key_column_and_a_moved_primary_key(shop):
         execute(server, db, "INSERT INTO t VALUES (1, 'a', 0)",
                 "ALTER TABLE t CHANGE id tid int NOT NULL", "INSERT INTO t VALUES (2, 'b', 0)",
                 "ALTER TABLE t DROP PRIMARY KEY, ADD PRIMARY KEY (code)", "INSERT INTO t VALUES (3, 'c', 0)",
-                "UPDATE t SET v = 1 WHERE code = 'c'")
-        events = collect(source, 4)
+                "UPDATE t SET v = 1 WHERE code = 'c'", "ALTER TABLE t RENAME COLUMN code TO tcode",
+                "INSERT INTO t VALUES (4, 'd', 0)")
+        events = collect(source, 5)
     finally:
         source.close()
-    assert [e.key for e in events] == [{"id": 1}, {"tid": 2}, {"code": "c"}, {"code": "c"}]
+    assert [e.key for e in events] == [{"id": 1}, {"tid": 2}, {"code": "c"}, {"code": "c"}, {"tcode": "d"}]
 
 
 # ---- 6. the first run stores where it starts --------------------------------------------------------

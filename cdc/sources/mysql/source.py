@@ -50,7 +50,7 @@ _TARGETS = [re.compile(_COMMENTS + p, re.I | re.S) for p in (
 _TRUNCATE = re.compile(_COMMENTS + r"TRUNCATE\s+(?:TABLE\s+)?([`\w$.\s]+?)\s*;?\s*$", re.I | re.S)
 _RENAME = re.compile(_COMMENTS + r"RENAME\s+TABLES?\s+(.*)$", re.I | re.S)
 _ALTER_RENAME = re.compile(_COMMENTS + r"ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+([`\w$.]+)\s+.*?"
-                           r"\bRENAME\s+(?:TO\s+|AS\s+)?([`\w$.]+)", re.I | re.S)
+                           r"\bRENAME\s+(?!(?:COLUMN|INDEX|KEY)\b)(?:TO\s+|AS\s+)?([`\w$.]+)", re.I | re.S)
 
 
 class _Reader(BinLogStreamReader):
