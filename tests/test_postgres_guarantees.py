@@ -339,3 +339,24 @@ def test_a_position_that_is_not_an_lsn_is_refused_with_the_fix(pg_database, tmp_
     for bad in ({"lsn": "zzz"}, {"gtid": "0-1-5", "file": "binlog.000001", "pos": 4}):
         with pytest.raises(SourceSetupError, match="not a PostgreSQL position.*cdc checkpoint"):
             source.open(bad)
+
+
+def test_following_a_rename_after_the_stop_loses_nothing(pg_database, tmp_path):
+    """After cdc stopped on a table renamed while it was stopped, the operator changes tables:.
+    Changes made to the renamed table in between must still be delivered."""
+    sql(pg_database, "CREATE TABLE gone (id int PRIMARY KEY)")
+    out = tmp_path / "out/all.jsonl"
+    cfg = config(tmp_path, pg_database, ["public.gone"], {"all": file_pipeline()})
+    with Running(cfg):
+        sql(pg_database, "INSERT INTO gone VALUES (1)")
+        wait_for_lines(out, 1)
+    sql(pg_database, "INSERT INTO gone VALUES (2)", "ALTER TABLE gone RENAME TO renamed")
+    run = Run(cfg)
+    run.inner.thread.start()
+    run.inner.thread.join(60)
+    assert "public.renamed" in run.failure()
+    sql(pg_database, "INSERT INTO renamed VALUES (3)")  # before the operator changed the config
+    with Running(config(tmp_path, pg_database, ["public.renamed"], {"all": file_pipeline()})):
+        sql(pg_database, "INSERT INTO renamed VALUES (4)")
+        events = wait_for_lines(out, 4, timeout=10)
+    assert [e["after"]["id"] for e in events] == [1, 2, 3, 4]

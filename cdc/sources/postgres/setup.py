@@ -168,7 +168,10 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
                          .format(name, sql.SQL(", ").join(idents.values()),
                                  sql.SQL("true" if partitioned else "false")))
         else:
-            _match_publication(conn, publication, present, idents, exists, partitioned, source)
+            # A configured table that is missing may have been renamed to one the publication
+            # still holds: keep that one published until the operator has changed tables:.
+            _match_publication(conn, publication, present, idents, exists, partitioned, source,
+                               drop_extra=not gone)
         slot_row = conn.execute("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s",
                                 (slot,)).fetchone()
         if slot_row is None:
@@ -219,7 +222,7 @@ def publication_problems(conn: psycopg.Connection, publication: str, tables: lis
 
 
 def _match_publication(conn, publication: str, tables: list[str], idents: dict, flags: tuple,
-                       partitioned: bool, source: str) -> None:
+                       partitioned: bool, source: str, drop_extra: bool = True) -> None:
     """Make an existing publication publish the configured tables and no other: a table
     removed from ``tables:`` (perhaps because it holds personal data) must stop flowing."""
     alltables, viaroot = flags
@@ -241,7 +244,11 @@ def _match_publication(conn, publication: str, tables: list[str], idents: dict, 
     if missing:
         conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, sql.SQL(", ").join(missing)))
     extra = sorted(set(have) - set(tables))
-    if extra:
+    if extra and not drop_extra:
+        log.warning("source %s: publication %s still publishes %s (not in tables:): kept until the missing "
+                    "tables are sorted out, since one may be a renamed captured table; their rows are "
+                    "not emitted", source, publication, ", ".join(extra))
+    elif extra:
         conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
             name, sql.SQL(", ").join(sql.Identifier(*have[t]) for t in extra)))
         log.warning("source %s: removed %s from publication %s: not in tables: any more; their changes are "
