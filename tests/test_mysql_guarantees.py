@@ -301,3 +301,24 @@ def test_a_position_that_is_not_a_binlog_position_is_refused_with_the_fix(shop):
     for bad in ({"lsn": "0/16B3748"}, {"file": "binlog.000001", "pos": "x"}):
         with pytest.raises(SourceSetupError, match="not a binlog position.*cdc checkpoint"):
             source.open(bad)
+
+
+def test_following_a_rename_after_the_stop_loses_nothing(shop, tmp_path):
+    server, db = shop
+    execute(server, db, "CREATE TABLE gone (id int PRIMARY KEY)")
+    out = tmp_path / "out/all.jsonl"
+    sink = {"type": "file", "path": "out/all.jsonl"}
+    cfg = _config(tmp_path, server, db, [f"{db}.gone"], sink)
+    with Run(cfg):
+        execute(server, db, "INSERT INTO gone VALUES (1)")
+        wait_for_lines(out, 1)
+    execute(server, db, "INSERT INTO gone VALUES (2)", "RENAME TABLE gone TO renamed", "INSERT INTO renamed VALUES (3)")
+    run = Run(cfg)
+    run.thread.start()
+    run.thread.join(60)
+    assert f"{db}.renamed" in str(run.raised or run.runner.error)
+    execute(server, db, "INSERT INTO renamed VALUES (4)")  # before the operator changed the config
+    with Run(_config(tmp_path, server, db, [f"{db}.renamed"], sink)):
+        execute(server, db, "INSERT INTO renamed VALUES (5)")
+        events = wait_for_lines(out, 5, timeout=20)
+    assert [e["after"]["id"] for e in events] == [1, 2, 3, 4, 5]
