@@ -150,7 +150,7 @@ def test_statement_format_dml_on_a_captured_table_stops_with_the_fix(shop):
         gtids = [c.position["gtid"] for c in commits]
         assert len(gtids) == len(set(gtids)) >= 3, f"one commit per transaction, none mid-transaction: {commits}"
         execute(server, db, "SET SESSION binlog_format = 'STATEMENT'", "INSERT INTO t VALUES (3)")
-        got = _events(source, lambda g: False, timeout=10)
+        got = _events(source, lambda g: False, timeout=30)
     finally:
         source.close()
     assert got and isinstance(got[-1], SourceSetupError), got
@@ -264,7 +264,7 @@ def test_table_renamed_while_running_stops_after_the_rename(shop):
     source.open(None)
     try:
         execute(server, db, "INSERT INTO t VALUES (1)", "ALTER TABLE t RENAME TO t2", "INSERT INTO t2 VALUES (2)")
-        got = _events(source, lambda g: False, timeout=10)
+        got = _events(source, lambda g: False, timeout=30)
     finally:
         source.close()
     assert [e.after["id"] for e in got[:-1]] == [1]

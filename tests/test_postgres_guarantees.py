@@ -177,7 +177,7 @@ def test_partitioned_table_events_are_named_after_the_parent(pg_database, tmp_pa
     with Running(cfg):
         sql(pg_database, "INSERT INTO parts VALUES (1, 'eu'), (2, 'us')",
             "UPDATE parts SET id = 3 WHERE id = 1", "DELETE FROM parts WHERE id = 2")
-        events = wait_for_lines(out, 4, timeout=10)
+        events = wait_for_lines(out, 4, timeout=30)
     assert [(e["op"], e["source"]["table"]) for e in events] == [
         ("c", "parts"), ("c", "parts"), ("u", "parts"), ("d", "parts")]
     assert events[0]["key"] == {"id": 1, "region": "eu"}
@@ -275,7 +275,7 @@ def test_filter_comparisons_on_nan_never_raise(pg_database, tmp_path):
         "out/big.jsonl", transforms=[{"type": "filter", "where": {"amount": {"gt": 100}, "ratio": {"lt": 1}}}])})
     with Running(cfg) as running:
         sql(pg_database, "INSERT INTO t VALUES (1, 'NaN', 0.5), (2, 500, 'NaN'), (3, 500, 0.5)")
-        events = wait_for_lines(out, 1, timeout=10)
+        events = wait_for_lines(out, 1, timeout=30)
         time.sleep(0.3)
         assert running.runner.error is None and running.thread.is_alive()
     assert [e["after"]["id"] for e in read_jsonl(out)] == [3]
@@ -358,5 +358,5 @@ def test_following_a_rename_after_the_stop_loses_nothing(pg_database, tmp_path):
     sql(pg_database, "INSERT INTO renamed VALUES (3)")  # before the operator changed the config
     with Running(config(tmp_path, pg_database, ["public.renamed"], {"all": file_pipeline()})):
         sql(pg_database, "INSERT INTO renamed VALUES (4)")
-        events = wait_for_lines(out, 4, timeout=10)
+        events = wait_for_lines(out, 4, timeout=30)
     assert [e["after"]["id"] for e in events] == [1, 2, 3, 4]
