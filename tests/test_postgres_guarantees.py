@@ -360,3 +360,14 @@ def test_following_a_rename_after_the_stop_loses_nothing(pg_database, tmp_path):
         sql(pg_database, "INSERT INTO renamed VALUES (4)")
         events = wait_for_lines(out, 4, timeout=30)
     assert [e["after"]["id"] for e in events] == [1, 2, 3, 4]
+
+
+def test_generated_columns_are_absent_and_can_be_listed(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, n int, twice int GENERATED ALWAYS AS (n * 2) STORED)")
+    out = tmp_path / "out/all.jsonl"
+    with Running(config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})):
+        sql(pg_database, "INSERT INTO t (id, n) VALUES (1, 5)")
+        events = wait_for_lines(out, 1)
+    assert events[0]["after"] == {"id": 1, "n": 5}  # as documented in the type table (PostgreSQL 15)
+    with setup.connect(pg_database, "db") as conn:  # what `cdc check` can warn about
+        assert setup.generated_columns(conn, ["public.t"]) == {"public.t": ["twice"]}

@@ -12,7 +12,7 @@ from psycopg import sql
 
 from ...errors import SourceConnectionError, SourceSetupError
 
-__all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "publication_problems",
+__all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "publication_problems", "generated_columns",
            "missing_tables", "captured_oids", "primary_key_of"]
 
 log = logging.getLogger("cdc.source.postgres")
@@ -192,6 +192,18 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
                                f"as the tables' owner, or grant ownership)", source=source,
                                sqlstate=exc.sqlstate) from exc
     return gone
+
+
+def generated_columns(conn: psycopg.Connection, tables: list[str]) -> dict[str, list[str]]:
+    """``schema.table`` -> its generated columns, which pgoutput does not send before
+    PostgreSQL 18 (they are absent from events).  For a ``cdc check`` warning."""
+    out = {}
+    for table, oid in captured_oids(conn, tables).items():
+        names = [r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0"
+                                            " AND NOT attisdropped AND attgenerated <> '' ORDER BY attnum", (oid,))]
+        if names:
+            out[table] = names
+    return out
 
 
 def publication_problems(conn: psycopg.Connection, publication: str, tables: list[str]) -> list[tuple[str, str]]:
