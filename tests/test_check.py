@@ -156,3 +156,13 @@ def test_check_fix_texts_quote_identifiers(tmp_path, pg_database):
         conn.execute(fix)
     code, findings = cdc_check(config)
     assert code == 0, findings
+
+
+def test_check_warns_about_generated_columns(tmp_path, pg_database):
+    make_orders(pg_database)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE audit (id int PRIMARY KEY, n int, twice int GENERATED ALWAYS AS (n * 2) STORED)")
+    config = write_config(tmp_path, pg_database, CONFIG.replace("SINK", "{type: file, path: out/x.jsonl}"))
+    code, findings = cdc_check(config)
+    warnings = [f["message"] for f in findings if f["level"] == "warning"]
+    assert code == 0 and any("public.audit has generated columns (twice)" in w for w in warnings), findings

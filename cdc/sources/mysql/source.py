@@ -44,10 +44,16 @@ READ_BUFFER = 1 << 20
 _INSIDE = ("SAVEPOINT", "ROLLBACK TO", "RELEASE SAVEPOINT", "XA ")
 _COMMENTS = r"\s*(?:/\*.*?\*/\s*|#[^\n]*\n\s*|--[^\n]*\n\s*)*"
 _DML = re.compile(_COMMENTS + r"(INSERT|REPLACE|UPDATE|DELETE|LOAD\s+(?:DATA|XML))\b", re.I | re.S)
+# The part of a DML statement that names the tables it writes (not those it only reads).
+_TARGETS = [re.compile(_COMMENTS + p, re.I | re.S) for p in (
+    r"(?:INSERT|REPLACE)\s+(?:(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE)\s+)*(?:INTO\s+)?([`\w$.]+)",
+    r"UPDATE\s+(.*?)\bSET\b",
+    r"DELETE\s+(.*?)(?:\bWHERE\b|\bORDER\b|\bLIMIT\b|$)",
+    r"LOAD\s+(?:DATA|XML)\b.*?\bINTO\s+TABLE\s+([`\w$.]+)")]
 _TRUNCATE = re.compile(_COMMENTS + r"TRUNCATE\s+(?:TABLE\s+)?([`\w$.\s]+?)\s*;?\s*$", re.I | re.S)
 _RENAME = re.compile(_COMMENTS + r"RENAME\s+TABLES?\s+(.*)$", re.I | re.S)
 _ALTER_RENAME = re.compile(_COMMENTS + r"ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+([`\w$.]+)\s+.*?"
-                           r"\bRENAME\s+(?:TO\s+|AS\s+)?([`\w$.]+)", re.I | re.S)
+                           r"\bRENAME\s+(?!(?:COLUMN|INDEX|KEY)\b)(?:TO\s+|AS\s+)?([`\w$.]+)", re.I | re.S)
 
 
 class _Reader(BinLogStreamReader):
@@ -205,6 +211,7 @@ class MySQLSource:
         self._gone: list[str] = []            # configured tables that did not exist at open()
         self._gone_until: tuple = ("", 0)     # ... and the end of the binlog then
         self._renamed: dict[str, str] = {}
+        self._seen: set[tuple[str, str]] = set()  # (db, table) of TableMaps read for uncaptured tables
         self._patterns = [(t, re.compile(rf"(?<![\w$`.])`?{re.escape(t.split('.', 1)[0])}`?\s*\.\s*"
                                          rf"`?{re.escape(t.split('.', 1)[1])}`?(?![\w$])", re.I),
                            re.compile(rf"(?<![\w$`.])`?{re.escape(t.split('.', 1)[1])}`?(?![\w$])", re.I))
@@ -229,6 +236,8 @@ class MySQLSource:
     # ---- lifecycle -----------------------------------------------------------------
 
     def open(self, position: dict | None) -> None:
+        if position is not None:
+            self._refuse_foreign_position(position)
         stream = {"connect_timeout": 10, **{k: v for k, v in self.settings.items() if k != "db"}}
         if self.heartbeat_interval:  # the server sends a heartbeat when idle: silence means it is gone
             stream.setdefault("read_timeout", max(30, int(3 * self.heartbeat_interval)))
@@ -257,7 +266,8 @@ class MySQLSource:
             # A first run stores where it starts before it reads anything (the first poll hands
             # this position out): otherwise a restart before the first acknowledgement would
             # begin at the then current end of the binlog, and lose everything in between.
-            self._start_commit = None if resuming else Commit(self._current(conn))
+            if not resuming:
+                self._start_commit = Commit(self._current(conn))
             position = position or self._position or self._start_commit.position
             self.file, self.pos = position.get("file", ""), position.get("pos", 4)
             gtid = position.get("gtid") if self.info["gtid"] else None
@@ -281,6 +291,19 @@ class MySQLSource:
         self._position = position
         self.gtids = GtidState(gtid or "", self.info["mariadb"]) if self.info["gtid"] else None
         log.info("source %s: reading the binlog of %s from %s", self.name, self.info["version"], position)
+
+    def _refuse_foreign_position(self, position) -> None:
+        """A checkpoint that is not a binlog position (a typo, or another source's) is refused
+        with the fix, not met with a traceback (``check_position`` also asks the server)."""
+        if not (
+                isinstance(position, dict) and (isinstance(position.get("gtid"), str)
+                                                or (isinstance(position.get("file"), str)
+                                                    and isinstance(position.get("pos"), int)))):
+            raise SourceSetupError(
+                f"the checkpoint {position!r} is not a binlog position (expected {{\"gtid\": \"0-1-4711\", "
+                f"\"file\": \"binlog.000003\", \"pos\": 81234}}); it may be another source's. Fix it with cdc "
+                f"checkpoint set, or start over with cdc checkpoint reset <config> --source {self.name}",
+                source=self.name)
 
     def _current(self, conn: pymysql.Connection) -> dict:
         """The end of the binlog now (without SHOW MASTER STATUS, gone in MySQL 8.4)."""
@@ -388,7 +411,9 @@ class MySQLSource:
                 # names another table, forget the old one (even if the new one is not captured).
                 table_id = _from(data[20:26], "little")
                 known = tables.get(table_id)
-                if known is not None and _table_name(data) != (known[1], known[2]):
+                if known is None:  # names of other tables with changes: see _ddl (renames)
+                    self._seen.add(_table_name(data))
+                elif _table_name(data) != (known[1], known[2]):
                     del tables[table_id]
             op = _RAW_ROWS.get(kind_byte)
             if op is not None:  # a rows event of a captured table: read straight from the packet
@@ -441,7 +466,8 @@ class MySQLSource:
             return
         schema = ev.schema.decode(errors="replace") if isinstance(ev.schema, bytes) else (ev.schema or "")
         if _DML.match(text):  # statement format: no row events for what it changed
-            table = self._captured_in(schema, text)
+            target = next((m.group(1) for m in map(lambda p: p.match(text), _TARGETS) if m), text)
+            table = self._captured_in(schema, target)
             if table is not None:
                 self._statement_dml(table, text, ev)
             if self._in_begin:
@@ -456,11 +482,12 @@ class MySQLSource:
         self._commit(ev, out)
         if renamed and self._error is None:
             old, new = renamed[0]
+            fix = (f"{new} is in tables: already: remove {old} from tables:" if new in self.tables else
+                   f"Put {new} in place of {old} in tables:")
             self._error = SourceSetupError(
                 f"table {old} was renamed to {new} at GTID {self._tx_gtid or '-'} ({self.file}:{self.pos}); "
-                f"every change before that was delivered. Put {new} in place of {old} in tables: of source "
-                f"{self.name} (and in pipelines' tables: and transforms that name it), then start cdc again",
-                source=self.name)
+                f"every change before that was delivered. {fix} of source {self.name} (and in pipelines' "
+                f"tables: and transforms that name it), then start cdc again", source=self.name)
 
     _tx_gtid: str | None = None
 
@@ -550,6 +577,15 @@ class MySQLSource:
             if old in self.tables and old != new:
                 self._renamed[old] = new
                 renamed.append((old, new))
+            elif new in self.tables and tuple(old.split(".", 1)) in self._seen and self._error is None:
+                # the config already names the new name: what was written under the old one was not read
+                self._error = SourceSetupError(
+                    f"captured table {new} was called {old} until this rename at {self.file}:{self.pos} "
+                    f"(GTID {self._tx[2] if self._tx else '-'}), and {old} is not in tables:, so the changes "
+                    f"made to it under that name since this run started were not captured. Re-snapshot "
+                    f"{new} or reconcile the destinations with it; started again, cdc goes on after the "
+                    f"rename. (To capture such changes, rename while cdc runs: it stops after the rename, "
+                    f"then change tables:.)", source=self.name)
         return renamed
 
     def _tables_gone(self) -> None:

@@ -12,7 +12,7 @@ import builtins
 import struct
 
 from ...event import UNAVAILABLE
-from .types import _bool, _timestamp, converter_for
+from .types import _bool, _date, _timestamp, bc, converter_for
 
 __all__ = ["Relation", "Decoder", "PG_EPOCH_MS"]
 
@@ -45,7 +45,10 @@ class Relation:
         self.decode = _compile(self)
 
 
-_INLINE = {int: "int({})", _timestamp: "{}.decode().replace(' ', 'T', 1)", _bool: "{} == b't'"}
+_INLINE = {int: "int({})", _bool: "{} == b't'",
+           # a BC date or timestamp ends in "BC" (67: C): rare, so one byte compare on the way
+           _date: "({0}.decode() if data[end - 1] != 67 else _bc({0}.decode()))",
+           _timestamp: "({0}.decode() if data[end - 1] != 67 else _bc({0}.decode())).replace(' ', 'T', 1)"}
 
 
 def _compile(rel: Relation):
@@ -61,7 +64,7 @@ def _compile(rel: Relation):
              f"    if data[pos] != {n >> 8} or data[pos + 1] != {n & 0xFF}:",
              "        raise IndexError  # not this relation's column count",
              "    pos += 2"]
-    env = {"_u16": _u16, "_kl": _kind_len, "_generic": Decoder.tuple, "rel": rel, "_other": _other,
+    env = {"_u16": _u16, "_kl": _kind_len, "_generic": Decoder.tuple, "rel": rel, "_other": _other, "_bc": bc,
            "struct_error": struct.error}
     for i, (name, conv) in enumerate(zip(rel.names, rel.converters)):
         raw = "data[pos:end]"

@@ -44,6 +44,10 @@ def problems(source: PostgresSource, position: dict | None = None) -> list[Probl
         problem = setup.slot_problem(conn, source.slot, position, source.name)
         if problem:
             out.append(("error", problem))
+        out += setup.publication_problems(conn, source.publication, source.tables)
+        for table, columns in setup.generated_columns(conn, source.tables).items():
+            out.append(("warning", f"{table} has generated columns ({', '.join(columns)}): pgoutput does not "
+                                   f"send them before PostgreSQL 18, so events lack them"))
         for slot, active, retained, _ in slots:
             if slot != source.slot and not active and (retained or 0) > WAL_WARN_BYTES:
                 out.append(("warning", f"inactive slot {slot} holds {retained / 2**20:.0f} MiB of WAL: "

@@ -12,8 +12,8 @@ from psycopg import sql
 
 from ...errors import SourceConnectionError, SourceSetupError
 
-__all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "missing_tables", "captured_oids",
-           "primary_key_of", "quoted"]
+__all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "publication_problems", "generated_columns",
+           "missing_tables", "captured_oids", "primary_key_of", "quoted"]
 
 log = logging.getLogger("cdc.source.postgres")
 _RESET = "cdc checkpoint reset <config> --source {source}"
@@ -178,7 +178,10 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
                          .format(name, sql.SQL(", ").join(idents.values()),
                                  sql.SQL("true" if partitioned else "false")))
         else:
-            _match_publication(conn, publication, present, idents, exists, partitioned, source)
+            # A configured table that is missing may have been renamed to one the publication
+            # still holds: keep that one published until the operator has changed tables:.
+            _match_publication(conn, publication, present, idents, exists, partitioned, source,
+                               drop_extra=not gone)
         slot_row = conn.execute("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s",
                                 (slot,)).fetchone()
         if slot_row is None:
@@ -201,8 +204,47 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
     return gone
 
 
+def generated_columns(conn: psycopg.Connection, tables: list[str]) -> dict[str, list[str]]:
+    """``schema.table`` -> its generated columns, which pgoutput does not send before
+    PostgreSQL 18 (they are absent from events).  For a ``cdc check`` warning."""
+    out = {}
+    for table, oid in captured_oids(conn, tables).items():
+        names = [r[0] for r in conn.execute("SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0"
+                                            " AND NOT attisdropped AND attgenerated <> '' ORDER BY attnum", (oid,))]
+        if names:
+            out[table] = names
+    return out
+
+
+def publication_problems(conn: psycopg.Connection, publication: str, tables: list[str]) -> list[tuple[str, str]]:
+    """What ``cdc run`` would refuse (``error``) or change (``warning``) about an existing
+    publication, as (level, text); empty when it matches ``tables`` (or does not exist yet:
+    ``cdc run`` creates it).  For ``cdc check``."""
+    row = conn.execute("SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = %s",
+                       (publication,)).fetchone()
+    if row is None:
+        return []
+    out = []
+    schemas = [r[0] for r in conn.execute(
+        "SELECT n.nspname FROM pg_publication_namespace s JOIN pg_publication p ON p.oid = s.pnpubid"
+        " JOIN pg_namespace n ON n.oid = s.pnnspid WHERE p.pubname = %s", (publication,))]
+    if row[0] or schemas:
+        what = "FOR ALL TABLES" if row[0] else "FOR TABLES IN SCHEMA " + ", ".join(schemas)
+        return [("error", f"publication {publication} is {what}: it publishes tables that are not in tables: "
+                          f"(DROP PUBLICATION {publication}; cdc creates one for the configured tables)")]
+    have = {f"{s}.{t}" for s, t in conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid"
+        " JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE p.pubname = %s", (publication,))}
+    extra = sorted(have - set(tables))
+    if extra:
+        out.append(("warning", f"publication {publication} also publishes {', '.join(extra)}, which tables: "
+                               f"no longer lists: cdc run removes them from it"))
+    return out
+
+
 def _match_publication(conn, publication: str, tables: list[str], idents: dict, flags: tuple,
-                       partitioned: bool, source: str) -> None:
+                       partitioned: bool, source: str, drop_extra: bool = True) -> None:
     """Make an existing publication publish the configured tables and no other: a table
     removed from ``tables:`` (perhaps because it holds personal data) must stop flowing."""
     alltables, viaroot = flags
@@ -224,7 +266,11 @@ def _match_publication(conn, publication: str, tables: list[str], idents: dict, 
     if missing:
         conn.execute(sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(name, sql.SQL(", ").join(missing)))
     extra = sorted(set(have) - set(tables))
-    if extra:
+    if extra and not drop_extra:
+        log.warning("source %s: publication %s still publishes %s (not in tables:): kept until the missing "
+                    "tables are sorted out, since one may be a renamed captured table; their rows are "
+                    "not emitted", source, publication, ", ".join(extra))
+    elif extra:
         conn.execute(sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
             name, sql.SQL(", ").join(sql.Identifier(*have[t]) for t in extra)))
         log.warning("source %s: removed %s from publication %s: not in tables: any more; their changes are "

@@ -116,6 +116,8 @@ class PostgresSource:
     # ---- lifecycle -----------------------------------------------------------------
 
     def open(self, position: dict | None) -> None:
+        if position is not None:
+            self._refuse_foreign_position(position)
         try:
             with setup.connect(self.dsn, self.name) as conn:
                 # With a checkpoint (or after streaming once) the slot must exist: never
@@ -156,6 +158,17 @@ class PostgresSource:
 
     def snapshot_position(self) -> dict | None:
         return {"lsn": format_lsn(self._last_position)} if self._last_position else None
+
+    def _refuse_foreign_position(self, position) -> None:
+        """A checkpoint that is not a PostgreSQL position (a typo, or another source's) is refused
+        with the fix, not met with a traceback."""
+        lsn = position.get("lsn") if isinstance(position, dict) else None
+        if isinstance(lsn, str) and re.fullmatch(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}", lsn):
+            return
+        raise SourceSetupError(f"the checkpoint {position!r} is not a PostgreSQL position (expected "
+                               f'{{"lsn": "0/16B3748"}}); it may be another source\'s. Fix it with cdc checkpoint set, '
+                               f"or start over with cdc checkpoint reset <config> --source {self.name}",
+                               source=self.name)
 
     def close(self) -> None:
         if self.stream is not None:
@@ -321,9 +334,17 @@ class PostgresSource:
             return False
         known = self._oids.get(oid)
         if known is not None and known != rel.qualified:
+            now = self._current_name(oid)
+            if now == known:  # the WAL still names the table as it was before a rename to the configured name
+                log.info("source %s: %s was named %s when these changes were made; they are reported as %s",
+                         self.name, known, rel.qualified, known)
+                rel.schema, rel.table = known.split(".", 1)
+                rel.qualified = known
+                return False
+            new = now or rel.qualified
             self._error = SourceSetupError(
-                f"table {known} was renamed to {rel.qualified} (seen at {format_lsn(lsn)}); every change "
-                f"before that was delivered. Put {rel.qualified} in place of {known} in tables: of source "
+                f"table {known} was renamed to {new} (seen at {format_lsn(lsn)}); every change "
+                f"before that was delivered. Put {new} in place of {known} in tables: of source "
                 f"{self.name} (and in pipelines' tables: and transforms that name it), then start cdc "
                 f"again", source=self.name)
             return True
@@ -335,6 +356,13 @@ class PostgresSource:
             self._oids[oid] = rel.qualified  # e.g. a table re-created, or gone at open()
         self._ignored.discard(oid)
         return False
+
+    def _current_name(self, oid: int) -> str | None:
+        """``schema.table`` of the table ``oid`` now (None: dropped)."""
+        with setup.connect(self.dsn, self.name) as conn:
+            row = conn.execute("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n"
+                               " ON n.oid = c.relnamespace WHERE c.oid = %s", (oid,)).fetchone()
+        return row[0] if row else None
 
     def _tables_gone(self) -> None:
         """Everything the WAL held when we started has been read: say what to change about

@@ -12,7 +12,7 @@ bytes and returns the JSON value:
 | real, double precision       | number; ``"NaN"``, ``"Infinity"`` as strings    |
 | boolean                      | true / false                                    |
 | text, varchar, char, name    | string                                          |
-| date                         | ``"2026-11-25"``                                |
+| date                         | ``"2026-11-25"``; BC: ``"-0043-03-15"`` (ISO)   |
 | time                         | ``"17:16:27.123456"``                           |
 | timestamp                    | ``"2026-11-25T17:16:27.123456"``                |
 | timestamptz                  | ``"2026-11-25T17:16:27.123456Z"`` (UTC)         |
@@ -22,6 +22,8 @@ bytes and returns the JSON value:
 | bytea                        | base64 string                                   |
 | arrays                       | JSON arrays of the element's JSON values        |
 | enum, other types            | string (the type's text form)                   |
+| domains                      | as their base type (a domain over int: number)  |
+| generated columns            | absent (pgoutput before PostgreSQL 18)          |
 """
 
 from __future__ import annotations
@@ -49,12 +51,23 @@ def _float(raw: bytes) -> float | str:
     return value if value - value == 0 else raw.decode()  # NaN/Infinity stay strings
 
 
+def bc(text: str) -> str:
+    """PostgreSQL's ``0044-03-15 BC`` as ISO 8601 (astronomical years): ``-0043-03-15``."""
+    year, rest = text[:-3].split("-", 1)
+    y = 1 - int(year)
+    return (f"-{-y:04d}" if y < 0 else f"{y:04d}") + "-" + rest
+
+
+def _date(raw: bytes) -> str:
+    return raw.decode() if raw[-1] != 67 else bc(raw.decode())  # 67: the C of " BC"
+
+
 def _timestamp(raw: bytes) -> str:
-    return raw.decode().replace(" ", "T", 1)
+    return (raw.decode() if raw[-1] != 67 else bc(raw.decode())).replace(" ", "T", 1)
 
 
 def _timestamptz(raw: bytes) -> str:
-    text = raw.decode().replace(" ", "T", 1)
+    text = (raw.decode() if raw[-1] != 67 else bc(raw.decode())).replace(" ", "T", 1)
     if text.endswith("+00"):
         return text[:-3] + "Z"
     return text  # infinity, or a zone other than UTC
@@ -70,9 +83,9 @@ _json = orjson.loads
 
 _SCALARS: dict[int, Converter | None] = {
     16: _bool, 17: _bytea, 20: int, 21: int, 23: int, 26: int, 700: _float, 701: _float,
-    114: _json, 3802: _json, 1114: _timestamp, 1184: _timestamptz,
+    114: _json, 3802: _json, 1114: _timestamp, 1184: _timestamptz, 1082: _date,
     # text-like: None means "decode as str", the fast path
-    18: None, 19: None, 25: None, 1042: None, 1043: None, 1082: None, 1083: None,
+    18: None, 19: None, 25: None, 1042: None, 1043: None, 1083: None,
     1266: None, 1186: None, 2950: None, 1700: None,
 }
 
