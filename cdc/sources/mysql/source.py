@@ -193,8 +193,9 @@ class MySQLSource:
 
     def open(self, position: dict | None) -> None:
         stream = {"connect_timeout": 10, **{k: v for k, v in self.settings.items() if k != "db"}}
-        if self.heartbeat_interval:  # the server sends a heartbeat when idle: silence means it is gone
-            stream.setdefault("read_timeout", max(30, int(3 * self.heartbeat_interval)))
+        # A read waits at most this long: inside a transaction the rest of it is already in the
+        # binlog, and an idle server sends heartbeats; silence means the server is gone.
+        stream.setdefault("read_timeout", max(30, int(3 * self.heartbeat_interval)))
         reader = _Reader(
             stream, self.server_id, blocking=True, resume_stream=True,
             # every event comes back to poll(): fetchone() would block on a filtered last event
