@@ -60,6 +60,7 @@ def metrics_listen(cfg: Config, source_name: str) -> str | None:
 
 def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
     from ..engine import SourceRunner
+    from ..engine.supervisor import follow_supervisor
     from ..observe import LockHeld, SourceLock, attach
     assert cfg.state_dir is not None  # always set by the config loader
     try:
@@ -101,6 +102,7 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    follow_supervisor()
     tune_process()
     try:
         return runner.run()
