@@ -105,3 +105,38 @@ def test_mariadb_stopped_mid_transaction_is_a_lost_connection(tmp_path):
             running.stop()
         ids = _ids(out)
         assert sorted(ids) == list(range(1, 100001)) and len(ids) == 100000
+
+
+def test_mariadb_stopped_while_idle_is_a_lost_connection(tmp_path):
+    """An idle binlog stream whose server stops answering (SIGSTOP: the socket stays
+    open, nothing arrives, not even the heartbeats asked for) is a lost connection."""
+    with MariaDBServer() as server:
+        dsn = server.create_database("shop")
+        with server.connect("shop") as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        raw = {"sources": {"db": {"type": "mysql", "dsn": dsn, "tables": ["shop.t"], "heartbeat_interval": 1,
+                                  "checkpoint": {"type": "file", "path": "state/db.json"},
+                                  "checkpoint_interval": 0.0}},
+               "pipelines": {"all": file_pipeline()}}
+        (tmp_path / "pipelines.yaml").write_text(yaml.safe_dump(raw))
+        running = Running(parse_config(raw, tmp_path / "pipelines.yaml", {}))
+        running.thread.start()
+        runner = running.runner
+        out = tmp_path / "out/all.jsonl"
+        try:
+            wait_for(lambda: runner.source_connected, 30, "connected")
+            with server.connect("shop") as conn, conn.cursor() as cur:
+                cur.execute("INSERT INTO t VALUES (1)")
+            wait_for(lambda: _ids(out) == [1], 30, "row 1")
+            time.sleep(3)  # idle: heartbeats only
+            assert runner.source_connected
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                wait_for(lambda: not runner.source_connected, 30, "the silent stream seen as a lost connection")
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            with server.connect("shop") as conn, conn.cursor() as cur:
+                cur.execute("INSERT INTO t VALUES (2)")
+            wait_for(lambda: _ids(out) == [1, 2], 60, "row 2 after the resume")
+        finally:
+            running.stop()

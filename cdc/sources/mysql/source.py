@@ -136,6 +136,17 @@ def _table_name(data: bytes) -> tuple[str, str]:
     return data[29:29 + n].decode(), data[31 + n:31 + n + m].decode()
 
 
+def silence_check(source: MySQLSource, now: float) -> None:
+    """The watchdog of an idle stream: the server sends a heartbeat every
+    ``heartbeat_interval`` seconds when it has nothing else, so a longer silence
+    (a half-open connection, a stopped server) is a lost connection."""
+    silent = now - source._heard_at
+    if silent > max(3 * source.heartbeat_interval, 5.0):
+        raise SourceConnectionError(f"nothing from the server for {silent:.0f}s, not even a heartbeat "
+                                    f"(heartbeat_interval {source.heartbeat_interval:g}s): the binlog "
+                                    f"connection is presumed lost", source=source.name)
+
+
 def _default_server_id(name: str) -> int:
     return 100_000 + zlib.crc32(name.encode()) % 1_000_000_000
 
@@ -175,6 +186,8 @@ class MySQLSource:
         self._index = 0
         self._skip: tuple = (None, 0)
         self._error: SourceConnectionError | None = None
+        self._heard = False                   # a packet that emitted nothing (a heartbeat) came
+        self._heard_at = 0.0                  # when the server was last heard (monotonic)
 
     def preflight(self, position: dict | None, checkpoint_age: float | None) -> list[Problem]:
         return preflight.problems(self, position, checkpoint_age)
@@ -226,6 +239,7 @@ class MySQLSource:
         self.reader = reader
         self._tables = {}
         self._error = None
+        self._heard_at = time.monotonic()
         if self._tx is not None:  # reopening mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
         self._tx = None
@@ -301,6 +315,10 @@ class MySQLSource:
             if not out:
                 raise
             self._error = exc  # hand over what was read first: the skip counts it as emitted
+        if out or self._heard:
+            self._heard, self._heard_at = False, time.monotonic()
+        elif self.heartbeat_interval:
+            silence_check(self, time.monotonic())
         return out
 
     def _read(self, out: list, timeout: float) -> None:
@@ -341,6 +359,7 @@ class MySQLSource:
                     continue
             ev = reader.wrap(packet)
             if ev is None:
+                self._heard = True  # a heartbeat, or an event of another table: the server is there
                 continue
             kind = ev.__class__
             self.bytes_read += ev.packet.event_size
