@@ -231,3 +231,30 @@ def test_silent_walsender_is_detected_and_resumed(tmp_path, caplog):
     assert _ids(tmp_path / "flaky.jsonl") == list(range(1, 7))
     assert "presumed lost" in caplog.text, caplog.text[-2000:]
 
+
+
+SLOW_SINK = '''
+import time
+
+class SlowSink:
+    """Its first write takes 11 s (a destination that answers slowly)."""
+    def __init__(self):
+        self.slow = True
+    def open(self): pass
+    def write(self, events):
+        if self.slow:
+            self.slow = False
+            time.sleep(11)
+    def close(self): pass
+'''
+
+
+def test_slow_sink_batch_is_logged_with_a_hint(pg_database, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    (tmp_path / "slowsink.py").write_text(SLOW_SINK)
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"p": {"source": "db", "sinks": [{"type": "slowsink:SlowSink"}]}})
+    with Running(cfg) as running:
+        _insert(pg_database, 1, 1)
+        wait_for(lambda: running.runner.tracker.acked_events == 1, 60, "the slow batch acknowledged")
+    assert "a batch of 1 events took 11s to deliver" in caplog.text, caplog.text[-2000:]

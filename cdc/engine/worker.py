@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["SinkWorker", "SinkHalted", "SinkAborted"]
 
 log = logging.getLogger("cdc.sink")
+SLOW_BATCH = 10.0  # seconds: a batch slower than this is logged, with a hint
 
 
 class SinkHalted(Exception):
@@ -167,6 +168,10 @@ class SinkWorker:
         self.counts["written"] += len(events) - parked
         self.counts["batches"] += 1
         self.latency = time.monotonic() - started
+        if self.latency >= SLOW_BATCH:
+            log.warning("sink %s: a batch of %d events took %.0fs to deliver; while a sink is this slow, "
+                        "reading waits once max_in_flight_events is reached, for every pipeline of the "
+                        "source (see docs/operations.md)", self.name, len(events), self.latency)
         if self.on_batch is not None:
             self.on_batch(len(events), self.latency)
 
