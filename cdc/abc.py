@@ -87,7 +87,11 @@ class Source(Protocol):
         Returns an empty list when nothing arrived within ``timeout`` seconds."""
 
     def keepalive(self) -> None:
-        """Keep the connection alive while the pipeline applies back-pressure."""
+        """Keep the connection alive while the pipeline applies back-pressure or the
+        main thread is busy (a slow transform).  Raise ``SourceConnectionError`` when
+        the connection is known to be lost.  The engine's guard thread may call it
+        while the main thread is elsewhere than in ``poll``/``confirm``; it must be safe
+        for that (or do nothing)."""
 
     def confirm(self, position: dict) -> None:
         """Tell the server everything up to ``position`` is safely stored."""

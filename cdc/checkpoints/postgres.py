@@ -6,6 +6,7 @@ import json
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from ..config.model import Context
 from ..errors import CheckpointError
@@ -14,10 +15,15 @@ __all__ = ["PostgresCheckpointStore"]
 
 
 class PostgresCheckpointStore:
-    """``table`` may be schema-qualified; it is created when missing."""
+    """``table`` may be schema-qualified; it is created when missing.  ``timeout``
+    (seconds) bounds the connection and every statement (``statement_timeout``,
+    ``lock_timeout``), so that a locked table or a stuck server never blocks the reader;
+    TCP keepalives and ``tcp_user_timeout`` find a connection whose peer is gone."""
 
-    def __init__(self, dsn: str, table: str = "cdc_checkpoints", context: Context | None = None) -> None:
+    def __init__(self, dsn: str, table: str = "cdc_checkpoints", timeout: float = 10.0,
+                 context: Context | None = None) -> None:
         self.dsn = dsn
+        self.timeout = timeout
         self.table = sql.Identifier(*table.split(".", 1))
         self.source = context.source if context else "default"
         self._conn: psycopg.Connection | None = None
@@ -25,7 +31,7 @@ class PostgresCheckpointStore:
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
             try:
-                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+                self._conn = psycopg.connect(self.dsn, autocommit=True, **self._settings())
                 self._conn.execute(sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (source text PRIMARY KEY, position jsonb NOT NULL,"
                     " saved_at timestamptz NOT NULL DEFAULT now())").format(self.table))
@@ -34,12 +40,20 @@ class PostgresCheckpointStore:
                 raise CheckpointError(f"checkpoint database: {exc}".strip()) from exc
         return self._conn
 
+    def _settings(self) -> dict:
+        ms = max(int(self.timeout * 1000), 1)
+        options = " ".join(filter(None, [str(conninfo_to_dict(self.dsn).get("options", "")),
+                                         f"-c statement_timeout={ms} -c lock_timeout={ms}"]))
+        return {"connect_timeout": max(int(self.timeout), 2), "options": options,
+                "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                "tcp_user_timeout": max(ms, 10_000)}
+
     def _run(self, query: sql.Composed, params: tuple) -> list:
         try:
             cur = self._connection().execute(query, params)
             return cur.fetchall() if cur.description else []
-        except psycopg.OperationalError as exc:
-            self._conn = None  # reconnect next time
+        except psycopg.OperationalError as exc:  # statement_timeout and lock_timeout included
+            self.close()  # reconnect next time
             raise CheckpointError(f"checkpoint database: {exc}".strip()) from exc
 
     def load(self) -> dict | None:

@@ -47,6 +47,7 @@ def metrics_listen(cfg: Config, source_name: str) -> str | None:
 
 def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
     from ..engine import SourceRunner, tune_process
+    from ..engine.supervisor import follow_supervisor
     from ..observe import LockHeld, SourceLock, attach
     try:
         lock = SourceLock(cfg.state_dir, source_name).acquire()
@@ -92,6 +93,7 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    follow_supervisor()
     tune_process()  # this process runs one source: a library embedder decides for itself
     try:
         return runner.run()

@@ -24,6 +24,7 @@ from ..transforms.chain import TransformChain, TransformMutatedInput
 from .deadletters import DeadLetterWriter
 from .retry import Backoff
 from .tracker import AckTracker
+from .watch import BusyGuard, batch_ts_ms, blocking_sinks, lag_seconds
 from .worker import SinkWorker
 
 __all__ = ["SourceRunner"]
@@ -79,8 +80,11 @@ class SourceRunner:
         # read by cdc.observe (metrics, /readyz, the status file); updated per batch
         self.source_connected = False
         self.source_error: str | None = None
-        self.lag_seconds: float | None = None   # now - commit time of the newest transaction read
+        self.read_ts_ms = 0                     # commit time of the newest transaction read
         self.caught_up = False                  # the last poll returned nothing
+        self.caught_up_at: float | None = None  # when a poll last returned nothing (time.time())
+        self.stalled_since: float | None = None  # waiting for room (max_in_flight_*) since
+        self.doing = "starting"                 # what the main loop does now (for the slow-step hint)
         self.on_tick: list[Callable[[SourceRunner], None]] = []
         self._in_tx = False                     # the last item read was not a Commit
         self._finish_by: float | None = None
@@ -90,6 +94,16 @@ class SourceRunner:
         self.snapshots = (SnapshotController(source, self.source, self.source.snapshot, self.spec.tables,
                                              self.source.snapshot_chunk_size, config.state_dir)
                           if isinstance(self.source, Snapshottable) else None)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        """Seconds behind the source: see ``watch.lag_seconds``."""
+        return lag_seconds(self)
+
+    @property
+    def blocked_by(self) -> list[str]:
+        """The sinks the source waits for while ``max_in_flight_*`` is reached."""
+        return blocking_sinks(self)
 
     # ---- control --------------------------------------------------------------
 
@@ -114,6 +128,8 @@ class SourceRunner:
         log.info("source %s: starting from %s", self.name, position or "the current position")
         for w in self.workers:
             w.start()
+        guard = BusyGuard(self)
+        guard.start()
         try:
             # The first connection must succeed: a wrong host or password should fail
             # fast (the supervisor or systemd restarts with backoff).  Once running, a
@@ -126,19 +142,20 @@ class SourceRunner:
             log.error("%s", exc)
         finally:
             self._shutdown()
+            guard.stop()
         return 1 if self.error else 0
 
     def _loop(self) -> None:
         spec, tracker, source = self.spec, self.tracker, self.source
         backoff = Backoff(1.0, 30.0)
         while not self._stop.is_set() or self._finishing_tx():
-            if (tracker.events_in_flight >= spec.max_in_flight_events
-                    or tracker.bytes_in_flight >= spec.max_in_flight_bytes):
-                source.keepalive()
-                tracker.wait(0.2)
-                self._checkpoint()
-                continue
             try:
+                if (tracker.events_in_flight >= spec.max_in_flight_events
+                        or tracker.bytes_in_flight >= spec.max_in_flight_bytes):
+                    self._wait_for_room()
+                    continue
+                self.stalled_since = None
+                self.doing = "reading from the source"
                 items = source.poll(0.0 if self.snapshots is not None and self.snapshots.ready
                                     else self.poll_timeout)
             except SourceConnectionError as exc:
@@ -151,11 +168,32 @@ class SourceRunner:
             self.caught_up = not items
             if items:
                 self._dispatch(items)
+            else:
+                self.caught_up_at = time.time()
             self._checkpoint()
             if self.snapshots is not None:
                 self._snapshot_tick()
-            for tick in self.on_tick:
-                tick(self)
+            self._tick()
+
+    def _tick(self) -> None:
+        """Liveness and the observers (status file): after every poll and during every wait."""
+        self.last_tick = time.monotonic()
+        for tick in self.on_tick:
+            tick(self)
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure: ``max_in_flight_*`` is reached, so wait for the sinks while
+        keeping the source connection alive.  A lost connection raises
+        ``SourceConnectionError``, resumed from the checkpoint like one lost in a poll."""
+        if self.stalled_since is None:
+            self.stalled_since = time.time()
+            log.info("source %s: %d events in flight: reading waits for sink(s) %s", self.name,
+                     self.tracker.events_in_flight, ", ".join(self.blocked_by) or "?")
+        self.doing = "waiting for the sinks"
+        self._tick()
+        self.source.keepalive()
+        self.tracker.wait(0.2)
+        self._checkpoint()
 
     def _snapshot_tick(self) -> None:
         """Read the next snapshot chunk when the sinks have room (docs/snapshots.md)."""
@@ -211,17 +249,18 @@ class SourceRunner:
                 deliveries.extend((w, mine) for w in p.workers)
         seen = self.source.bytes_read if self._counts_bytes else 0
         nbytes, self._bytes_seen = seen - self._bytes_seen, seen
-        seq = self.tracker.add(len(deliveries), position, len(events), nbytes)
+        seq = self.tracker.add(len(deliveries), position, len(events), nbytes, batch_ts_ms(items))
         for worker, mine in deliveries:
             worker.submit(seq, mine)
         self.counts["received"] += len(events)
         self.counts["emitted"] += emitted
         if commit_ts:
-            self.lag_seconds = max(time.time() - commit_ts / 1000.0, 0.0)
+            self.read_ts_ms = commit_ts
 
     def _transform(self, p: _Pipeline, events: list[ChangeEvent]) -> list[ChangeEvent]:
         """Run the chain; on an error, the pipeline's ``on_error`` decides per event
         (``stop`` re-raises; ``skip`` and ``dead_letter`` go on without the event)."""
+        self.doing = f"the transforms of pipeline {p.spec.name}"
         try:
             return p.chain.apply(events)
         except TransformError as exc:
@@ -247,6 +286,7 @@ class SourceRunner:
         now = time.monotonic()
         if not force and now - self._last_save < self.spec.checkpoint_interval:
             return
+        self.doing = "saving the checkpoint"
         try:
             self.store.save(position)
         except CheckpointError as exc:
@@ -283,6 +323,7 @@ class SourceRunner:
                 self.source.keepalive()
             except SourceConnectionError:
                 pass
+            self._tick()
             self.tracker.wait(0.2)
             self._checkpoint()
         return self.tracker.drained
@@ -298,7 +339,7 @@ class SourceRunner:
             self.source.close()
         except Exception:
             pass
-        if not self._stop.wait(delay):
+        if not self._sleep(delay):
             self._open(self.tracker.position or self.saved_position, delay)
 
     def _open(self, position: dict | None, first_delay: float) -> bool:
@@ -314,8 +355,18 @@ class SourceRunner:
                 self.source_connected, self.source_error = False, str(exc)
                 delay = backoff.next()
                 log.warning("source %s: unavailable, retrying in %.0fs: %s", self.name, delay, exc)
-                if self._stop.wait(delay):
+                if self._sleep(delay):
                     return False
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait, ticking every second; True if a stop was requested meanwhile."""
+        self.doing = "waiting to reconnect to the source"
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            self._tick()
+            if self._stop.wait(min(left, 1.0)):
+                return True
+        return self._stop.is_set()
 
     def _shutdown(self) -> None:
         drained = self._drain(self.grace_period)

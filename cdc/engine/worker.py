@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["SinkWorker", "SinkHalted", "SinkAborted"]
 
 log = logging.getLogger("cdc.sink")
+SLOW_BATCH = 10.0  # seconds: a batch slower than this is logged, with a hint
 
 
 class SinkHalted(Exception):
@@ -68,6 +69,7 @@ class SinkWorker:
         self.last_error: str | None = None
         self.counts = {"written": 0, "batches": 0, "failed": 0, "skipped": 0, "dead_lettered": 0}
         self.on_batch: Callable[[int, float], None] | None = None  # (events, seconds): metrics
+        self.holding: int | None = None  # the oldest batch number taken and not yet acknowledged
         self._queue: deque[tuple[int, list[ChangeEvent]]] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -93,6 +95,17 @@ class SinkWorker:
             self._cond.notify()
         self._thread.join(timeout)
 
+    def oldest_seq(self) -> int | None:
+        """The oldest batch this sink holds without having acknowledged it (being
+        delivered or queued), or None."""
+        held = self.holding
+        if held is not None:
+            return held
+        try:
+            return self._queue[0][0]
+        except IndexError:
+            return None
+
     # ---- the sink's thread ------------------------------------------------------
 
     def _run(self) -> None:
@@ -109,6 +122,7 @@ class SinkWorker:
                     self._deliver(events[start:start + size])
                 for seq in seqs:
                     self.tracker.ack(seq)
+                self.holding = None
         except SinkAborted:
             log.warning("sink %s: stopped with a batch undelivered; it will be read again", self.name)
         except SinkHalted as exc:
@@ -138,6 +152,7 @@ class SinkWorker:
                 seq, batch = self._queue.popleft()
                 seqs.append(seq)
                 events.extend(batch)
+            self.holding = seqs[0]
             return seqs, events
 
     def _deliver(self, events: list[ChangeEvent]) -> None:
@@ -153,6 +168,10 @@ class SinkWorker:
         self.counts["written"] += len(events) - parked
         self.counts["batches"] += 1
         self.latency = time.monotonic() - started
+        if self.latency >= SLOW_BATCH:
+            log.warning("sink %s: a batch of %d events took %.0fs to deliver; while a sink is this slow, "
+                        "reading waits once max_in_flight_events is reached, for every pipeline of the "
+                        "source (see docs/operations.md)", self.name, len(events), self.latency)
         if self.on_batch is not None:
             self.on_batch(len(events), self.latency)
 

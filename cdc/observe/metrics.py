@@ -142,10 +142,13 @@ class _Collector:
         if r.saved_at:
             yield _gauge("cdc_checkpoint_age_seconds", "Seconds since the checkpoint was saved",
                          ["source"], [(src, time.time() - r.saved_at)])
-        if r.lag_seconds is not None:
-            lag = 0.0 if r.caught_up and r.tracker.drained else r.lag_seconds
-            yield _gauge("cdc_source_lag_seconds", "Seconds behind the source's commit time",
-                         ["source"], [(src, lag)])
+        lag_s = r.lag_seconds
+        if lag_s is not None:
+            yield _gauge("cdc_source_lag_seconds", "Seconds since the oldest change not yet acknowledged by "
+                         "every sink was committed (0 when caught up)", ["source"], [(src, lag_s)])
+        blocked = r.blocked_by
+        yield _gauge("cdc_source_blocked", "1 while reading waits for this sink (max_in_flight_* reached)",
+                     ["source", "sink"], [([r.name, w.name], int(w.name in blocked)) for w in r.workers])
         lag = self.metrics.source_lag()
         if lag.get("lag_bytes") is not None:
             yield _gauge("cdc_source_lag_bytes", "Bytes of log the source is behind (PostgreSQL: the slot)",

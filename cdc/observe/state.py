@@ -103,7 +103,6 @@ class StatusWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def tick(self, runner=None) -> None:
-        self.runner.last_tick = time.monotonic()
         if time.monotonic() - self._last >= STATUS_INTERVAL:
             self.write(running=True)
 
@@ -118,15 +117,14 @@ class StatusWriter:
         error = r.error or (None if r.source_connected else r.source_error)
         error = error or next((f"sink {n}: {s['last_error']}" for n, s in sinks.items() if s["last_error"]), None)
         lag = r.lag_seconds
-        if lag is not None and r.caught_up and r.tracker.drained:
-            lag = 0.0
         return {"source": r.name, "pid": os.getpid(), "running": running, "updated_at": time.time(),
                 "position": r.saved_position, "saved_at": r.saved_at, "lag_seconds": lag,
                 "events_in_flight": r.tracker.events_in_flight, "counts": dict(r.counts),
                 "acknowledged": r.tracker.acked_events,
                 "pipelines": {p.spec.name: dict(p.counts) for p in r.pipelines},
                 "sinks": sinks, "last_error": redact(str(error)) if error else None,
-                "snapshot": snapshot_status(r)}
+                "snapshot": snapshot_status(r),
+                "blocked_by": r.blocked_by, "stalled_since": r.stalled_since}
 
     def write(self, running: bool) -> None:
         self._last = time.monotonic()

@@ -48,6 +48,9 @@ def source_status(cfg: Config, name: str) -> dict[str, Any]:
         if row["running"]:
             row["lag_seconds"] = live.get("lag_seconds")
             row["events_in_flight"] = live.get("events_in_flight")
+            row["blocked_by"] = live.get("blocked_by") or []
+            if row["blocked_by"] and live.get("stalled_since"):
+                row["blocked_for_s"] = round(time.time() - live["stalled_since"], 1)
         row["last_error"] = live.get("last_error")
         row["status_updated_s"] = round(time.time() - live.get("updated_at", 0), 1)
     row["pipelines"] = _pipelines(cfg, name, live or {})
@@ -118,6 +121,10 @@ def render_table(rows: list[dict], console=None) -> None:
         table.add_column(col, overflow="fold")
     for row in rows:
         state = f"running (pid {row.get('pid')})" if row.get("running") else "stopped"
+        for sink in row.get("blocked_by") or []:
+            state += f"\nblocked by sink {sink}"
+            if row.get("blocked_for_s") is not None:
+                state += f" for {_age(row['blocked_for_s'])}"
         position = row.get("position")
         pos = ", ".join(f"{k}={v}" for k, v in position.items() if k != "snapshot") if position else "none"
         lines, dead = [], []

@@ -157,6 +157,17 @@ def _name(text: str, schema: str) -> str:
     return ".".join(parts) if len(parts) == 2 else f"{schema}.{parts[-1]}"
 
 
+def silence_check(source: MySQLSource, now: float) -> None:
+    """The watchdog of an idle stream: the server sends a heartbeat every
+    ``heartbeat_interval`` seconds when it has nothing else, so a longer silence
+    (a half-open connection, a stopped server) is a lost connection."""
+    silent = now - source._heard_at
+    if silent > max(3 * source.heartbeat_interval, 5.0):
+        raise SourceConnectionError(f"nothing from the server for {silent:.0f}s, not even a heartbeat "
+                                    f"(heartbeat_interval {source.heartbeat_interval:g}s): the binlog "
+                                    f"connection is presumed lost", source=source.name)
+
+
 def _default_server_id(name: str) -> int:
     return 100_000 + zlib.crc32(name.encode()) % 1_000_000_000
 
@@ -205,6 +216,8 @@ class MySQLSource:
         self._index = 0
         self._skip: tuple = (None, 0)
         self._error: SourceError | None = None
+        self._heard = False                   # a packet that emitted nothing (a heartbeat) came
+        self._heard_at = 0.0                  # when the server was last heard (monotonic)
         self.statement_dml = statement_dml
         self._in_begin = False                # a BEGIN was read: Query events are inside the transaction
         self._start_commit: Commit | None = None  # a first run's start position, handed out first
@@ -239,8 +252,9 @@ class MySQLSource:
         if position is not None:
             self._refuse_foreign_position(position)
         stream = {"connect_timeout": 10, **{k: v for k, v in self.settings.items() if k != "db"}}
-        if self.heartbeat_interval:  # the server sends a heartbeat when idle: silence means it is gone
-            stream.setdefault("read_timeout", max(30, int(3 * self.heartbeat_interval)))
+        # A read waits at most this long: inside a transaction the rest of it is already in the
+        # binlog, and an idle server sends heartbeats; silence means the server is gone.
+        stream.setdefault("read_timeout", max(30, int(3 * self.heartbeat_interval)))
         reader = _Reader(
             stream, self.server_id, blocking=True, resume_stream=True,
             # every event comes back to poll(): fetchone() would block on a filtered last event
@@ -284,6 +298,7 @@ class MySQLSource:
         self.reader = reader
         self._tables = {}
         self._error = None
+        self._heard_at = time.monotonic()
         if self._tx is not None:  # reopening mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
         self._tx = None
@@ -382,6 +397,10 @@ class MySQLSource:
             if not out:
                 raise
             self._error = exc  # hand over what was read first: the skip counts it as emitted
+        if out or self._heard:
+            self._heard, self._heard_at = False, time.monotonic()
+        elif self.heartbeat_interval:
+            silence_check(self, time.monotonic())
         return out
 
     def _read(self, out: list, timeout: float) -> None:
@@ -424,6 +443,7 @@ class MySQLSource:
                     continue
             ev = reader.wrap(packet)
             if ev is None:
+                self._heard = True  # a heartbeat, or an event of another table: the server is there
                 continue
             kind = ev.__class__
             self.bytes_read += ev.packet.event_size

@@ -10,8 +10,10 @@ message but is already our dependency, so we keep one PostgreSQL driver.
 from __future__ import annotations
 
 import os
+import re
 import select
 import struct
+import threading
 import time
 from typing import Any
 
@@ -22,13 +24,40 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ...errors import SourceConnectionError, SourceError
 from ...lsn import format_lsn
 
-__all__ = ["ReplicationStream", "SESSION_OPTIONS"]
+__all__ = ["ReplicationStream", "SESSION_OPTIONS", "encrypted", "parse_duration"]
 
 PG_EPOCH_US = 946_684_800_000_000
 SESSION_OPTIONS = "-c DateStyle=ISO -c IntervalStyle=iso_8601 -c TimeZone=UTC -c extra_float_digits=3"
 _status = struct.Struct(">cQQQqB").pack
 _frame_len = struct.Struct(">i").unpack_from
 _frame_head = struct.Struct(">i").pack
+CONNECT_TIMEOUT = "10"     # seconds, unless the DSN says otherwise: a dead host must not block for ever
+STATUS_INTERVAL = 10.0     # seconds between standby status updates at most
+DEAD_AFTER = 120.0         # seconds of silence (no data, no keepalive) that mean a lost connection,
+                           # when the server's wal_sender_timeout is 0 (off)
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``SHOW wal_sender_timeout`` (``60s``, ``500ms``, ``1min``, ``0``) in seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*", text)
+    if not m:
+        raise ValueError(f"not a duration: {text!r}")
+    return float(m.group(1)) * _UNITS.get(m.group(2) or "ms", 1e-3)
+
+
+def encrypted(pgconn: pq.abc.PGconn) -> bool:
+    """Does libpq encrypt this connection (TLS, or GSSAPI encryption)?  Then the socket
+    carries ciphertext and only libpq may read it.  GSSAPI: libpq >= 16 reports it
+    (``PQconnectionUsedGSSAPI`` is true whenever GSS encryption is on); with an older
+    libpq, a connection that did not disable it is taken as encrypted."""
+    if pgconn.ssl_in_use:
+        return True
+    try:
+        return bool(pgconn.used_gssapi)
+    except psycopg.NotSupportedError:
+        mode = next((o.val for o in pgconn.info if o.keyword == b"gssencmode"), None)
+        return mode != b"disable"
 
 
 def quote_ident(name: str) -> str:
@@ -46,6 +75,7 @@ class ReplicationStream:
     def __init__(self, dsn: str) -> None:
         params: dict[str, Any] = conninfo_to_dict(dsn)  # values parsed from a DSN string are strings
         options = " ".join(filter(None, [params.pop("options", ""), SESSION_OPTIONS]))
+        params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         self.conninfo = make_conninfo(**params, replication="database", options=options,
                                       application_name=params.get("application_name", "cdc"))
         self.pgconn: pq.abc.PGconn | None = None
@@ -53,6 +83,16 @@ class ReplicationStream:
         self._tail = b""
         self._raw = False
         self._fd = -1
+        self._out = b""
+        # The main thread reads; the engine's guard thread may send status updates while
+        # the main thread is busy elsewhere: libpq's connection is used by one at a time.
+        self._lock = threading.Lock()
+        self.wal_sender_timeout = 0.0   # the server's, in seconds (0: off)
+        self.status_interval = STATUS_INTERVAL
+        self.dead_after = DEAD_AFTER
+        self.last_data = time.monotonic()  # when bytes last came from the server
+        self.last_status = 0.0
+        self.lost: str | None = None       # set by the watchdog
 
     def start(self, slot: str, start_lsn: int, options: dict[str, str]) -> None:
         pgconn = pq.PGconn.connect(self.conninfo.encode())
@@ -60,6 +100,7 @@ class ReplicationStream:
             message = pgconn.get_error_message()
             pgconn.finish()
             raise SourceConnectionError(message.strip() or "cannot connect")
+        self._timeouts(pgconn)
         opts = ", ".join(f"{quote_ident(k)} {quote_literal(v)}" for k, v in options.items())
         command = f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} ({opts})"
         result = pgconn.exec_(command.encode())
@@ -73,8 +114,24 @@ class ReplicationStream:
             raise error(f"START_REPLICATION failed: {message}", sqlstate=sqlstate)
         self.pgconn = pgconn
         self._fd = pgconn.socket
-        self._raw = not pgconn.ssl_in_use
+        self._raw = not encrypted(pgconn)
+        self.last_data = time.monotonic()
         self._tail = self._read_libpq(0, wait=False)  # what libpq already read
+
+    def _timeouts(self, pgconn: pq.abc.PGconn) -> None:
+        """Status updates and the silence watchdog follow the server's
+        ``wal_sender_timeout``: a status at least every third of it (the server drops a
+        receiver that stays silent for the whole of it), and a connection from which
+        nothing came for twice that long, although a reply was asked for, is lost."""
+        result = pgconn.exec_(b"SHOW wal_sender_timeout")
+        try:
+            timeout = parse_duration(result.get_value(0, 0).decode()) if result.ntuples else 0.0
+        except ValueError:
+            timeout = 0.0
+        self.wal_sender_timeout = timeout
+        if timeout > 0:
+            self.status_interval = min(STATUS_INTERVAL, max(timeout / 3, 0.2))
+            self.dead_after = max(2 * timeout, 3 * self.status_interval)
 
     def receive(self, timeout: float) -> bytes | None:
         """Unprocessed bytes holding whole protocol messages (``d`` CopyData frames:
@@ -87,13 +144,47 @@ class ReplicationStream:
         tail = self._tail
         if self._has_frame(tail):
             return tail
+        if self.lost:
+            raise SourceConnectionError(self.lost)
         try:
-            chunk = self._read_socket(timeout) if self._raw else self._read_libpq(timeout)
+            with self._lock:
+                chunk = self._read_socket(timeout) if self._raw else self._read_libpq(timeout)
         except psycopg.OperationalError as exc:
             raise SourceConnectionError(f"replication connection lost: {exc}".strip()) from exc
         if not chunk:
             return None
+        self.last_data = time.monotonic()
         return tail + chunk if tail else chunk
+
+    def keepalive(self, flush_lsn: int) -> None:
+        """Per poll and during waits (any thread): a status update when one is due,
+        asking for a reply when the server has been silent; and the watchdog: raise
+        ``SourceConnectionError`` when nothing came for ``dead_after`` seconds (a
+        half-open connection, a stopped server process)."""
+        if self.lost:
+            raise SourceConnectionError(self.lost)
+        now = time.monotonic()
+        silent = now - self.last_data
+        if silent >= self.dead_after and not self._pending():
+            self.lost = (f"nothing from the server for {silent:.0f}s, not even a reply to a keepalive "
+                         f"(wal_sender_timeout {self.wal_sender_timeout:g}s): the replication "
+                         f"connection is presumed lost")
+            raise SourceConnectionError(self.lost)
+        if now - self.last_status >= self.status_interval:
+            self.send_status(flush_lsn, reply=silent >= self.status_interval)
+
+    def _pending(self) -> bool:
+        """Are bytes waiting that nobody read yet (the reader waits for its sinks)?
+        Then the server is there."""
+        if self._tail or self.pgconn is None:
+            return True
+        try:
+            waiting = bool(select.select([self._fd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+        if waiting:
+            self.last_data = time.monotonic()
+        return waiting
 
     def keep(self, buf: bytes, pos: int) -> None:
         self._tail = buf[pos:] if pos < len(buf) else b""
@@ -141,13 +232,37 @@ class ReplicationStream:
     def send_status(self, flush_lsn: int, reply: bool = False) -> None:
         now = int(time.time() * 1_000_000) - PG_EPOCH_US
         write = max(self.received_lsn, flush_lsn)
+        with self._lock:
+            pgconn = self.pgconn
+            if pgconn is None:
+                return
+            message = _status(b"r", write, flush_lsn, flush_lsn, now, 1 if reply else 0)
+            if self._raw:
+                self._write_socket(b"d" + _frame_head(len(message) + 4) + message)
+            else:
+                try:
+                    pgconn.put_copy_data(message)
+                    pgconn.flush()
+                except psycopg.OperationalError as exc:
+                    raise SourceConnectionError(f"replication connection lost: {exc}".strip()) from exc
+            self.last_status = time.monotonic()
+
+    def _write_socket(self, frame: bytes) -> None:
+        """Where the socket is read directly, write to it directly too: when a write
+        fails, libpq reads whatever input is waiting into its own buffer (to find the
+        server's error), and those bytes would be missing from the stream we read.  A
+        failed write is a lost connection here, at once."""
+        data = self._out + frame
         try:
-            self.pgconn.put_copy_data(_status(b"r", write, flush_lsn, flush_lsn, now, 1 if reply else 0))
-            self.pgconn.flush()
-        except psycopg.OperationalError as exc:
-            raise SourceConnectionError(f"replication connection lost: {exc}".strip()) from exc
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # EPIPE, ECONNRESET: the server is gone
+            raise SourceConnectionError(f"replication connection lost: {exc.strerror}") from exc
+        self._out = data[sent:]  # a partial write: the rest goes first next time
 
     def close(self) -> None:
-        if self.pgconn is not None:
-            self.pgconn.finish()
-            self.pgconn = None
+        with self._lock:
+            if self.pgconn is not None:
+                self.pgconn.finish()
+                self.pgconn = None

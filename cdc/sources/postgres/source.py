@@ -18,6 +18,7 @@ from ...errors import SourceConnectionError, SourceError, SourceSetupError
 from ...event import ChangeEvent, Commit
 from ...lsn import format_lsn, parse_lsn
 from . import preflight, setup, slots
+from .heartbeat import Heartbeat
 from .pgoutput import Decoder
 from .replication import ReplicationStream
 from .snapshot import PostgresSnapshotReader
@@ -26,7 +27,6 @@ __all__ = ["PostgresSource", "HEARTBEAT_PREFIX"]
 
 log = logging.getLogger("cdc.source.postgres")
 HEARTBEAT_PREFIX = "cdc_heartbeat"
-STATUS_INTERVAL = 10.0       # seconds between standby status updates
 IDLE_CONFIRM_INTERVAL = 10.0  # seconds between positions taken from keepalives
 _i32 = struct.Struct(">i").unpack_from
 new_event = ChangeEvent.__new__
@@ -72,10 +72,9 @@ class PostgresSource:
         self._tx: tuple | None = None      # (final_lsn, ts_ms, xid, id prefix) while in a transaction
         self._index = 0                    # row changes seen in the current transaction
         self._skip: tuple[int, int] = (0, 0)
-        self._last_status = 0.0
         self._last_idle_commit = 0.0
         self._last_position = 0
-        self._heartbeat_conn: psycopg.Connection | None = None
+        self._heartbeat_conn = Heartbeat(dsn, self.name, HEARTBEAT_PREFIX)
         self._last_heartbeat = 0.0
         self._started = False              # streamed before: the slot must not be re-created
         self._error: SourceError | None = None  # raised by the next poll (after what was read)
@@ -178,22 +177,22 @@ class PostgresSource:
                 pass
             self.stream.close()
             self.stream = None
-        if self._heartbeat_conn is not None:
-            self._heartbeat_conn.close()
-            self._heartbeat_conn = None
+        self._heartbeat_conn.close()
 
     def confirm(self, position: dict) -> None:
         self.confirmed_lsn = parse_lsn(position["lsn"])
         self._send_status()
 
     def keepalive(self) -> None:
-        if time.monotonic() - self._last_status >= STATUS_INTERVAL:
-            self._send_status()
+        """Status updates and the silence watchdog (``ReplicationStream.keepalive``);
+        the engine may call it from its guard thread while the main thread is busy."""
+        stream = self.stream
+        if stream is not None:
+            stream.keepalive(self.confirmed_lsn)
 
     def _send_status(self) -> None:
         if self.stream is not None:
             self.stream.send_status(self.confirmed_lsn)
-            self._last_status = time.monotonic()
 
     # ---- reading -------------------------------------------------------------------
 
@@ -503,10 +502,4 @@ class PostgresSource:
         if now - self._last_heartbeat < self.heartbeat_interval:
             return
         self._last_heartbeat = now
-        try:
-            if self._heartbeat_conn is None or self._heartbeat_conn.closed:
-                self._heartbeat_conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
-            self._heartbeat_conn.execute("SELECT pg_logical_emit_message(false, %s, '')", (HEARTBEAT_PREFIX,))
-        except psycopg.Error as exc:
-            log.warning("source %s: heartbeat failed: %s", self.name, str(exc).strip())
-            self._heartbeat_conn = None
+        self._heartbeat_conn.beat()  # bounded: see heartbeat.py
