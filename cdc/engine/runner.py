@@ -19,6 +19,7 @@ from ..config.model import Config, PipelineSpec
 from ..deadletter.record import TRANSFORMS_SINK
 from ..errors import CdcError, CheckpointError, SourceConnectionError, TransformError
 from ..event import ChangeEvent, Commit
+from ..faults import crash_point
 from ..transforms.chain import TransformChain
 from .deadletters import DeadLetterWriter
 from .retry import Backoff
@@ -192,6 +193,7 @@ class SourceRunner:
         self.counts["emitted"] += emitted
         if commit_ts:
             self.lag_seconds = max(time.time() - commit_ts / 1000.0, 0.0)
+        if crash_point is not None and self._in_tx: crash_point("mid_transaction")  # noqa: E701 - crash point (cdc/faults.py)
 
     def _transform(self, p: _Pipeline, events: list[ChangeEvent]) -> list[ChangeEvent]:
         """Run the chain; on an error, the pipeline's ``on_error`` decides per event
@@ -221,6 +223,7 @@ class SourceRunner:
         now = time.monotonic()
         if not force and now - self._last_save < self.spec.checkpoint_interval:
             return
+        if crash_point is not None: crash_point("after_ack")  # noqa: E701 - crash point (cdc/faults.py)
         try:
             self.store.save(position)
         except CheckpointError as exc:
