@@ -85,8 +85,10 @@ def main() -> None:
 
     from servers import PostgresServer
     with tempfile.TemporaryDirectory() as tmp, PostgresServer() as server:
-        before = Path(tmp)
+        before = Path(tmp) / "base"
+        before.mkdir()
         export(base, before)
+        os.chdir(tmp)  # no cdc on the children's path but the one chosen
         dsn = server.create_database("bench")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(20),"

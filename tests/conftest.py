@@ -13,6 +13,14 @@ import pytest
 from servers import KafkaServer, MariaDBServer, PostgresServer, RabbitMQServer, RedisServer
 
 
+def pytest_addoption(parser):
+    group = parser.getgroup("cdc chaos", "tests/chaos: SIGKILLs, outages and operator faults")
+    group.addoption("--chaos-seed", type=int, default=None,
+                    help="seed of every random choice of tests/chaos (printed by each run): replays a run")
+    group.addoption("--long", action="store_true", default=False,
+                    help="tests/chaos in release-check size: 1,000,000 changes and 500 kills (about an hour)")
+
+
 def _serve(server):
     server.start()
     try:
