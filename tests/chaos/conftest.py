@@ -31,21 +31,21 @@ def chaos(request) -> Chaos:
     return Chaos(seed, request.config.getoption("--long"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def source_pg():
     """A private PostgreSQL source: the tests stop it immediately and restart it."""
     with PostgresServer() as server:
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def target_pg():
     """A private PostgreSQL for the mirror sink (and the postgres checkpoint store)."""
     with PostgresServer() as server:
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def source_mariadb():
     with MariaDBServer() as server:
         yield server

@@ -97,7 +97,7 @@ class MariaDb:
         self.dsn = server.create_database(name)
 
     def connect(self):
-        return self.server.connect(self.name, autocommit=False)
+        return self.server.connect(self.name)  # autocommit: the writer sends BEGIN and COMMIT
 
     def execute(self, *statements: str) -> list:
         rows: list = []
