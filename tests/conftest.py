@@ -9,8 +9,15 @@ import time
 import uuid
 
 import pytest
+from hypothesis import settings
 
 from servers import KafkaServer, MariaDBServer, PostgresServer, RabbitMQServer, RedisServer
+
+
+# hypothesis (tests/test_fuzz_*.py): a failure prints the example and the blob that replays it
+# (@reproduce_failure); `--hypothesis-seed N` fixes the seed of a whole run.
+settings.register_profile("cdc", print_blob=True)
+settings.load_profile("cdc")
 
 
 def pytest_addoption(parser):
