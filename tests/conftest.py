@@ -13,7 +13,6 @@ from hypothesis import settings
 
 from servers import KafkaServer, MariaDBServer, PostgresServer, RabbitMQServer, RedisServer
 
-
 # hypothesis (tests/test_fuzz_*.py): a failure prints the example and the blob that replays it
 # (@reproduce_failure); `--hypothesis-seed N` fixes the seed of a whole run.
 settings.register_profile("cdc", print_blob=True)
