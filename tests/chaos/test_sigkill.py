@@ -30,6 +30,7 @@ from harness import (
 )
 
 MAX_TX = 40
+LONG_CHANGES = 500_000  # per source test: --long runs 1,000,000 changes and at least 500 kills
 
 
 def _size(chaos, default: int, long: int) -> int:
@@ -121,6 +122,8 @@ def test_postgres_source(chaos, source_pg, target_pg, tmp_path):
         assert pipe.proc.poll() is None
 
         chaos_rounds(pipe, rng, rounds - rounds // 2, POINTS)
+        while len(writer.committed) < _size(chaos, 0, LONG_CHANGES):  # --long: 1,000,000 changes in all
+            chaos_rounds(pipe, rng, 5, POINTS)
         _finish(pipe, db, writer, started, "postgres")
         assert set(POINTS) | {"sink_backoff"} <= set(pipe.points_reached())
     finally:
@@ -172,6 +175,8 @@ def test_mariadb_source(chaos, source_mariadb, target_pg, tmp_path):
         assert pipe.proc.poll() is None, pipe.log()
 
         chaos_rounds(pipe, rng, rounds - rounds // 2, POINTS)
+        while len(writer.committed) < _size(chaos, 0, LONG_CHANGES):
+            chaos_rounds(pipe, rng, 5, POINTS)
         _finish(pipe, db, writer, started, "mariadb")
         assert set(POINTS) <= set(pipe.points_reached())
     finally:
