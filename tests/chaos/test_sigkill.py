@@ -79,13 +79,13 @@ def _finish(pipe: Pipeline, db, writer: Writer, started: float, name: str) -> No
 
 
 def test_postgres_source(chaos, source_pg, target_pg, tmp_path):
-    rng = chaos.rng("postgres")
+    rng = chaos.rng("postgres")  # the kills; the writer has its own, so that neither depends on timing
     started = time.monotonic()
     db = PgDb(source_pg, unique_name("chaos"))
     db.execute(TABLE_DDL)
     target = _target(target_pg)
     pipe = Pipeline(tmp_path, {"type": "postgres", "dsn": db.dsn, "tables": ["public.items"]}, target)
-    writer = Writer(db, rng, MAX_TX, pause=_size(chaos, 0.01, 0.0))
+    writer = Writer(db, chaos.rng(db.kind + ':writer'), MAX_TX, pause=_size(chaos, 0.01, 0.0))
     rounds = _size(chaos, 40, 250)
     try:
         pipe.start()
@@ -134,7 +134,7 @@ def test_postgres_source(chaos, source_pg, target_pg, tmp_path):
 
 
 def test_mariadb_source(chaos, source_mariadb, target_pg, tmp_path):
-    rng = chaos.rng("mariadb")
+    rng = chaos.rng("mariadb")  # the kills; the writer has its own, so that neither depends on timing
     started = time.monotonic()
     db = MariaDb(source_mariadb, unique_name("chaos"))
     db.execute(TABLE_DDL + " DEFAULT CHARSET=utf8mb4", "CREATE TABLE ping (id int PRIMARY KEY)")
@@ -142,7 +142,7 @@ def test_mariadb_source(chaos, source_mariadb, target_pg, tmp_path):
     pipe = Pipeline(tmp_path, {"type": "mysql", "dsn": source_mariadb.dsn(db.name, user="cdc"), "server_id": 4501,
                                "tables": [f"{db.name}.items"]}, target,
                     checkpoint={"type": "postgres", "dsn": target, "table": "cdc_checkpoints"})
-    writer = Writer(db, rng, MAX_TX, pause=_size(chaos, 0.01, 0.0))
+    writer = Writer(db, chaos.rng(db.kind + ':writer'), MAX_TX, pause=_size(chaos, 0.01, 0.0))
     rounds = _size(chaos, 36, 250)
     try:
         pipe.start()
