@@ -9,8 +9,22 @@ import time
 import uuid
 
 import pytest
+from hypothesis import settings
 
 from servers import KafkaServer, MariaDBServer, PostgresServer, RabbitMQServer, RedisServer
+
+# hypothesis (tests/test_fuzz_*.py): a failure prints the example and the blob that replays it
+# (@reproduce_failure); `--hypothesis-seed N` fixes the seed of a whole run.
+settings.register_profile("cdc", print_blob=True)
+settings.load_profile("cdc")
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("cdc chaos", "tests/chaos: SIGKILLs, outages and operator faults")
+    group.addoption("--chaos-seed", type=int, default=None,
+                    help="seed of every random choice of tests/chaos (printed by each run): replays a run")
+    group.addoption("--long", action="store_true", default=False,
+                    help="tests/chaos in release-check size: 1,000,000 changes and 500 kills (about an hour)")
 
 
 def _serve(server):

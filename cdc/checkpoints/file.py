@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config.model import Context
 from ..errors import CheckpointError
+from ..faults import crash_point
 
 __all__ = ["FileCheckpointStore"]
 
@@ -61,6 +62,7 @@ class FileCheckpointStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            if crash_point is not None: crash_point("checkpoint_write")  # noqa: E701 - crash point (cdc/faults.py)
             os.replace(tmp, self.path)
             dfd = os.open(self.path.parent, os.O_RDONLY)
             try:

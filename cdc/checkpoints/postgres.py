@@ -10,6 +10,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ..config.model import Context
 from ..errors import CheckpointError
+from ..faults import crash_point
 
 __all__ = ["PostgresCheckpointStore"]
 
@@ -67,6 +68,7 @@ class PostgresCheckpointStore:
         return float(rows[0][0]) if rows else None
 
     def save(self, position: dict) -> None:
+        if crash_point is not None: crash_point("checkpoint_write")  # noqa: E701 - crash point (cdc/faults.py)
         self._run(sql.SQL(
             "INSERT INTO {} (source, position, saved_at) VALUES (%s, %s, now())"
             " ON CONFLICT (source) DO UPDATE SET position = EXCLUDED.position, saved_at = now()"

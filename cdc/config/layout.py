@@ -117,7 +117,7 @@ def _unknown(raw: dict, known: Any, path: str, problems: list[ConfigProblem]) ->
     for key in raw:
         if key not in known:
             hint = difflib.get_close_matches(str(key), list(known), n=1)
-            sub = f"{path}.{key}" if path else str(key)
+            sub = f"{path}.{key}" if path else (str(key) or repr(key))  # an empty key is named too
             problems.append(ConfigProblem(sub, f"unknown key (did you mean {hint[0]!r}?)" if hint
                                           else f"unknown key (expected one of: {', '.join(known)})"))
 
@@ -225,7 +225,7 @@ def _pipeline(name: str, raw: Any, sources: dict, directory: Path,
                                       f"(sources: {', '.join(sources) or 'none'})"))
     if "tables" in raw:
         tables = check_value(list[str], raw["tables"], f"{path}.tables", problems)
-        spec = sources.get(source)
+        spec = sources.get(source) if isinstance(source, str) else None
         if spec is not None and isinstance(tables, list):
             tables = [qualified(spec.factory, t, spec.options) for t in tables] if _strings(tables) else []
             for i, t in enumerate(tables):

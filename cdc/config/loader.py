@@ -44,6 +44,9 @@ def load_config(path: str | os.PathLike, env: Mapping[str, str] | None = None) -
             raw = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: a position, no line
+        raise ConfigError(f"not valid YAML at line {text.count(chr(10), 0, exc.position) + 1}: character "
+                          f"{chr(exc.character)!r} is not allowed ({exc.reason})", str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -19,6 +19,7 @@ from ..config.model import Config, PipelineSpec
 from ..deadletter.record import TRANSFORMS_SINK
 from ..errors import CdcError, CheckpointError, SourceConnectionError, TransformError
 from ..event import ChangeEvent, Commit
+from ..faults import crash_point
 from ..snapshot import SnapshotController
 from ..transforms.chain import TransformChain, TransformMutatedInput
 from .deadletters import DeadLetterWriter
@@ -256,6 +257,7 @@ class SourceRunner:
         self.counts["emitted"] += emitted
         if commit_ts:
             self.read_ts_ms = commit_ts
+        if crash_point is not None and self._in_tx: crash_point("mid_transaction")  # noqa: E701 - crash point (cdc/faults.py)
 
     def _transform(self, p: _Pipeline, events: list[ChangeEvent]) -> list[ChangeEvent]:
         """Run the chain; on an error, the pipeline's ``on_error`` decides per event
@@ -286,6 +288,7 @@ class SourceRunner:
         now = time.monotonic()
         if not force and now - self._last_save < self.spec.checkpoint_interval:
             return
+        if crash_point is not None: crash_point("after_ack")  # noqa: E701 - crash point (cdc/faults.py)
         self.doing = "saving the checkpoint"
         try:
             self.store.save(position)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from ..config.model import SinkSpec
 from ..errors import PermanentError, SinkError, TransientError
 from ..event import ChangeEvent
+from ..faults import crash_point
 from .retry import Backoff
 from .tracker import AckTracker
 
@@ -120,6 +121,7 @@ class SinkWorker:
                 size = self.spec.batch_size
                 for start in range(0, len(events), size):
                     self._deliver(events[start:start + size])
+                if crash_point is not None: crash_point("after_sink_write")  # noqa: E701 - crash point (cdc/faults.py)
                 for seq in seqs:
                     self.tracker.ack(seq)
                 self.holding = None
@@ -233,5 +235,6 @@ class SinkWorker:
                     delay = max(delay, exc.retry_after)
                 log.warning("sink %s: %s failed (attempt %d), retrying in %.1fs: %s",
                             self.name, what, attempts, delay, self.last_error)
+                if crash_point is not None: crash_point("sink_backoff")  # noqa: E701 - crash point (cdc/faults.py)
                 if self._abort.wait(delay):
                     raise SinkAborted(what) from exc

@@ -14,7 +14,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ...abc import Problem
 from ...config.model import Context
-from ...errors import SourceConnectionError, SourceError, SourceSetupError
+from ...errors import CdcError, SourceConnectionError, SourceError, SourceSetupError
 from ...event import ChangeEvent, Commit
 from ...lsn import format_lsn, parse_lsn
 from . import preflight, setup, slots
@@ -215,7 +215,7 @@ class PostgresSource:
             # What this poll read is lost with the exception: forget it, so that the
             # skip after a reconnect counts only events that were handed on.
             self._tx, self._index, self._skip, self._last_position = saved
-            if isinstance(exc, (struct.error, UnicodeDecodeError, IndexError, KeyError, ValueError)):
+            if isinstance(exc, Exception) and not isinstance(exc, CdcError):  # malformed input, whatever it broke
                 raise SourceError(f"cannot decode the replication stream after "
                                   f"{format_lsn(stream.received_lsn)}: {type(exc).__name__}: {exc}",
                                   source=self.name) from exc
@@ -243,6 +243,7 @@ class PostgresSource:
                 length, kind, start_lsn = _frame_head(buf, pos + 1)
             except struct.error:  # a short frame at the end of the buffer
                 length, kind, start_lsn = _i32(buf, pos + 1)[0], 0, 0
+            if length < 4: raise struct.error(f"frame length {length} at byte {pos}")  # noqa: E701 - no silent skip, no hang
             end = pos + 1 + length
             if end > size or len(out) >= limit:
                 break

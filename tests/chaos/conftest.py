@@ -1,0 +1,51 @@
+"""Fixtures of the chaos suite: the seed (``--chaos-seed N`` replays a run), the size
+(``--long`` for release checks), and private servers that the tests crash and restart."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from servers import MariaDBServer, PostgresServer
+
+
+class Chaos:
+    """``rng(name)``: a Random seeded from the run's seed and ``name``; ``long``: release size."""
+
+    def __init__(self, seed: int, long: bool) -> None:
+        self.seed, self.long = seed, long
+        self.started = time.monotonic()
+
+    def rng(self, name: str) -> random.Random:
+        return random.Random(f"{self.seed}:{name}")
+
+
+@pytest.fixture
+def chaos(request) -> Chaos:
+    seed = request.config.getoption("--chaos-seed")
+    if seed is None:
+        seed = random.randrange(2**31)
+    print(f"chaos seed: {seed} (replay with: bash scripts/test {request.node.nodeid} --chaos-seed {seed})")
+    return Chaos(seed, request.config.getoption("--long"))
+
+
+@pytest.fixture(scope="session")
+def source_pg():
+    """A private PostgreSQL source: the tests stop it immediately and restart it."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def target_pg():
+    """A private PostgreSQL for the mirror sink (and the postgres checkpoint store)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def source_mariadb():
+    with MariaDBServer() as server:
+        yield server

@@ -1,0 +1,186 @@
+"""SIGKILLs of ``cdc run`` at random moments and at every named crash point, restarts of
+the source database and of the mirror's target, and a sink cut off for 30 s, while a
+writer commits random transactions; then every committed change must be in the file
+sink (once, in commit order, duplicates identical and bounded) and the mirror and the
+state rebuilt from the file must equal the source table.
+
+PostgreSQL source: file checkpoint store; MariaDB source: the ``postgres`` store."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from harness import (
+    POINTS,
+    TABLE_DDL,
+    MariaDb,
+    PgDb,
+    Pipeline,
+    Writer,
+    chaos_rounds,
+    check_file,
+    deadline_wait,
+    duplicate_bound,
+    source_rows,
+    target_rows,
+    unique_name,
+    wait_caught_up,
+)
+
+MAX_TX = 40
+LONG_CHANGES = 500_000  # per source test: --long runs 1,000,000 changes and at least 500 kills
+
+
+def _size(chaos, default: int, long: int) -> int:
+    return long if chaos.long else default
+
+
+def _target(target_pg) -> str:
+    dsn = target_pg.create_database(unique_name("mirror"))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(TABLE_DDL.replace("varchar(80)", "text"))
+    return dsn
+
+
+def _mirror_position(dsn: str) -> str | None:
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            row = conn.execute("SELECT max(event_id) FROM cdc_mirror_position").fetchone()
+    except psycopg.Error:
+        return None
+    return row[0] if row else None
+
+
+def _grows(pipe: Pipeline, what: str, timeout: float = 60) -> None:
+    """The running process (never restarted here) delivers something new: it resumed alone."""
+    size = pipe.out.stat().st_size
+    proc = pipe.proc
+    deadline_wait(f"{what}: cdc resumes by itself", lambda: pipe.out.stat().st_size > size, timeout, 0.2, pipe.log)
+    assert pipe.proc is proc and proc.poll() is None, f"{what}: cdc exited\n{pipe.log()}"
+
+
+def _finish(pipe: Pipeline, db, writer: Writer, started: float, name: str) -> None:
+    writer.stop()
+    wait_caught_up(pipe, db, writer.committed)
+    assert pipe.stop() == 0, pipe.log()
+    bound = duplicate_bound(pipe.max_in_flight, pipe.max_poll, MAX_TX)
+    report, rebuilt = check_file(pipe, writer.committed, bound)
+    expected = source_rows(db)
+    assert rebuilt == expected, "the state rebuilt from the file equals the source table"
+    assert target_rows(pipe.target_dsn) == expected, "the mirror equals the source table"
+    reached = pipe.points_reached()
+    total = sum(pipe.kills.values())
+    print(f"{name}: {total} SIGKILLs ({dict(pipe.kills)}), crash points reached {dict(reached)}, "
+          f"{len(writer.committed)} changes in {writer.transactions} transactions, {report.events} events "
+          f"delivered, duplicates per crash max {max(report.duplicates_per_crash)} (bound {bound}), "
+          f"total {sum(report.duplicates_per_crash)}, torn lines {report.torn}, {time.monotonic() - started:.0f}s")
+
+
+def test_postgres_source(chaos, source_pg, target_pg, tmp_path):
+    rng = chaos.rng("postgres")  # the kills; the writer has its own, so that neither depends on timing
+    started = time.monotonic()
+    db = PgDb(source_pg, unique_name("chaos"))
+    db.execute(TABLE_DDL)
+    target = _target(target_pg)
+    pipe = Pipeline(tmp_path, {"type": "postgres", "dsn": db.dsn, "tables": ["public.items"]}, target)
+    writer = Writer(db, chaos.rng(db.kind + ':writer'), MAX_TX, pause=_size(chaos, 0.01, 0.0))
+    rounds = _size(chaos, 40, 250)
+    try:
+        pipe.start()
+        deadline_wait("the slot", lambda: db.execute("SELECT 1 FROM pg_replication_slots WHERE active"), 60,
+                      on_fail=pipe.log)
+        writer.start()
+        chaos_rounds(pipe, rng, rounds // 2 - 3, POINTS)
+
+        # the source database: immediate shutdown (crash recovery), while cdc streams
+        time.sleep(rng.uniform(0.5, 2))
+        with writer.paused():
+            db.crash_restart()
+        _grows(pipe, "source restarted")
+
+        # the mirror's target: kill -9 and start again
+        time.sleep(rng.uniform(0.5, 2))
+        target_pg.kill()
+        target_pg.start()
+        last = _mirror_position(target)
+        deadline_wait("the mirror resumes", lambda: _mirror_position(target) != last, 60, 0.5, pipe.log)
+
+        # the mirror cut off for 30 s: crashes during its retry backoff, then it resumes alone
+        target_pg.stop()
+        cut = time.monotonic()
+        pipe.kill()
+        for n in (1, 2, 3):
+            pipe.start(f"sink_backoff:{n}")
+            assert pipe.wait_crash_point("sink_backoff", 30), pipe.log()
+        pipe.start()
+        time.sleep(max(0.0, 30 - (time.monotonic() - cut)))
+        target_pg.start()
+        last = _mirror_position(target)
+        deadline_wait("the mirror resumes after 30 s", lambda: _mirror_position(target) != last, 90, 0.5, pipe.log)
+        assert pipe.proc.poll() is None
+
+        chaos_rounds(pipe, rng, rounds - rounds // 2, POINTS)
+        while len(writer.committed) < _size(chaos, 0, LONG_CHANGES):  # --long: 1,000,000 changes in all
+            chaos_rounds(pipe, rng, 5, POINTS)
+        _finish(pipe, db, writer, started, "postgres")
+        assert set(POINTS) | {"sink_backoff"} <= set(pipe.points_reached())
+    finally:
+        pipe.ensure_dead()
+        writer._stop.set()
+        if not target_pg.running:
+            target_pg.start()
+
+
+def test_mariadb_source(chaos, source_mariadb, target_pg, tmp_path):
+    rng = chaos.rng("mariadb")  # the kills; the writer has its own, so that neither depends on timing
+    started = time.monotonic()
+    db = MariaDb(source_mariadb, unique_name("chaos"))
+    db.execute(TABLE_DDL + " DEFAULT CHARSET=utf8mb4", "CREATE TABLE ping (id int PRIMARY KEY)")
+    target = _target(target_pg)
+    pipe = Pipeline(tmp_path, {"type": "mysql", "dsn": source_mariadb.dsn(db.name, user="cdc"), "server_id": 4501,
+                               "tables": [f"{db.name}.items"]}, target,
+                    checkpoint={"type": "postgres", "dsn": target, "table": "cdc_checkpoints"})
+    writer = Writer(db, chaos.rng(db.kind + ':writer'), MAX_TX, pause=_size(chaos, 0.01, 0.0))
+    rounds = _size(chaos, 36, 250)
+    try:
+        pipe.start()
+        ping = [0]
+
+        def saved() -> bool:  # the first run saves a position once a commit is acknowledged
+            ping[0] += 1
+            db.execute(f"INSERT INTO ping VALUES ({ping[0]})")
+            try:
+                with psycopg.connect(target, connect_timeout=5) as conn:
+                    return bool(conn.execute("SELECT 1 FROM cdc_checkpoints").fetchall())
+            except psycopg.errors.UndefinedTable:
+                return False
+        deadline_wait("the first checkpoint", saved, 60, 0.3, pipe.log)
+        writer.start()
+        chaos_rounds(pipe, rng, rounds // 2, POINTS)
+
+        # the source database: kill -9 and start again, while cdc streams
+        time.sleep(rng.uniform(0.5, 2))
+        with writer.paused():
+            db.crash_restart()
+        _grows(pipe, "source restarted")
+
+        # the mirror's target (which also holds the checkpoints): kill -9 and start again
+        time.sleep(rng.uniform(0.5, 2))
+        target_pg.kill()
+        target_pg.start()
+        last = _mirror_position(target)
+        deadline_wait("the mirror resumes", lambda: _mirror_position(target) != last, 60, 0.5, pipe.log)
+        assert pipe.proc.poll() is None, pipe.log()
+
+        chaos_rounds(pipe, rng, rounds - rounds // 2, POINTS)
+        while len(writer.committed) < _size(chaos, 0, LONG_CHANGES):
+            chaos_rounds(pipe, rng, 5, POINTS)
+        _finish(pipe, db, writer, started, "mariadb")
+        assert set(POINTS) <= set(pipe.points_reached())
+    finally:
+        pipe.ensure_dead()
+        writer._stop.set()
+        if not target_pg.running:
+            target_pg.start()
