@@ -35,6 +35,8 @@ def shop(mariadb_server, mariadb_database):
 
 
 def _config(tmp_path, server, db: str, tables: list[str], sink: dict, **options):
+    """A streaming source (``snapshot: never``): these tests are about the binlog."""
+    options.setdefault("snapshot", "never")
     raw = {"sources": {"legacy": {"type": "mysql", "dsn": server.dsn(db, user="cdc"), "server_id": 4301,
                                   "tables": tables, "checkpoint_interval": 0.0,
                                   "checkpoint": {"type": "file", "path": "state/legacy.json"}, **options}},

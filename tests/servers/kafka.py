@@ -138,7 +138,8 @@ class KafkaServer(Server):
         if (self.data_dir / "kraft-logs" / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        self.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)))
+        # --cluster-id=ID: an id starting with "-" (1 in 64) must not read as an option
+        self.run(self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(props)))
 
     def command(self) -> list[str]:
         return self._java("kafka.Kafka", str(self.data_dir / "server.properties"))
