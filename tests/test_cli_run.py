@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -72,12 +73,16 @@ def test_example_config_runs_as_written(pg_database, tmp_path):
 
 
 def test_demo_prints_events_and_cleans_up():
-    before = set(Path("/tmp").glob("cdc-demo-*"))
+    # a private TMPDIR: other demos on the machine (other checkouts) come and go in /tmp
+    tmp = Path(tempfile.mkdtemp(prefix="dm-", dir="/tmp"))  # short: the server's socket lives below it
+    tmp.chmod(0o755)  # the server runs as the postgres user
+    before = set(tmp.glob("cdc-demo-*"))
     proc = subprocess.run([sys.executable, "-m", "cdc", "demo", "--duration", "6", "--rate", "5"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp)})
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(events) >= 5
     assert {e["op"] for e in events} <= {"c", "u"} and set(events[0]["after"]) == {"id", "status"}
     assert "change events captured" in proc.stderr
-    assert set(Path("/tmp").glob("cdc-demo-*")) == before  # nothing left behind
+    assert set(tmp.glob("cdc-demo-*")) == before  # nothing left behind
+    tmp.rmdir()  # and nothing else either
