@@ -73,6 +73,8 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
         raise PositionError('--position must be a JSON object such as \'{"lsn": "0/1A2B3C8"}\'')
     with _locked_store(cfg, source) as store:
         old = store.load()
+        if old is not None and "snapshot" in old and "snapshot" not in value:
+            value = {**value, "snapshot": old["snapshot"]}  # a copy's progress stays (docs/snapshots.md)
         if old is not None and set(old) != set(value):
             raise PositionError(f"the saved position has keys {sorted(old)}; "
                                 f"--position has {sorted(value)}")

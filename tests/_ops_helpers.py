@@ -60,6 +60,7 @@ sources:
     slot: {slot_name(dsn)}
     checkpoint: {{type: file, path: state/shop.json}}
     checkpoint_interval: 0.2
+    snapshot: never
 pipelines:
   copy:
     source: shop

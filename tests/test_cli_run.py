@@ -44,7 +44,8 @@ def test_example_config_runs_as_written(pg_database, tmp_path):
     assert [(e["op"], e["after"]) for e in paid] == [("c", {"id": 2, "status": "paid"}),
                                                      ("u", {"id": 1, "status": "paid"})]
     customers = [json.loads(line) for line in out.decode().splitlines()]
-    assert [(c["op"], c["after"]) for c in customers] == [("c", {"id": 1, "name": "Ann"})]
+    # the example copies existing rows first (snapshot: initial): Ann may also come as op r
+    assert [(c["op"], c["after"]) for c in customers if c["op"] != "r"] == [("c", {"id": 1, "name": "Ann"})]
     assert status.returncode == 0, status.stderr
     [row] = json.loads(status.stdout)
     assert row["source"] == "shop" and row["position"]["lsn"].count("/") == 1

@@ -23,7 +23,7 @@ def test_sigkill_loses_nothing(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE items (id bigint PRIMARY KEY, n int NOT NULL)")
     cfg = {"sources": {"db": {"type": "postgres", "dsn": pg_database, "tables": ["public.items"],
                               "checkpoint": {"type": "file", "path": "state/db.json"},
-                              "checkpoint_interval": 0.2}},
+                              "checkpoint_interval": 0.2, "snapshot": "never"}},
            "pipelines": {"all": {"source": "db", "sinks": [{"type": "file", "path": "out/items.jsonl"}]}}}
     path = tmp_path / "pipelines.yaml"
     path.write_text(yaml.safe_dump(cfg))

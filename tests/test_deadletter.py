@@ -56,6 +56,7 @@ sources:
     tables: [public.orders]
     checkpoint: {{type: file, path: state/shop.json}}
     checkpoint_interval: 0.1
+    snapshot: never                   # these tests are about live changes
 pipelines:
 {pipeline}
 """)
@@ -207,7 +208,7 @@ def test_table_dlq_lists_and_removes(pg_database, tmp_path):
     config = tmp_path / "p.yaml"
     config.write_text(f"""
 sources:
-  shop: {{type: postgres, dsn: "{pg_database}", tables: [orders], checkpoint: {{type: memory}}}}
+  shop: {{type: postgres, dsn: "{pg_database}", tables: [orders], checkpoint: {{type: memory}}, snapshot: never}}
 pipelines:
   orders:
     source: shop

@@ -170,12 +170,14 @@ sources:
     tables: [orders]
     slot: {slot}_a
     checkpoint: {type: file, path: state/a.json}
+    snapshot: never
   b:
     type: postgres
     dsn: "DSN_B"
     tables: [orders]
     slot: {slot}_b
     checkpoint: {type: file, path: state/b.json}
+    snapshot: never
 pipelines:
   pa: {source: a, sinks: [{type: file, path: out/a.jsonl}]}
   pb: {source: b, sinks: [{type: file, path: out/b.jsonl}]}

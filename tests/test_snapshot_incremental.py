@@ -74,6 +74,19 @@ def test_where_bad_where_cancel_and_list(pg_database, tmp_path):
         assert code == 0, text
         wait_for(lambda: sum(e["op"] == "r" for e in read_jsonl(out)) == 50, 60, "the rows of the condition")
         assert sorted(e["after"]["id"] for e in read_jsonl(out)) == list(range(7, 50000, 1000))
+        # the figures: Prometheus, and the progress bar of a terminal
+        import io
+
+        from cdc.observe.metrics import RunnerMetrics
+        from cdc.snapshot.progress import ProgressBars
+        metrics = RunnerMetrics(r.runner).render().decode()
+        assert 'cdc_snapshot_rows_total{source="db"} 50.0' in metrics, metrics
+        assert 'cdc_snapshot_tables_remaining{source="db"} 0.0' in metrics, metrics
+        screen = io.StringIO()
+        bars = ProgressBars(r.runner, stream=screen)
+        bars(r.runner)
+        bars.close()
+        assert "snapshot public.snap" in screen.getvalue() and "50/50" in screen.getvalue(), screen.getvalue()
         # a long copy, cancelled
         code, text = cdc("snapshot", path, "--source", "db", "--table", "snap")
         snapshot_id = text.split("snapshot ")[1].split()[0]
@@ -104,7 +117,7 @@ def test_table_without_primary_key_and_table_added_later(pg_database, tmp_path):
         "INSERT INTO nokey SELECT g FROM generate_series(1, 10) g",
         "CREATE TABLE b (id bigint PRIMARY KEY, n int)", "INSERT INTO b SELECT g, g FROM generate_series(1, 200) g")
     out = tmp_path / "out/all.jsonl"
-    cfg = config(tmp_path, pg_database, ["public.a", "public.nokey"], {"all": file_pipeline()}, snapshot_chunk_size=64)
+    cfg = config(tmp_path, pg_database, ["public.a", "public.nokey"], {"all": file_pipeline()}, snapshot="initial", snapshot_chunk_size=64)
     with Running(cfg) as r:
         wait_for(lambda: r.runner.snapshots.finished, 60, "the copy")
         sql(pg_database, "INSERT INTO nokey VALUES (11)")
@@ -114,7 +127,7 @@ def test_table_without_primary_key_and_table_added_later(pg_database, tmp_path):
     assert not any(e["op"] == "r" and e["source"]["table"] == "nokey" for e in events)
     # b joins the source: it alone gets a copy, a and nokey keep streaming
     cfg = config(tmp_path, pg_database, ["public.a", "public.nokey", "public.b"], {"all": file_pipeline()},
-                 snapshot_chunk_size=64)
+                 snapshot="initial", snapshot_chunk_size=64)
     with Running(cfg) as r:
         wait_for(lambda: r.runner.snapshots.finished, 60, "the copy of b")
         sql(pg_database, "UPDATE a SET n = 0 WHERE id = 1")

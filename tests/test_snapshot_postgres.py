@@ -21,7 +21,7 @@ def test_initial_snapshot_then_stream(pg_database, tmp_path):
                      " at timestamptz, tags text[])",
         "INSERT INTO items SELECT g, 'item ' || g || E'\\ttab', g * 1.5, '2026-01-01'::timestamptz + g * interval '1s',"
         " ARRAY['a', 'b c'] FROM generate_series(1, 1000) g")
-    cfg = config(tmp_path, pg_database, ["public.items"], {"all": file_pipeline()}, snapshot_chunk_size=128)
+    cfg = config(tmp_path, pg_database, ["public.items"], {"all": file_pipeline()}, snapshot="initial", snapshot_chunk_size=128)
     out = tmp_path / "out/all.jsonl"
     with Running(cfg) as r:
         wait_for(lambda: len(read_jsonl(out)) >= 1000, 60, "the snapshot rows")
@@ -79,7 +79,7 @@ def test_writer_hits_the_chunk_being_copied(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note text)",
         f"INSERT INTO snap SELECT 2 * g, 0, 'row ' || g FROM generate_series(1, {ROWS}) g")
     chunk = 4000
-    cfg = config(tmp_path, pg_database, ["public.snap"], {"all": file_pipeline()}, snapshot_chunk_size=chunk)
+    cfg = config(tmp_path, pg_database, ["public.snap"], {"all": file_pipeline()}, snapshot="initial", snapshot_chunk_size=chunk)
     out = tmp_path / "out/all.jsonl"
     with Running(cfg) as r:
         with ChunkHitter(_pg_executor(pg_database), lambda: 2 * (_current(r.runner) or 0) // 2, chunk * 2,

@@ -287,6 +287,8 @@ class SnapshotController:
                 if self.window is not None and self.window.entry is e:
                     self.window = None
                 self.queue.remove(e)
+                if e["id"] == INITIAL and e["table"] not in self.done:
+                    self.done.append(e["table"])  # not copied again at the next start
                 changed = True
         if changed:
             self._changed()
