@@ -9,8 +9,8 @@ import time
 from click.testing import CliRunner
 
 from cdc.cli import main
-from pgutil import Running, config, file_pipeline, read_jsonl, sql
-from snapshot_helpers import ChunkHitter, rebuild, same_ids_same_content
+from pgutil import Running, config, file_pipeline, sql
+from snapshot_helpers import ChunkHitter, read_complete, rebuild, same_ids_same_content
 from test_snapshot_postgres import _current, _pg_executor, _table_rows, wait_for
 
 
@@ -32,7 +32,7 @@ def test_on_demand_snapshot_while_a_writer_hits_the_chunk(pg_database, tmp_path)
     path = str(tmp_path / "pipelines.yaml")
     with Running(cfg) as r:
         sql(pg_database, "UPDATE snap SET v = 1 WHERE id = 2")
-        wait_for(lambda: len(read_jsonl(out)) == 1, 30, "a live change")
+        wait_for(lambda: len(read_complete(out)) == 1, 30, "a live change")
         with ChunkHitter(_pg_executor(pg_database), lambda: _current(r.runner), chunk * 2, seed) as writer:
             time.sleep(0.5)
             code, text = cdc("snapshot", path, "--source", "db", "--table", "snap")
@@ -46,10 +46,10 @@ def test_on_demand_snapshot_while_a_writer_hits_the_chunk(pg_database, tmp_path)
         assert writer.error is None, writer.error
         expected = _table_rows(pg_database)
         deadline = time.time() + 60
-        while rebuild(read_jsonl(out), "snap") != expected:
+        while rebuild(read_complete(out), "snap") != expected:
             assert time.time() < deadline, "the file sink did not reach the table's state"
             time.sleep(0.5)
-    events = read_jsonl(out)
+    events = read_complete(out)
     same_ids_same_content(events)
     reads = [e for e in events if e["op"] == "r"]
     assert reads and reads[-1]["source"]["snapshot"] == "last"
@@ -72,8 +72,8 @@ def test_where_bad_where_cancel_and_list(pg_database, tmp_path):
         # only the rows matching a condition
         code, text = cdc("snapshot", path, "--source", "db", "--table", "snap", "--where", "id % 1000 = 7")
         assert code == 0, text
-        wait_for(lambda: sum(e["op"] == "r" for e in read_jsonl(out)) == 50, 60, "the rows of the condition")
-        assert sorted(e["after"]["id"] for e in read_jsonl(out)) == list(range(7, 50000, 1000))
+        wait_for(lambda: sum(e["op"] == "r" for e in read_complete(out)) == 50, 60, "the rows of the condition")
+        assert sorted(e["after"]["id"] for e in read_complete(out)) == list(range(7, 50000, 1000))
         # the figures: Prometheus, and the progress bar of a terminal
         import io
 
@@ -101,7 +101,7 @@ def test_where_bad_where_cancel_and_list(pg_database, tmp_path):
         time.sleep(1.5)
         assert r.runner.snapshots.rows_total == copied
         sql(pg_database, "UPDATE snap SET v = 9 WHERE id = 1")
-        wait_for(lambda: read_jsonl(out)[-1]["op"] == "u", 30, "streaming after the cancel")
+        wait_for(lambda: read_complete(out)[-1]["op"] == "u", 30, "streaming after the cancel")
         # the running process's status file (rewritten every 2 s) is what --list reads
         wait_for(lambda: "no snapshot queued" in cdc("snapshot", path, "--source", "db", "--list")[1], 10,
                  "--list to show the cancel")
@@ -121,8 +121,8 @@ def test_table_without_primary_key_and_table_added_later(pg_database, tmp_path):
     with Running(cfg) as r:
         wait_for(lambda: r.runner.snapshots.finished, 60, "the copy")
         sql(pg_database, "INSERT INTO nokey VALUES (11)")
-        wait_for(lambda: any(e["op"] == "c" for e in read_jsonl(out)), 30, "streaming of the table without a key")
-    events = read_jsonl(out)
+        wait_for(lambda: any(e["op"] == "c" for e in read_complete(out)), 30, "streaming of the table without a key")
+    events = read_complete(out)
     assert sum(e["op"] == "r" and e["source"]["table"] == "a" for e in events) == 300
     assert not any(e["op"] == "r" and e["source"]["table"] == "nokey" for e in events)
     # b joins the source: it alone gets a copy, a and nokey keep streaming
@@ -131,7 +131,7 @@ def test_table_without_primary_key_and_table_added_later(pg_database, tmp_path):
     with Running(cfg) as r:
         wait_for(lambda: r.runner.snapshots.finished, 60, "the copy of b")
         sql(pg_database, "UPDATE a SET n = 0 WHERE id = 1")
-        wait_for(lambda: read_jsonl(out)[-1]["op"] == "u", 30, "streaming")
-    events = read_jsonl(out)
+        wait_for(lambda: read_complete(out)[-1]["op"] == "u", 30, "streaming")
+    events = read_complete(out)
     assert sum(e["op"] == "r" and e["source"]["table"] == "a" for e in events) == 300
     assert sum(e["op"] == "r" and e["source"]["table"] == "b" for e in events) == 200

@@ -141,7 +141,9 @@ class SourceRunner:
             if (tracker.events_in_flight >= spec.max_in_flight_events
                     or tracker.bytes_in_flight >= spec.max_in_flight_bytes):
                 source.keepalive()
-                tracker.wait(0.2)
+                # a snapshot reads its next chunk while the sinks work; otherwise wait
+                if not (self.snapshots is not None and self.snapshots.ready and self._snapshot_tick()):
+                    tracker.wait(0.2)
                 self._checkpoint()
                 continue
             try:
@@ -163,10 +165,13 @@ class SourceRunner:
             for tick in self.on_tick:
                 tick(self)
 
-    def _snapshot_tick(self) -> None:
-        """Read the next snapshot chunk when the sinks have room (docs/snapshots.md)."""
+    def _snapshot_tick(self) -> bool:
+        """Read the next snapshot chunk when the sinks have room (docs/snapshots.md);
+        True when a chunk was read or placed."""
         snapshots = self.snapshots
-        room = (self.tracker.events_in_flight < self.spec.max_in_flight_events
+        window = snapshots.window
+        # the next chunk is read while the sinks still work on the last one
+        room = (self.tracker.events_in_flight < self.spec.max_in_flight_events + snapshots.chunk_size
                 and not self._stop.is_set())
         items = snapshots.tick(room, self._in_tx)
         if items:
@@ -174,6 +179,7 @@ class SourceRunner:
         if snapshots.finished and snapshots.mode == "initial_only" and not self._stop.is_set():
             log.info("source %s: the initial snapshot is done (snapshot: initial_only): stopping", self.name)
             self._stop.set()
+        return bool(items) or snapshots.window is not window
 
     def _finishing_tx(self) -> bool:
         """After a stop request, read on to the end of a half-read transaction (for at
