@@ -88,7 +88,7 @@ def time_pg_recvlogical(dsn: str, end_lsn: str) -> float:
 def make_runner(dsn: str, bootstrap: str, workdir: Path) -> SourceRunner:
     raw = {"sources": {"bench": {"type": "postgres", "dsn": dsn, "tables": ["orders"],
                                  "slot": "cdc_bench", "publication": "cdc_bench", "create": False,
-                                 "checkpoint": {"type": "memory"}}},
+                                 "checkpoint": {"type": "memory"}, "snapshot": "never"}},
            "pipelines": {"p": {"source": "bench", "sinks": [
                {"type": "kafka", "bootstrap_servers": bootstrap, "topic": TOPIC}]}}}
     config = parse_config(raw, workdir / "bench.yaml", {})

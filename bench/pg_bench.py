@@ -69,7 +69,8 @@ def cdc_child(dsn: str, slot: str, publication: str) -> None:
     from cdc.config import parse_config
     from cdc.engine import SourceRunner
     raw = {"sources": {"db": {"type": "postgres", "dsn": dsn, "tables": ["public.orders"], "slot": slot,
-                              "publication": publication, "checkpoint": {"type": "memory"}}},
+                              "publication": publication, "checkpoint": {"type": "memory"},
+                              "snapshot": "never"}},
            "pipelines": {"bench": {"source": "db", "sinks": [{"type": "discard"}]}}}
     runner = SourceRunner(parse_config(raw, Path("bench.yaml"), {}), "db")
     start = time.perf_counter()
