@@ -100,7 +100,8 @@ class SnapshotReader(Protocol):
         """The table's approximate row count (for progress), or None."""
 
     def check_where(self, table: str, where: str) -> None:
-        """Raise ``SnapshotInputError`` when ``where`` is not a valid condition on ``table``."""
+        """Raise ``SnapshotInputError`` when ``where`` is not a valid condition on ``table``,
+        or the table cannot be copied (no primary key)."""
 
     def close(self) -> None: ...
 

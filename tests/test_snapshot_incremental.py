@@ -111,7 +111,7 @@ def test_where_bad_where_cancel_and_list(pg_database, tmp_path):
     print(f"cancelled after {copied - 50} of 50000 rows")
 
 
-def test_table_without_primary_key_and_table_added_later(pg_database, tmp_path):
+def test_table_without_primary_key_and_table_added_later(pg_database, tmp_path, caplog):
     sql(pg_database, "CREATE TABLE a (id bigint PRIMARY KEY, n int)", "INSERT INTO a SELECT g, g FROM generate_series(1, 300) g",
         "CREATE TABLE nokey (n int)", "ALTER TABLE nokey REPLICA IDENTITY FULL",
         "INSERT INTO nokey SELECT g FROM generate_series(1, 10) g",
@@ -125,6 +125,9 @@ def test_table_without_primary_key_and_table_added_later(pg_database, tmp_path):
     events = read_complete(out)
     assert sum(e["op"] == "r" and e["source"]["table"] == "a" for e in events) == 300
     assert not any(e["op"] == "r" and e["source"]["table"] == "nokey" for e in events)
+    assert "table public.nokey has no primary key" in caplog.text, caplog.text
+    code, text = cdc("snapshot", str(tmp_path / "pipelines.yaml"), "--source", "db", "--table", "nokey")
+    assert code == 2 and "has no primary key" in text, text
     # b joins the source: it alone gets a copy, a and nokey keep streaming
     cfg = config(tmp_path, pg_database, ["public.a", "public.nokey", "public.b"], {"all": file_pipeline()},
                  snapshot="initial", snapshot_chunk_size=64)

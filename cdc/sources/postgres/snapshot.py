@@ -183,6 +183,7 @@ class PostgresSnapshotReader:
         return int(row[0]) if row and row[0] >= 0 else None
 
     def check_where(self, table: str, where: str) -> None:
+        self._table(table)  # a table without a primary key is refused here
         conn = self._connect()
         query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
             sql.Identifier(*table.split(".", 1)), sql.SQL(where))
