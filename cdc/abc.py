@@ -110,10 +110,11 @@ class SnapshotReader(Protocol):
 class Snapshottable(Protocol):
     """A source that can copy its existing rows.  Its ``snapshot*`` constructor options
     are the YAML options (``snapshot: initial | never | initial_only | when_needed``,
-    ``snapshot_chunk_size``)."""
+    ``snapshot_chunk_size``, ``snapshot_parallelism``: chunks open at once)."""
 
     snapshot: str
     snapshot_chunk_size: int
+    snapshot_parallelism: int
 
     def snapshot_reader(self) -> SnapshotReader:
         """A new reader on its own connection."""

@@ -87,7 +87,8 @@ class SourceRunner:
         self._checkpoint_failing_since: float | None = None
         # copying existing rows (docs/snapshots.md); None for a source that cannot
         self.snapshots = (SnapshotController(source, self.source, self.source.snapshot, self.spec.tables,
-                                             self.source.snapshot_chunk_size, config.state_dir)
+                                             self.source.snapshot_chunk_size, config.state_dir,
+                                             self.source.snapshot_parallelism)
                           if isinstance(self.source, Snapshottable) else None)
 
     # ---- control --------------------------------------------------------------
@@ -169,7 +170,7 @@ class SourceRunner:
         """Read the next snapshot chunk when the sinks have room (docs/snapshots.md);
         True when a chunk was read or placed."""
         snapshots = self.snapshots
-        window = snapshots.window
+        read = snapshots.chunks_read
         # the next chunk is read while the sinks still work on the last one
         room = (self.tracker.events_in_flight < self.spec.max_in_flight_events + snapshots.chunk_size
                 and not self._stop.is_set())
@@ -179,7 +180,7 @@ class SourceRunner:
         if snapshots.finished and snapshots.mode == "initial_only" and not self._stop.is_set():
             log.info("source %s: the initial snapshot is done (snapshot: initial_only): stopping", self.name)
             self._stop.set()
-        return bool(items) or snapshots.window is not window
+        return bool(items) or snapshots.chunks_read != read
 
     def _finishing_tx(self) -> bool:
         """After a stop request, read on to the end of a half-read transaction (for at
