@@ -106,7 +106,7 @@ def test_writer_hits_the_chunk_being_copied(pg_database, tmp_path):
     assert writer.done > 100
 
 
-def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_path):
+def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_path, request):
     import os
     import random
     import re
@@ -130,10 +130,14 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_p
     checkpoint = tmp_path / "state/db.json"
     runs = []
 
+    procs: list[subprocess.Popen] = []
+    request.addfinalizer(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
+
     def start() -> subprocess.Popen:
         log = open(tmp_path / f"run{len(runs)}.log", "wb")
         runs.append(log.name)
-        return subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log)
+        procs.append(subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log))
+        return procs[-1]
 
     def copied() -> int | None:
         try:
