@@ -99,7 +99,8 @@ def read_cdc_runner(port: int, start: dict) -> int:
     from cdc.engine import SourceRunner, tune_process
 
     raw = {"sources": {"bench": {"type": "mysql", "dsn": f"mysql://root:root@127.0.0.1:{port}/bench",
-                                 "tables": ["bench.orders"], "server_id": 4303, "checkpoint": {"type": "memory"}}},
+                                 "tables": ["bench.orders"], "server_id": 4303, "checkpoint": {"type": "memory"},
+                                 "snapshot": "never"}},
            "pipelines": {"all": {"source": "bench", "sinks": [{"type": "discard", "batch_size": 5000}]}}}
     config = parse_config(raw, Path("bench.yaml"), {})
     tune_process()  # as `cdc run` does

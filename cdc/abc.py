@@ -129,7 +129,8 @@ class SnapshotReader(Protocol):
         """The table's approximate row count (for progress), or None."""
 
     def check_where(self, table: str, where: str) -> None:
-        """Raise ``SnapshotInputError`` when ``where`` is not a valid condition on ``table``."""
+        """Raise ``SnapshotInputError`` when ``where`` is not a valid condition on ``table``,
+        or the table cannot be copied (no primary key)."""
 
     def close(self) -> None: ...
 
@@ -138,10 +139,11 @@ class SnapshotReader(Protocol):
 class Snapshottable(Protocol):
     """A source that can copy its existing rows.  Its ``snapshot*`` constructor options
     are the YAML options (``snapshot: initial | never | initial_only | when_needed``,
-    ``snapshot_chunk_size``)."""
+    ``snapshot_chunk_size``, ``snapshot_parallelism``: chunks open at once)."""
 
     snapshot: str
     snapshot_chunk_size: int
+    snapshot_parallelism: int
 
     def snapshot_reader(self) -> SnapshotReader:
         """A new reader on its own connection."""

@@ -26,6 +26,7 @@ def sql(dsn: str, *statements: str, params=None) -> list:
 
 def config(tmp_path: Path, dsn: str, tables: list[str], pipelines: dict, checkpoint: dict | None = None,
            **source_options):
+    source_options.setdefault("snapshot", "never")  # these tests stream; snapshot tests ask for one
     raw = {"sources": {"db": {"type": "postgres", "dsn": dsn, "tables": tables,
                               "checkpoint": checkpoint or {"type": "file", "path": "state/db.json"},
                               "checkpoint_interval": 0.0, **source_options}},

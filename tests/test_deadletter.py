@@ -210,7 +210,7 @@ def test_table_dlq_lists_and_removes(pg_database, tmp_path):
     config = tmp_path / "p.yaml"
     config.write_text(f"""
 sources:
-  shop: {{type: postgres, dsn: "{pg_database}", tables: [orders], checkpoint: {{type: memory}}}}
+  shop: {{type: postgres, dsn: "{pg_database}", tables: [orders], checkpoint: {{type: memory}}, snapshot: never}}
 pipelines:
   orders:
     source: shop

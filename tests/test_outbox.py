@@ -74,7 +74,7 @@ def test_outbox_table_to_webhooks_by_type(pg_database, tmp_path):
         config = tmp_path / "p.yaml"
         config.write_text(f"""
 sources:
-  shop: {{type: postgres, dsn: "{pg_database}", slot: {slot}, tables: [outbox], checkpoint: {{type: memory}}}}
+  shop: {{type: postgres, dsn: "{pg_database}", slot: {slot}, tables: [outbox], checkpoint: {{type: memory}}, snapshot: never}}
 pipelines:
   messages:
     source: shop

@@ -7,12 +7,12 @@ import random
 import time
 
 from click.testing import CliRunner
-from snapshot_helpers import ChunkHitter, rebuild, same_ids_same_content
+from snapshot_helpers import ChunkHitter, read_complete, rebuild, same_ids_same_content
 from test_snapshot_postgres import _current, _pg_executor, _table_rows, wait_for
 
 from cdc.cli import main
 
-from pgutil import Running, config, file_pipeline, read_jsonl, sql
+from pgutil import Running, config, file_pipeline, sql
 
 
 def cdc(*args) -> tuple[int, str]:
@@ -33,7 +33,7 @@ def test_on_demand_snapshot_while_a_writer_hits_the_chunk(pg_database, tmp_path)
     path = str(tmp_path / "pipelines.yaml")
     with Running(cfg) as r:
         sql(pg_database, "UPDATE snap SET v = 1 WHERE id = 2")
-        wait_for(lambda: len(read_jsonl(out)) == 1, 30, "a live change")
+        wait_for(lambda: len(read_complete(out)) == 1, 30, "a live change")
         with ChunkHitter(_pg_executor(pg_database), lambda: _current(r.runner), chunk * 2, seed) as writer:
             time.sleep(0.5)
             code, text = cdc("snapshot", path, "--source", "db", "--table", "snap")
@@ -47,10 +47,10 @@ def test_on_demand_snapshot_while_a_writer_hits_the_chunk(pg_database, tmp_path)
         assert writer.error is None, writer.error
         expected = _table_rows(pg_database)
         deadline = time.time() + 60
-        while rebuild(read_jsonl(out), "snap") != expected:
+        while rebuild(read_complete(out), "snap") != expected:
             assert time.time() < deadline, "the file sink did not reach the table's state"
             time.sleep(0.5)
-    events = read_jsonl(out)
+    events = read_complete(out)
     same_ids_same_content(events)
     reads = [e for e in events if e["op"] == "r"]
     assert reads and reads[-1]["source"]["snapshot"] == "last"
@@ -73,8 +73,21 @@ def test_where_bad_where_cancel_and_list(pg_database, tmp_path):
         # only the rows matching a condition
         code, text = cdc("snapshot", path, "--source", "db", "--table", "snap", "--where", "id % 1000 = 7")
         assert code == 0, text
-        wait_for(lambda: sum(e["op"] == "r" for e in read_jsonl(out)) == 50, 60, "the rows of the condition")
-        assert sorted(e["after"]["id"] for e in read_jsonl(out)) == list(range(7, 50000, 1000))
+        wait_for(lambda: sum(e["op"] == "r" for e in read_complete(out)) == 50, 60, "the rows of the condition")
+        assert sorted(e["after"]["id"] for e in read_complete(out)) == list(range(7, 50000, 1000))
+        # the figures: Prometheus, and the progress bar of a terminal
+        import io
+
+        from cdc.observe.metrics import RunnerMetrics
+        from cdc.snapshot.progress import ProgressBars
+        metrics = RunnerMetrics(r.runner).render().decode()
+        assert 'cdc_snapshot_rows_total{source="db"} 50.0' in metrics, metrics
+        assert 'cdc_snapshot_tables_remaining{source="db"} 0.0' in metrics, metrics
+        screen = io.StringIO()
+        bars = ProgressBars(r.runner, stream=screen)
+        bars(r.runner)
+        bars.close()
+        assert "snapshot public.snap" in screen.getvalue() and "50/50" in screen.getvalue(), screen.getvalue()
         # a long copy, cancelled
         code, text = cdc("snapshot", path, "--source", "db", "--table", "snap")
         snapshot_id = text.split("snapshot ")[1].split()[0]
@@ -89,7 +102,7 @@ def test_where_bad_where_cancel_and_list(pg_database, tmp_path):
         time.sleep(1.5)
         assert r.runner.snapshots.rows_total == copied
         sql(pg_database, "UPDATE snap SET v = 9 WHERE id = 1")
-        wait_for(lambda: read_jsonl(out)[-1]["op"] == "u", 30, "streaming after the cancel")
+        wait_for(lambda: read_complete(out)[-1]["op"] == "u", 30, "streaming after the cancel")
         # the running process's status file (rewritten every 2 s) is what --list reads
         wait_for(lambda: "no snapshot queued" in cdc("snapshot", path, "--source", "db", "--list")[1], 10,
                  "--list to show the cancel")
@@ -99,27 +112,31 @@ def test_where_bad_where_cancel_and_list(pg_database, tmp_path):
     print(f"cancelled after {copied - 50} of 50000 rows")
 
 
-def test_table_without_primary_key_and_table_added_later(pg_database, tmp_path):
+def test_table_without_primary_key_and_table_added_later(pg_database, tmp_path, caplog):
     sql(pg_database, "CREATE TABLE a (id bigint PRIMARY KEY, n int)", "INSERT INTO a SELECT g, g FROM generate_series(1, 300) g",
         "CREATE TABLE nokey (n int)", "ALTER TABLE nokey REPLICA IDENTITY FULL",
         "INSERT INTO nokey SELECT g FROM generate_series(1, 10) g",
         "CREATE TABLE b (id bigint PRIMARY KEY, n int)", "INSERT INTO b SELECT g, g FROM generate_series(1, 200) g")
     out = tmp_path / "out/all.jsonl"
-    cfg = config(tmp_path, pg_database, ["public.a", "public.nokey"], {"all": file_pipeline()}, snapshot_chunk_size=64)
+    cfg = config(tmp_path, pg_database, ["public.a", "public.nokey"], {"all": file_pipeline()},
+                 snapshot="initial", snapshot_chunk_size=64)
     with Running(cfg) as r:
         wait_for(lambda: r.runner.snapshots.finished, 60, "the copy")
         sql(pg_database, "INSERT INTO nokey VALUES (11)")
-        wait_for(lambda: any(e["op"] == "c" for e in read_jsonl(out)), 30, "streaming of the table without a key")
-    events = read_jsonl(out)
+        wait_for(lambda: any(e["op"] == "c" for e in read_complete(out)), 30, "streaming of the table without a key")
+    events = read_complete(out)
     assert sum(e["op"] == "r" and e["source"]["table"] == "a" for e in events) == 300
     assert not any(e["op"] == "r" and e["source"]["table"] == "nokey" for e in events)
+    assert "table public.nokey has no primary key" in caplog.text, caplog.text
+    code, text = cdc("snapshot", str(tmp_path / "pipelines.yaml"), "--source", "db", "--table", "nokey")
+    assert code == 2 and "has no primary key" in text, text
     # b joins the source: it alone gets a copy, a and nokey keep streaming
     cfg = config(tmp_path, pg_database, ["public.a", "public.nokey", "public.b"], {"all": file_pipeline()},
-                 snapshot_chunk_size=64)
+                 snapshot="initial", snapshot_chunk_size=64)
     with Running(cfg) as r:
         wait_for(lambda: r.runner.snapshots.finished, 60, "the copy of b")
         sql(pg_database, "UPDATE a SET n = 0 WHERE id = 1")
-        wait_for(lambda: read_jsonl(out)[-1]["op"] == "u", 30, "streaming")
-    events = read_jsonl(out)
+        wait_for(lambda: read_complete(out)[-1]["op"] == "u", 30, "streaming")
+    events = read_complete(out)
     assert sum(e["op"] == "r" and e["source"]["table"] == "a" for e in events) == 300
     assert sum(e["op"] == "r" and e["source"]["table"] == "b" for e in events) == 200

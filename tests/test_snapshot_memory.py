@@ -16,6 +16,24 @@ import yaml
 
 from pgutil import sql
 
+
+def watch_peak_rss(proc: subprocess.Popen, deadline: float) -> int:
+    """The process's peak RSS in KiB (``VmHWM``, polled until it exits).  Not
+    ``wait4``'s ``ru_maxrss``: that one counts the forked copy of this (large) test
+    process from before the child's exec."""
+    peak = 0
+    while proc.poll() is None:
+        assert time.time() < deadline, "the copy did not finish"
+        try:
+            for line in open(f"/proc/{proc.pid}/status"):
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except OSError:
+            pass
+        time.sleep(0.05)
+    return peak
+
+
 ROWS = int(os.environ.get("CDC_SNAPSHOT_MEMORY_ROWS", "200000"))
 BOUND_MIB = 200
 LAUNCHER = ("import os, subprocess, sys\n"

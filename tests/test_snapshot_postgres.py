@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import time
 
-from snapshot_helpers import ChunkHitter, rebuild, same_ids_same_content
+from snapshot_helpers import ChunkHitter, read_complete, rebuild, same_ids_same_content
 
 from pgutil import Running, config, file_pipeline, read_jsonl, sql
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
-    while not predicate():
+    while True:
+        try:
+            if predicate():
+                return
+        except ValueError:  # a line of a file sink caught half-written
+            pass
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.1)
 
@@ -22,15 +27,15 @@ def test_initial_snapshot_then_stream(pg_database, tmp_path):
                      " at timestamptz, tags text[])",
         "INSERT INTO items SELECT g, 'item ' || g || E'\\ttab', g * 1.5, '2026-01-01'::timestamptz + g * interval '1s',"
         " ARRAY['a', 'b c'] FROM generate_series(1, 1000) g")
-    cfg = config(tmp_path, pg_database, ["public.items"], {"all": file_pipeline()}, snapshot_chunk_size=128)
+    cfg = config(tmp_path, pg_database, ["public.items"], {"all": file_pipeline()}, snapshot="initial", snapshot_chunk_size=128)
     out = tmp_path / "out/all.jsonl"
     with Running(cfg) as r:
-        wait_for(lambda: len(read_jsonl(out)) >= 1000, 60, "the snapshot rows")
+        wait_for(lambda: len(read_complete(out)) >= 1000, 60, "the snapshot rows")
         sql(pg_database, "UPDATE items SET name = 'changed' WHERE id = 5")
-        wait_for(lambda: len(read_jsonl(out)) >= 1001, 30, "the live change")
+        wait_for(lambda: len(read_complete(out)) >= 1001, 30, "the live change")
         wait_for(lambda: r.runner.saved_position and not r.runner.saved_position["snapshot"]["queue"], 30,
                  "the checkpoint")
-    events = read_jsonl(out)
+    events = read_complete(out)
     reads = [e for e in events if e["op"] == "r"]
     assert [e["after"]["id"] for e in reads] == list(range(1, 1001))
     assert reads[0]["after"] == {"id": 1, "name": "item 1\ttab", "price": "1.50", "at": "2026-01-01T00:00:01Z",
@@ -42,8 +47,8 @@ def test_initial_snapshot_then_stream(pg_database, tmp_path):
     # a restart copies nothing again
     with Running(cfg):
         sql(pg_database, "UPDATE items SET name = 'again' WHERE id = 6")
-        wait_for(lambda: len(read_jsonl(out)) >= 1002, 30, "the second live change")
-    assert len(read_jsonl(out)) == 1002
+        wait_for(lambda: len(read_complete(out)) >= 1002, 30, "the second live change")
+    assert len(read_complete(out)) == 1002
 
 
 
@@ -105,7 +110,7 @@ def test_writer_hits_the_chunk_being_copied(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note text)",
         f"INSERT INTO snap SELECT 2 * g, 0, 'row ' || g FROM generate_series(1, {ROWS}) g")
     chunk = 4000
-    cfg = config(tmp_path, pg_database, ["public.snap"], {"all": file_pipeline()}, snapshot_chunk_size=chunk)
+    cfg = config(tmp_path, pg_database, ["public.snap"], {"all": file_pipeline()}, snapshot="initial", snapshot_chunk_size=chunk)
     out = tmp_path / "out/all.jsonl"
     with Running(cfg) as r:
         with ChunkHitter(_pg_executor(pg_database), lambda: 2 * (_current(r.runner) or 0) // 2, chunk * 2,
@@ -115,11 +120,11 @@ def test_writer_hits_the_chunk_being_copied(pg_database, tmp_path):
         assert writer.error is None, writer.error
         expected = _table_rows(pg_database)
         deadline = time.time() + 60
-        while rebuild(read_jsonl(out), "snap") != expected:
+        while rebuild(read_complete(out), "snap") != expected:
             assert time.time() < deadline, "the file sink did not reach the table's state"
             time.sleep(0.5)
         figures = r.runner.snapshots.figures()
-    events = read_jsonl(out)
+    events = read_complete(out)
     repeats = same_ids_same_content(events)
     reads = sum(e["op"] == "r" for e in events)
     print(f"{writer.done} writer transactions during the copy; {reads} snapshot rows, "
@@ -127,7 +132,7 @@ def test_writer_hits_the_chunk_being_copied(pg_database, tmp_path):
     assert writer.done > 100
 
 
-def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_path):
+def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_path, request):
     import os
     import random
     import re
@@ -151,10 +156,14 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_p
     checkpoint = tmp_path / "state/db.json"
     runs = []
 
+    procs: list[subprocess.Popen] = []
+    request.addfinalizer(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
+
     def start() -> subprocess.Popen:
         log = open(tmp_path / f"run{len(runs)}.log", "wb")
         runs.append(log.name)
-        return subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log)
+        procs.append(subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log))
+        return procs[-1]
 
     def copied() -> int | None:
         try:
@@ -186,7 +195,7 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_p
     expected = _table_rows(pg_database)
     out = tmp_path / "out/all.jsonl"
     deadline = time.time() + 90
-    while rebuild(read_jsonl(out), "snap") != expected:
+    while rebuild(read_complete(out), "snap") != expected:
         assert time.time() < deadline, "the file sink did not reach the table's state"
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
@@ -199,7 +208,7 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_p
         resumed.append(int(m.group(2)) if m and m.group(2) else None)
     assert resumed[0] is None
     assert sum(k is not None and k > 0 for k in resumed[1:]) >= 4, "restarts did not resume after a chunk"
-    events = read_jsonl(out)
+    events = read_complete(out)
     repeats = same_ids_same_content(events)
     print(f"{kills} kills; {sum(e['op'] == 'r' for e in events)} snapshot rows for {ROWS} rows, "
           f"{repeats} repeated events, {writer.done} writer transactions")

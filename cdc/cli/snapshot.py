@@ -55,14 +55,13 @@ def snapshot(config: str, source_name: str, table: str | None, where: str | None
     source = spec.build()
     if not isinstance(source, Snapshottable):
         fail(f"source {source_name} ({spec.type}) cannot take snapshots", 2)
-    if where is not None:
-        reader = source.snapshot_reader()
-        try:
-            reader.check_where(table, where)
-        except CdcError as exc:
-            fail(str(exc), 2)
-        finally:
-            reader.close()
+    reader = source.snapshot_reader()
+    try:  # the table (a primary key) and the condition, before the request reaches the pipeline
+        reader.check_where(table, where if where is not None else "true")
+    except CdcError as exc:
+        fail(str(exc), 2)
+    finally:
+        reader.close()
     snapshot_id = requests.submit(cfg.state_dir, source_name, table, where)
     click.echo(f"source {source_name}: snapshot {snapshot_id} of {table} requested"
                f"{' where ' + where if where else ''}")

@@ -93,7 +93,8 @@ class SourceRunner:
         self._checkpoint_failing_since: float | None = None
         # copying existing rows (docs/snapshots.md); None for a source that cannot
         self.snapshots = (SnapshotController(source, self.source, self.source.snapshot, self.spec.tables,
-                                             self.source.snapshot_chunk_size, config.state_dir)
+                                             self.source.snapshot_chunk_size, config.state_dir,
+                                             self.source.snapshot_parallelism)
                           if isinstance(self.source, Snapshottable) else None)
 
     @property
@@ -193,13 +194,18 @@ class SourceRunner:
         self.doing = "waiting for the sinks"
         self._tick()
         self.source.keepalive()
-        self.tracker.wait(0.2)
+        # a snapshot reads its next chunk while the sinks work; otherwise wait
+        if not (self.snapshots is not None and self.snapshots.ready and self._snapshot_tick()):
+            self.tracker.wait(0.2)
         self._checkpoint()
 
-    def _snapshot_tick(self) -> None:
-        """Read the next snapshot chunk when the sinks have room (docs/snapshots.md)."""
+    def _snapshot_tick(self) -> bool:
+        """Read the next snapshot chunk when the sinks have room (docs/snapshots.md);
+        True when a chunk was read or placed."""
         snapshots = self.snapshots
-        room = (self.tracker.events_in_flight < self.spec.max_in_flight_events
+        read = snapshots.chunks_read
+        # the next chunk is read while the sinks still work on the last one
+        room = (self.tracker.events_in_flight < self.spec.max_in_flight_events + snapshots.chunk_size
                 and not self._stop.is_set())
         items = snapshots.tick(room, self._in_tx)
         if items:
@@ -207,6 +213,7 @@ class SourceRunner:
         if snapshots.finished and snapshots.mode == "initial_only" and not self._stop.is_set():
             log.info("source %s: the initial snapshot is done (snapshot: initial_only): stopping", self.name)
             self._stop.set()
+        return bool(items) or snapshots.chunks_read != read
 
     def _finishing_tx(self) -> bool:
         """After a stop request, read on to the end of a half-read transaction (for at

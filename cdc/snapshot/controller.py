@@ -48,7 +48,7 @@ class _Window:
 
 class SnapshotController:
     def __init__(self, source_name: str, source, mode: str, tables: list[str], chunk_size: int,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, parallelism: int = 1) -> None:
         self.name = source_name
         self.source = source
         self.mode = mode
@@ -57,7 +57,8 @@ class SnapshotController:
         self.state_dir = state_dir
         self.done: list[str] = []            # tables whose initial copy is done (or needs none)
         self.queue: list[dict] = []          # copies to do, the first one in progress
-        self.window: _Window | None = None
+        self.parallelism = max(1, int(parallelism))
+        self.windows: list[_Window] = []     # chunks read, waiting for their watermark, in read order
         self.reader: Any = None              # the source's SnapshotReader, opened on the first chunk
         self.pending: frozenset[str] = frozenset()   # tables of the queued copies
         self.rows_total = 0                  # snapshot rows emitted by this process
@@ -66,6 +67,7 @@ class SnapshotController:
         self._not_before = 0.0
         self._next_request_look = 0.0
         self._chunks_retried = 0
+        self.chunks_read = 0
 
     # ---- planning ---------------------------------------------------------------
 
@@ -107,9 +109,29 @@ class SnapshotController:
         return self._state
 
     @property
+    def window(self) -> _Window | None:
+        """The oldest open chunk (None: none is open)."""
+        return self.windows[0] if self.windows else None
+
+    @property
     def ready(self) -> bool:
         """A chunk is to be read: the runner should not wait in ``poll``."""
-        return self.window is None and bool(self.queue) and time.monotonic() >= self._not_before
+        return (len(self.windows) < self.parallelism and self._next_entry() is not None
+                and time.monotonic() >= self._not_before)
+
+    def _next_entry(self) -> tuple[dict, list | None] | None:
+        """The copy and the key to read the next chunk after: the open chunks come first."""
+        last = self.windows[-1] if self.windows else None
+        for entry in self.queue:
+            if last is not None and last.entry is entry:
+                if last.chunk.done:
+                    last = None  # this copy has been read to its end: the next one
+                    continue
+                return entry, last.chunk.last_key
+            if last is not None and any(w.entry is entry for w in self.windows):
+                continue
+            return entry, entry["after"]
+        return None
 
     @property
     def finished(self) -> bool:
@@ -125,23 +147,22 @@ class SnapshotController:
         pending = self.pending
         if not pending:
             return items
-        window = self.window
+        windows = self.windows
         reader = self.reader
-        table = window.chunk.table if window is not None else None
         out: list = []
         append = out.append
         for item in items:
             if item.__class__ is Commit:
                 append(item)
-                if window is not None and reader.reached(item.position, window.chunk.watermark):
+                while windows and reader.reached(item.position, windows[0].chunk.watermark):
                     out.extend(self._emit(item.position))
-                    window = table = None
                 continue
             if item.table in pending:
                 if reader is not None:
                     reader.note(item)
-                if item.table == table and reader.newer(item, window.chunk.watermark):
-                    self._supersede(window, item)  # type: ignore[arg-type]  # table is set only with a window
+                for window in windows:
+                    if item.table == window.chunk.table and reader.newer(item, window.chunk.watermark):
+                        self._supersede(window, item)
             append(item)
         return out
 
@@ -165,8 +186,7 @@ class SnapshotController:
                 pass
 
     def _emit(self, position: dict) -> list:
-        window, self.window = self.window, None
-        assert window is not None  # called only when a window's watermark was reached
+        window = self.windows.pop(0)
         chunk, entry = window.chunk, window.entry
         rows = [kr for kr in chunk.rows if kr[0] in window.keys]
         chunk.first_index = entry["rows"]
@@ -195,8 +215,8 @@ class SnapshotController:
                      seconds, (entry["rows"] - progress["rows_start"]) / seconds)
 
     def discard_window(self) -> None:
-        """The source reconnected: read the open chunk again later."""
-        self.window = None
+        """The source reconnected: read the open chunks again later."""
+        self.windows.clear()
 
     # ---- the reading side -------------------------------------------------------------
 
@@ -207,13 +227,12 @@ class SnapshotController:
         if self.state_dir is not None and now >= self._next_request_look:
             self._next_request_look = now + REQUEST_POLL
             self._look_at_requests()
-        if self.window is not None or not self.queue or not room or in_tx or now < self._not_before:
-            if self.window is not None and not in_tx:
-                position = self.source.snapshot_position()
-                if position is not None and self.reader.reached(position, self.window.chunk.watermark):
-                    return self._emit(position)
+        nxt = self._next_entry() if len(self.windows) < self.parallelism else None
+        if nxt is None or not room or in_tx or now < self._not_before:
+            if self.windows and not in_tx:
+                return self._emit_reached(self.source.snapshot_position())
             return []
-        entry = self.queue[0]
+        entry, after = nxt
         key = f"{entry['id']}:{entry['table']}"
         try:
             reader = self._reader()
@@ -222,9 +241,10 @@ class SnapshotController:
                                       "rows_start": entry["rows"],
                                       "total": reader.estimate(entry["table"]), "started": time.time(),
                                       "finished": None, "resumed_after": entry["after"]}
-            chunk = reader.read_chunk(entry["table"], entry["after"], self.chunk_size, entry.get("where"))
+            chunk = reader.read_chunk(entry["table"], after, self.chunk_size, entry.get("where"))
         except SnapshotInputError as exc:
             log.error("source %s: snapshot %s of %s dropped: %s", self.name, entry["id"], entry["table"], exc)
+            self.windows = [w for w in self.windows if w.entry is not entry]
             self.queue.remove(entry)
             if entry["id"] == INITIAL and entry["table"] not in self.done:
                 self.done.append(entry["table"])
@@ -239,13 +259,17 @@ class SnapshotController:
             self._chunks_retried += 1
             self._not_before = now + RETRY_DELAY
             return []
-        self.window = _Window(entry, chunk, {k for k, _ in chunk.rows})
-        log.debug("source %s: chunk of %s after %s: %d rows", self.name, entry["table"], entry["after"],
-                  len(chunk.rows))
-        position = self.source.snapshot_position()
-        if position is not None and reader.reached(position, chunk.watermark):
-            return self._emit(position)
-        return []
+        self.windows.append(_Window(entry, chunk, {k for k, _ in chunk.rows}))
+        self.chunks_read += 1
+        log.debug("source %s: chunk of %s after %s: %d rows", self.name, entry["table"], after, len(chunk.rows))
+        return self._emit_reached(self.source.snapshot_position())
+
+    def _emit_reached(self, position: dict | None) -> list:
+        """The open chunks whose watermark the stream has passed at ``position``."""
+        out: list = []
+        while position is not None and self.windows and self.reader.reached(position, self.windows[0].chunk.watermark):
+            out.extend(self._emit(position))
+        return out
 
     def _reader(self):
         if self.reader is None:
@@ -259,7 +283,7 @@ class SnapshotController:
             except Exception:
                 pass
             self.reader = None
-        self.window = None
+        self.windows.clear()
 
     def close(self) -> None:
         self._close_reader()
@@ -288,9 +312,10 @@ class SnapshotController:
             for e in [e for e in self.queue if e["id"] == cancel_id]:
                 log.info("source %s: snapshot %s of %s cancelled after %d rows", self.name, e["id"],
                          e["table"], e["rows"])
-                if self.window is not None and self.window.entry is e:
-                    self.window = None
+                self.windows = [w for w in self.windows if w.entry is not e]
                 self.queue.remove(e)
+                if e["id"] == INITIAL and e["table"] not in self.done:
+                    self.done.append(e["table"])  # not copied again at the next start
                 changed = True
         if changed:
             self._changed()

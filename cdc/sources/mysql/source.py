@@ -180,17 +180,19 @@ class MySQLSource:
     (``stop``, the default: an INSERT/UPDATE/DELETE on a captured table written in
     statement format stops the source with its position and the fix; ``skip``: such
     statements are skipped with a warning, and the rows they changed are not captured),
-    and ``snapshot`` / ``snapshot_chunk_size`` (copying the existing rows:
+    and ``snapshot`` / ``snapshot_chunk_size`` / ``snapshot_parallelism`` (copying the existing rows:
     ``docs/snapshots.md``)."""
 
     def __init__(self, dsn: str, tables: list[str], server_id: int | None = None,
                  max_poll_events: int = 1000, heartbeat_interval: float = 10.0,
                  fast_decoder: bool = True, statement_dml: Literal["stop", "skip"] = "stop",
                  snapshot: Literal["initial", "never", "initial_only", "when_needed"] = "initial",
-                 snapshot_chunk_size: int = 10_000, context: Context | None = None) -> None:
+                 snapshot_chunk_size: int = 10_000, snapshot_parallelism: int = 2,
+                 context: Context | None = None) -> None:
         self.name = context.source if context else "mysql"
         self.snapshot = snapshot
         self.snapshot_chunk_size = snapshot_chunk_size
+        self.snapshot_parallelism = snapshot_parallelism
         self.dsn = dsn
         try:
             self.settings = checks.parse_dsn(dsn)

@@ -12,6 +12,7 @@ write) marks the chunk's high watermark in the stream.
 from __future__ import annotations
 
 import re
+import select
 import time
 from typing import Any
 
@@ -191,6 +192,7 @@ class PostgresSnapshotReader:
         return int(row[0]) if row and row[0] >= 0 else None
 
     def check_where(self, table: str, where: str) -> None:
+        self._table(table)  # a table without a primary key is refused here
         conn = self._connect()
         query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
             sql.Identifier(*table.split(".", 1)), sql.SQL(where))
@@ -214,19 +216,23 @@ class PostgresSnapshotReader:
                 with conn.transaction(force_rollback=True):
                     self._floor[table] = int(one(conn, "SELECT pg_current_xact_id()::text")[0])
             query = self._query(t, after, limit + 1, where).as_bytes(conn)
-            with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                text = one(conn, "SELECT pg_current_snapshot()::text")[0]
-                lines = self._copy(conn, query)
-                # The high watermark, written after the snapshot was taken; the xid makes the
-                # commit flush the WAL (the message alone would wait for the WAL writer).
-                # And: a transaction committed before this copy started but not visible in
-                # the snapshot makes the snapshot unusable for now (see docs/snapshots.md).
-                high, _, racy = conn.execute(  # type: ignore[misc]  # one row
-                    "SELECT pg_logical_emit_message(false, %s, '')::text, pg_current_xact_id(),"
-                    " (SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x"
-                    "  WHERE x < %s::text::xid8 AND pg_xact_status(x) = 'committed')",
-                    (WATERMARK_PREFIX, str(self._floor[table]))).fetchone()
+            # Two round trips in the simple query protocol.  The high watermark message is
+            # written after the snapshot was taken; the xid makes the commit flush the WAL
+            # (the message alone would wait for the WAL writer).  And: a transaction
+            # committed before this copy started but not visible in the snapshot makes the
+            # snapshot unusable for now (see docs/snapshots.md).
+            try:
+                text, lines = self._copy(conn, b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
+                                               b" SELECT pg_current_snapshot()::text; " + query)
+                high, racy = self._simple(conn, (
+                    f"SELECT pg_logical_emit_message(false, '{WATERMARK_PREFIX}', '')::text, pg_current_xact_id(),"
+                    f" (SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x"
+                    f"  WHERE x < '{int(self._floor[table])}'::xid8 AND pg_xact_status(x) = 'committed'); COMMIT"
+                ).encode())
+            except BaseException:
+                if conn.pgconn.status == pq.ConnStatus.OK:
+                    conn.pgconn.exec_(b"ROLLBACK")
+                raise
         except psycopg.OperationalError as exc:
             self.close()
             raise SourceConnectionError(f"snapshot read of {table}: {str(exc).strip()}",
@@ -261,33 +267,64 @@ class PostgresSnapshotReader:
             key, sql.Literal(limit))
 
     @staticmethod
-    def _copy(conn: psycopg.Connection, query: bytes) -> list[bytes]:
-        """The lines of ``COPY ... TO STDOUT``, read with libpq's calls directly (psycopg's
-        Copy object costs a few microseconds per row)."""
-        pgconn = conn.pgconn
-        pgconn.send_query(query)  # raises if it cannot be sent
-        result = pgconn.get_result()
-        if result is None or result.status != pq.ExecStatus.COPY_OUT:
-            message = result.error_message.decode(errors="replace") if result else pgconn.get_error_message()
-            while pgconn.get_result() is not None:
-                pass
-            cls = psycopg.OperationalError if pgconn.status != pq.ConnStatus.OK else psycopg.DataError
-            raise cls(message.strip())
-        lines: list[bytes] = []
-        append = lines.append
-        get = pgconn.get_copy_data
-        while True:
-            n, data = get(0)
-            if n <= 0:
-                break
-            append(bytes(data))
+    def _results(pgconn):
+        """The results of a simple query, raising on an error (after reading them all)."""
         error = None
         while (result := pgconn.get_result()) is not None:
-            if result.status == pq.ExecStatus.FATAL_ERROR:
+            if result.status == pq.ExecStatus.FATAL_ERROR and error is None:
                 error = result.error_message.decode(errors="replace").strip()
-        if n == -2 or error:
-            raise psycopg.DataError(error or pgconn.get_error_message())
-        return lines
+            elif result.status == pq.ExecStatus.COPY_OUT:
+                yield result
+                continue
+            yield result
+        if error is not None:
+            raise (psycopg.OperationalError if pgconn.status != pq.ConnStatus.OK else psycopg.DataError)(error)
+
+    def _send(self, conn: psycopg.Connection, query: bytes):
+        pgconn = conn.pgconn
+        pgconn.send_query(query)  # raises on failure
+        while pgconn.flush():  # psycopg keeps the connection non-blocking
+            select.select([], [pgconn.socket], [], 10.0)
+        return pgconn
+
+    def _simple(self, conn: psycopg.Connection, query: bytes) -> tuple[str, int]:
+        """(watermark LSN, racy count) of the closing statement."""
+        pgconn = self._send(conn, query)
+        row = None
+        for result in self._results(pgconn):
+            if result.status == pq.ExecStatus.TUPLES_OK and row is None:
+                row = (result.get_value(0, 0).decode(), int(result.get_value(0, 2)))
+        if row is None:
+            raise psycopg.DataError("the watermark statement returned no row")
+        return row
+
+    def _copy(self, conn: psycopg.Connection, query: bytes) -> tuple[str, list[bytes]]:
+        """(the snapshot's text, the lines of the ``COPY ... TO STDOUT``), read with libpq's
+        calls directly (psycopg's Copy object costs a few microseconds per row)."""
+        pgconn = self._send(conn, query)
+        snapshot = None
+        lines: list[bytes] = []
+        error = None
+        while (result := pgconn.get_result()) is not None:
+            status = result.status
+            if status == pq.ExecStatus.TUPLES_OK:
+                snapshot = result.get_value(0, 0).decode()
+            elif status == pq.ExecStatus.COPY_OUT:
+                append = lines.append
+                get = pgconn.get_copy_data
+                while True:
+                    n, data = get(0)
+                    if n <= 0:
+                        break
+                    append(bytes(data))
+                if n == -2:
+                    error = pgconn.get_error_message().strip()
+            elif status == pq.ExecStatus.FATAL_ERROR and error is None:
+                error = result.error_message.decode(errors="replace").strip()
+        if error is not None or snapshot is None:
+            cls = psycopg.OperationalError if pgconn.status != pq.ConnStatus.OK else psycopg.DataError
+            raise cls(error or "no snapshot")
+        return snapshot, lines
 
     # ---- the stream side ---------------------------------------------------------------
 

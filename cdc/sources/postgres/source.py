@@ -44,18 +44,21 @@ class PostgresSource:
     """Options: ``dsn``, ``tables`` (``schema.table``), ``slot`` and ``publication``
     (default ``cdc_<db>_<source>``; created when missing unless ``create: false``),
     ``heartbeat_interval`` (seconds, 0: off), ``messages`` (emit logical decoding
-    messages as ``op: m`` events), and ``snapshot`` / ``snapshot_chunk_size``
-    (copying the existing rows: ``docs/snapshots.md``)."""
+    messages as ``op: m`` events), and ``snapshot`` /
+    ``snapshot_chunk_size`` / ``snapshot_parallelism`` (copying the existing rows:
+    ``docs/snapshots.md``)."""
 
     def __init__(self, dsn: str, tables: list[str], slot: str | None = None,
                  publication: str | None = None, create: bool = True,
                  heartbeat_interval: float = 0.0, messages: bool = False,
                  max_poll_events: int = 1000,
                  snapshot: Literal["initial", "never", "initial_only", "when_needed"] = "initial",
-                 snapshot_chunk_size: int = 10_000, context: Context | None = None) -> None:
+                 snapshot_chunk_size: int = 10_000, snapshot_parallelism: int = 2,
+                 context: Context | None = None) -> None:
         self.name = context.source if context else "postgres"
         self.snapshot = snapshot
         self.snapshot_chunk_size = snapshot_chunk_size
+        self.snapshot_parallelism = snapshot_parallelism
         self.dsn = dsn
         self.tables = tables
         self.db = cast(str, conninfo_to_dict(dsn).get("dbname", ""))  # a DSN string parses to strings
