@@ -117,8 +117,8 @@ def _source() -> PostgresSource:
     return source
 
 
-class Hang(Exception):
-    pass
+class Hang(BaseException):
+    """Not an Exception: the reader turns those into its decode error, and a hang must not pass as one."""
 
 
 def _read_all(data: bytes, max_polls: int = 10_000) -> list:

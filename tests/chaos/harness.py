@@ -369,7 +369,8 @@ def check_file(pipe: Pipeline, committed: list[tuple[str, int]], bound: int) -> 
         per_crash.append(dups)
         start = cut
     missing = Counter(committed) - Counter(order)
-    assert not missing, f"{sum(missing.values())} committed changes never delivered, e.g. {list(missing)[:5]}"
+    assert not missing, (f"{sum(missing.values())} committed changes never delivered, e.g. {list(missing)[:5]}"
+                         + (f" ({torn} torn lines: see test_torn_write.py)" if torn else ""))
     extra = Counter(order) - Counter(committed)
     assert not extra, f"{sum(extra.values())} delivered changes never committed, e.g. {list(extra)[:5]}"
     by_key: dict[int, list[str]] = {}

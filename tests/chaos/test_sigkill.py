@@ -86,7 +86,7 @@ def test_postgres_source(chaos, source_pg, target_pg, tmp_path):
     target = _target(target_pg)
     pipe = Pipeline(tmp_path, {"type": "postgres", "dsn": db.dsn, "tables": ["public.items"]}, target)
     writer = Writer(db, chaos.rng(db.kind + ':writer'), MAX_TX, pause=_size(chaos, 0.01, 0.0))
-    rounds = _size(chaos, 40, 250)
+    rounds = _size(chaos, 60, 250)
     try:
         pipe.start()
         deadline_wait("the slot", lambda: db.execute("SELECT 1 FROM pg_replication_slots WHERE active"), 60,
@@ -143,7 +143,7 @@ def test_mariadb_source(chaos, source_mariadb, target_pg, tmp_path):
                                "tables": [f"{db.name}.items"]}, target,
                     checkpoint={"type": "postgres", "dsn": target, "table": "cdc_checkpoints"})
     writer = Writer(db, chaos.rng(db.kind + ':writer'), MAX_TX, pause=_size(chaos, 0.01, 0.0))
-    rounds = _size(chaos, 36, 250)
+    rounds = _size(chaos, 56, 250)
     try:
         pipe.start()
         ping = [0]
