@@ -62,6 +62,7 @@ class FileSink:
         if fd is None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            _cut_torn_tail(path, fd)
             self._files[path] = fd
         return fd
 
@@ -120,3 +121,27 @@ class FileSink:
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
+
+
+def _cut_torn_tail(path: str, fd: int) -> None:
+    """A process killed in the middle of a write leaves a last line without its newline.
+    That batch was never acknowledged (it is delivered again), so the fragment is cut
+    off rather than glued to the next event."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        end = size
+        while end > 0:  # back to the newline before the fragment
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                os.ftruncate(fd, start + cut + 1)
+                return
+            end = start
+    os.ftruncate(fd, 0)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from harness import PgDb, Pipeline, deadline_wait, unique_name
 
 
@@ -27,8 +25,6 @@ def _parsed(pipe: Pipeline) -> list[dict]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="file sink (issue 11's file-sink item, the crash case): a line torn by "
-                                       "a SIGKILL mid-write is not cut off when the file is opened again")
 def test_the_event_after_a_torn_line_is_readable(pg_server, tmp_path):
     db = PgDb(pg_server, unique_name("torn"))
     db.execute("CREATE TABLE items (id bigint PRIMARY KEY, v text)")
