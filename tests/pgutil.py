@@ -38,8 +38,9 @@ def config(tmp_path: Path, dsn: str, tables: list[str], pipelines: dict, checkpo
 
 def stream_config(tmp_path: Path, dsn: str, tables: list[str], pipelines: dict, checkpoint: dict | None = None,
                   **source_options):
-    """``config`` for tests about streaming: ``snapshot: never``, so that rows a test writes while
-    the source starts are not also copied as ``op: "r"`` events (the snapshot tests use ``config``)."""
+    """``config`` for tests about streaming, saying so: ``snapshot: never`` (``config``'s default
+    too), so that rows a test writes while the source starts are not also copied as ``op: "r"``
+    events.  Snapshot tests pass ``snapshot="initial"`` to ``config``."""
     return config(tmp_path, dsn, tables, pipelines, checkpoint, **{"snapshot": "never", **source_options})
 
 

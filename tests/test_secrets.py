@@ -24,7 +24,6 @@ sources:
     slot: {slot}
     checkpoint: {type: postgres, dsn: "{dsn}"}
     checkpoint_interval: 0.2
-    snapshot: never
   down:
     type: postgres
     dsn: "host=127.0.0.1 port=DEAD dbname=x user=app password=%s"

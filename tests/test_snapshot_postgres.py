@@ -62,7 +62,7 @@ def test_watermark_messages_are_never_op_m_events(pg_database, tmp_path):
         slot = f"cdc_{pg_database.rsplit('/', 1)[1]}_{messages}".lower()  # a new source each time
         cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline(str(out))},
                      checkpoint={"type": "file", "path": f"state/{messages}.json"}, slot=slot,
-                     messages=messages, snapshot_chunk_size=32)  # ten chunks: ten watermarks
+                     messages=messages, snapshot="initial", snapshot_chunk_size=32)  # ten chunks: ten watermarks
         with Running(cfg) as r:
             wait_for(lambda: r.runner.snapshots.finished, 60, "the copy")  # noqa: B023
             sql(pg_database, "SELECT pg_logical_emit_message(false, 'app', 'hello')",
