@@ -1,11 +1,14 @@
 """``kafka``: one message per event, acknowledged by the broker's delivery reports.
 
 The producer is idempotent with ``acks=all``, so librdkafka's own retries neither
-reorder nor duplicate messages within a partition.  ``write`` produces the batch,
-then waits for every delivery report; it returns only when the broker has accepted
-every message, and otherwise raises ``TransientSinkError`` (broker down, timeout,
-leader moving) or ``PermanentSinkError`` (message too large, not authorised).  A
-retried batch may be delivered twice; consumers deduplicate on the ``id`` header.
+reorder nor duplicate messages within a partition.  The sink is ``Pipelined``:
+``send`` produces a batch without waiting, and the batch is complete when each of
+its messages has its delivery report; the worker keeps several batches in flight,
+so the reader and the broker overlap.  ``write`` (send, then wait) returns only when
+the broker has accepted every message.  A failure is ``TransientSinkError`` (broker
+down, timeout, leader moving) or ``PermanentSinkError`` (message too large, not
+authorised).  A batch sent again may be delivered twice; consumers deduplicate on
+the ``id`` header.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +57,22 @@ def check_topic(topic: str) -> None:
     if not _LEGAL_TOPIC.fullmatch(topic) or topic in (".", ".."):
         raise UnsafeValue(f"{topic!r} is not a legal Kafka topic name"
                           " (1-249 characters of a-z A-Z 0-9 . _ -)")
+
+
+class _Batch:
+    """One batch in flight: messages without a delivery report, and the failures."""
+
+    __slots__ = ("remaining", "failures", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.remaining = 0
+        self.failures: list[Any] = []
+        self.deadline = deadline
+
+    def report(self, err: Any, msg: Any) -> None:
+        self.remaining -= 1
+        if err is not None:
+            self.failures.append(err)
 
 
 def _import_kafka() -> Any:
@@ -100,7 +120,7 @@ class KafkaSink:
         if problems:
             raise PermanentSinkError(str(problems[0]), sink=self.name)
         self._producer: Any = None
-        self._failures: list[Any] = []
+        self._batch: _Batch | None = None       # the batch being produced
         self.state = BrokerState(log, self.name)
         self._lock = threading.Lock()       # held by write: the idle poller stays out
         self._stop_polling = threading.Event()
@@ -119,10 +139,8 @@ class KafkaSink:
         conf["bootstrap.servers"] = self.bootstrap_servers
         conf["message.timeout.ms"] = int(self.delivery_timeout * 1000)
         conf["error_cb"] = self._on_error
-        # Only failures call back into Python: 400,000 success callbacks cost more than
-        # the rest of the sink.  flush() still waits for every message's outcome.
-        conf["delivery.report.only.error"] = True
-        conf["on_delivery"] = self._on_delivery
+        # Each message's report goes to its batch (produce(on_delivery=batch.report)).
+        conf["delivery.report.only.error"] = False
         conf["logger"] = LibraryLog("cdc.sink.kafka.librdkafka")
         # Broker states, read only while the broker is down, to notice it is back.
         conf["statistics.interval.ms"] = 1000
@@ -212,14 +230,45 @@ class KafkaSink:
             return False
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
-        with self._lock:
-            self._write(events)
+        handle = self.send(events)
+        while not self.wait(handle, 1.0):
+            pass
 
-    def _write(self, events: Sequence[ChangeEvent]) -> None:
+    def send(self, events: Sequence[ChangeEvent]) -> _Batch:
+        """Produce ``events`` without waiting for the broker (``Pipelined``)."""
+        with self._lock:
+            return self._send(events)
+
+    def wait(self, handle: object, timeout: float) -> bool:
+        """True once every message of the batch ``handle`` has a delivery report and none
+        failed; raises for a failure, or after ``delivery_timeout`` + 30 s without an outcome."""
+        assert isinstance(handle, _Batch)
+        with self._lock:
+            producer = self._producer
+            if handle.remaining and producer is not None:
+                end = time.monotonic() + timeout
+                while handle.remaining:
+                    now = time.monotonic()
+                    if now > handle.deadline:
+                        producer.purge()
+                        producer.flush(5.0)
+                        raise TransientSinkError(f"{handle.remaining} messages without a delivery report",
+                                                 sink=self.name)
+                    if now >= end:
+                        return False
+                    producer.poll(min(end - now, 0.1))
+            if handle.failures:
+                self._raise(handle.failures)
+            if handle.remaining:  # the producer was replaced after a fatal error
+                raise TransientSinkError("the producer was recreated with messages in flight", sink=self.name)
+        self.state.up()  # delivered: a broker is there, whatever the statistics said last
+        return True
+
+    def _send(self, events: Sequence[ChangeEvent]) -> _Batch:
         topics = self._topics(events)  # all checked before anything is produced
         if self._producer is None:
             self.open()
-        failures = self._failures = []
+        batch = self._batch = _Batch(time.monotonic() + self.delivery_timeout + 30.0)
         content = self.content
         tombstones, produce, dumps, sort_keys = self.tombstones, self._produce, orjson.dumps, orjson.OPT_SORT_KEYS
         for topic, event in zip(topics, events):
@@ -238,10 +287,8 @@ class KafkaSink:
             produce(topic, event.to_json(), key, [("id", event.id.encode()), ("op", event.op.encode())])
             if tombstones and event.op == "d" and key is not None:
                 produce(topic, None, key, [("id", f"{event.id}:tombstone".encode()), ("op", b"d")])
-        self._wait_for_reports()
-        if failures:
-            self._raise(failures)
-        self.state.up()  # delivered: a broker is there, whatever the statistics said last
+        self._batch = None
+        return batch
 
     def _change(self, topic: str, event: ChangeEvent) -> None:
         key = orjson.dumps(event.key, option=orjson.OPT_SORT_KEYS) if event.key is not None else None
@@ -252,28 +299,17 @@ class KafkaSink:
             self._produce(topic, None, key, tombstone)
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list) -> None:
-        producer = self._producer
+        producer, batch = self._producer, self._batch
+        assert batch is not None
         while True:
             try:
-                producer.produce(topic, value, key, headers=headers)
+                producer.produce(topic, value, key, headers=headers, on_delivery=batch.report)
+                batch.remaining += 1
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.1)
             except _import_kafka().KafkaException as exc:
                 self._raise([exc.args[0]])
-
-    def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self._failures.append(err)
-
-    def _wait_for_reports(self) -> None:
-        """Every message ends in a delivery report within ``delivery_timeout``."""
-        producer = self._producer
-        remaining = producer.flush(self.delivery_timeout + 30.0)
-        if remaining:
-            producer.purge()
-            producer.flush(5.0)
-            raise TransientSinkError(f"{remaining} messages without a delivery report", sink=self.name)
 
     def _raise(self, failures: list[Any]) -> None:
         fatal = [e for e in failures if e.fatal()]
