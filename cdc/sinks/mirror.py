@@ -25,6 +25,11 @@
   server uuid; other ids naturally (digit runs as numbers).  With several GTID
   domains or uuids the stored id is one id per domain, comma-separated.
 - Identifiers are always quoted; values are always bound parameters.
+- PostgreSQL: a run of upserts into one table with the same columns is one
+  ``INSERT ... SELECT FROM unnest(%s::type[], ...) ON CONFLICT`` statement (one
+  array per column, cast to the target column's type; the last change of a key in
+  the run wins, as applying them in turn would give); other statements, and runs on
+  MySQL, go as ``executemany``.
 """
 
 from __future__ import annotations
@@ -110,8 +115,10 @@ class _MirrorSink:
         self.sink_name = context.name if context else self.dialect
         self.target: Target | None = None
         self._sql_cache: dict[tuple, str] = {}
+        self._upserts: dict[str, tuple[str, list[str], tuple[str, ...]]] = {}  # sql -> table, keys, columns
         self._converters: dict[str, dict[str, Callable[[Any], Any]]] = {}  # target table -> column -> fn
         self._cur: Any = None
+        self._types: dict[str, dict[str, str]] = {}  # target table -> column -> SQL type (PostgreSQL)
         #: ids of the last ``write``'s events not applied: at or behind the stored position
         self.skipped: list[str] = []
 
@@ -130,7 +137,8 @@ class _MirrorSink:
             raise sink_error(exc, f"cannot create {self.position_table}") from exc
 
     def _reset(self) -> None:
-        self._converters.clear()  # a failed batch may be a changed table: read the catalog again
+        self._converters.clear()
+        self._types.clear()  # a failed batch may be a changed table: read the catalog again
         if self.target is not None:
             self.target.close()
             self.target = None
@@ -179,9 +187,8 @@ class _MirrorSink:
             raise err from exc
         self.skipped = skipped
 
-    @staticmethod
-    def _execute(cur, statements: list[tuple[str, list]]) -> None:
-        """Runs of the same statement go as one ``executemany`` (pipelined), in order."""
+    def _execute(self, cur, statements: list[tuple[str, list]]) -> None:
+        """Runs of the same statement go together (``execute_run``), in order."""
         i = 0
         while i < len(statements):
             sql = statements[i][0]
@@ -191,8 +198,12 @@ class _MirrorSink:
             if j - i == 1:
                 cur.execute(sql, statements[i][1])
             else:
-                cur.executemany(sql, [params for _, params in statements[i:j]])
+                self.execute_run(cur, sql, [params for _, params in statements[i:j]])
             i = j
+
+    def execute_run(self, cur, sql: str, rows: list[list]) -> None:
+        """Several executions of one statement: ``executemany`` (pipelined)."""
+        cur.executemany(sql, rows)
 
     def _positions(self, cur) -> dict[str, str]:
         q = self.target.quote(self.position_table)
@@ -260,6 +271,7 @@ class _MirrorSink:
                 f"INSERT INTO {self.target.quote(table)} ({', '.join(q(c) for c in cols)})"
                 f" VALUES ({', '.join(['%s'] * len(cols))}) "
                 + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
+            self._upserts[sql] = (table, key_cols, cols)
         return sql, list(row.values())
 
     # ---- dialect hooks --------------------------------------------------------------
@@ -322,6 +334,29 @@ def _bits(value: Any) -> Any:
     return int(value, 2) if isinstance(value, str) and value and set(value) <= {"0", "1"} else value
 
 
+def _array(values: tuple) -> list:
+    """One column's values as a list psycopg sends as one array: as they are when they
+    are of one Python type, otherwise as text (cast to the column's type by the server)."""
+    kinds = {v.__class__ for v in values if v is not None}
+    if len(kinds) <= 1:
+        return list(values)
+    return [None if v is None else _pg_text(v) for v in values]
+
+
+def _pg_text(value: Any) -> str:
+    """PostgreSQL's text input form of a value the mirror binds."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    from psycopg.types.json import Json, Jsonb  # late: psycopg is an optional extra
+    if isinstance(value, (Json, Jsonb)):
+        return orjson.dumps(value.obj).decode()
+    return str(value)
+
+
 class PostgresMirrorSink(_MirrorSink):
     """``type: postgres`` sink: ``dsn: postgresql://...``, ``tables``, ``position_table``."""
 
@@ -335,11 +370,14 @@ class PostgresMirrorSink(_MirrorSink):
 
     def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:
         from psycopg.types.json import Jsonb
-        cur.execute("SELECT a.attname, t.typname, t.typcategory, a.attnotnull FROM pg_attribute a"
+        cur.execute("SELECT a.attname, t.typname, t.typcategory, a.attnotnull,"
+                    " format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
                     " JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s)"
                     " AND a.attnum > 0 AND NOT a.attisdropped", (self.target.quote(table),))
         out: dict[str, Callable[[Any], Any]] = {}
-        for name, typname, category, not_null in cur.fetchall():
+        types = self._types[table] = {}
+        for name, typname, category, not_null, sql_type in cur.fetchall():
+            types[name] = sql_type
             if typname in ("json", "jsonb"):
                 out[name] = _json_value(Jsonb, not_null)
             elif typname == "bytea":
@@ -349,6 +387,33 @@ class PostgresMirrorSink(_MirrorSink):
             elif category == "S":  # a JSON object or array into a text column: its JSON
                 out[name] = _as_text
         return out
+
+    def execute_run(self, cur, sql: str, rows: list[list]) -> None:
+        """A run of upserts as one ``INSERT ... SELECT FROM unnest(...)``: one array per
+        column, cast to the column's type; the last row of each key wins."""
+        upsert = self._upserts.get(sql)
+        types = self._types.get(upsert[0]) if upsert is not None else None
+        if upsert is None or types is None or any(c not in types or types[c].endswith("]") for c in upsert[2]):
+            # not an upsert, a column the target lacks (its own error), or an array column
+            # (a list of arrays would be sent as one array of more dimensions)
+            cur.executemany(sql, rows)
+            return
+        table, key_cols, cols = upsert
+        at = [cols.index(k) for k in key_cols]
+        try:
+            last = {tuple(r[i] for i in at): r for r in rows}
+        except TypeError:  # an unhashable key value
+            cur.executemany(sql, rows)
+            return
+        unnest_sql = self._sql_cache.get(("unnest", sql))
+        if unnest_sql is None:
+            q = self.target.quote_column
+            arrays = ", ".join(f"%s::{types[c]}[]" for c in cols)
+            unnest_sql = self._sql_cache[("unnest", sql)] = (
+                f"INSERT INTO {self.target.quote(table)} ({', '.join(q(c) for c in cols)})"
+                f" SELECT * FROM unnest({arrays}) "
+                + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
+        cur.execute(unnest_sql, [_array(column) for column in zip(*last.values())])
 
     def truncate_sql(self, qt: str) -> str:
         return f"TRUNCATE {qt}"
