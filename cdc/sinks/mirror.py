@@ -25,11 +25,12 @@
   server uuid; other ids naturally (digit runs as numbers).  With several GTID
   domains or uuids the stored id is one id per domain, comma-separated.
 - Identifiers are always quoted; values are always bound parameters.
-- PostgreSQL: a run of upserts into one table with the same columns is one
-  ``INSERT ... SELECT FROM unnest(%s::type[], ...) ON CONFLICT`` statement (one
-  array per column, cast to the target column's type; the last change of a key in
-  the run wins, as applying them in turn would give); other statements, and runs on
-  MySQL, go as ``executemany``.
+- PostgreSQL: a run of upserts into one table with the same columns goes by
+  ``COPY`` into a temporary table with the target's column types, then one
+  ``INSERT ... SELECT ... ON CONFLICT`` (the last change of a key in the run wins,
+  as applying them in turn would give); the temporary table lives in the same
+  transaction as the position row.  Other statements, and runs on MySQL, go as
+  ``executemany``.
 """
 
 from __future__ import annotations
@@ -118,7 +119,9 @@ class _MirrorSink:
         self._upserts: dict[str, tuple[str, list[str], tuple[str, ...]]] = {}  # sql -> table, keys, columns
         self._converters: dict[str, dict[str, Callable[[Any], Any]]] = {}  # target table -> column -> fn
         self._cur: Any = None
-        self._types: dict[str, dict[str, str]] = {}  # target table -> column -> SQL type (PostgreSQL)
+        self._plans: dict[tuple, list[tuple[str, str, Callable[[Any], Any]]]] = {}  # see _row
+        self._temps: dict[tuple, str] = {}     # (table, columns) -> temporary table (PostgreSQL), per connection
+        self._used_temps: set[str] = set()     # temporary tables holding rows in this transaction
         #: ids of the last ``write``'s events not applied: at or behind the stored position
         self.skipped: list[str] = []
 
@@ -138,7 +141,7 @@ class _MirrorSink:
 
     def _reset(self) -> None:
         self._converters.clear()
-        self._types.clear()  # a failed batch may be a changed table: read the catalog again
+        self._temps.clear()  # a failed batch may be a changed table: read the catalog again
         if self.target is not None:
             self.target.close()
             self.target = None
@@ -153,6 +156,7 @@ class _MirrorSink:
             self.open()
         t = self.target
         self.skipped = []
+        self._used_temps.clear()
         skipped: list[str] = []
         try:
             with t.conn.cursor() as cur:
@@ -240,14 +244,19 @@ class _MirrorSink:
         out.append(self._upsert(table, key_cols, row))
 
     def _row(self, row: dict, rename: dict[str, str], convert: dict[str, Callable[[Any], Any]]) -> dict:
+        # a plan per (converters, renames, source columns): (source column, target column, conversion)
+        plan_key = (id(convert), id(rename), tuple(row))
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            adapt = self.adapt
+            plan = self._plans[plan_key] = [(k, rename.get(k, k), convert.get(rename.get(k, k)) or adapt)
+                                            for k in row]
         out = {}
-        adapt = self.adapt
-        for k, v in row.items():
-            if v == UNAVAILABLE:
+        for k, column, fn in plan:
+            v = row[k]
+            if v.__class__ is str and v == UNAVAILABLE:
                 continue
-            column = rename.get(k, k)
-            fn = convert.get(column)
-            out[column] = fn(v) if fn is not None else adapt(v)
+            out[column] = fn(v)
         return out
 
     def _delete(self, table: str, key_cols: list[str], row: dict) -> tuple[str, list]:
@@ -334,29 +343,6 @@ def _bits(value: Any) -> Any:
     return int(value, 2) if isinstance(value, str) and value and set(value) <= {"0", "1"} else value
 
 
-def _array(values: tuple) -> list:
-    """One column's values as a list psycopg sends as one array: as they are when they
-    are of one Python type, otherwise as text (cast to the column's type by the server)."""
-    kinds = {v.__class__ for v in values if v is not None}
-    if len(kinds) <= 1:
-        return list(values)
-    return [None if v is None else _pg_text(v) for v in values]
-
-
-def _pg_text(value: Any) -> str:
-    """PostgreSQL's text input form of a value the mirror binds."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "\\x" + bytes(value).hex()
-    if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
-    from psycopg.types.json import Json, Jsonb  # late: psycopg is an optional extra
-    if isinstance(value, (Json, Jsonb)):
-        return orjson.dumps(value.obj).decode()
-    return str(value)
-
-
 class PostgresMirrorSink(_MirrorSink):
     """``type: postgres`` sink: ``dsn: postgresql://...``, ``tables``, ``position_table``."""
 
@@ -370,14 +356,11 @@ class PostgresMirrorSink(_MirrorSink):
 
     def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:
         from psycopg.types.json import Jsonb
-        cur.execute("SELECT a.attname, t.typname, t.typcategory, a.attnotnull,"
-                    " format_type(a.atttypid, a.atttypmod) FROM pg_attribute a"
+        cur.execute("SELECT a.attname, t.typname, t.typcategory, a.attnotnull FROM pg_attribute a"
                     " JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s)"
                     " AND a.attnum > 0 AND NOT a.attisdropped", (self.target.quote(table),))
         out: dict[str, Callable[[Any], Any]] = {}
-        types = self._types[table] = {}
-        for name, typname, category, not_null, sql_type in cur.fetchall():
-            types[name] = sql_type
+        for name, typname, category, not_null in cur.fetchall():
             if typname in ("json", "jsonb"):
                 out[name] = _json_value(Jsonb, not_null)
             elif typname == "bytea":
@@ -389,13 +372,10 @@ class PostgresMirrorSink(_MirrorSink):
         return out
 
     def execute_run(self, cur, sql: str, rows: list[list]) -> None:
-        """A run of upserts as one ``INSERT ... SELECT FROM unnest(...)``: one array per
-        column, cast to the column's type; the last row of each key wins."""
+        """A run of upserts as ``COPY`` into a temporary table of the same column types,
+        then one ``INSERT ... SELECT ... ON CONFLICT``; the last row of each key wins."""
         upsert = self._upserts.get(sql)
-        types = self._types.get(upsert[0]) if upsert is not None else None
-        if upsert is None or types is None or any(c not in types or types[c].endswith("]") for c in upsert[2]):
-            # not an upsert, a column the target lacks (its own error), or an array column
-            # (a list of arrays would be sent as one array of more dimensions)
+        if upsert is None or len(rows) < 8:
             cur.executemany(sql, rows)
             return
         table, key_cols, cols = upsert
@@ -405,15 +385,23 @@ class PostgresMirrorSink(_MirrorSink):
         except TypeError:  # an unhashable key value
             cur.executemany(sql, rows)
             return
-        unnest_sql = self._sql_cache.get(("unnest", sql))
-        if unnest_sql is None:
-            q = self.target.quote_column
-            arrays = ", ".join(f"%s::{types[c]}[]" for c in cols)
-            unnest_sql = self._sql_cache[("unnest", sql)] = (
-                f"INSERT INTO {self.target.quote(table)} ({', '.join(q(c) for c in cols)})"
-                f" SELECT * FROM unnest({arrays}) "
-                + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
-        cur.execute(unnest_sql, [_array(column) for column in zip(*last.values())])
+        q = self.target.quote_column
+        names = ", ".join(q(c) for c in cols)
+        temp = self._temps.get((table, cols))
+        if temp is None:
+            temp = self._temps[(table, cols)] = f"cdc_upsert_{len(self._temps)}"
+            # the target's column types (CREATE ... AS keeps them), none of its constraints
+            cur.execute(f"CREATE TEMPORARY TABLE {temp} ON COMMIT DELETE ROWS AS"
+                        f" SELECT {names} FROM {self.target.quote(table)} WITH NO DATA")
+        elif temp in self._used_temps:
+            cur.execute(f"TRUNCATE {temp}")
+        self._used_temps.add(temp)
+        with cur.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
+            write_row = copy.write_row
+            for row in last.values():
+                write_row(row)
+        cur.execute(f"INSERT INTO {self.target.quote(table)} ({names}) SELECT {names} FROM {temp} "
+                    + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
 
     def truncate_sql(self, qt: str) -> str:
         return f"TRUNCATE {qt}"
