@@ -259,15 +259,30 @@ class RabbitMQSink:
             self.close()
             self.open()
         batch = _Batch(self._generation, time.monotonic() + self.confirm_timeout)
+        # pika hands each frame (3 per message) to the socket with its own send(); the
+        # batch's frames are collected and handed over as one buffer instead
+        connection = self._connection._impl
+        frames: list[bytes] = []
         try:
-            for (exchange, routing_key), event in zip(targets, events):
-                if event.op == "u" and event.before is not None and not is_message(event, self.content):
-                    split = split_key_change(event)
-                    if split is not None:  # the key changed: delete the old key, create the new
-                        self._publish(pika, split[0], exchange, routing_key, batch)
-                        event = split[1]
-                self._publish(pika, event, exchange, routing_key, batch)
-            self._connection.process_data_events(0)  # flush the batch, read confirms so far
+            if self.exchange_type:  # before the frames are held back: a declare waits for its reply
+                for exchange in dict.fromkeys(e for e, _ in targets):
+                    if exchange and exchange not in self._declared:
+                        self._channel.exchange_declare(exchange, self.exchange_type, durable=True)
+                        self._declared.add(exchange)
+            connection._adapter_emit_data = frames.append
+            try:
+                for (exchange, routing_key), event in zip(targets, events):
+                    if event.op == "u" and event.before is not None and not is_message(event, self.content):
+                        split = split_key_change(event)
+                        if split is not None:  # the key changed: delete the old key, create the new
+                            self._publish(pika, split[0], exchange, routing_key, batch)
+                            event = split[1]
+                    self._publish(pika, event, exchange, routing_key, batch)
+            finally:
+                del connection._adapter_emit_data  # the class's method again
+                if frames:  # whole messages only: pika marshals a message before emitting it
+                    connection._adapter_emit_data(b"".join(frames))
+            self._connection.process_data_events(0)  # send the batch, read confirms so far
         except Exception as exc:
             self._failed(pika, exc)
         return batch
@@ -316,9 +331,6 @@ class RabbitMQSink:
         raise exc
 
     def _publish(self, pika: Any, event: ChangeEvent, exchange: str, routing_key: str, batch: _Batch) -> None:
-        if self.exchange_type and exchange and exchange not in self._declared:
-            self._channel.exchange_declare(exchange, self.exchange_type, durable=True)
-            self._declared.add(exchange)
         if is_message(event, self.content):
             message_type = str((event.message or {}).get("type", ""))
             properties = pika.BasicProperties(
