@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import string
 import subprocess
@@ -136,6 +137,12 @@ def paced_writer(dsn: str, rate: int, seconds: float, first_id: int) -> int:
     return written
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process (every thread: reader, sink, librdkafka)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -170,22 +177,23 @@ def main() -> int:
         recv_s = time_pg_recvlogical(dsn, end_lsn)
         discard = make_runner(dsn, None, pg.data_dir, slot="cdc_discard")
         engine = threading.Thread(target=discard.run, daemon=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         engine.start()
         wait_acked(discard, TOTAL)
-        discard_s = time.perf_counter() - started
+        discard_s, discard_cpu = time.perf_counter() - started, cpu_seconds() - cpu
         discard.request_stop()
         engine.join(60)
         runner = make_runner(dsn, kafka.bootstrap, pg.data_dir)
         engine = threading.Thread(target=runner.run, daemon=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         engine.start()
         wait_acked(runner, TOTAL)
-        cdc_s = time.perf_counter() - started
+        cdc_s, kafka_cpu = time.perf_counter() - started, cpu_seconds() - cpu
         recv_rate, cdc_rate, discard_rate = TOTAL / recv_s, TOTAL / cdc_s, TOTAL / discard_s
         print(f"catch-up: pg_recvlogical {recv_rate:,.0f} rows/s; cdc -> discard {discard_rate:,.0f} rows/s;"
               f" cdc -> kafka (acked) {cdc_rate:,.0f} rows/s; kafka/discard {cdc_rate / discard_rate:.3f},"
-              f" kafka/pg_recvlogical {cdc_rate / recv_rate:.3f}", flush=True)
+              f" kafka/pg_recvlogical {cdc_rate / recv_rate:.3f}; cdc CPU seconds: discard {discard_cpu:.1f},"
+              f" kafka {kafka_cpu:.1f}", flush=True)
 
         sink = runner.workers[0].sink
         sink.latencies = []
@@ -201,7 +209,8 @@ def main() -> int:
 
     results = {"pg_recvlogical_rows_s": round(recv_rate), "cdc_discard_rows_s": round(discard_rate),
                "cdc_kafka_rows_s": round(cdc_rate), "ratio": round(cdc_rate / recv_rate, 3),
-               "kafka_discard_ratio": round(cdc_rate / discard_rate, 3), "steady_rows_s": round(achieved),
+               "kafka_discard_ratio": round(cdc_rate / discard_rate, 3),
+               "cpu_s": {"discard": round(discard_cpu, 1), "kafka": round(kafka_cpu, 1)}, "steady_rows_s": round(achieved),
                "latency_ms": {"p50": round(p50, 1), "p99": round(p99, 1), "max": round(max(lat), 1)}}
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
