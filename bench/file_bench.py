@@ -14,6 +14,7 @@ counts.  Exits 1 when file / discard is below ``--min-ratio``.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -55,6 +56,7 @@ def main() -> int:
     parser.add_argument("--min-ratio", type=float, default=0.8)
     parser.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # retries and errors show
     tune_process()  # as `cdc run` does
     rates: dict[str, list[float]] = {"file": [], "discard": []}
     with PostgresServer() as pg, tempfile.TemporaryDirectory(dir=args.dir, prefix="cdc-file-bench-") as out:
