@@ -53,15 +53,25 @@ TOPIC = "bench.orders"
 
 
 class TimedKafkaSink(KafkaSink):
-    """The Kafka sink, noting commit-to-acknowledged latency while ``latencies`` is a list."""
+    """The Kafka sink, noting commit-to-acknowledged latency while ``latencies`` is a list:
+    when ``wait`` confirms a batch (the worker keeps several in flight) or ``write`` returns."""
 
     latencies: list[float] | None = None
 
-    def write(self, events):
-        super().write(events)
-        if self.latencies is not None:
-            now_ms = time.time() * 1000
-            self.latencies.extend(now_ms - e.source["ts_ms"] for e in events)
+    def send(self, events):
+        handle = super().send(events)
+        self._sent = getattr(self, "_sent", {})
+        self._sent[id(handle)] = (handle, events)
+        return handle
+
+    def wait(self, handle, timeout):
+        done = super().wait(handle, timeout)
+        if done:
+            _, events = self._sent.pop(id(handle), (None, ()))
+            if self.latencies is not None:
+                now_ms = time.time() * 1000
+                self.latencies.extend(now_ms - e.source["ts_ms"] for e in events)
+        return done
 
 
 def note(n: int) -> str:
