@@ -1,17 +1,20 @@
-"""PostgreSQL -> Kafka: catch-up rows/s against pg_recvlogical, and latency at 5,000 rows/s.
+"""PostgreSQL -> Kafka: catch-up rows/s against cdc's own PostgreSQL -> discard and
+pg_recvlogical, and latency at 5,000 rows/s.
 
-    .venv/bin/python bench/kafka_bench.py [--min-ratio 0.1] [--rate 5000] [--seconds 20]
+    .venv/bin/python bench/kafka_bench.py [--min-discard-ratio 0.8] [--min-ratio 0.1] [--rate 5000] [--seconds 20]
 
 1. The 400k workload (/work/shared/perf-anchors.md) is written while two pgoutput
    slots wait: one for cdc, one for pg_recvlogical.
-2. Catch-up: pg_recvlogical (pgoutput -> /dev/null, TCP) and cdc (pgoutput source ->
-   engine -> Kafka sink, every message acknowledged by the broker) each read all
-   400,000 changes; rows/s and their ratio, measured in this run.
+2. Catch-up: pg_recvlogical (pgoutput -> /dev/null, TCP), cdc into ``discard`` and cdc
+   (pgoutput source -> engine -> Kafka sink, every message acknowledged by the
+   broker) each read all 400,000 changes from their own slot; rows/s and the ratios,
+   measured in this run.
 3. Steady state: a writer commits 50-row transactions 100 times a second (5,000
    rows/s); for each event, latency = when the Kafka sink's batch was acknowledged
    by the broker (``write`` returned) minus the source commit timestamp.
 
-Exits 1 when cdc's catch-up rate is below ``--min-ratio`` x pg_recvlogical's.
+Exits 1 when cdc -> Kafka is below ``--min-discard-ratio`` x cdc -> discard (issue 13:
+0.8), or below ``--min-ratio`` x pg_recvlogical's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import string
 import subprocess
@@ -49,15 +53,25 @@ TOPIC = "bench.orders"
 
 
 class TimedKafkaSink(KafkaSink):
-    """The Kafka sink, noting commit-to-acknowledged latency while ``latencies`` is a list."""
+    """The Kafka sink, noting commit-to-acknowledged latency while ``latencies`` is a list:
+    when ``wait`` confirms a batch (the worker keeps several in flight) or ``write`` returns."""
 
     latencies: list[float] | None = None
 
-    def write(self, events):
-        super().write(events)
-        if self.latencies is not None:
-            now_ms = time.time() * 1000
-            self.latencies.extend(now_ms - e.source["ts_ms"] for e in events)
+    def send(self, events):
+        handle = super().send(events)
+        self._sent = getattr(self, "_sent", {})
+        self._sent[id(handle)] = (handle, events)
+        return handle
+
+    def wait(self, handle, timeout):
+        done = super().wait(handle, timeout)
+        if done:
+            _, events = self._sent.pop(id(handle), (None, ()))
+            if self.latencies is not None:
+                now_ms = time.time() * 1000
+                self.latencies.extend(now_ms - e.source["ts_ms"] for e in events)
+        return done
 
 
 def note(n: int) -> str:
@@ -89,14 +103,20 @@ def time_pg_recvlogical(dsn: str, end_lsn: str) -> float:
     return time.perf_counter() - started
 
 
-def make_runner(dsn: str, bootstrap: str, workdir: Path) -> SourceRunner:
+IN_FLIGHT: dict[str, int] = {}  # --max-in-flight-events: the source option, when given
+
+
+def make_runner(dsn: str, bootstrap: str | None, workdir: Path, slot: str = "cdc_bench") -> SourceRunner:
+    """cdc into Kafka, or into ``discard`` when ``bootstrap`` is None."""
+    sink = ({"type": "kafka", "bootstrap_servers": bootstrap, "topic": TOPIC} if bootstrap
+            else {"type": "discard"})
     raw = {"sources": {"bench": {"type": "postgres", "dsn": dsn, "tables": ["orders"],
-                                 "slot": "cdc_bench", "publication": "cdc_bench", "create": False,
-                                 "checkpoint": {"type": "memory"}, "snapshot": "never"}},
-           "pipelines": {"p": {"source": "bench", "sinks": [
-               {"type": "kafka", "bootstrap_servers": bootstrap, "topic": TOPIC}]}}}
+                                 "slot": slot, "publication": "cdc_bench", "create": False,
+                                 "checkpoint": {"type": "memory"}, "snapshot": "never", **IN_FLIGHT}},
+           "pipelines": {"p": {"source": "bench", "sinks": [sink]}}}
     config = parse_config(raw, workdir / "bench.yaml", {})
-    config.pipelines["p"].sinks[0].factory = TimedKafkaSink
+    if bootstrap:
+        config.pipelines["p"].sinks[0].factory = TimedKafkaSink
     tune_process()  # as `cdc run` does
     return SourceRunner(config, "bench", grace_period=60)
 
@@ -127,6 +147,12 @@ def paced_writer(dsn: str, rate: int, seconds: float, first_id: int) -> int:
     return written
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process (every thread: reader, sink, librdkafka)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -134,11 +160,16 @@ def percentile(values: list[float], p: float) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--min-discard-ratio", type=float, default=0.8,
+                        help="fail below this fraction of cdc -> discard rows/s (default 0.8)")
     parser.add_argument("--min-ratio", type=float, default=0.1,
                         help="fail below this fraction of pg_recvlogical's rows/s (default 0.1)")
     parser.add_argument("--rate", type=int, default=5000, help="steady-state rows/s (default 5000)")
     parser.add_argument("--seconds", type=float, default=20, help="steady-state duration (default 20)")
+    parser.add_argument("--max-in-flight-events", type=int, help="the source option (default: cdc's default)")
     args = parser.parse_args()
+    if args.max_in_flight_events:
+        IN_FLIGHT["max_in_flight_events"] = args.max_in_flight_events
 
     with PostgresServer() as pg, KafkaServer() as kafka:
         dsn = pg.create_database("bench")
@@ -146,7 +177,7 @@ def main() -> int:
             conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(20),"
                          " amount numeric(12,2), note varchar(200), created_at timestamp)")
             conn.execute("CREATE PUBLICATION cdc_bench FOR TABLE orders")
-            for slot in ("cdc_bench", "recv_bench"):
+            for slot in ("cdc_bench", "cdc_discard", "recv_bench"):
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
         admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
         admin.create_topics([NewTopic(TOPIC, 1, 1)])[TOPIC].result(60)
@@ -154,15 +185,25 @@ def main() -> int:
         end_lsn = write_workload(dsn)
 
         recv_s = time_pg_recvlogical(dsn, end_lsn)
+        discard = make_runner(dsn, None, pg.data_dir, slot="cdc_discard")
+        engine = threading.Thread(target=discard.run, daemon=True)
+        started, cpu = time.perf_counter(), cpu_seconds()
+        engine.start()
+        wait_acked(discard, TOTAL)
+        discard_s, discard_cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        discard.request_stop()
+        engine.join(60)
         runner = make_runner(dsn, kafka.bootstrap, pg.data_dir)
         engine = threading.Thread(target=runner.run, daemon=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         engine.start()
         wait_acked(runner, TOTAL)
-        cdc_s = time.perf_counter() - started
-        recv_rate, cdc_rate = TOTAL / recv_s, TOTAL / cdc_s
-        print(f"catch-up: pg_recvlogical {recv_rate:,.0f} rows/s; cdc -> kafka (acked) {cdc_rate:,.0f} rows/s; "
-              f"ratio {cdc_rate / recv_rate:.3f}", flush=True)
+        cdc_s, kafka_cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        recv_rate, cdc_rate, discard_rate = TOTAL / recv_s, TOTAL / cdc_s, TOTAL / discard_s
+        print(f"catch-up: pg_recvlogical {recv_rate:,.0f} rows/s; cdc -> discard {discard_rate:,.0f} rows/s;"
+              f" cdc -> kafka (acked) {cdc_rate:,.0f} rows/s; kafka/discard {cdc_rate / discard_rate:.3f},"
+              f" kafka/pg_recvlogical {cdc_rate / recv_rate:.3f}; cdc CPU seconds: discard {discard_cpu:.1f},"
+              f" kafka {kafka_cpu:.1f}", flush=True)
 
         sink = runner.workers[0].sink
         sink.latencies = []
@@ -176,14 +217,17 @@ def main() -> int:
         print(f"steady state: {written:,} rows at {achieved:,.0f} rows/s; commit -> acknowledged "
               f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(lat):.1f} ms (mean {statistics.mean(lat):.1f})")
 
-    results = {"pg_recvlogical_rows_s": round(recv_rate), "cdc_kafka_rows_s": round(cdc_rate),
-               "ratio": round(cdc_rate / recv_rate, 3), "steady_rows_s": round(achieved),
+    results = {"pg_recvlogical_rows_s": round(recv_rate), "cdc_discard_rows_s": round(discard_rate),
+               "cdc_kafka_rows_s": round(cdc_rate), "ratio": round(cdc_rate / recv_rate, 3),
+               "kafka_discard_ratio": round(cdc_rate / discard_rate, 3),
+               "cpu_s": {"discard": round(discard_cpu, 1), "kafka": round(kafka_cpu, 1)}, "steady_rows_s": round(achieved),
                "latency_ms": {"p50": round(p50, 1), "p99": round(p99, 1), "max": round(max(lat), 1)}}
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     (out / "kafka_bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    ok = cdc_rate / recv_rate >= args.min_ratio
-    print(("PASS" if ok else "FAIL") + f": ratio {cdc_rate / recv_rate:.3f} (minimum {args.min_ratio})")
+    ok = cdc_rate / recv_rate >= args.min_ratio and cdc_rate / discard_rate >= args.min_discard_ratio
+    print(("PASS" if ok else "FAIL") + f": kafka/discard {cdc_rate / discard_rate:.3f} (minimum"
+          f" {args.min_discard_ratio}), kafka/pg_recvlogical {cdc_rate / recv_rate:.3f} (minimum {args.min_ratio})")
     return 0 if ok else 1
 
 

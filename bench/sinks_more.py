@@ -7,11 +7,15 @@ measured in the same run on the same machine.
 - http: 20,000 events POSTed in batches of 100 to a local http.server, vs. the anchor:
   the same request bodies POSTed with a bare httpx client.
 
-Run: .venv/bin/python bench/sinks_more.py
+Run: .venv/bin/python bench/sinks_more.py [--min-mirror-ratio 1.5]
+
+Exits 1 when the mirror is below ``--min-mirror-ratio`` x the executemany anchor
+(issue 13: 1.5).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -95,15 +99,22 @@ def bench_http() -> tuple[float, float]:
     return rate, anchor
 
 
-def main() -> None:
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--min-mirror-ratio", type=float, default=1.5)
+    args = parser.parse_args()
     with PostgresServer() as pg:
         rate, anchor = bench_mirror(pg)
+    mirror_ratio = rate / anchor
     print(f"mirror -> postgres: {rate:,.0f} rows/s; anchor executemany upsert {anchor:,.0f} rows/s;"
-          f" ratio {rate / anchor:.2f}")
+          f" ratio {mirror_ratio:.2f}")
     rate, anchor = bench_http()
     print(f"http (batch 100):   {rate:,.0f} events/s; anchor bare httpx {anchor:,.0f} events/s;"
           f" ratio {rate / anchor:.2f}")
+    ok = mirror_ratio >= args.min_mirror_ratio
+    print(("PASS" if ok else "FAIL") + f": mirror/executemany {mirror_ratio:.2f} (minimum {args.min_mirror_ratio})")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

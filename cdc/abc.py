@@ -21,6 +21,7 @@ capability             implemented by              used by
 ``DefaultBatchSize``   a sink class                the config: ``batch_size`` when none is given
 ``ReportsSkipped``     a sink (database mirrors)   ``cdc dlq replay``: entries superseded
 ``ReportsReadiness``   a sink (brokers)            ``/readyz``: down between deliveries
+``Pipelined``          a sink (Kafka, RabbitMQ)    the worker: several batches in flight
 ``Preflight``          a source                    ``cdc check``: settings, rights, retention
 ``Describable``        a source                    ``cdc status``, metrics: slot lag, retained WAL
 ``TableNaming``        a source class              the config: ``orders`` -> ``public.orders``
@@ -46,7 +47,8 @@ if TYPE_CHECKING:
     from .snapshot.chunk import Chunk
 
 __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", "Commit",
-           "Checkable", "DefaultBatchSize", "ReportsSkipped", "ReportsReadiness", "Preflight", "Describable", "TableNaming",
+           "Checkable", "DefaultBatchSize", "Pipelined",
+           "ReportsSkipped", "ReportsReadiness", "Preflight", "Describable", "TableNaming",
            "CountsBytes", "SlotOwner", "PositionCheck", "Timestamped", "DeadLetterStore", "Countable", "Problem",
            "Snapshottable", "SnapshotReader"]
 
@@ -187,6 +189,37 @@ class DefaultBatchSize(Protocol):
     """A sink class whose best batch size is not 1000 (a class attribute)."""
 
     default_batch_size: int
+
+
+@runtime_checkable
+class Pipelined(Protocol):
+    """A sink that keeps several batches in flight (a broker that acknowledges
+    asynchronously), the asynchronous form of ``Sink.write``.
+
+    The worker (``cdc/engine/worker.py``) calls ``send`` for each batch, up to the
+    sink spec's ``max_batches_in_flight`` before the oldest is confirmed, and ``wait``
+    for the oldest batch only; it acknowledges to the ``AckTracker`` strictly in the
+    order of ``send``.  ``write`` stays, and must mean ``wait(send(events), ...)``:
+    the worker uses it to deliver again after a failure, one batch at a time.
+
+    - ``send(events)`` starts delivering ``events`` after everything sent before and
+      returns a handle at once (it may block while a local buffer is full).  It
+      raises as ``write`` does for what it finds before sending (an illegal topic).
+    - ``wait(handle, timeout)`` returns True once this batch, and every batch sent
+      before it, is durably accepted; False when that is still unknown after
+      ``timeout`` seconds.  It raises ``TransientSinkError`` or ``PermanentSinkError``
+      when the batch failed (a sink must also fail, rather than wait for ever, a batch
+      without an outcome after its own delivery timeout).
+
+    After any failure the worker sends nothing new: it delivers the failed batch and
+    every later batch in flight again, in order, with ``write`` (the retry policy
+    applies), so per-key order holds across the retry.  Batches sent again may
+    already have been delivered: consumers deduplicate on the event id.
+    """
+
+    def send(self, events: Sequence[ChangeEvent]) -> object: ...
+
+    def wait(self, handle: object, timeout: float) -> bool: ...
 
 
 @runtime_checkable

@@ -36,6 +36,7 @@ __all__ = ["ChangeEvent", "Commit", "UNAVAILABLE"]
 UNAVAILABLE = "__cdc_unavailable_value"
 
 _dumps = orjson.dumps
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
 class ChangeEvent:
@@ -93,6 +94,14 @@ class ChangeEvent:
                            "after": self.after, "key": self.key, "source": self.source,
                            "ts_ms": self.ts_ms})
         return _dumps(self.to_dict())
+
+    def to_json_line(self) -> bytes:
+        """``to_json()`` followed by ``\n``, in one buffer (JSON Lines without a join)."""
+        if self.message is None:
+            return _dumps({"id": self.id, "op": self.op, "before": self.before,
+                           "after": self.after, "key": self.key, "source": self.source,
+                           "ts_ms": self.ts_ms}, option=_NEWLINE)
+        return _dumps(self.to_dict(), option=_NEWLINE)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, position: Any = None) -> ChangeEvent:

@@ -26,7 +26,8 @@ __all__ = ["read_layout"]
 SOURCE_KEYS = {"type": str, "checkpoint": dict,
                 "max_in_flight_events": int, "max_in_flight_bytes": int,
                 "checkpoint_interval": float}
-SINK_KEYS = {"type": str, "name": str, "batch_size": int, "retry": RetryOptions, "dead_letter": dict,
+SINK_KEYS = {"type": str, "name": str, "batch_size": int, "max_batches_in_flight": int,
+              "retry": RetryOptions, "dead_letter": dict,
               "on_error": Literal["retry", "dead_letter", "skip", "stop"]}
 _PIPELINE_KEYS = ("source", "tables", "transforms", "sinks", "on_error", "dead_letter")
 PIPELINE_ON_ERROR = Literal["stop", "skip", "dead_letter"]
@@ -267,7 +268,7 @@ def _sink(raw: Any, path: str, pipeline: str, source: str, index: int, directory
     if len(problems) == before:
         _builds(comp, problems)
     spec = SinkSpec(comp.type, comp.factory, comp.options, path, ctx)
-    for key in ("on_error", "retry", "batch_size"):
+    for key in ("on_error", "retry", "batch_size", "max_batches_in_flight"):
         if key in extra:
             setattr(spec, key, extra[key])
     if "batch_size" not in extra:
@@ -282,7 +283,7 @@ def _sink(raw: Any, path: str, pipeline: str, source: str, index: int, directory
             _builds(spec.dead_letter, problems)
     if spec.on_error == "dead_letter" and "dead_letter" not in raw:
         problems.append(ConfigProblem(f"{path}.dead_letter", "required when on_error is dead_letter"))
-    _at_least(spec, ("batch_size",), 1, path, problems)
+    _at_least(spec, ("batch_size", "max_batches_in_flight"), 1, path, problems)
     _at_least(spec.retry, ("max_attempts",), 0, f"{path}.retry", problems)
     _positive(spec.retry, ("initial_backoff", "max_backoff"), f"{path}.retry", problems)
     return [spec]

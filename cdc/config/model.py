@@ -52,6 +52,7 @@ class SinkSpec(Component):
     on_error: str = "retry"
     retry: RetryOptions = field(default_factory=RetryOptions)
     batch_size: int = 1000
+    max_batches_in_flight: int = 8          # for a ``Pipelined`` sink; 1: one batch at a time
     dead_letter: Component | None = None
 
 

@@ -3,17 +3,21 @@ a program that embeds ``SourceRunner`` next to other work decides for itself."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import sys
 
 __all__ = ["tune_process", "SWITCH_INTERVAL"]
 
 SWITCH_INTERVAL = 0.05  # seconds
+MALLOC_TRIM_THRESHOLD = 8 << 20  # bytes of free heap top glibc keeps instead of returning
+_M_TRIM_THRESHOLD = -1  # mallopt parameter (glibc malloc.h)
 
 
 def tune_process() -> None:
     """Fewer young-generation collections and a longer GIL switch interval (measured: ~15%
-    and ~4% of the reader's time)."""
+    and ~4% of the reader's time), and glibc's heap top kept up to 8 MiB."""
     # Events hold no reference cycles; collecting every 700 allocations costs ~15% of
     # the reader's time, so the young generation is allowed to grow.
     gc.freeze()
@@ -21,3 +25,14 @@ def tune_process() -> None:
     # The reader and the sink threads all want the GIL; handing it over every 5 ms
     # (the default) costs the reader a few percent of its throughput.
     sys.setswitchinterval(max(sys.getswitchinterval(), SWITCH_INTERVAL))
+    # A sink that holds a batch's serialized lines (file: ~1,000 lines of JSON) grows
+    # the heap and frees it again; glibc gave the top back to the kernel after each
+    # (128 kB threshold) and took fresh zeroed pages for the next: 3x the file sink's
+    # time, in page faults.  8 MiB kept costs at most 8 MiB of RSS.
+    libc_name = ctypes.util.find_library("c")
+    if libc_name and sys.platform.startswith("linux"):
+        try:
+            mallopt = ctypes.CDLL(libc_name).mallopt
+        except (OSError, AttributeError):  # not glibc
+            return
+        mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)

@@ -9,6 +9,12 @@ What happens when events cannot be delivered (``on_error``):
   to find the events that fail, and for each of those: ``retry`` and ``stop`` halt
   the source (the checkpoint stays before the event), ``skip`` logs and counts it,
   ``dead_letter`` parks it in the dead-letter sink with everything needed to replay.
+
+A ``Pipelined`` sink (``cdc.abc``) gets up to ``max_batches_in_flight`` batches sent
+before the oldest is confirmed; acknowledgements still go to the tracker in the order
+the batches were sent.  When one fails, nothing new is sent: that batch and every
+later one in flight are delivered again in order with ``write`` under the policy
+above, so per-key order holds across the retry (at the price of duplicates).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..abc import Pipelined
 from ..config.model import SinkSpec
 from ..errors import PermanentError, SinkError, TransientError
 from ..event import ChangeEvent
@@ -113,18 +120,10 @@ class SinkWorker:
         try:
             self._attempt(self.sink.open, "connect")
             self.connected = True
-            while True:
-                taken = self._take()
-                if taken is None:
-                    break
-                seqs, events = taken
-                size = self.spec.batch_size
-                for start in range(0, len(events), size):
-                    self._deliver(events[start:start + size])
-                if crash_point is not None: crash_point("after_sink_write")  # noqa: E701 - crash point (cdc/faults.py)
-                for seq in seqs:
-                    self.tracker.ack(seq)
-                self.holding = None
+            if isinstance(self.sink, Pipelined) and self.spec.max_batches_in_flight > 1:
+                self._run_pipelined(self.sink)
+            else:
+                self._run_serial()
         except SinkAborted:
             log.warning("sink %s: stopped with a batch undelivered; it will be read again", self.name)
         except SinkHalted as exc:
@@ -140,10 +139,81 @@ class SinkWorker:
                 except Exception as exc:
                     log.warning("sink %s: error while closing: %s", self.name, exc)
 
-    def _take(self) -> tuple[list[int], list[ChangeEvent]] | None:
+    def _run_serial(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            seqs, events = taken
+            size = self.spec.batch_size
+            for start in range(0, len(events), size):
+                self._deliver(events[start:start + size])
+            if crash_point is not None: crash_point("after_sink_write")  # noqa: E701 - crash point (cdc/faults.py)
+            for seq in seqs:
+                self.tracker.ack(seq)
+            self.holding = None
+
+    def _run_pipelined(self, sink: Pipelined) -> None:
+        """Several batches in flight; the oldest is waited for, acknowledged first."""
+        # (handle, the tracker batches done with this one, events, sent at), in send order
+        window: deque[tuple[object, list[int], list[ChangeEvent], float]] = deque()
+        limit, size = self.spec.max_batches_in_flight, self.spec.batch_size
+        while True:
+            taken = self._take(block=not window) if len(window) < limit else None
+            if taken is not None:
+                seqs, events = taken
+                chunks = [events[i:i + size] for i in range(0, len(events), size)]
+                for k, chunk in enumerate(chunks):
+                    done = seqs if k == len(chunks) - 1 else []
+                    try:
+                        handle = sink.send(chunk)
+                    except Exception as exc:
+                        rest = [(done if j == len(chunks) - 1 else [], c)
+                                for j, c in enumerate(chunks[k:], start=k)]
+                        self._redeliver(window, rest, exc)
+                        window.clear()
+                        break
+                    window.append((handle, done, chunk, time.monotonic()))
+                continue
+            if not window:
+                if self._abort.is_set() or self._closing:
+                    return
+                continue
+            if self._abort.is_set():
+                raise SinkAborted(f"{len(window)} batches in flight")
+            handle, seqs, events, sent = window[0]
+            try:
+                # short waits while there is room, so that new batches are sent at once
+                confirmed = sink.wait(handle, 0.2 if len(window) >= limit else 0.002)
+            except Exception as exc:
+                self._redeliver(window, [], exc)
+                window.clear()
+                continue
+            if confirmed:
+                window.popleft()
+                self._delivered(len(events), 0, sent)
+                if seqs and crash_point is not None: crash_point("after_sink_write")  # noqa: E701 - (cdc/faults.py)
+                for seq in seqs:
+                    self.tracker.ack(seq)
+                self.holding = next((s[0] for _, s, _, _ in window if s), None)
+
+    def _redeliver(self, window: deque[tuple[object, list[int], list[ChangeEvent], float]],
+                   unsent: list[tuple[list[int], list[ChangeEvent]]], exc: Exception) -> None:
+        """A batch failed: deliver it and everything after it again, in order, one at a time."""
+        self.counts["failed"] += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.warning("sink %s: a batch failed with %d in flight; delivering them again in order: %s",
+                    self.name, len(window), self.last_error)
+        for seqs, events in [(seqs, events) for _, seqs, events, _ in window] + unsent:
+            self._deliver(events)
+            for seq in seqs:
+                self.tracker.ack(seq)
+        self.holding = None
+
+    def _take(self, block: bool = True) -> tuple[list[int], list[ChangeEvent]] | None:
         with self._cond:
             while not self._queue:
-                if self._closing:
+                if self._closing or not block:
                     return None
                 self._cond.wait()
             if self._abort.is_set():
@@ -154,7 +224,8 @@ class SinkWorker:
                 seq, batch = self._queue.popleft()
                 seqs.append(seq)
                 events.extend(batch)
-            self.holding = seqs[0]
+            if self.holding is None:  # the oldest taken and not yet acknowledged
+                self.holding = seqs[0]
             return seqs, events
 
     def _deliver(self, events: list[ChangeEvent]) -> None:
@@ -167,15 +238,18 @@ class SinkWorker:
             parked = self._park(events[0], halted) if len(events) == 1 else self._one_by_one(events)
         else:
             parked = 0
-        self.counts["written"] += len(events) - parked
+        self._delivered(len(events), parked, started)
+
+    def _delivered(self, events: int, parked: int, started: float) -> None:
+        self.counts["written"] += events - parked
         self.counts["batches"] += 1
         self.latency = time.monotonic() - started
         if self.latency >= SLOW_BATCH:
             log.warning("sink %s: a batch of %d events took %.0fs to deliver; while a sink is this slow, "
                         "reading waits once max_in_flight_events is reached, for every pipeline of the "
-                        "source (see docs/operations.md)", self.name, len(events), self.latency)
+                        "source (see docs/operations.md)", self.name, events, self.latency)
         if self.on_batch is not None:
-            self.on_batch(len(events), self.latency)
+            self.on_batch(events, self.latency)
 
     def _one_by_one(self, events: list[ChangeEvent]) -> int:
         """Find the events the destination refuses; the policy decides for each.

@@ -26,6 +26,12 @@
   domain's ``seq``, then the row; other ids naturally (digit runs as numbers).  With several GTID
   domains or uuids the stored id is one id per domain, comma-separated.
 - Identifiers are always quoted; values are always bound parameters.
+- PostgreSQL: a run of upserts into one table with the same columns goes by
+  ``COPY`` into a temporary table with the target's column types, then one
+  ``INSERT ... SELECT ... ON CONFLICT`` (the last change of a key in the run wins,
+  as applying them in turn would give); the temporary table lives in the same
+  transaction as the position row.  Other statements, and runs on MySQL, go as
+  ``executemany``.
 """
 
 from __future__ import annotations
@@ -124,8 +130,12 @@ class _MirrorSink:
         self.sink_name = context.name if context else self.dialect
         self.target: Target | None = None
         self._sql_cache: dict[tuple, str] = {}
+        self._upserts: dict[str, tuple[str, list[str], tuple[str, ...]]] = {}  # sql -> table, keys, columns
         self._converters: dict[str, dict[str, Callable[[Any], Any]]] = {}  # target table -> column -> fn
         self._cur: Any = None
+        self._plans: dict[tuple, list[tuple[str, str, Callable[[Any], Any]]]] = {}  # see _row
+        self._temps: dict[tuple, str] = {}     # (table, columns) -> temporary table (PostgreSQL), per connection
+        self._used_temps: set[str] = set()     # temporary tables holding rows in this transaction
         #: ids of the last ``write``'s events not applied: at or behind the stored position
         self.skipped: list[str] = []
 
@@ -144,7 +154,8 @@ class _MirrorSink:
             raise sink_error(exc, f"cannot create {self.position_table}") from exc
 
     def _reset(self) -> None:
-        self._converters.clear()  # a failed batch may be a changed table: read the catalog again
+        self._converters.clear()
+        self._temps.clear()  # a failed batch may be a changed table: read the catalog again
         if self.target is not None:
             self.target.close()
             self.target = None
@@ -159,6 +170,7 @@ class _MirrorSink:
             self.open()
         t = self.target
         self.skipped = []
+        self._used_temps.clear()
         skipped: list[str] = []
         try:
             with t.conn.cursor() as cur:
@@ -193,9 +205,8 @@ class _MirrorSink:
             raise err from exc
         self.skipped = skipped
 
-    @staticmethod
-    def _execute(cur, statements: list[tuple[str, list]]) -> None:
-        """Runs of the same statement go as one ``executemany`` (pipelined), in order."""
+    def _execute(self, cur, statements: list[tuple[str, list]]) -> None:
+        """Runs of the same statement go together (``execute_run``), in order."""
         i = 0
         while i < len(statements):
             sql = statements[i][0]
@@ -205,8 +216,12 @@ class _MirrorSink:
             if j - i == 1:
                 cur.execute(sql, statements[i][1])
             else:
-                cur.executemany(sql, [params for _, params in statements[i:j]])
+                self.execute_run(cur, sql, [params for _, params in statements[i:j]])
             i = j
+
+    def execute_run(self, cur, sql: str, rows: list[list]) -> None:
+        """Several executions of one statement: ``executemany`` (pipelined)."""
+        cur.executemany(sql, rows)
 
     def _positions(self, cur) -> dict[str, str]:
         q = self.target.quote(self.position_table)
@@ -243,14 +258,19 @@ class _MirrorSink:
         out.append(self._upsert(table, key_cols, row))
 
     def _row(self, row: dict, rename: dict[str, str], convert: dict[str, Callable[[Any], Any]]) -> dict:
+        # a plan per (converters, renames, source columns): (source column, target column, conversion)
+        plan_key = (id(convert), id(rename), tuple(row))
+        plan = self._plans.get(plan_key)
+        if plan is None:
+            adapt = self.adapt
+            plan = self._plans[plan_key] = [(k, rename.get(k, k), convert.get(rename.get(k, k)) or adapt)
+                                            for k in row]
         out = {}
-        adapt = self.adapt
-        for k, v in row.items():
-            if v == UNAVAILABLE:
+        for k, column, fn in plan:
+            v = row[k]
+            if v.__class__ is str and v == UNAVAILABLE:
                 continue
-            column = rename.get(k, k)
-            fn = convert.get(column)
-            out[column] = fn(v) if fn is not None else adapt(v)
+            out[column] = fn(v)
         return out
 
     def _delete(self, table: str, key_cols: list[str], row: dict) -> tuple[str, list]:
@@ -274,6 +294,7 @@ class _MirrorSink:
                 f"INSERT INTO {self.target.quote(table)} ({', '.join(q(c) for c in cols)})"
                 f" VALUES ({', '.join(['%s'] * len(cols))}) "
                 + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
+            self._upserts[sql] = (table, key_cols, cols)
         return sql, list(row.values())
 
     # ---- dialect hooks --------------------------------------------------------------
@@ -363,6 +384,38 @@ class PostgresMirrorSink(_MirrorSink):
             elif category == "S":  # a JSON object or array into a text column: its JSON
                 out[name] = _as_text
         return out
+
+    def execute_run(self, cur, sql: str, rows: list[list]) -> None:
+        """A run of upserts as ``COPY`` into a temporary table of the same column types,
+        then one ``INSERT ... SELECT ... ON CONFLICT``; the last row of each key wins."""
+        upsert = self._upserts.get(sql)
+        if upsert is None or len(rows) < 8:
+            cur.executemany(sql, rows)
+            return
+        table, key_cols, cols = upsert
+        at = [cols.index(k) for k in key_cols]
+        try:
+            last = {tuple(r[i] for i in at): r for r in rows}
+        except TypeError:  # an unhashable key value
+            cur.executemany(sql, rows)
+            return
+        q = self.target.quote_column
+        names = ", ".join(q(c) for c in cols)
+        temp = self._temps.get((table, cols))
+        if temp is None:
+            temp = self._temps[(table, cols)] = f"cdc_upsert_{len(self._temps)}"
+            # the target's column types (CREATE ... AS keeps them), none of its constraints
+            cur.execute(f"CREATE TEMPORARY TABLE {temp} ON COMMIT DELETE ROWS AS"
+                        f" SELECT {names} FROM {self.target.quote(table)} WITH NO DATA")
+        elif temp in self._used_temps:
+            cur.execute(f"TRUNCATE {temp}")
+        self._used_temps.add(temp)
+        with cur.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
+            write_row = copy.write_row
+            for row in last.values():
+                write_row(row)
+        cur.execute(f"INSERT INTO {self.target.quote(table)} ({names}) SELECT {names} FROM {temp} "
+                    + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
 
     def truncate_sql(self, qt: str) -> str:
         return f"TRUNCATE {qt}"

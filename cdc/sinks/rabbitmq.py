@@ -1,15 +1,27 @@
 """``rabbitmq``: persistent messages with publisher confirms.
 
-Each message is published with ``delivery_mode=2`` and ``mandatory``; ``write``
-returns once the broker confirmed every one (for a durable queue: written to disk).
-A lost connection or a nack is transient (the batch is sent again, same
-``message_id``); an unroutable message or a missing exchange is permanent.
+Each message is published with ``delivery_mode=2`` and ``mandatory``.  The sink is
+``Pipelined``: ``send`` publishes a batch without waiting, and the broker's
+confirms (``basic.ack`` / ``basic.nack``, one delivery tag or ``multiple`` up to
+one) are matched by delivery tag to the batches in flight; a batch is complete when
+each of its messages is confirmed (for a durable queue: written to disk).  ``write``
+is send, then wait.  A lost connection or a nack is transient (the worker publishes
+again from the first batch not confirmed, in order, with the same ``message_id``);
+an unroutable message or a missing exchange is permanent.
+
+pika's ``BlockingConnection`` waits for each confirm when its channel is in confirm
+mode, so the sink turns confirm mode on through the channel's underlying
+asynchronous ``Channel`` (``confirm_delivery`` with an ack/nack callback) and
+publishes through it, flushing once per batch.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import struct
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,6 +60,50 @@ def check_routing_key(key: str) -> None:
         raise UnsafeValue(f"routing key {key[:40]!r}... is longer than 255 bytes")
 
 
+_PUBLISH = struct.pack(">HHH", 60, 40, 0)   # Basic.Publish, reserved ticket 0
+# content_type, headers, delivery_mode, message_id, timestamp (AMQP 0-9-1 property flags)
+_ENVELOPE_FLAGS = (1 << 15) | (1 << 13) | (1 << 12) | (1 << 7) | (1 << 6)
+
+
+def _short(text: str) -> bytes:
+    data = text.encode()
+    if len(data) > 255:
+        raise ValueError("longer than 255 bytes")
+    return bytes((len(data),)) + data
+
+
+def envelope_frames(channel: int, exchange: str, routing_key: str, mandatory: bool, content_type: str,
+                    message_id: str, timestamp: int, op: str, table: str, body: bytes, max_body: int) -> bytes:
+    """An event's Basic.Publish as AMQP 0-9-1 frames (method, header, body): what pika's
+    ``basic_publish`` sends, encoded in a few ``struct`` calls instead of pika's generic
+    per-field encoders (the sink's main cost)."""
+    method = _PUBLISH + _short(exchange) + _short(routing_key) + (b"\x01" if mandatory else b"\x00")
+    op_b, table_b = op.encode(), table.encode()
+    table_field = (b"\x02opS" + struct.pack(">I", len(op_b)) + op_b
+                   + b"\x05tableS" + struct.pack(">I", len(table_b)) + table_b)
+    header = (struct.pack(">HHQH", 60, 0, len(body), _ENVELOPE_FLAGS) + _short(content_type)
+              + struct.pack(">I", len(table_field)) + table_field + b"\x02" + _short(message_id)
+              + struct.pack(">Q", timestamp))
+    parts = [struct.pack(">BHI", 1, channel, len(method)), method, b"\xce",
+             struct.pack(">BHI", 2, channel, len(header)), header, b"\xce"]
+    for start in range(0, len(body), max_body):
+        chunk = body[start:start + max_body]
+        parts += [struct.pack(">BHI", 3, channel, len(chunk)), chunk, b"\xce"]
+    return b"".join(parts)
+
+
+class _Batch:
+    """One batch in flight on one connection: messages not yet confirmed."""
+
+    __slots__ = ("remaining", "failure", "generation", "deadline")
+
+    def __init__(self, generation: int, deadline: float) -> None:
+        self.remaining = 0
+        self.failure: Exception | None = None
+        self.generation = generation
+        self.deadline = deadline
+
+
 def _import_pika() -> Any:
     return require("pika", "rabbitmq", "rabbitmq", "pika")
 
@@ -75,6 +131,7 @@ class RabbitMQSink:
     """
 
     default_batch_size = 1000
+    confirm_timeout = 60.0  # seconds a batch may wait for its confirms
 
     def __init__(self, url: str, exchange: str = "", routing_key: str = "{source}.{schema}.{table}",
                  exchange_type: str | None = None, mandatory: bool = True,
@@ -94,6 +151,11 @@ class RabbitMQSink:
         self._connection: Any = None
         self._channel: Any = None
         self._declared: set[str] = set()
+        self._generation = 0                 # one per channel: delivery tags restart at 1
+        self._tag = 0                        # the last delivery tag published on the channel
+        self._unconfirmed: OrderedDict[int, _Batch] = OrderedDict()
+        self._returned: str | None = None    # a Basic.Return precedes its message's ack
+        self._closed_by_broker: Exception | None = None
         self.state = BrokerState(log, self.name)
         self._connected_once = False
 
@@ -104,7 +166,7 @@ class RabbitMQSink:
         try:
             self._connection = pika.BlockingConnection(pika.URLParameters(self.url))
             self._channel = self._connection.channel()
-            self._channel.confirm_delivery()
+            self._confirm_mode(self._channel._impl)
         except pika.exceptions.ProbableAuthenticationError as exc:
             raise PermanentSinkError(f"login refused: {redact(str(exc))}", sink=self.name) from None
         except (pika.exceptions.AMQPError, OSError) as exc:
@@ -117,6 +179,60 @@ class RabbitMQSink:
             log.info("sink %s: connected to %s", self.name, redact(self.url))
             self._connected_once = True
         self.state.up()
+
+    def _confirm_mode(self, impl: Any) -> None:
+        """Confirm mode with our own ack/nack callback (no wait per publish)."""
+        self._generation += 1
+        self._tag = 0
+        self._fail_unconfirmed(None)
+        self._returned = self._closed_by_broker = None
+        selected: list[object] = []
+        impl.add_on_return_callback(self._on_return)
+        impl.add_on_close_callback(self._on_channel_closed)
+        impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
+        deadline = time.monotonic() + 30
+        while not selected:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no Confirm.SelectOk within 30 s")
+            self._connection.process_data_events(0.1)
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag, nack = method.delivery_tag, method.NAME == "Basic.Nack"
+        unconfirmed = self._unconfirmed
+        if method.multiple:
+            tags = []
+            for t in unconfirmed:
+                if t > tag:
+                    break
+                tags.append(t)
+        else:
+            tags = [tag]
+        for t in tags:
+            batch = unconfirmed.pop(t, None)
+            if batch is None:
+                continue
+            batch.remaining -= 1
+            if nack and batch.failure is None:
+                batch.failure = TransientSinkError("the broker refused a message (nack)", sink=self.name)
+            elif self._returned is not None and batch.failure is None:
+                batch.failure = PermanentSinkError(self._returned, sink=self.name)
+        self._returned = None
+
+    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        exchange, routing_key = method.exchange, method.routing_key
+        self._returned = (f"a message could not be routed to any queue (mandatory): exchange "
+                          f"{exchange or '(default)'!r}, routing key {routing_key!r} matches no"
+                          f" binding{' (no queue of that name)' if not exchange else ''}")
+
+    def _on_channel_closed(self, channel: Any, reason: Exception) -> None:
+        self._closed_by_broker = reason
+
+    def _fail_unconfirmed(self, failure: Exception | None) -> None:
+        for batch in self._unconfirmed.values():
+            if batch.failure is None and failure is not None:
+                batch.failure = failure
+        self._unconfirmed.clear()
 
     def close(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -164,42 +280,90 @@ class RabbitMQSink:
         return out
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
+        handle = self.send(events)
+        while not self.wait(handle, 1.0):
+            pass
+
+    def send(self, events: Sequence[ChangeEvent]) -> _Batch:
+        """Publish ``events`` without waiting for their confirms (``Pipelined``)."""
         pika = _import_pika()
         targets = self._targets(events)  # all checked before anything is published
         if self._channel is None or not self._channel.is_open:
             self.close()
             self.open()
-        exchange = routing_key = ""
+        batch = _Batch(self._generation, time.monotonic() + self.confirm_timeout)
+        # pika hands each frame (3 per message) to the socket with its own send(); the
+        # batch's frames are collected and handed over as one buffer instead
+        connection = self._connection._impl
+        frames: list[bytes] = []
         try:
-            for (exchange, routing_key), event in zip(targets, events):
-                if event.op == "u" and event.before is not None and not is_message(event, self.content):
-                    split = split_key_change(event)
-                    if split is not None:  # the key changed: delete the old key, create the new
-                        self._publish(pika, split[0], exchange, routing_key)
-                        event = split[1]
-                self._publish(pika, event, exchange, routing_key)
-        except pika.exceptions.UnroutableError:
-            raise PermanentSinkError(f"a message could not be routed to any queue (mandatory): exchange "
-                                     f"{exchange or '(default)'!r}, routing key {routing_key!r} matches no"
-                                     f" binding{' (no queue of that name)' if not exchange else ''}",
-                                     sink=self.name) from None
-        except pika.exceptions.NackError:
-            raise TransientSinkError("the broker refused a message (nack)", sink=self.name) from None
-        except pika.exceptions.ChannelClosedByBroker as exc:
+            if self.exchange_type:  # before the frames are held back: a declare waits for its reply
+                for exchange in dict.fromkeys(e for e, _ in targets):
+                    if exchange and exchange not in self._declared:
+                        self._channel.exchange_declare(exchange, self.exchange_type, durable=True)
+                        self._declared.add(exchange)
+            connection._adapter_emit_data = frames.append
+            try:
+                for (exchange, routing_key), event in zip(targets, events):
+                    if event.op == "u" and event.before is not None and not is_message(event, self.content):
+                        split = split_key_change(event)
+                        if split is not None:  # the key changed: delete the old key, create the new
+                            self._publish(pika, split[0], exchange, routing_key, batch)
+                            event = split[1]
+                    self._publish(pika, event, exchange, routing_key, batch)
+            finally:
+                del connection._adapter_emit_data  # the class's method again
+                if frames:  # whole messages only: pika marshals a message before emitting it
+                    connection._adapter_emit_data(b"".join(frames))
+            self._connection.process_data_events(0)  # send the batch, read confirms so far
+        except Exception as exc:
+            self._failed(pika, exc)
+        return batch
+
+    def wait(self, handle: object, timeout: float) -> bool:
+        """True once every message of the batch ``handle`` is confirmed (``basic.ack``);
+        raises for a nack, an unroutable message, a lost connection or ``confirm_timeout``."""
+        assert isinstance(handle, _Batch)
+        pika = _import_pika()
+        end = time.monotonic() + timeout
+        try:
+            while handle.remaining and handle.failure is None:
+                if handle.generation != self._generation or self._connection is None:
+                    raise TransientSinkError("the connection was lost with the batch unconfirmed", sink=self.name)
+                if self._closed_by_broker is not None:
+                    raise self._closed_by_broker
+                now = time.monotonic()
+                if now > handle.deadline:
+                    self.close()
+                    raise TransientSinkError(f"{handle.remaining} messages without a confirm after "
+                                             f"{self.confirm_timeout:.0f} s", sink=self.name)
+                if now >= end:
+                    return False
+                self._connection.process_data_events(min(end - now, 0.1))
+        except (TransientSinkError, PermanentSinkError):
+            raise
+        except Exception as exc:
+            self._failed(pika, exc)
+        if handle.failure is not None:
+            raise handle.failure
+        self.state.up()
+        return True
+
+    def _failed(self, pika: Any, exc: Exception) -> None:
+        """Raise the sink error for a failure while publishing or waiting for confirms."""
+        if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
             self.close()
             cls = PermanentSinkError if exc.reply_code in _PERMANENT_CODES else TransientSinkError
             raise cls(f"channel closed by the broker: {exc.reply_code} {exc.reply_text}",
                       sink=self.name) from None
-        except (pika.exceptions.AMQPError, OSError) as exc:  # lost connection: reconnect next time
+        if isinstance(exc, (pika.exceptions.AMQPError, OSError)):  # lost connection: reconnect next time
             self.close()
             message = f"connection lost: {redact(repr(exc))}"
             self.state.down(message)
             raise TransientSinkError(message, sink=self.name) from None
+        raise exc
 
-    def _publish(self, pika: Any, event: ChangeEvent, exchange: str, routing_key: str) -> None:
-        if self.exchange_type and exchange and exchange not in self._declared:
-            self._channel.exchange_declare(exchange, self.exchange_type, durable=True)
-            self._declared.add(exchange)
+    def _publish(self, pika: Any, event: ChangeEvent, exchange: str, routing_key: str, batch: _Batch) -> None:
         if is_message(event, self.content):
             message_type = str((event.message or {}).get("type", ""))
             properties = pika.BasicProperties(
@@ -207,9 +371,31 @@ class RabbitMQSink:
                 timestamp=event.ts_ms // 1000, headers={"message_type": message_type})
             body = orjson.dumps(payload_of(event))
         else:
+            if self._closed_by_broker is not None:
+                raise self._closed_by_broker
+            impl = self._channel._impl
+            if not impl.is_open:
+                raise pika.exceptions.ChannelWrongStateError("channel is closed")
+            body = event.to_json()
+            try:
+                frames = envelope_frames(impl.channel_number, exchange, routing_key, self.mandatory,
+                                         self.content_type, event.id, event.ts_ms // 1000, event.op,
+                                         event.table, body, impl.connection._body_max_length)
+            except ValueError:  # a field too long for a short string: pika's encoder says which
+                frames = None
+            if frames is not None:
+                impl.connection._adapter_emit_data(frames)  # held back by ``send`` as one buffer
+                self._tag += 1
+                self._unconfirmed[self._tag] = batch
+                batch.remaining += 1
+                return
             properties = pika.BasicProperties(
                 delivery_mode=2, message_id=event.id, content_type=self.content_type,
                 timestamp=event.ts_ms // 1000, headers={"op": event.op, "table": event.table})
-            body = event.to_json()
-        # With confirms on, this blocks until the broker confirmed the message.
-        self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=self.mandatory)
+        if self._closed_by_broker is not None:
+            raise self._closed_by_broker
+        # The underlying channel: no flush and no wait per message (``send`` flushes).
+        self._channel._impl.basic_publish(exchange, routing_key, body, properties, mandatory=self.mandatory)
+        self._tag += 1
+        self._unconfirmed[self._tag] = batch
+        batch.remaining += 1

@@ -172,6 +172,9 @@ def _default_server_id(name: str) -> int:
     return 100_000 + zlib.crc32(name.encode()) % 1_000_000_000
 
 
+MAX_POLL_BYTES = 1 << 20  # binlog bytes per poll (one larger event may exceed it)
+
+
 class MySQLSource:
     """Options: ``dsn`` (``mysql://user:pass@host:3306/db``), ``tables`` (``db.table``),
     ``server_id`` (unique among the server's replicas; default: derived from the source
@@ -419,8 +422,12 @@ class MySQLSource:
         now_ms = int(time.time() * 1000)
         reader = self.reader
         tables = self._tables
-        # Inside a transaction the rest of it is already in the binlog: read on without waiting.
-        while len(out) < self.max_poll_events and (self._tx is not None or self._ready(wait)):
+        # Inside a transaction the rest of it is already in the binlog: read on without waiting,
+        # but not past MAX_POLL_BYTES: the engine's max_in_flight_bytes is checked between polls,
+        # so a transaction of wide rows must not arrive in one poll.
+        stop_at = self.bytes_read + MAX_POLL_BYTES
+        while (len(out) < self.max_poll_events and self.bytes_read < stop_at
+               and (self._tx is not None or self._ready(wait))):
             wait = 0.0
             packet = reader.next_packet()
             if packet is None:
