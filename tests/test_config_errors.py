@@ -96,3 +96,13 @@ def test_two_sources_may_not_share_a_checkpoint_or_a_slot(tmp_path):
     assert code == 2, out
     assert "sources.shop2.checkpoint: the same checkpoint as source shop" in out, out
     assert "sources.shop2.slot: slot cdc_shop_shop is also the slot of source shop" in out, out
+
+
+def test_sources_may_share_a_postgres_checkpoint_table(tmp_path):
+    """The ``postgres`` store keeps one row per source: a shared table is no shared checkpoint."""
+    text = BASE.replace("checkpoint: {type: file, path: state/shop.json}",
+                        "checkpoint: {type: postgres, dsn: 'postgresql://u@127.0.0.1/state'}")
+    second = ("  shop2:\n    type: postgres\n    dsn: postgresql://u@127.0.0.1/shop\n    tables: [orders]\n"
+              "    checkpoint: {type: postgres, dsn: 'postgresql://u@127.0.0.1/state'}\n")
+    code, out = validate(tmp_path, text.replace("pipelines:\n", second + "pipelines:\n", 1))
+    assert code == 0, out

@@ -60,8 +60,9 @@ def test_on_demand_snapshot_while_a_writer_hits_the_chunk(pg_database, tmp_path)
 def test_where_bad_where_cancel_and_list(pg_database, tmp_path):
     sql(pg_database, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note text)",
         "INSERT INTO snap SELECT g, 0, 'row ' || g FROM generate_series(1, 50000) g")
+    # small chunks: the copy must still be running when the cancel arrives, on an idle machine too
     cfg = config(tmp_path, pg_database, ["public.snap"], {"all": file_pipeline()}, snapshot="never",
-                 snapshot_chunk_size=100)
+                 snapshot_chunk_size=20)
     out = tmp_path / "out/all.jsonl"
     path = str(tmp_path / "pipelines.yaml")
     with Running(cfg) as r:

@@ -74,10 +74,12 @@ def _shared_positions(sources: dict[str, SourceSpec], problems: list[ConfigProbl
 
 
 def _checkpoint_identity(comp: Component) -> tuple:
+    """Where a store keeps its position: a file store's resolved path.  Other stores keep
+    one row per source name (the ``postgres`` store), so their identity includes it."""
     options = dict(comp.options)
     if isinstance(options.get("path"), str):
-        options["path"] = str(comp.context.resolve_path(options["path"]).resolve())
-    return (comp.type, tuple(sorted((k, repr(v)) for k, v in options.items())))
+        return ("path", str(comp.context.resolve_path(options["path"]).resolve()))
+    return (comp.type, comp.context.source, tuple(sorted((k, repr(v)) for k, v in options.items())))
 
 
 def _ops_keys(raw: dict, directory: Path, problems: list[ConfigProblem]) -> tuple[str | None, Path]:
