@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import PermanentError, SourceError
+from ..event import ChangeEvent
 
-__all__ = ["Chunk", "SnapshotInputError", "MODES"]
+__all__ = ["Chunk", "SnapshotInputError", "MODES", "read_events"]
 
 #: ``snapshot:`` modes, with Debezium's meanings
 MODES = ("initial", "never", "initial_only", "when_needed")
@@ -34,3 +35,20 @@ class Chunk:
     watermark: Any
     key_columns: list[str] = field(default_factory=list)
     first_index: int = 0   # rows of this copy emitted before this chunk (set when emitted)
+
+
+def read_events(rows: list, prefix: str, first: int, key_names: list[str], base: dict, now: int,
+                table: str, position: Any, last: bool) -> list[ChangeEvent]:
+    """The ``op: "r"`` events of a chunk's rows (``(key, row)`` pairs): ids ``prefix + n``
+    from ``first``, one shared ``source`` block, ``snapshot: "last"`` on a copy's last row."""
+    out = []
+    new = ChangeEvent.__new__
+    for i, (key, row) in enumerate(rows, start=first):
+        e = new(ChangeEvent)
+        e.id = f"{prefix}{i}"; e.op = "r"; e.before = None; e.after = row  # noqa: E702
+        e.key = dict(zip(key_names, key)); e.source = base; e.ts_ms = now  # noqa: E702
+        e.table = table; e.position = position; e.destination = None; e.message = None  # noqa: E702
+        out.append(e)
+    if last and out:
+        out[-1].source = dict(base, snapshot="last")
+    return out

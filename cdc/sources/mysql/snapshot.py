@@ -23,7 +23,7 @@ import pymysql.cursors
 
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
-from ...snapshot.chunk import Chunk, SnapshotInputError
+from ...snapshot.chunk import Chunk, SnapshotInputError, read_events
 from . import settings as checks
 from .types import float32
 
@@ -260,17 +260,4 @@ class MySQLSnapshotReader:
         base = {"connector": "mysql", "name": self.source_name, "db": t.db, "table": t.name,
                 "file": position.get("file"), "pos": position.get("pos"), "row": 0, "gtid": gtid,
                 "server_id": None, "ts_ms": now, "snapshot": True}
-        key_names = t.key
-        table = chunk.table
-        at = position.get("pos")
-        out = []
-        new = ChangeEvent.__new__
-        for i, (key, row) in enumerate(rows):
-            e = new(ChangeEvent)
-            e.id = f"{prefix}{first + i}"; e.op = "r"; e.before = None; e.after = row  # noqa: E702
-            e.key = dict(zip(key_names, key)); e.source = base; e.ts_ms = now  # noqa: E702
-            e.table = table; e.position = at; e.destination = None; e.message = None  # noqa: E702
-            out.append(e)
-        if last and out:
-            out[-1].source = dict(base, snapshot="last")
-        return out
+        return read_events(rows, prefix, first, t.key, base, now, chunk.table, position.get("pos"), last)

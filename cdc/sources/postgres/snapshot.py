@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
-from ...snapshot.chunk import Chunk, SnapshotInputError
+from ...snapshot.chunk import Chunk, SnapshotInputError, read_events
 from .replication import SESSION_OPTIONS
 from .types import _bool, _timestamp, converter_for
 
@@ -349,16 +349,4 @@ class PostgresSnapshotReader:
         now = int(time.time() * 1000)
         base = {"connector": "postgresql", "name": self.source_name, "db": self.db, "schema": t.schema,
                 "table": t.name, "lsn": at, "txId": None, "ts_ms": now, "snapshot": True}
-        key_names = t.key
-        out = []
-        new = ChangeEvent.__new__
-        table = chunk.table
-        for i, (key, row) in enumerate(rows):
-            e = new(ChangeEvent)
-            e.id = f"{prefix}{i}"; e.op = "r"; e.before = None; e.after = row  # noqa: E702
-            e.key = dict(zip(key_names, key)); e.source = base; e.ts_ms = now  # noqa: E702
-            e.table = table; e.position = at; e.destination = None; e.message = None  # noqa: E702
-            out.append(e)
-        if last and out:
-            out[-1].source = dict(base, snapshot="last")
-        return out
+        return read_events(rows, prefix, 0, t.key, base, now, chunk.table, at, last)
