@@ -18,6 +18,8 @@ cdc is below ``--min-ratio`` x the anchor or below ``--min-rate`` messages/s.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import time
 import uuid
@@ -42,10 +44,41 @@ def make_events(n: int) -> list[ChangeEvent]:
                         {"id": i}, SRC, 1764091000123, "public.orders") for i in range(n)]
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and every live descendant (the broker's beam.smp)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        todo.extend(children.get(p, []))
+    return total
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+QUEUE_ARGUMENTS: dict = {}
+
+
 def new_queue(url: str) -> str:
     name = f"bench-{uuid.uuid4().hex[:8]}"
     with pika.BlockingConnection(pika.URLParameters(url)) as conn:
-        conn.channel().queue_declare(name, durable=True)
+        conn.channel().queue_declare(name, durable=True, arguments=QUEUE_ARGUMENTS)
     return name
 
 
@@ -125,24 +158,37 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--min-ratio", type=float, default=0.8)
     parser.add_argument("--min-rate", type=float, default=20_000)
+    parser.add_argument("--queue-version", type=int, choices=[1, 2], default=None,
+                        help="declare classic queues with x-queue-version (the broker's default when absent)")
     args = parser.parse_args()
+    if args.queue_version:
+        QUEUE_ARGUMENTS["x-queue-version"] = args.queue_version
     events = make_events(args.events)
     anchors: list[float] = []
     rates: list[float] = []
+    broker_us: list[float] = []
     with RabbitMQServer() as server:
+        assert server.pid is not None
         for r in range(args.rounds):
             order = ["anchor", "cdc"] if r % 2 == 0 else ["cdc", "anchor"]
             for which in order:
+                broker0, own0 = tree_cpu_seconds(server.pid), own_cpu_seconds()
                 if which == "anchor":
                     anchors.append(bare_publisher(server.url, events))
                 else:
                     rates.append(cdc_sink(server.url, events, server.data_dir))
-                print(f"round {r + 1} {which}: {(anchors if which == 'anchor' else rates)[-1]:,.0f} msg/s",
-                      flush=True)
+                broker = (tree_cpu_seconds(server.pid) - broker0) / len(events) * 1e6
+                own = (own_cpu_seconds() - own0) / len(events) * 1e6
+                broker_us.append(broker)
+                print(f"round {r + 1} {which}: {(anchors if which == 'anchor' else rates)[-1]:,.0f} msg/s;"
+                      f" CPU per message: broker {broker:.1f} us, publisher process {own:.1f} us", flush=True)
     anchor, rate = max(anchors), max(rates)
     ratio = rate / anchor
     ok = ratio >= args.min_ratio and rate >= args.min_rate
     print(f"rabbitmq sink {rate:,.0f} msg/s; bare pipelined publisher {anchor:,.0f} msg/s; ratio {ratio:.2f}")
+    cores = os.cpu_count() or 1
+    print(f"the broker needs {min(broker_us):.1f} CPU-us per message: on {cores} cores, with nothing else"
+          f" running, the broker alone could confirm at most {cores * 1e6 / min(broker_us):,.0f} msg/s")
     print(("PASS" if ok else "FAIL") + f": ratio {ratio:.2f} (minimum {args.min_ratio}),"
           f" {rate:,.0f} msg/s (minimum {args.min_rate:,.0f})")
     return 0 if ok else 1
