@@ -1,0 +1,244 @@
+"""``snapshot: when_needed`` (issue 9), against real servers: a stored checkpoint whose log
+position is gone (PostgreSQL: the slot was dropped; MariaDB: the binlog was purged) starts
+a full re-snapshot with one WARNING, then streams; every other mode keeps the clear stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+
+import pytest
+import yaml
+from snapshot_helpers import read_complete
+
+from cdc.config import parse_config
+from cdc.engine import SourceRunner
+
+from mysql_helpers import db_of, execute
+from pgutil import config as pg_config
+from pgutil import sql
+
+OUT = "out/all.jsonl"
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+class Run:
+    """A SourceRunner on a thread that keeps what ``run()`` returned or raised."""
+
+    def __init__(self, cfg) -> None:
+        self.runner = SourceRunner(cfg, "db", grace_period=10.0)
+        self.code: int | None = None
+        self.raised: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.code = self.runner.run()
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            self.raised = exc
+
+    def __enter__(self) -> Run:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.runner.request_stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the runner did not stop"
+
+    def ended(self, timeout: float = 30) -> str:
+        """Wait for the runner to stop by itself; its error."""
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "cdc runs on"
+        return str(self.raised or self.runner.error or "")
+
+
+def _position(tmp_path) -> dict:
+    return json.loads((tmp_path / "state/db.json").read_text())["position"]
+
+
+def _ops(events: list[dict]) -> list[tuple[str, int]]:
+    return [(e["op"], (e["after"] or e["before"])["id"]) for e in events]
+
+
+def _copied(tmp_path) -> bool:
+    position = (tmp_path / "state/db.json").exists() and _position(tmp_path)
+    return bool(position) and not position["snapshot"]["queue"]
+
+
+# ---- PostgreSQL: the slot was dropped while cdc was stopped ------------------------------------
+
+def _pg_first_run(tmp_path, dsn: str, mode: str) -> str:
+    """Rows 1..40 exist; run once (copy, then a live insert of 41); stop. The slot's name."""
+    sql(dsn, "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        "INSERT INTO t SELECT g, 'old' FROM generate_series(1, 40) g")
+    cfg = pg_config(tmp_path, dsn, ["public.t"], {"all": {"source": "db", "sinks": [{"type": "file", "path": OUT}]}},
+                    snapshot=mode, snapshot_chunk_size=16)
+    out = tmp_path / OUT
+    copied = 0 if mode == "never" else 40
+    with Run(cfg) as run:
+        wait_for(lambda: _copied(tmp_path), 30, "the initial copy")
+        if mode == "initial_only":
+            assert not run.ended(), "initial_only stops by itself, without an error"
+        else:
+            sql(dsn, "INSERT INTO t VALUES (41, 'live')")
+            wait_for(lambda: len(read_complete(out)) >= copied + 1, 30, "the live insert")
+        slot = run.runner.source.slot
+    return slot
+
+
+def _pg_while_stopped(dsn: str, slot: str) -> None:
+    sql(dsn, "INSERT INTO t VALUES (42, 'in the gap')", "UPDATE t SET v = 'changed in the gap' WHERE id = 7",
+        "DELETE FROM t WHERE id = 3")
+    sql(dsn, "SELECT pg_drop_replication_slot(%s)", params=(slot,))
+
+
+def test_postgres_slot_dropped_while_stopped_re_snapshots_then_streams(pg_database, tmp_path, caplog):
+    slot = _pg_first_run(tmp_path, pg_database, "when_needed")
+    lost = _position(tmp_path)["lsn"]
+    _pg_while_stopped(pg_database, slot)
+    cfg = pg_config(tmp_path, pg_database, ["public.t"],
+                    {"all": {"source": "db", "sinks": [{"type": "file", "path": OUT}]}},
+                    snapshot="when_needed", snapshot_chunk_size=16)
+    # what `cdc check` says first: a warning, not an error, with when_needed
+    problems = cfg.sources["db"].build().preflight(_position(tmp_path), None)
+    about_slot = [(level, text) for level, text in problems if f"slot {slot}" in text]
+    assert [level for level, _ in about_slot] == ["warning"], problems
+    assert "when_needed" in about_slot[0][1] and "snapshot" in about_slot[0][1]
+
+    out = tmp_path / OUT
+    before = len(read_complete(out))
+    caplog.set_level(logging.WARNING)
+    with Run(cfg) as run:
+        wait_for(lambda: run.runner.source_connected or not run.thread.is_alive(), 30, "the source")
+        assert run.thread.is_alive(), run.ended()
+        wait_for(lambda: _copied(tmp_path) and _position(tmp_path)["lsn"] != lost, 60, "the re-snapshot")
+        sql(pg_database, "INSERT INTO t VALUES (43, 'live after')", "UPDATE t SET v = 'live' WHERE id = 1")
+        wait_for(lambda: ("u", 1) in _ops(read_complete(out)[before:]), 30, "the live changes")
+    second = read_complete(out)[before:]
+    rows = {r[0]: r[1] for r in sql(pg_database, "SELECT id, v FROM t WHERE id <> 43")}
+    reads = [e for e in second if e["op"] == "r"]
+    # every row of the table now, as it is now, as op "r"; the rows deleted in the gap are not
+    assert sorted((e["after"]["id"], e["after"]["v"]) for e in reads if e["after"]["id"] != 1) == \
+        sorted((k, v) for k, v in rows.items() if k != 1)
+    assert {e["after"]["id"] for e in reads} == set(rows)
+    assert reads[-1]["source"]["snapshot"] == "last"
+    # then live changes, after the copy of their rows
+    assert ("c", 43) in _ops(second) and _ops(second).index(("u", 1)) > _ops(second).index(("r", 1))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "when_needed" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert lost in warnings[0] and f"slot {slot}" in warnings[0] and "public.t" in warnings[0]
+    assert sql(pg_database, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", params=(slot,))
+    assert _position(tmp_path)["lsn"] != lost
+
+
+@pytest.mark.parametrize("mode", ["initial", "never", "initial_only"])
+def test_postgres_slot_dropped_while_stopped_stops_other_modes(pg_database, tmp_path, mode):
+    slot = _pg_first_run(tmp_path, pg_database, mode)
+    lost = _position(tmp_path)["lsn"]
+    _pg_while_stopped(pg_database, slot)
+    cfg = pg_config(tmp_path, pg_database, ["public.t"],
+                    {"all": {"source": "db", "sinks": [{"type": "file", "path": OUT}]}},
+                    snapshot=mode, snapshot_chunk_size=16)
+    problems = cfg.sources["db"].build().preflight(_position(tmp_path), None)
+    assert [level for level, text in problems if f"slot {slot}" in text] == ["error"], problems
+    before = len(read_complete(tmp_path / OUT))
+    with Run(cfg) as run:
+        error = run.ended()
+    assert f"slot {slot}" in error and "does not exist" in error and lost in error, error
+    assert "cdc checkpoint reset" in error
+    assert read_complete(tmp_path / OUT)[before:] == []
+    assert not sql(pg_database, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", params=(slot,)), \
+        "the slot was re-created"
+    assert _position(tmp_path)["lsn"] == lost
+
+
+# ---- MariaDB: the binlog was purged past the saved position while cdc was stopped --------------
+
+def _maria_config(tmp_path, server, db: str, mode: str):
+    raw = {"sources": {"db": {"type": "mysql", "dsn": server.dsn(db, user="cdc"), "tables": [f"{db}.items"],
+                              "server_id": random.randint(5000, 90000), "snapshot": mode,
+                              "snapshot_chunk_size": 16,
+                              "checkpoint": {"type": "file", "path": "state/db.json"},
+                              "checkpoint_interval": 0.0}},
+           "pipelines": {"all": {"source": "db", "sinks": [{"type": "file", "path": OUT}]}}}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return parse_config(raw, path, {})
+
+
+def _maria_first_run_then_purge(tmp_path, server, db: str, mode: str) -> dict:
+    """Rows 1..40; run once (copy, a live insert of 41); stop; write more, then purge
+    every binlog before a new one.  The checkpoint that cannot be resumed."""
+    execute(server, db, "CREATE TABLE items (id bigint PRIMARY KEY, v varchar(40))",
+            "INSERT INTO items SELECT seq, 'old' FROM seq_1_to_40")
+    out = tmp_path / OUT
+    with Run(_maria_config(tmp_path, server, db, mode)) as run:
+        wait_for(lambda: run.runner.source_connected or not run.thread.is_alive(), 30, "the source")
+        wait_for(lambda: _copied(tmp_path), 60, "the initial copy")
+        execute(server, db, "INSERT INTO items VALUES (41, 'live')")
+        wait_for(lambda: ("c", 41) in _ops(read_complete(out)), 30, "the live insert")
+        wait_for(lambda: _position(tmp_path) == run.runner.tracker.position, 30, "the checkpoint")
+    saved = _position(tmp_path)
+    execute(server, db, "INSERT INTO items VALUES (42, 'in the gap')",
+            "UPDATE items SET v = 'changed in the gap' WHERE id = 7", "DELETE FROM items WHERE id = 3",
+            "FLUSH BINARY LOGS")
+    with server.connect() as conn, conn.cursor() as cur:
+        cur.execute("SHOW BINARY LOGS")
+        current = cur.fetchall()[-1][0]
+
+        def purged() -> bool:  # a file still open by the stopped reader's dump thread is kept
+            cur.execute(f"PURGE BINARY LOGS TO '{current}'")
+            cur.execute("SHOW BINARY LOGS")
+            return cur.fetchall()[0][0] == current
+        wait_for(purged, 30, "the purge")
+    return saved
+
+
+def test_mariadb_binlog_purged_while_stopped_re_snapshots_then_streams(mariadb_server, mariadb_database,
+                                                                        tmp_path, caplog):
+    db = db_of(mariadb_database)
+    lost = _maria_first_run_then_purge(tmp_path, mariadb_server, db, "when_needed")
+    cfg = _maria_config(tmp_path, mariadb_server, db, "when_needed")
+    out = tmp_path / OUT
+    before = len(read_complete(out))
+    caplog.set_level(logging.WARNING)
+    with Run(cfg) as run:
+        wait_for(lambda: (_copied(tmp_path) and _position(tmp_path)["gtid"] != lost["gtid"])
+                 or not run.thread.is_alive(), 60, "the re-snapshot")
+        assert run.thread.is_alive(), run.ended()
+        execute(mariadb_server, db, "INSERT INTO items VALUES (43, 'live after')",
+                "UPDATE items SET v = 'live' WHERE id = 1")
+        wait_for(lambda: ("u", 1) in _ops(read_complete(out)[before:]), 30, "the live changes")
+    second = read_complete(out)[before:]
+    with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, v FROM items WHERE id NOT IN (1, 43)")
+        rows = {int(k): v for k, v in cur.fetchall()}
+    reads = [e for e in second if e["op"] == "r"]
+    assert {e["after"]["id"]: e["after"]["v"] for e in reads if e["after"]["id"] != 1} == rows
+    assert 1 in {e["after"]["id"] for e in reads} and 3 not in {e["after"]["id"] for e in reads}
+    assert reads[-1]["source"]["snapshot"] == "last"
+    assert ("c", 43) in _ops(second) and _ops(second).index(("u", 1)) > _ops(second).index(("r", 1))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "when_needed" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert lost["gtid"] in warnings[0] and f"{db}.items" in warnings[0]
+
+
+def test_mariadb_binlog_purged_while_stopped_stops_with_initial(mariadb_server, mariadb_database, tmp_path):
+    db = db_of(mariadb_database)
+    lost = _maria_first_run_then_purge(tmp_path, mariadb_server, db, "initial")
+    before = len(read_complete(tmp_path / OUT))
+    with Run(_maria_config(tmp_path, mariadb_server, db, "initial")) as run:
+        error = run.ended()
+    assert "cannot resume" in error and lost["gtid"] in error, error
+    assert read_complete(tmp_path / OUT)[before:] == []
+    assert _position(tmp_path) == lost
