@@ -9,6 +9,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 
 import pytest
 import yaml
@@ -17,9 +18,10 @@ from snapshot_helpers import read_complete
 from cdc.config import parse_config
 from cdc.engine import SourceRunner
 
-from mysql_helpers import db_of, execute
+from mysql_helpers import execute
 from pgutil import config as pg_config
 from pgutil import sql
+from servers import MariaDBServer
 
 OUT = "out/all.jsonl"
 
@@ -141,6 +143,50 @@ def test_postgres_slot_dropped_while_stopped_re_snapshots_then_streams(pg_databa
     assert _position(tmp_path)["lsn"] != lost
 
 
+def _drop_slot_under_cdc(dsn: str, slot: str) -> None:
+    """What an operator (or a failover tool) does: terminate the walsender, drop the slot."""
+    deadline = time.time() + 30
+    while True:
+        sql(dsn, "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                 " WHERE slot_name = %s AND active", params=(slot,))
+        try:
+            sql(dsn, "SELECT pg_drop_replication_slot(%s)", params=(slot,))
+            return
+        except Exception:  # still active: cdc reconnected in between
+            assert time.time() < deadline, "could not drop the slot"
+            time.sleep(0.05)
+
+
+def test_postgres_slot_dropped_while_running_re_snapshots_then_streams(pg_database, tmp_path, caplog):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        "INSERT INTO t SELECT g, 'old' FROM generate_series(1, 40) g")
+    cfg = pg_config(tmp_path, pg_database, ["public.t"],
+                    {"all": {"source": "db", "sinks": [{"type": "file", "path": OUT}]}},
+                    snapshot="when_needed", snapshot_chunk_size=16)
+    out = tmp_path / OUT
+    caplog.set_level(logging.WARNING)
+    with Run(cfg) as run:
+        wait_for(lambda: _copied(tmp_path), 30, "the initial copy")
+        sql(pg_database, "INSERT INTO t VALUES (41, 'live')")
+        wait_for(lambda: ("c", 41) in _ops(read_complete(out)), 30, "the live insert")
+        slot = run.runner.source.slot
+        _drop_slot_under_cdc(pg_database, slot)
+        sql(pg_database, "UPDATE t SET v = 'changed after the drop' WHERE id = 7")
+        wait_for(lambda: _ops(read_complete(out)).count(("r", 40)) == 2 and _copied(tmp_path)
+                 or not run.thread.is_alive(), 60, "the second copy")
+        assert run.thread.is_alive(), run.ended()
+        sql(pg_database, "INSERT INTO t VALUES (43, 'live after')")
+        wait_for(lambda: ("c", 43) in _ops(read_complete(out)), 30, "the live change after the copy")
+    events = read_complete(out)
+    second = events[max(i for i, e in enumerate(events) if e["op"] == "c" and e["after"]["id"] == 41) + 1:]
+    reads = {e["after"]["id"]: e["after"]["v"] for e in second if e["op"] == "r"}
+    assert reads == {k: v for k, v in sql(pg_database, "SELECT id, v FROM t WHERE id <> 43")}
+    assert reads[7] == "changed after the drop"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "when_needed" in r.getMessage()]
+    assert len(warnings) == 1 and f"slot {slot}" in warnings[0], warnings
+    assert sql(pg_database, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", params=(slot,))
+
+
 @pytest.mark.parametrize("mode", ["initial", "never", "initial_only"])
 def test_postgres_slot_dropped_while_stopped_stops_other_modes(pg_database, tmp_path, mode):
     slot = _pg_first_run(tmp_path, pg_database, mode)
@@ -163,6 +209,15 @@ def test_postgres_slot_dropped_while_stopped_stops_other_modes(pg_database, tmp_
 
 
 # ---- MariaDB: the binlog was purged past the saved position while cdc was stopped --------------
+
+
+@pytest.fixture(scope="module")
+def purgeable_mariadb():
+    """A MariaDB of this module's own: purging the shared server's binlogs would change
+    what other tests see."""
+    with MariaDBServer() as server:
+        yield server
+
 
 def _maria_config(tmp_path, server, db: str, mode: str):
     raw = {"sources": {"db": {"type": "mysql", "dsn": server.dsn(db, user="cdc"), "tables": [f"{db}.items"],
@@ -204,9 +259,10 @@ def _maria_first_run_then_purge(tmp_path, server, db: str, mode: str) -> dict:
     return saved
 
 
-def test_mariadb_binlog_purged_while_stopped_re_snapshots_then_streams(mariadb_server, mariadb_database,
-                                                                        tmp_path, caplog):
-    db = db_of(mariadb_database)
+def test_mariadb_binlog_purged_while_stopped_re_snapshots_then_streams(purgeable_mariadb, tmp_path, caplog):
+    mariadb_server = purgeable_mariadb
+    db = f"wn_{uuid.uuid4().hex[:10]}"
+    mariadb_server.create_database(db)
     lost = _maria_first_run_then_purge(tmp_path, mariadb_server, db, "when_needed")
     cfg = _maria_config(tmp_path, mariadb_server, db, "when_needed")
     out = tmp_path / OUT
@@ -233,8 +289,10 @@ def test_mariadb_binlog_purged_while_stopped_re_snapshots_then_streams(mariadb_s
     assert lost["gtid"] in warnings[0] and f"{db}.items" in warnings[0]
 
 
-def test_mariadb_binlog_purged_while_stopped_stops_with_initial(mariadb_server, mariadb_database, tmp_path):
-    db = db_of(mariadb_database)
+def test_mariadb_binlog_purged_while_stopped_stops_with_initial(purgeable_mariadb, tmp_path):
+    mariadb_server = purgeable_mariadb
+    db = f"wn_{uuid.uuid4().hex[:10]}"
+    mariadb_server.create_database(db)
     lost = _maria_first_run_then_purge(tmp_path, mariadb_server, db, "initial")
     before = len(read_complete(tmp_path / OUT))
     with Run(_maria_config(tmp_path, mariadb_server, db, "initial")) as run:

@@ -42,7 +42,10 @@ def problems(source: PostgresSource, position: dict | None = None) -> list[Probl
         elif mine is not None and mine[1]:
             out.append(("warning", f"slot {source.slot} is in use by another connection: is cdc already running?"))
         problem = setup.slot_problem(conn, source.slot, position, source.name)
-        if problem:
+        if problem and source.snapshot == "when_needed":
+            out.append(("warning", f"{problem}. With snapshot: when_needed, cdc run does that by itself: "
+                                   f"it creates the slot again and copies every table in tables: again"))
+        elif problem:
             out.append(("error", problem))
         out += setup.publication_problems(conn, source.publication, source.tables)
         for table, columns in setup.generated_columns(conn, source.tables).items():
