@@ -265,6 +265,11 @@ def test_mariadb_binlog_purged_while_stopped_re_snapshots_then_streams(purgeable
     mariadb_server.create_database(db)
     lost = _maria_first_run_then_purge(tmp_path, mariadb_server, db, "when_needed")
     cfg = _maria_config(tmp_path, mariadb_server, db, "when_needed")
+    # what `cdc check` says first: a warning, not an error, with when_needed
+    problems = cfg.sources["db"].build().preflight(_position(tmp_path), 60)
+    about_gtid = [(level, text) for level, text in problems if lost["gtid"] in text]
+    assert [level for level, _ in about_gtid] == ["warning"], problems
+    assert "purged" in about_gtid[0][1] and "when_needed" in about_gtid[0][1]
     out = tmp_path / OUT
     before = len(read_complete(out))
     caplog.set_level(logging.WARNING)
@@ -294,8 +299,11 @@ def test_mariadb_binlog_purged_while_stopped_stops_with_initial(purgeable_mariad
     db = f"wn_{uuid.uuid4().hex[:10]}"
     mariadb_server.create_database(db)
     lost = _maria_first_run_then_purge(tmp_path, mariadb_server, db, "initial")
+    cfg = _maria_config(tmp_path, mariadb_server, db, "initial")
+    problems = cfg.sources["db"].build().preflight(_position(tmp_path), 60)
+    assert [level for level, text in problems if lost["gtid"] in text] == ["error"], problems
     before = len(read_complete(tmp_path / OUT))
-    with Run(_maria_config(tmp_path, mariadb_server, db, "initial")) as run:
+    with Run(cfg) as run:
         error = run.ended()
     assert "cannot resume" in error and lost["gtid"] in error, error
     assert read_complete(tmp_path / OUT)[before:] == []
