@@ -308,3 +308,54 @@ def test_mariadb_binlog_purged_while_stopped_stops_with_initial(purgeable_mariad
     assert "cannot resume" in error and lost["gtid"] in error, error
     assert read_complete(tmp_path / OUT)[before:] == []
     assert _position(tmp_path) == lost
+
+
+def test_postgres_slot_ahead_of_the_checkpoint_re_snapshots(pg_database, tmp_path, caplog):
+    """The slot confirmed past the checkpoint (another reader, or an old copy of the
+    checkpoint): the changes in between are lost to cdc, so when_needed copies again."""
+    slot = _pg_first_run(tmp_path, pg_database, "when_needed")
+    lost = _position(tmp_path)["lsn"]
+    sql(pg_database, "UPDATE t SET v = 'skipped by the slot' WHERE id = 9")
+    sql(pg_database, "SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", params=(slot,))
+    cfg = pg_config(tmp_path, pg_database, ["public.t"],
+                    {"all": {"source": "db", "sinks": [{"type": "file", "path": OUT}]}},
+                    snapshot="when_needed", snapshot_chunk_size=16)
+    out = tmp_path / OUT
+    before = len(read_complete(out))
+    caplog.set_level(logging.WARNING)
+    with Run(cfg) as run:
+        wait_for(lambda: (_copied(tmp_path) and _position(tmp_path)["lsn"] != lost)
+                 or not run.thread.is_alive(), 60, "the re-snapshot")
+        assert run.thread.is_alive(), run.ended()
+    reads = {e["after"]["id"]: e["after"]["v"] for e in read_complete(out)[before:] if e["op"] == "r"}
+    assert reads == dict(sql(pg_database, "SELECT id, v FROM t"))
+    assert reads[9] == "skipped by the slot"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "when_needed" in r.getMessage()]
+    assert len(warnings) == 1 and lost in warnings[0] and "after it" in warnings[0], warnings
+
+
+def test_postgres_mirror_after_a_lost_slot_keeps_the_rows_deleted_in_the_gap(pg_server, pg_database, tmp_path):
+    """What the database mirror does with a when_needed re-copy (docs/snapshots.md): every
+    row that exists ends current; a row deleted in the gap stays (the documented caveat)."""
+    target = pg_server.create_database(f"mirror_{pg_database.rsplit('/', 1)[1]}")
+    sql(target, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    mirror = {"all": {"source": "db", "sinks": [{"type": "postgres", "dsn": target}]}}
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        "INSERT INTO t SELECT g, 'old' FROM generate_series(1, 40) g")
+    cfg = pg_config(tmp_path, pg_database, ["public.t"], mirror, snapshot="when_needed", snapshot_chunk_size=16)
+
+    def mirrored() -> dict:
+        return dict(sql(target, "SELECT id, v FROM t"))
+
+    with Run(cfg) as run:
+        wait_for(lambda: len(mirrored()) == 40 or not run.thread.is_alive(), 30, "the first copy")
+        slot = run.runner.source.slot
+    _pg_while_stopped(pg_database, slot)  # inserts 42, changes 7, deletes 3, drops the slot
+    cfg = pg_config(tmp_path, pg_database, ["public.t"], mirror, snapshot="when_needed", snapshot_chunk_size=16)
+    with Run(cfg) as run:
+        wait_for(lambda: 42 in mirrored() or not run.thread.is_alive(), 60, "the re-copy")
+        assert run.thread.is_alive(), run.ended()
+        source = dict(sql(pg_database, "SELECT id, v FROM t"))
+        wait_for(lambda: {k: v for k, v in mirrored().items() if k != 3} == source, 30, "the mirror")
+    assert mirrored()[7] == "changed in the gap"
+    assert 3 not in source and mirrored()[3] == "old", "the row deleted in the gap stays in the mirror"
