@@ -21,7 +21,7 @@ from cdc.engine import SourceRunner
 from mysql_helpers import execute
 from pgutil import config as pg_config
 from pgutil import sql
-from servers import MariaDBServer
+from servers import MariaDBServer, PostgresServer
 
 OUT = "out/all.jsonl"
 
@@ -359,3 +359,58 @@ def test_postgres_mirror_after_a_lost_slot_keeps_the_rows_deleted_in_the_gap(pg_
         wait_for(lambda: {k: v for k, v in mirrored().items() if k != 3} == source, 30, "the mirror")
     assert mirrored()[7] == "changed in the gap"
     assert 3 not in source and mirrored()[3] == "old", "the row deleted in the gap stays in the mirror"
+
+
+@pytest.fixture(scope="module")
+def small_wal_postgres():
+    """A PostgreSQL of this module's own that invalidates a slot holding over 1 MB of WAL."""
+    with PostgresServer(settings={"max_slot_wal_keep_size": "1MB"}) as server:
+        yield server
+
+
+def _invalidate_slot(dsn: str, slot: str) -> None:
+    """Write and switch WAL segments past max_slot_wal_keep_size, then CHECKPOINT."""
+    for i in range(6):
+        sql(dsn, f"INSERT INTO filler SELECT g + {i * 2000}, repeat('x', 200) FROM generate_series(1, 2000) g",
+            "SELECT pg_switch_wal()", "CHECKPOINT")
+        if sql(dsn, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", params=(slot,)) == [("lost",)]:
+            return
+    raise AssertionError("the slot was not invalidated")
+
+
+@pytest.mark.parametrize("mode", ["when_needed", "initial"])
+def test_postgres_slot_invalidated_by_max_slot_wal_keep_size(small_wal_postgres, tmp_path, caplog, mode):
+    """A slot that fell behind max_slot_wal_keep_size is invalidated (wal_status lost): it
+    exists but cannot serve the checkpoint.  when_needed re-creates it and copies again;
+    initial stops and names the reason."""
+    dsn = small_wal_postgres.create_database(f"wn_{uuid.uuid4().hex[:10]}")
+    sql(dsn, "CREATE TABLE filler (id int PRIMARY KEY, v text)")
+    slot = _pg_first_run(tmp_path, dsn, mode)
+    lost = _position(tmp_path)["lsn"]
+    sql(dsn, "UPDATE t SET v = 'while the slot was lost' WHERE id = 5")
+    _invalidate_slot(dsn, slot)
+    cfg = pg_config(tmp_path, dsn, ["public.t"], {"all": {"source": "db", "sinks": [{"type": "file", "path": OUT}]}},
+                    snapshot=mode, snapshot_chunk_size=16)
+    problems = cfg.sources["db"].build().preflight(_position(tmp_path), None)
+    about_slot = [(level, text) for level, text in problems if "invalidated" in text]
+    assert [level for level, _ in about_slot] == ["warning" if mode == "when_needed" else "error"], problems
+    out = tmp_path / OUT
+    before = len(read_complete(out))
+    caplog.set_level(logging.WARNING)
+    with Run(cfg) as run:
+        if mode == "initial":
+            error = run.ended()
+            assert f"slot {slot}" in error and "invalidated" in error and lost in error, error
+            assert read_complete(out)[before:] == []
+            return
+        wait_for(lambda: (_copied(tmp_path) and _position(tmp_path)["lsn"] != lost)
+                 or not run.thread.is_alive(), 60, "the re-snapshot")
+        assert run.thread.is_alive(), run.ended()
+        sql(dsn, "INSERT INTO t VALUES (43, 'live after')")
+        wait_for(lambda: ("c", 43) in _ops(read_complete(out)[before:]), 30, "the live change")
+    reads = {e["after"]["id"]: e["after"]["v"] for e in read_complete(out)[before:] if e["op"] == "r"}
+    assert reads == dict(sql(dsn, "SELECT id, v FROM t WHERE id <> 43"))
+    assert reads[5] == "while the slot was lost"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "when_needed" in r.getMessage()]
+    assert len(warnings) == 1 and lost in warnings[0] and "invalidated" in warnings[0], warnings
+    assert sql(dsn, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", params=(slot,)) != [("lost",)]
