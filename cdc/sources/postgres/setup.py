@@ -127,9 +127,19 @@ def slot_loss(conn: psycopg.Connection, slot: str, position: dict | None, source
     not start after it: otherwise the changes in between are gone, and only an operator
     (or ``snapshot: when_needed``) can decide to accept that."""
     reset = _RESET.format(source=source or "<source>")
-    row = conn.execute("SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff(confirmed_flush_lsn, %s::pg_lsn)"
-                       " FROM pg_replication_slots WHERE slot_name = %s",
+    row = conn.execute("SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff(confirmed_flush_lsn, %s::pg_lsn),"
+                       " wal_status FROM pg_replication_slots WHERE slot_name = %s",
                        ((position or {}).get("lsn") or "0/0", slot)).fetchone()
+    if row is not None and row[2] == "lost" and (position is not None or dropped_while_reading):
+        since = f"the checkpoint at {position['lsn']}" if position else "the position this run started at"
+        return (f"replication slot {slot} was invalidated (wal_status lost: it held more WAL than "
+                f"max_slot_wal_keep_size allows, so PostgreSQL removed WAL it still needed)",
+                f"replication slot {slot} was invalidated (wal_status lost): it held more WAL than "
+                f"max_slot_wal_keep_size allows, so PostgreSQL removed WAL after {since} that cdc had not "
+                f"yet read; those changes are lost to cdc. To start over from now, accepting the loss: "
+                f"SELECT pg_drop_replication_slot('{slot}'), then {reset} (its first run creates the slot), "
+                f"then re-snapshot the captured tables or reconcile the destinations with the database; "
+                f"raise max_slot_wal_keep_size (or -1) to keep it from happening again")
     if row is None:
         if position is None and not dropped_while_reading:
             return None
@@ -193,8 +203,15 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
             # still holds: keep that one published until the operator has changed tables:.
             _match_publication(conn, publication, present, idents, exists, partitioned, source,
                                drop_extra=not gone)
-        slot_row = conn.execute("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s",
+        slot_row = conn.execute("SELECT plugin, database, wal_status FROM pg_replication_slots WHERE slot_name = %s",
                                 (slot,)).fetchone()
+        if slot_row is not None and slot_row[2] == "lost" and create and slot_row[1] == conn.info.dbname:
+            # no checkpoint (a first run, after a reset, or when_needed starting over): an
+            # invalidated slot can serve nothing, and nothing read from it is owed
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            log.warning("source %s: replication slot %s was invalidated (wal_status lost); with no checkpoint "
+                        "to resume, it was dropped to be created again", source, slot)
+            slot_row = None
         if slot_row is None:
             if not create:
                 raise SourceSetupError(f"replication slot {slot} does not exist (create: false): create it "
