@@ -151,14 +151,16 @@ def slot_loss(conn: psycopg.Connection, slot: str, position: dict | None, source
                 f"that cdc had not yet delivered is lost to cdc (PostgreSQL keeps WAL for a slot only "
                 f"while the slot exists). cdc does not re-create it at the current position by itself. "
                 f"To start over from now, accepting the loss: {reset} (its first run creates the slot), then "
-                f"re-snapshot the captured tables or reconcile the destinations with the database")
+                f"re-snapshot the captured tables or reconcile the destinations with the database "
+                f"(snapshot: when_needed does both by itself)")
     if position is not None and row[1] is not None and row[1] > 0:
         return (f"replication slot {slot} starts at {row[0]}, after it (another reader confirmed past it, "
                 f"or the checkpoint is an old copy)",
                 f"replication slot {slot} starts at {row[0]}, after the checkpoint at {position['lsn']}: "
                 f"the changes in between were confirmed by another reader of the slot (or the checkpoint "
                 f"is an old copy), so they are lost to cdc. To go on from the slot's position, accepting "
-                f"the loss: {reset}, then re-snapshot the captured tables or reconcile the destinations")
+                f"the loss: {reset}, then re-snapshot the captured tables or reconcile the destinations "
+                f"(snapshot: when_needed does both by itself)")
     return None
 
 
