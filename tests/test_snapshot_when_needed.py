@@ -170,6 +170,7 @@ def test_postgres_slot_dropped_while_running_re_snapshots_then_streams(pg_databa
         sql(pg_database, "INSERT INTO t VALUES (41, 'live')")
         wait_for(lambda: ("c", 41) in _ops(read_complete(out)), 30, "the live insert")
         slot = run.runner.source.slot
+        dropped_at = time.time()
         _drop_slot_under_cdc(pg_database, slot)
         sql(pg_database, "UPDATE t SET v = 'changed after the drop' WHERE id = 7")
         wait_for(lambda: _ops(read_complete(out)).count(("r", 40)) == 2 and _copied(tmp_path)
@@ -177,6 +178,9 @@ def test_postgres_slot_dropped_while_running_re_snapshots_then_streams(pg_databa
         assert run.thread.is_alive(), run.ended()
         sql(pg_database, "INSERT INTO t VALUES (43, 'live after')")
         wait_for(lambda: ("c", 43) in _ops(read_complete(out)), 30, "the live change after the copy")
+        progress = run.runner.snapshots.figures()["tables"]  # cdc status, the progress bar
+        assert [(p["table"], p["rows"]) for p in progress] == [("public.t", 41)], progress
+        assert progress[0]["started"] >= dropped_at and progress[0]["finished"] >= progress[0]["started"]
     events = read_complete(out)
     second = events[max(i for i, e in enumerate(events) if e["op"] == "c" and e["after"]["id"] == 41) + 1:]
     reads = {e["after"]["id"]: e["after"]["v"] for e in second if e["op"] == "r"}
