@@ -15,6 +15,7 @@ import pytest
 import yaml
 from snapshot_helpers import read_complete
 
+from cdc.cli.check import check_config
 from cdc.config import parse_config
 from cdc.engine import SourceRunner
 
@@ -116,6 +117,8 @@ def test_postgres_slot_dropped_while_stopped_re_snapshots_then_streams(pg_databa
     about_slot = [(level, text) for level, text in problems if f"slot {slot}" in text]
     assert [level for level, _ in about_slot] == ["warning"], problems
     assert "when_needed" in about_slot[0][1] and "snapshot" in about_slot[0][1]
+    findings = check_config(cfg)  # `cdc check` exits 0 on warnings
+    assert "error" not in {f.level for f in findings}, findings
 
     out = tmp_path / OUT
     before = len(read_complete(out))
