@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -421,3 +424,38 @@ def test_postgres_slot_invalidated_by_max_slot_wal_keep_size(small_wal_postgres,
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "when_needed" in r.getMessage()]
     assert len(warnings) == 1 and lost in warnings[0] and "invalidated" in warnings[0], warnings
     assert sql(dsn, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", params=(slot,)) != [("lost",)]
+
+
+def test_cdc_run_re_snapshots_once_then_resumes_normally(pg_database, tmp_path):
+    """The process (``cdc run``): after a when_needed start-over and a clean stop, the next
+    start resumes from the new checkpoint: no second copy, no second WARNING."""
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, v text)",
+        "INSERT INTO t SELECT g, 'old' FROM generate_series(1, 40) g")
+    pg_config(tmp_path, pg_database, ["public.t"], {"all": {"source": "db", "sinks": [{"type": "file", "path": OUT}]}},
+              snapshot="when_needed", snapshot_chunk_size=16)
+    out, log_path = tmp_path / OUT, tmp_path / "cdc.log"
+
+    def run_until(done, what: str) -> str:
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(tmp_path / "pipelines.yaml")],
+                                    cwd=tmp_path, stdout=log, stderr=log)
+        try:
+            wait_for(lambda: done() or proc.poll() is not None, 60, what)
+            assert proc.poll() is None, log_path.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0, log_path.read_text()
+        return log_path.read_text()
+
+    run_until(lambda: _copied(tmp_path), "the first copy")
+    slot = sql(pg_database, "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()")[0][0]
+    sql(pg_database, "SELECT pg_drop_replication_slot(%s)", params=(slot,))
+    sql(pg_database, "INSERT INTO t VALUES (42, 'in the gap')")
+    lost = _position(tmp_path)["lsn"]
+    log = run_until(lambda: _copied(tmp_path) and _position(tmp_path)["lsn"] != lost, "the re-copy")
+    assert sum("when_needed" in line and "WARNING" in line for line in log.splitlines()) == 1, log
+    assert _ops(read_complete(out)).count(("r", 42)) == 1 and _ops(read_complete(out)).count(("r", 1)) == 2
+    sql(pg_database, "INSERT INTO t VALUES (43, 'live')")
+    log = run_until(lambda: ("c", 43) in _ops(read_complete(out)), "the live insert after a restart")
+    assert "when_needed" not in log, log
+    assert _ops(read_complete(out)).count(("r", 1)) == 2, "copied a third time"
