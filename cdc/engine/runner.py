@@ -140,6 +140,7 @@ class SourceRunner:
                 self.source.open(position)
             except PositionLostError as exc:
                 self._start_over(exc, position)
+                self.source.open(None)
             self.source_connected = True
             self._loop()
         except TransformError as exc:
@@ -176,11 +177,15 @@ class SourceRunner:
                 self.source_connected, self.source_error = False, str(exc)
                 self._drain(float("inf"), until_stop=True)  # what was read before the loss is good
                 self._checkpoint(force=True)
-                self.source.close()
+                try:
+                    self.source.close()
+                except Exception:
+                    pass
                 if self._stop.is_set():
                     break
                 self._start_over(exc, position)
-                self.source_connected, self.source_error = True, None
+                if not self._open(None, 1.0):
+                    break
                 continue
             backoff.reset()
             self.caught_up = not items
@@ -379,6 +384,8 @@ class SourceRunner:
                     self.source.open(position)
                 except PositionLostError as exc:
                     self._start_over(exc, position)
+                    position = None  # from now on, retries open as a first run
+                    self.source.open(None)
                 self.source_connected, self.source_error = True, None
                 return True
             except SourceConnectionError as exc:
@@ -396,8 +403,8 @@ class SourceRunner:
 
     def _start_over(self, lost: PositionLostError, position: dict | None) -> None:
         """``snapshot: when_needed`` and the server no longer holds the log at ``position``:
-        say what was lost, forget the copy's progress, open the source as on a first run,
-        and copy every table again.  Any other mode raises ``lost`` (cdc stops)."""
+        say what was lost, forget the copy's progress and plan a copy of every table; the
+        caller then opens the source with no position.  Any other mode raises ``lost``."""
         source, snapshots = self.source, self.snapshots
         if not self._starts_over or snapshots is None or not isinstance(source, StartsOver):
             raise lost
@@ -409,7 +416,6 @@ class SourceRunner:
         snapshots.close()
         snapshots.plan(None)
         source.start_over()
-        self.source.open(None)
 
     def _sleep(self, seconds: float) -> bool:
         """Wait, ticking every second; True if a stop was requested meanwhile."""

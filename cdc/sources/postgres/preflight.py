@@ -43,8 +43,7 @@ def problems(source: PostgresSource, position: dict | None = None) -> list[Probl
             out.append(("warning", f"slot {source.slot} is in use by another connection: is cdc already running?"))
         lost = setup.slot_loss(conn, source.slot, position, source.name)
         if lost and source.snapshot == "when_needed":
-            assert position is not None  # a slot is lost only for a checkpoint
-            out.append(("warning", f"the checkpoint at {position.get('lsn')} cannot be resumed: {lost[0]}; the "
+            out.append(("warning", f"the checkpoint at {(position or {}).get('lsn')} cannot be resumed: {lost[0]}; the "
                                    f"changes after it that cdc had not delivered are lost to cdc. With snapshot: "
                                    f"when_needed, cdc run creates the slot again and copies every table in "
                                    f"tables: again (rows deleted in the gap are not seen: docs/snapshots.md)"))
