@@ -32,6 +32,7 @@ capability             implemented by              used by
 ``DeadLetterStore``    a dead-letter queue         ``cdc dlq list|replay``
 ``Countable``          a dead-letter sink          ``cdc status``: dead letters held
 ``Snapshottable``      a source                    the engine: copy existing rows (``docs/snapshots.md``)
+``StartsOver``         a source                    the engine: ``snapshot: when_needed`` after a lost position
 =====================  ==========================  ===============================================
 """
 
@@ -50,7 +51,7 @@ __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", 
            "Checkable", "DefaultBatchSize", "Pipelined",
            "ReportsSkipped", "ReportsReadiness", "Preflight", "Describable", "TableNaming",
            "CountsBytes", "SlotOwner", "PositionCheck", "Timestamped", "DeadLetterStore", "Countable", "Problem",
-           "Snapshottable", "SnapshotReader"]
+           "Snapshottable", "SnapshotReader", "StartsOver"]
 
 TransformResult = ChangeEvent | None | Iterable[ChangeEvent]
 
@@ -152,6 +153,17 @@ class Snapshottable(Protocol):
 
     def snapshot_position(self) -> dict | None:
         """The position of the last transaction boundary ``poll`` handed on (or opened at)."""
+
+
+@runtime_checkable
+class StartsOver(Protocol):
+    """A source that can start again as on a first run when its saved position is lost
+    (``open`` raised ``PositionLostError``): with ``snapshot: when_needed`` the runner
+    then copies every table again (``docs/snapshots.md``)."""
+
+    def start_over(self) -> None:
+        """Forget every position read or saved, so that the next ``open(None)`` starts at
+        the log's current end (PostgreSQL: creating the replication slot again)."""
 
 
 @runtime_checkable

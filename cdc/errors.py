@@ -8,6 +8,7 @@ server setting that must change.  A retry policy decides with ``isinstance``::
     ├── ConfigError                 bad YAML: carries every problem with its key path
     ├── SourceError                 the source database cannot be read
     │   ├── SourceSetupError        a setting or privilege must change (names it)
+    │   │   └── PositionLostError   the server no longer holds the log at the checkpoint
     │   └── SourceConnectionError   lost or refused connection: reconnect and resume
     ├── TransformError              a transform raised on an event
     ├── SinkError                   a sink could not deliver a batch
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "SourceError",
     "SourceSetupError",
+    "PositionLostError",
     "SourceConnectionError",
     "TransformError",
     "SinkError",
@@ -100,6 +102,18 @@ class SourceError(CdcError):
 
 class SourceSetupError(SourceError, PermanentError):
     """The source is misconfigured for CDC; the message names the setting to change."""
+
+
+class PositionLostError(SourceSetupError):
+    """The saved position cannot be resumed: the server no longer holds the log from
+    there (a dropped replication slot, a purged binlog).  ``snapshot: when_needed``
+    starts over with a full re-snapshot; every other mode stops with the message.
+    ``position`` is the position that was lost, ``reason`` says in a few words why."""
+
+    def __init__(self, message: str, *, source: str | None = None, position: Any = None, reason: str = ""):
+        self.position = position
+        self.reason = reason or message
+        super().__init__(message, source=source)
 
 
 class SourceConnectionError(SourceError, TransientError):

@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..abc import CountsBytes, Snapshottable
+from ..abc import CountsBytes, Snapshottable, StartsOver
 from ..config.model import Config, PipelineSpec
 from ..deadletter.record import TRANSFORMS_SINK
-from ..errors import CdcError, CheckpointError, SourceConnectionError, TransformError
+from ..errors import CdcError, CheckpointError, PositionLostError, SourceConnectionError, TransformError
 from ..event import ChangeEvent, Commit
 from ..faults import crash_point
 from ..snapshot import SnapshotController
@@ -136,7 +136,11 @@ class SourceRunner:
             # The first connection must succeed: a wrong host or password should fail
             # fast (the supervisor or systemd restarts with backoff).  Once running, a
             # lost connection is retried for as long as it takes.
-            self.source.open(position)
+            try:
+                self.source.open(position)
+            except PositionLostError as exc:
+                self._start_over(exc, position)
+                self.source.open(None)
             self.source_connected = True
             self._loop()
         except TransformError as exc:
@@ -165,6 +169,23 @@ class SourceRunner:
                 log.warning("source %s: %s; resuming from the checkpoint in %.0fs", self.name, exc, delay)
                 self.source_connected, self.source_error = False, str(exc)
                 self._reconnect(delay)
+                continue
+            except PositionLostError as exc:  # e.g. a binlog purged while the source reconnected
+                if not self._starts_over:
+                    raise
+                position = self.tracker.position or self.saved_position
+                self.source_connected, self.source_error = False, str(exc)
+                self._drain(float("inf"), until_stop=True)  # what was read before the loss is good
+                self._checkpoint(force=True)
+                try:
+                    self.source.close()
+                except Exception:
+                    pass
+                if self._stop.is_set():
+                    break
+                self._start_over(exc, position)
+                if not self._open(None, 1.0):
+                    break
                 continue
             backoff.reset()
             self.caught_up = not items
@@ -354,11 +375,17 @@ class SourceRunner:
 
     def _open(self, position: dict | None, first_delay: float) -> bool:
         """Reopen the source, retrying while the database is unreachable; False if a
-        stop was requested first.  A setup problem (``SourceSetupError``) is raised."""
+        stop was requested first.  A setup problem (``SourceSetupError``) is raised;
+        a lost position starts over with ``snapshot: when_needed``."""
         backoff = Backoff(first_delay, max(first_delay, 30.0))
         while True:
             try:
-                self.source.open(position)
+                try:
+                    self.source.open(position)
+                except PositionLostError as exc:
+                    self._start_over(exc, position)
+                    position = None  # from now on, retries open as a first run
+                    self.source.open(None)
                 self.source_connected, self.source_error = True, None
                 return True
             except SourceConnectionError as exc:
@@ -367,6 +394,28 @@ class SourceRunner:
                 log.warning("source %s: unavailable, retrying in %.0fs: %s", self.name, delay, exc)
                 if self._sleep(delay):
                     return False
+
+    @property
+    def _starts_over(self) -> bool:
+        """A lost position starts over with a full re-snapshot (``snapshot: when_needed``)."""
+        return (self.snapshots is not None and self.snapshots.mode == "when_needed"
+                and isinstance(self.source, StartsOver))
+
+    def _start_over(self, lost: PositionLostError, position: dict | None) -> None:
+        """``snapshot: when_needed`` and the server no longer holds the log at ``position``:
+        say what was lost, forget the copy's progress and plan a copy of every table; the
+        caller then opens the source with no position.  Any other mode raises ``lost``."""
+        source, snapshots = self.source, self.snapshots
+        if not self._starts_over or snapshots is None or not isinstance(source, StartsOver):
+            raise lost
+        saved = {k: v for k, v in (position or {}).items() if k != "snapshot"} or "the position read last"
+        log.warning("source %s: cannot resume from %s: %s. The changes after it that were not delivered are "
+                    "lost to cdc. snapshot: when_needed: starting over from the current end of the log, with a "
+                    "full re-snapshot of every table in tables: (%s); rows deleted in the gap are not seen "
+                    "(docs/snapshots.md)", self.name, saved, lost.reason, ", ".join(snapshots.tables))
+        snapshots.close()
+        snapshots.plan(None)
+        source.start_over()
 
     def _sleep(self, seconds: float) -> bool:
         """Wait, ticking every second; True if a stop was requested meanwhile."""

@@ -75,6 +75,7 @@ class SnapshotController:
         """Decide what to copy from the loaded checkpoint (None: a new source)."""
         copy = self.mode != "never"
         saved = (position or {}).get(POSITION_KEY)
+        self.progress.clear()  # planned again (when_needed starting over): the new copies' progress
         if position is None:
             self.done = [] if copy else list(self.tables)
             self.queue = [self._entry(INITIAL, t) for t in self.tables] if copy else []

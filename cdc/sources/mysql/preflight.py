@@ -36,17 +36,46 @@ def problems(source: MySQLSource, position: dict | None, checkpoint_age: float |
                         "'expire_logs_days')")
             v = {name.lower(): str(value) for name, value in cur.fetchall()}
             logs = []
+            purged = None
             if v.get("log_bin", "").upper() in ("ON", "1"):
                 try:
                     cur.execute("SHOW BINARY LOGS")
                     logs = [row[0] for row in cur.fetchall()]
+                    gtid = (position or {}).get("gtid")
+                    if logs and isinstance(gtid, str) and gtid:
+                        purged = _purged_gtids(cur, gtid, logs[0], info["mariadb"])
                 except pymysql.MySQLError:
                     pass  # no BINLOG MONITOR: reported above as a missing privilege
     finally:
         conn.close()
     out.extend(_gtid_modes(v, info["mariadb"]))
-    out.extend(_retention(v, checkpoint_age, position, logs))
+    out.extend(_retention(v, checkpoint_age, position, logs, purged, source.snapshot == "when_needed"))
     return out
+
+
+def _purged_gtids(cur, gtid: str, oldest: str, mariadb: bool) -> str | None:
+    """What of the transactions after the GTID position ``gtid`` was purged, or None.
+    MariaDB: the oldest binlog's Gtid_list (the last GTID of each domain before it) must
+    not be ahead of the position in any domain; MySQL: ``gtid_purged`` must be in it."""
+    if not mariadb:
+        cur.execute("SELECT GTID_SUBSET(@@global.gtid_purged, %s), @@global.gtid_purged", (gtid,))
+        inside, purged = cur.fetchone()
+        return None if inside else f"the server purged {purged}"
+    cur.execute(f"SHOW BINLOG EVENTS IN '{oldest}' LIMIT 4")
+    listed = next((row[5] for row in cur.fetchall() if row[2] == "Gtid_list"), None)
+    if listed is None:
+        return None
+    have: dict[str, int] = {}
+    for part in gtid.replace(" ", "").split(","):
+        if _MARIADB_GTID.match(part):
+            domain, _, seq = part.split("-")
+            have[domain] = max(have.get(domain, 0), int(seq))
+    for part in listed.strip("[]").replace(" ", "").split(","):
+        if _MARIADB_GTID.match(part):
+            domain, _, seq = part.split("-")
+            if int(seq) > have.get(domain, 0):
+                return f"the oldest binlog kept, {oldest}, starts after {part}"
+    return None
 
 
 _MARIADB_GTID = re.compile(r"^\d+-\d+-\d+$")
@@ -115,23 +144,32 @@ def _gtid_modes(v: dict, mariadb: bool) -> list[Problem]:
     return []
 
 
-def _retention(v: dict, age: float | None, position: dict | None, logs: list[str]) -> list[Problem]:
+def _retention(v: dict, age: float | None, position: dict | None, logs: list[str], purged: str | None = None,
+               when_needed: bool = False) -> list[Problem]:
+    """Binlog retention against the checkpoint.  A lost position is an error, but with
+    ``snapshot: when_needed`` a warning: cdc run then copies every table again."""
     seconds = float(v.get("binlog_expire_logs_seconds") or 0)
     if not seconds:
         seconds = float(v.get("expire_logs_days") or 0) * 86400
     out: list[Problem] = []
+    lost = "warning" if when_needed else "error"
+    again = (". With snapshot: when_needed, cdc run starts over from the current end of the binlog and copies "
+             "every table in tables: again") if when_needed else ""
     if position and not position.get("gtid"):  # a GTID position resumes from any binlog that holds it
         name = next((position[k] for k in _FILE_KEYS if isinstance(position.get(k), str)), None)
         if name and logs and name not in logs:
-            out.append(("error", f"the checkpoint's binlog {name} was purged (oldest kept: {logs[0]}): "
-                                 f"changes were lost; cdc checkpoint reset and re-snapshot"))
+            out.append((lost, f"the checkpoint's binlog {name} was purged (oldest kept: {logs[0]}): "
+                              f"changes were lost; cdc checkpoint reset and re-snapshot{again}"))
+    elif position and purged:
+        out.append((lost, f"the checkpoint's GTID position {position['gtid']} was purged ({purged}): changes "
+                          f"were lost; cdc checkpoint reset and re-snapshot{again}"))
     if not seconds:
         out.append(("warning", "binlogs are never expired (binlog_expire_logs_seconds = 0): "
                                "watch the disk, or set a retention longer than your longest outage"))
     elif age is not None and age > seconds:
-        out.append(("error", f"the checkpoint is {age / 3600:.1f} h old but binlogs are kept "
-                             f"{seconds / 3600:.1f} h: its position may be purged; raise "
-                             f"binlog_expire_logs_seconds or reset the checkpoint"))
+        out.append((lost, f"the checkpoint is {age / 3600:.1f} h old but binlogs are kept "
+                          f"{seconds / 3600:.1f} h: its position may be purged; raise "
+                          f"binlog_expire_logs_seconds or reset the checkpoint{again}"))
     elif age is not None and age > seconds / 2:
         out.append(("warning", f"the checkpoint is {age / 3600:.1f} h old, over half the binlog "
                                f"retention ({seconds / 3600:.1f} h): start the pipeline soon"))

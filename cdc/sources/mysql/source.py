@@ -25,7 +25,7 @@ from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateR
 
 from ...abc import Problem
 from ...config.model import Context
-from ...errors import ConfigError, ConfigProblem, SourceConnectionError, SourceError, SourceSetupError
+from ...errors import ConfigError, ConfigProblem, PositionLostError, SourceConnectionError, SourceError, SourceSetupError
 from ...event import ChangeEvent, Commit
 from . import preflight
 from . import settings as checks
@@ -337,6 +337,13 @@ class MySQLSource:
                 position["gtid"] = cur.fetchone()[0] or ""
         return position
 
+    def start_over(self) -> None:
+        """After a lost position (``snapshot: when_needed``): the next ``open(None)`` is a
+        first run, from the current end of the binlog."""
+        self._position = self._start_commit = self._tx = None
+        self._index, self._skip, self._error = 0, (None, 0), None
+        self.gtids, self.file, self.pos = None, "", 0
+
     def snapshot_reader(self) -> MySQLSnapshotReader:
         return MySQLSnapshotReader(self.settings, self.name)
 
@@ -382,7 +389,13 @@ class MySQLSource:
         if isinstance(exc, pymysql.OperationalError):
             code = exc.args[0] if exc.args else 0
             if code == 1236:  # the binlog at our position is gone
-                return SourceSetupError(f"cannot resume from {self._position}: {exc.args[-1]}", source=self.name)
+                return PositionLostError(f"cannot resume from {self._position}: {exc.args[-1]}. The changes "
+                                         f"after it that cdc had not delivered are lost to cdc. To start over "
+                                         f"from now, accepting the loss: cdc checkpoint reset <config> --source "
+                                         f"{self.name}, then re-snapshot the captured tables or reconcile the "
+                                         f"destinations (snapshot: when_needed does both by itself)",
+                                         source=self.name, position=self._position,
+                                         reason=f"the server cannot serve it: {exc.args[-1]}")
             return SourceConnectionError(f"binlog stream failed: {exc.args[-1]}", source=self.name)
         return SourceError(f"binlog stream failed: {exc}", source=self.name)
 

@@ -41,9 +41,14 @@ def problems(source: PostgresSource, position: dict | None = None) -> list[Probl
                                  f"set slot: to another name for this source"))
         elif mine is not None and mine[1]:
             out.append(("warning", f"slot {source.slot} is in use by another connection: is cdc already running?"))
-        problem = setup.slot_problem(conn, source.slot, position, source.name)
-        if problem:
-            out.append(("error", problem))
+        lost = setup.slot_loss(conn, source.slot, position, source.name)
+        if lost and source.snapshot == "when_needed":
+            out.append(("warning", f"the checkpoint at {(position or {}).get('lsn')} cannot be resumed: {lost[0]}; the "
+                                   f"changes after it that cdc had not delivered are lost to cdc. With snapshot: "
+                                   f"when_needed, cdc run creates the slot again and copies every table in "
+                                   f"tables: again (rows deleted in the gap are not seen: docs/snapshots.md)"))
+        elif lost:
+            out.append(("error", lost[1]))
         out += setup.publication_problems(conn, source.publication, source.tables)
         for table, columns in setup.generated_columns(conn, source.tables).items():
             out.append(("warning", f"{table} has generated columns ({', '.join(columns)}): pgoutput does not "

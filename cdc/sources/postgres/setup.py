@@ -10,10 +10,10 @@ import logging
 import psycopg
 from psycopg import sql
 
-from ...errors import SourceConnectionError, SourceSetupError
+from ...errors import PositionLostError, SourceConnectionError, SourceSetupError
 
-__all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "publication_problems", "generated_columns",
-           "missing_tables", "captured_oids", "primary_key_of", "quoted"]
+__all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "slot_loss", "publication_problems",
+           "generated_columns", "missing_tables", "captured_oids", "primary_key_of", "quoted"]
 
 log = logging.getLogger("cdc.source.postgres")
 _RESET = "cdc checkpoint reset <config> --source {source}"
@@ -112,32 +112,55 @@ def missing_tables(conn: psycopg.Connection, tables: list[str]) -> list[str]:
 
 def slot_problem(conn: psycopg.Connection, slot: str, position: dict | None, source: str = "",
                  dropped_while_reading: bool = False) -> str | None:
-    """Why the slot cannot resume ``position`` (a checkpoint), or None.
+    """Why the slot cannot resume ``position`` (a checkpoint), or None.  ``cdc check``
+    calls this with the stored checkpoint."""
+    lost = slot_loss(conn, slot, position, source, dropped_while_reading)
+    return lost[1] if lost else None
+
+
+def slot_loss(conn: psycopg.Connection, slot: str, position: dict | None, source: str = "",
+              dropped_while_reading: bool = False) -> tuple[str, str] | None:
+    """``(reason, message)`` when the slot cannot resume ``position``, else None.
 
     Without a position (a first run, or after ``cdc checkpoint reset``) a missing slot
     is no problem: ``create: true`` creates it.  With one, the slot must exist and must
     not start after it: otherwise the changes in between are gone, and only an operator
-    can decide to accept that.  ``cdc check`` calls this with the stored checkpoint."""
+    (or ``snapshot: when_needed``) can decide to accept that."""
     reset = _RESET.format(source=source or "<source>")
-    row = conn.execute("SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff(confirmed_flush_lsn, %s::pg_lsn)"
-                       " FROM pg_replication_slots WHERE slot_name = %s",
+    row = conn.execute("SELECT confirmed_flush_lsn::text, pg_wal_lsn_diff(confirmed_flush_lsn, %s::pg_lsn),"
+                       " wal_status FROM pg_replication_slots WHERE slot_name = %s",
                        ((position or {}).get("lsn") or "0/0", slot)).fetchone()
+    if row is not None and row[2] == "lost" and (position is not None or dropped_while_reading):
+        since = f"the checkpoint at {position['lsn']}" if position else "the position this run started at"
+        return (f"replication slot {slot} was invalidated (wal_status lost: it held more WAL than "
+                f"max_slot_wal_keep_size allows, so PostgreSQL removed WAL it still needed)",
+                f"replication slot {slot} was invalidated (wal_status lost): it held more WAL than "
+                f"max_slot_wal_keep_size allows, so PostgreSQL removed WAL after {since} that cdc had not "
+                f"yet read; those changes are lost to cdc. To start over from now, accepting the loss: "
+                f"SELECT pg_drop_replication_slot('{slot}'), then {reset} (its first run creates the slot), "
+                f"then re-snapshot the captured tables or reconcile the destinations with the database; "
+                f"raise max_slot_wal_keep_size (or -1) to keep it from happening again")
     if row is None:
         if position is None and not dropped_while_reading:
             return None
         since = (f"the checkpoint at {position['lsn']}" if position
                  else "the position this run started at")
-        return (f"replication slot {slot} does not exist, but cdc has read from it before (resuming from "
+        return (f"replication slot {slot} does not exist (it was dropped)",
+                f"replication slot {slot} does not exist, but cdc has read from it before (resuming from "
                 f"{since}): it was dropped, so every change after {since.split(' at ')[-1]} "
                 f"that cdc had not yet delivered is lost to cdc (PostgreSQL keeps WAL for a slot only "
                 f"while the slot exists). cdc does not re-create it at the current position by itself. "
                 f"To start over from now, accepting the loss: {reset} (its first run creates the slot), then "
-                f"re-snapshot the captured tables or reconcile the destinations with the database")
+                f"re-snapshot the captured tables or reconcile the destinations with the database "
+                f"(snapshot: when_needed does both by itself)")
     if position is not None and row[1] is not None and row[1] > 0:
-        return (f"replication slot {slot} starts at {row[0]}, after the checkpoint at {position['lsn']}: "
+        return (f"replication slot {slot} starts at {row[0]}, after it (another reader confirmed past it, "
+                f"or the checkpoint is an old copy)",
+                f"replication slot {slot} starts at {row[0]}, after the checkpoint at {position['lsn']}: "
                 f"the changes in between were confirmed by another reader of the slot (or the checkpoint "
                 f"is an old copy), so they are lost to cdc. To go on from the slot's position, accepting "
-                f"the loss: {reset}, then re-snapshot the captured tables or reconcile the destinations")
+                f"the loss: {reset}, then re-snapshot the captured tables or reconcile the destinations "
+                f"(snapshot: when_needed does both by itself)")
     return None
 
 
@@ -149,15 +172,15 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
     start decoding before its publication exists.
 
     ``position`` is the checkpoint: with one, a missing slot is an error (never
-    re-created, see ``slot_problem``) and a missing table is not (the WAL may still
+    re-created here, see ``slot_problem``: ``PositionLostError``) and a missing table is not (the WAL may still
     hold its changes).  Returns the configured tables that do not exist."""
     resuming = position is not None or dropped_while_reading
     problems = check(conn, tables, source, missing_ok=resuming)
     if problems:
         raise SourceSetupError("PostgreSQL is not ready for CDC:\n  - " + "\n  - ".join(problems), source=source)
-    problem = slot_problem(conn, slot, position, source, dropped_while_reading)
-    if problem:
-        raise SourceSetupError(problem, source=source)
+    lost = slot_loss(conn, slot, position, source, dropped_while_reading)
+    if lost:
+        raise PositionLostError(lost[1], source=source, position=position, reason=lost[0])
     gone = missing_tables(conn, tables) if resuming else []
     present = [t for t in tables if t not in gone]
     idents = {t: sql.Identifier(*t.split(".", 1)) for t in present}
@@ -182,8 +205,15 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
             # still holds: keep that one published until the operator has changed tables:.
             _match_publication(conn, publication, present, idents, exists, partitioned, source,
                                drop_extra=not gone)
-        slot_row = conn.execute("SELECT plugin, database FROM pg_replication_slots WHERE slot_name = %s",
+        slot_row = conn.execute("SELECT plugin, database, wal_status FROM pg_replication_slots WHERE slot_name = %s",
                                 (slot,)).fetchone()
+        if slot_row is not None and slot_row[2] == "lost" and create and slot_row[1] == conn.info.dbname:
+            # no checkpoint (a first run, after a reset, or when_needed starting over): an
+            # invalidated slot can serve nothing, and nothing read from it is owed
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            log.warning("source %s: replication slot %s was invalidated (wal_status lost); with no checkpoint "
+                        "to resume, it was dropped to be created again", source, slot)
+            slot_row = None
         if slot_row is None:
             if not create:
                 raise SourceSetupError(f"replication slot {slot} does not exist (create: false): create it "

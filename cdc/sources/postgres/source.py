@@ -155,6 +155,13 @@ class PostgresSource:
         self._started = True
         log.info("source %s: streaming slot %s from %s", self.name, self.slot, format_lsn(start))
 
+    def start_over(self) -> None:
+        """After a lost position (``snapshot: when_needed``): the next ``open(None)`` is a
+        first run, which creates the slot when it is missing."""
+        self._started = False
+        self._tx, self._index, self._skip = None, 0, (0, 0)
+        self.confirmed_lsn = self._last_position = 0
+
     def snapshot_reader(self) -> PostgresSnapshotReader:
         return PostgresSnapshotReader(self.dsn, self.name, self.db)
 
