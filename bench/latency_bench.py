@@ -182,7 +182,8 @@ def main() -> int:
             lat = sorted(ack - commit for commit, _, _, ack in kept)
             stages = {name: [sorted(s[j] - s[i] for s in kept)[int(len(kept) * q)] for q in (0.5, 0.99)]
                       for name, i, j in (("read", 0, 1), ("queued", 1, 2), ("acked", 2, 3))}
-            r = {"rate": rate, "rows_per_tx": args.rows_per_tx, "achieved": round(w["achieved"]), "writers": w["writers"], "rows": w["rows"],
+            r = {"rate": rate, "rows_per_tx": args.rows_per_tx, "achieved": round(w["achieved"]),
+                 "writers": w["writers"], "rows": w["rows"],
                  "writer_behind_ms": round(w["behind_s"] * 1000, 1), "samples": len(lat),
                  "p50": round(percentile(lat, 50), 1), "p99": round(percentile(lat, 99), 1),
                  "p999": round(percentile(lat, 99.9), 1), "max": round(lat[-1], 1),
@@ -194,7 +195,8 @@ def main() -> int:
                   f" {r['writer_behind_ms']} ms); commit -> acknowledged p50 {r['p50']} ms, p99 {r['p99']} ms,"
                   f" p999 {r['p999']} ms, max {r['max']} ms ({r['samples']:,} changes); CPU cores:"
                   f" cdc {r['cpu_cdc']}, broker {r['cpu_broker']}; stages p50/p99 ms: commit -> read by the source"
-                  f" {stages['read']}, -> produced {stages['queued']}, -> acknowledged {stages['acked']}", flush=True)
+                  f" {r['stages_p50_p99_ms']['read']}, -> produced {r['stages_p50_p99_ms']['queued']},"
+                  f" -> acknowledged {r['stages_p50_p99_ms']['acked']}", flush=True)
         runner.request_stop()
         engine.join(60)
 
