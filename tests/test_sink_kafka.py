@@ -86,6 +86,22 @@ def test_topic_template_and_route_destination(kafka_server):
     assert dict(msg.headers())["id"] == b"0/7:0"
 
 
+def test_wait_lets_the_queue_drain(kafka_server):
+    """A batch completes only once the producer's queue is empty, so ``wait`` waits for
+    the drain even when asked for a short wait: returning at once would let the worker
+    produce more and, under a steady stream, push the oldest batch's completion back."""
+    sink = KafkaSink(kafka_server.bootstrap, topic=f"drain-{uuid.uuid4().hex[:8]}")
+    sink.open()
+    try:
+        sink.write([event("c", 1)])  # metadata and the producer id are there
+        oldest = sink.send([event("c", i) for i in range(2, 500)])
+        sink.send([event("c", i) for i in range(500, 1000)])
+        confirmed = [sink.wait(oldest, 0.0) for _ in range(5)]  # the worker's short waits
+    finally:
+        sink.close()
+    assert True in confirmed
+
+
 def test_oversized_message_is_permanent(kafka_server):
     sink = KafkaSink(kafka_server.bootstrap, config={"message.max.bytes": 1000})
     sink.open()

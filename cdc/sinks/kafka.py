@@ -3,12 +3,16 @@
 The producer is idempotent with ``acks=all``, so librdkafka's own retries neither
 reorder nor duplicate messages within a partition.  The sink is ``Pipelined``:
 ``send`` produces a batch without waiting, so the reader and the broker overlap.
-Only failures call back into Python (a callback per message takes the GIL from the
-reader once per message: measured, it halved the engine's rate).  Batches complete
+Only failures call Python code (``delivery.report.only.error``), although
+confluent-kafka still takes the GIL once per message to free its per-message state
+(its ``dr_msg_cb`` checks that setting after taking the GIL).  Batches complete
 when the producer's queue is empty: ``len(producer)`` counts every message without
 an outcome, including failure reports not yet served, so once it reaches 0 every
 batch produced before then has been accepted by the broker, unless a failure was
-reported, which fails every batch not yet complete.  ``write`` (send, then wait) returns only when
+reported, which fails every batch not yet complete.  So ``wait`` lets the queue
+drain (at least ``DRAIN_WAIT``) rather than return to have more produced, which
+would only push the oldest batch's completion back under a steady stream of
+changes.  ``write`` (send, then wait) returns only when
 the broker has accepted every message.  A failure is ``TransientSinkError`` (broker
 down, timeout, leader moving) or ``PermanentSinkError`` (message too large, not
 authorised).  A batch sent again may be delivered twice; consumers deduplicate on
@@ -52,6 +56,9 @@ _PERMANENT = frozenset({
     "UNSUPPORTED_FOR_MESSAGE_FORMAT", "POLICY_VIOLATION", "_SSL",
 })
 
+
+# Seconds ``wait`` waits for the producer's queue to empty, at least (see ``wait``).
+DRAIN_WAIT = 0.2
 
 _LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
@@ -248,15 +255,17 @@ class KafkaSink:
     def wait(self, handle: object, timeout: float) -> bool:
         """True once the producer's queue was empty after the batch ``handle`` (every one
         of its messages accepted); raises for a failure reported meanwhile, or after
-        ``delivery_timeout`` + 30 s without an outcome."""
+        ``delivery_timeout`` + 30 s without an outcome.  Waits up to ``DRAIN_WAIT`` even
+        when ``timeout`` is shorter (see the module docstring)."""
         assert isinstance(handle, _Batch)
         with self._lock:
             if handle.epoch != self._epoch or self._producer is None:
                 raise TransientSinkError("the producer was recreated with messages in flight", sink=self.name)
             producer = self._producer
             if handle.end > self._drained and not self._failures:
-                # flush: returns as soon as the queue is empty, and serves failure reports
-                if producer.flush(max(timeout, 0.0)) == 0:
+                # flush: sends at once (linger.ms aside), serves failure reports and returns
+                # as soon as the queue is empty
+                if producer.flush(max(timeout, DRAIN_WAIT)) == 0:
                     self._drained = self._produced
             if self._failures:
                 failures, self._failures = self._failures, []
