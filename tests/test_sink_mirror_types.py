@@ -278,3 +278,44 @@ def test_json_null_is_not_sql_null_snapshotted_and_streamed(source_kind, target_
                    "UPDATE docs SET docb = 'null', doc = '[1]' WHERE id = 12",
                    "DELETE FROM docs WHERE id = 101")
         _wait_equal(source, target, r.runner, "the stream")
+
+
+def test_json_null_survives_the_dead_letter_replay(mariadb_server, mariadb_database, pg_database, tmp_path):
+    """Events parked in a file dead-letter queue go through JSON; ``cdc dlq replay`` into a
+    PostgreSQL mirror still tells JSON null from SQL NULL."""
+    from click.testing import CliRunner
+
+    from cdc.cli import main
+    from cdc.config import load_config
+    from cdc.engine.deadletters import DeadLetterWriter
+    db = db_of(mariadb_database)
+    source, target = _Docs("mysql", mariadb_database), _Docs("postgres", pg_database)
+    source.run(DOCS_DDL["mysql"])
+    target.run(DOCS_DDL["postgres"])
+    reader = make_source(mariadb_server, db, [f"{db}.docs"])
+    reader.open(None)
+    try:
+        source.run(params=_doc_rows(range(1, 17)))
+        events = collect(reader, 16)
+    finally:
+        reader.close()
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+sources:
+  legacy: {{type: mysql, dsn: "mysql://x@127.0.0.1:1/x", server_id: 9, tables: [{db}.docs], checkpoint: {{type: memory}}}}
+pipelines:
+  docs:
+    source: legacy
+    sinks:
+      - {{type: postgres, name: copy, dsn: "{pg_database}", on_error: dead_letter, dead_letter: {{type: file, path: dlq.jsonl}}}}
+""")
+    spec = load_config(config).pipelines["docs"].sinks[0]
+    writer = DeadLetterWriter(spec.dead_letter.build(), "docs")
+    for e in events:
+        writer.park(e, "copy", RuntimeError("target down"), 1, None)
+    writer.close()
+    result = CliRunner().invoke(main, ["dlq", "replay", str(config)])
+    assert result.exit_code == 0 and "replayed 16" in result.output, result.output + result.stderr
+    expected = source.cells()
+    assert any(SQL_NULL in r for r in expected) and any(None in r for r in expected)
+    assert target.cells() == expected
