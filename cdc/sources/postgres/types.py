@@ -18,7 +18,7 @@ bytes and returns the JSON value:
 | timestamptz                  | ``"2026-11-25T17:16:27.123456Z"`` (UTC)         |
 | interval                     | ISO 8601 duration ``"P1Y2M3DT4H5M6S"``          |
 | uuid                         | string                                          |
-| json, jsonb                  | nested JSON                                     |
+| json, jsonb                  | nested JSON; JSON null: None + source.json_null |
 | bytea                        | base64 string                                   |
 | arrays                       | JSON arrays of the element's JSON values        |
 | enum, other types            | string (the type's text form)                   |
