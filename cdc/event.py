@@ -16,6 +16,8 @@ A ``ChangeEvent`` is one committed row change, shaped like Debezium's envelope::
   deduplicate.  ``key``: the primary-key (replica identity) columns.
 - Column values are already JSON values (see the README's type table): integers are
   ``int``, numeric is an exact ``str``, timestamps are ISO 8601 ``str``, json is nested.
+  A json column holding the JSON value ``null`` is None, as SQL NULL is; ``source``
+  then has ``json_null``: the list of such columns of ``after`` (absent when none).
 
 Events are treated as immutable: a transform that changes one returns
 ``event.replace(...)``, because the same event object is shared by every pipeline

@@ -12,12 +12,14 @@ import signal
 import struct
 import time
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdc.errors import SourceError
 from cdc.event import UNAVAILABLE, Commit
+from cdc.sources.postgres.pgoutput import Decoder
 from cdc.sources.postgres.replication import ReplicationStream
 from cdc.sources.postgres.source import PostgresSource
 
@@ -29,6 +31,10 @@ TYPES = {
     25: (st.text(max_size=30), str, lambda v: v),                                 # text
     16: (st.booleans(), lambda v: "t" if v else "f", lambda v: v),                 # boolean
     1700: (st.decimals(allow_nan=False, allow_infinity=False, places=3), str, str),  # numeric
+    3802: (st.recursive(st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.text(max_size=5),  # jsonb
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
+                                                                                  max_size=3), max_leaves=4),
+           lambda v: orjson.dumps(v).decode(), lambda v: v),
 }
 
 
@@ -78,7 +84,7 @@ def tuple_data(values: list) -> bytes:
 
 @st.composite
 def streams(draw):
-    """(frames, expected [(op, after)]) of one relation and a few transactions."""
+    """(frames, expected [(op, after, json_null)]) of one relation and a few transactions."""
     ncols = draw(st.integers(1, 6))
     types = [20] + [draw(st.sampled_from(sorted(TYPES))) for _ in range(ncols - 1)]
     columns = [(f"c{i}", t) for i, t in enumerate(types)]
@@ -98,13 +104,14 @@ def streams(draw):
                 v = draw(strategy)
                 values[name] = decoded(v)
                 texts.append(text(v))
+            json_null = [name for (name, t), text in zip(columns, texts) if t == 3802 and text == "null"]
             op = draw(st.sampled_from("IU"))
             lsn += 0x10
             if op == "I":
                 frames.append(xlog(b"I" + struct.pack(">I", 16384) + b"N" + tuple_data(texts), lsn))
             else:
                 frames.append(xlog(b"U" + struct.pack(">I", 16384) + b"N" + tuple_data(texts), lsn))
-            expected.append(({"I": "c", "U": "u"}[op], values))
+            expected.append(({"I": "c", "U": "u"}[op], values, json_null or None))
         lsn += 0x10
         frames.append(xlog(b"C" + struct.pack(">BQQq", 0, lsn, lsn + 8, 0), lsn))
         lsn += 0x100
@@ -152,9 +159,24 @@ def test_generated_streams_decode_to_what_was_encoded(stream):
     frames, expected = stream
     items = _read_all(b"".join(frames))
     events = [i for i in items if not isinstance(i, Commit)]
-    assert [(e.op, e.after) for e in events] == expected
+    assert [(e.op, e.after, e.source.get("json_null")) for e in events] == expected
     assert all(e.table == "public.t" and e.key == {"c0": e.after["c0"]} for e in events)
     assert sum(isinstance(i, Commit) for i in items) == len({e.id.split(":")[0] for e in events})
+
+
+def test_json_null_is_told_from_sql_null_by_both_tuple_decoders():
+    """pgoutput sends SQL NULL as kind 'n' and JSON null as the text 'null'; the compiled
+    decoder and its fallback (``Decoder.tuple``: here a buffer that ends in an 'n') agree."""
+    decoder = Decoder()
+    rel = decoder.relation(relation(16384, [("id", 20), ("doc", 3802), ("other", 114), ("note", 25)], "id"))
+    data = tuple_data(["1", "null", "null", None])
+    fallback = rel.decode(data, 0, None)
+    compiled = rel.decode(data + b"\0" * 8, 0, None)  # room for the combined kind+length read
+    assert fallback[0] == compiled[0] == {"id": 1, "doc": None, "other": None, "note": None}
+    assert fallback[3] == compiled[3] == ["doc", "other"]
+    for sql_null in (tuple_data(["1", None, "{}", None]), tuple_data(["1", None, "{}", None]) + b"\0" * 8):
+        row, key, _, json_null = rel.decode(sql_null, 0, None)
+        assert (row, key, json_null) == ({"id": 1, "doc": None, "other": {}, "note": None}, {"id": 1}, None)
 
 
 @st.composite

@@ -6,13 +6,17 @@ and across two GTID domains."""
 from __future__ import annotations
 
 import datetime as dt
+import random
 import time
 from decimal import Decimal
 
+import orjson
 import psycopg
 import pymysql
+import pytest
+from test_snapshot_mysql import Running as MyRunning
 
-from cdc.config import Context
+from cdc.config import Context, parse_config
 from cdc.sinks.mirror import MySQLMirrorSink, PostgresMirrorSink
 
 from mysql_helpers import collect, db_of, execute, make_source
@@ -177,3 +181,141 @@ def test_mariadb_failover_and_two_domains_are_not_dropped(mariadb_server, mariad
         assert sink.skipped == [batch[0].id]
     sink.close()
     assert sql(pg_database, "SELECT id FROM t ORDER BY id") == [(1,), (2,), (3,), (4,)]
+
+
+# ---- a JSON null is not SQL NULL -----------------------------------------------------------
+
+JSON_CELLS = [None, "null", '{"a": null}', "[null]", '"null"', "0", "false", "{}"]  # None: SQL NULL
+SQL_NULL = "<SQL NULL>"  # a cell that is SQL NULL, as the comparisons below show it
+DOCS_DDL = {"postgres": "CREATE TABLE docs (id int PRIMARY KEY, doc json, docb jsonb)",
+            "mysql": "CREATE TABLE docs (id int PRIMARY KEY, doc json, docb json)"}
+
+
+def _doc_rows(ids) -> list[tuple]:
+    """Rows of ``docs``: every JSON cell in each column, SQL NULL beside JSON null and the other way round."""
+    return [(i, JSON_CELLS[i % 8], JSON_CELLS[(i + 3) % 8]) for i in ids]
+
+
+def _cells(rows) -> list[tuple]:
+    """(id, doc, docb) with SQL NULL shown as SQL_NULL and JSON as parsed JSON (null: None)."""
+    return [(i, *(SQL_NULL if v is None else orjson.loads(v) for v in values)) for i, *values in rows]
+
+
+class _Docs:
+    """The ``docs`` table in a PostgreSQL or MariaDB database: write to it, read its cells."""
+
+    def __init__(self, kind: str, dsn: str) -> None:
+        self.kind, self.dsn = kind, dsn
+
+    def run(self, *statements: str, params: list | None = None) -> None:
+        if self.kind == "postgres":
+            with psycopg.connect(self.dsn) as conn:  # one transaction
+                for s in statements:
+                    conn.execute(s)
+                if params:
+                    conn.cursor().executemany("INSERT INTO docs VALUES (%s, %s, %s)", params)
+        else:
+            with my_connect(self.dsn) as conn, conn.cursor() as cur:
+                for s in statements:
+                    cur.execute(s)
+                if params:
+                    cur.executemany("INSERT INTO docs VALUES (%s, %s, %s)", params)
+                conn.commit()
+
+    def cells(self) -> list[tuple]:
+        if self.kind == "postgres":
+            return _cells(sql(self.dsn, "SELECT id, doc::text, docb::text FROM docs ORDER BY id"))
+        return _cells(my_rows(self.dsn, "SELECT id, doc, docb FROM docs ORDER BY id"))
+
+
+def _wait_equal(source: _Docs, target: _Docs, runner, what: str) -> None:
+    expected = source.cells()
+    assert any(SQL_NULL in r for r in expected) and any(None in r for r in expected)  # both kinds are there
+    deadline = time.monotonic() + 60
+    while [r[0] for r in target.cells()] != [r[0] for r in expected]:
+        assert time.monotonic() < deadline, f"{what}: {runner.workers[0].last_error}"
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10  # the rows are there; their last changes may still be on the way
+    while (got := target.cells()) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert got == expected, what
+
+
+@pytest.mark.parametrize("source_kind,target_kind", [("postgres", "postgres"), ("postgres", "mysql"),
+                                                     ("mysql", "postgres"), ("mysql", "mysql"),
+                                                     ("mysql library", "postgres")])
+def test_json_null_is_not_sql_null_snapshotted_and_streamed(source_kind, target_kind, pg_server, pg_database,
+                                                            mariadb_server, mariadb_database, tmp_path):
+    """A nullable json column holding SQL NULL, JSON ``null`` and other JSON values: the
+    mirror holds the same cells, copied by the snapshot and then streamed.  ``mysql
+    library``: the binlog rows decoded by python-mysql-replication (``fast_decoder: false``)."""
+    library = source_kind == "mysql library"
+    source_kind = "mysql" if library else source_kind
+    db = db_of(mariadb_database)
+    if source_kind == "postgres":
+        source_dsn = pg_database
+        source_cfg = {"type": "postgres", "dsn": pg_database, "tables": ["public.docs"]}
+    else:
+        source_dsn = mariadb_database
+        source_cfg = {"type": "mysql", "dsn": mariadb_server.dsn(db, user="cdc"), "tables": [f"{db}.docs"],
+                      "server_id": random.randint(5000, 90000), "fast_decoder": not library}
+    if target_kind == "postgres":
+        target_dsn = pg_server.create_database(f"mirror_{db}") if source_kind == "postgres" else pg_database
+    else:
+        target_dsn = mariadb_server.create_database(f"mirror_{db}") if source_kind == "mysql" else mariadb_database
+    source, target = _Docs(source_kind, source_dsn), _Docs(target_kind, target_dsn)
+    source.run(DOCS_DDL[source_kind], params=_doc_rows(range(1, 17)))
+    target.run(DOCS_DDL[target_kind])
+    raw = {"sources": {"db": {**source_cfg, "checkpoint": {"type": "file", "path": "state/db.json"},
+                              "checkpoint_interval": 0.2, "snapshot_chunk_size": 10}},
+           "pipelines": {"mirror": {"source": "db", "sinks": [{"type": target_kind, "dsn": target_dsn}]}}}
+    cfg = parse_config(raw, tmp_path / "pipelines.yaml", {})
+    with (Running if source_kind == "postgres" else MyRunning)(cfg) as r:
+        _wait_equal(source, target, r.runner, "the snapshot")
+        source.run(params=_doc_rows(range(101, 117)))  # one transaction: a run of upserts
+        source.run("UPDATE docs SET doc = 'null' WHERE id = 8",  # SQL NULL -> JSON null
+                   "UPDATE docs SET doc = NULL WHERE id = 9",  # JSON null -> SQL NULL
+                   "UPDATE docs SET docb = 'null', doc = '[1]' WHERE id = 12",
+                   "DELETE FROM docs WHERE id = 101")
+        _wait_equal(source, target, r.runner, "the stream")
+
+
+def test_json_null_survives_the_dead_letter_replay(mariadb_server, mariadb_database, pg_database, tmp_path):
+    """Events parked in a file dead-letter queue go through JSON; ``cdc dlq replay`` into a
+    PostgreSQL mirror still tells JSON null from SQL NULL."""
+    from click.testing import CliRunner
+
+    from cdc.cli import main
+    from cdc.config import load_config
+    from cdc.engine.deadletters import DeadLetterWriter
+    db = db_of(mariadb_database)
+    source, target = _Docs("mysql", mariadb_database), _Docs("postgres", pg_database)
+    source.run(DOCS_DDL["mysql"])
+    target.run(DOCS_DDL["postgres"])
+    reader = make_source(mariadb_server, db, [f"{db}.docs"])
+    reader.open(None)
+    try:
+        source.run(params=_doc_rows(range(1, 17)))
+        events = collect(reader, 16)
+    finally:
+        reader.close()
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+sources:
+  legacy: {{type: mysql, dsn: "mysql://x@127.0.0.1:1/x", server_id: 9, tables: [{db}.docs], checkpoint: {{type: memory}}}}
+pipelines:
+  docs:
+    source: legacy
+    sinks:
+      - {{type: postgres, name: copy, dsn: "{pg_database}", on_error: dead_letter, dead_letter: {{type: file, path: dlq.jsonl}}}}
+""")
+    spec = load_config(config).pipelines["docs"].sinks[0]
+    writer = DeadLetterWriter(spec.dead_letter.build(), "docs")
+    for e in events:
+        writer.park(e, "copy", RuntimeError("target down"), 1, None)
+    writer.close()
+    result = CliRunner().invoke(main, ["dlq", "replay", str(config)])
+    assert result.exit_code == 0 and "replayed 16" in result.output, result.output + result.stderr
+    expected = source.cells()
+    assert any(SQL_NULL in r for r in expected) and any(None in r for r in expected)
+    assert target.cells() == expected

@@ -51,6 +51,23 @@ def test_select_rename_mask_route():
     assert routed.destination == "test.public.orders"
 
 
+def test_select_rename_and_mask_keep_json_null_in_step():
+    """``source.json_null`` names columns of ``after``: it follows a rename, loses the columns
+    a select drops and those a mask replaces (their value is no longer the source's)."""
+    doc = {"id": 7, "doc": None, "meta": None, "note": None}
+    event = make_event("c", after=doc, json_null=["doc", "meta"])
+    [renamed] = run_transform(Rename(fields={"doc": "document"}), event)
+    assert renamed.source["json_null"] == ["document", "meta"] and renamed.after["document"] is None
+    [selected] = run_transform(Select(fields=["id", "doc", "note"]), event)
+    assert selected.source["json_null"] == ["doc"]
+    [none_left] = run_transform(Select(fields=["id", "note"]), event)
+    assert "json_null" not in none_left.source
+    [masked] = run_transform(Mask(fields=["meta"], method="redact"), event)
+    assert masked.source["json_null"] == ["doc"]
+    [untouched] = run_transform(Rename(fields={"note": "remark"}), make_event("c", after=doc))
+    assert "json_null" not in untouched.source
+
+
 def test_python_plugin_and_factory(tmp_path, monkeypatch):
     (tmp_path / "plug.py").write_text(
         "def only_paid(e):\n    return e if (e.after or {}).get('status') == 'paid' else None\n"

@@ -10,8 +10,9 @@
   renames columns; an unmapped table goes to the table of the same name (without
   the source schema) in the target's default schema or database.
 - Values are converted by the target column's type, read from the target's catalog
-  once per table: base64 text to ``bytea``/``blob``, any JSON value (``null``
-  included, in a NOT NULL column) to ``json``/``jsonb``, ``...Z`` timestamps to
+  once per table: base64 text to ``bytea``/``blob``, any JSON value to
+  ``json``/``jsonb`` (``null`` is JSON null in a NOT NULL column, and in the columns
+  the event's ``source.json_null`` names; SQL NULL otherwise), ``...Z`` timestamps to
   MySQL ``datetime``/``timestamp`` (sessions run in UTC), numbers to ``boolean``,
   ``0101`` strings to MySQL ``bit``, objects and arrays to text as JSON.
 - Exactly once: the sink stores, per source table, the id of the last event it
@@ -251,6 +252,9 @@ class _MirrorSink:
             out.append(self._delete(table, key_cols, self._row(e.before or e.key or {}, rename, convert)))
             return
         row = self._row(e.after or {}, rename, convert)
+        json_null = e.source.get("json_null")
+        if json_null.__class__ is list:
+            _json_nulls(row, json_null, rename, convert)
         if e.op == "u" and e.before:
             old = self._row(e.before, rename, convert)
             if any(k in old and old[k] != row.get(k) for k in key_cols):
@@ -318,12 +322,30 @@ class _MirrorSink:
 
 # ---- conversions of JSON values by the target column's type ------------------------------
 
-def _json_value(wrap: Callable[[Any], Any], not_null: bool) -> Callable[[Any], Any]:
-    """A JSON column takes any JSON value; ``null`` is JSON null where SQL NULL cannot be
-    (a NOT NULL column: the event cannot tell the two apart otherwise)."""
-    if not_null:
-        return wrap
-    return lambda v: None if v is None else wrap(v)
+class _JsonColumn:
+    """The conversion into a json column: any JSON value; ``null`` (None) is JSON null where
+    SQL NULL cannot be (a NOT NULL column), else SQL NULL unless the event's
+    ``source.json_null`` names the column (``_json_nulls``).  ``null``: JSON null's parameter."""
+
+    __slots__ = ("wrap", "not_null", "null")
+
+    def __init__(self, wrap: Callable[[Any], Any], not_null: bool) -> None:
+        self.wrap = wrap
+        self.not_null = not_null
+        self.null = wrap(None)
+
+    def __call__(self, value: Any) -> Any:
+        return None if value is None and not self.not_null else self.wrap(value)
+
+
+def _json_nulls(row: dict, names: list, rename: dict[str, str], convert: dict[str, Callable[[Any], Any]]) -> None:
+    """JSON null into the json columns that ``source.json_null`` names (the event's value
+    is None, as for SQL NULL); a column that is not json in the target keeps SQL NULL."""
+    for name in names:
+        column = rename.get(name, name)
+        fn = convert.get(column)
+        if fn.__class__ is _JsonColumn and column in row and row[column] is None:
+            row[column] = fn.null
 
 
 def _json_text(value: Any) -> str:
@@ -376,7 +398,7 @@ class PostgresMirrorSink(_MirrorSink):
         out: dict[str, Callable[[Any], Any]] = {}
         for name, typname, category, not_null in cur.fetchall():
             if typname in ("json", "jsonb"):
-                out[name] = _json_value(Jsonb, not_null)
+                out[name] = _JsonColumn(Jsonb, not_null)
             elif typname == "bytea":
                 out[name] = _from_base64
             elif typname == "bool":
@@ -457,7 +479,7 @@ class MySQLMirrorSink(_MirrorSink):
         for column, data_type, nullable in columns:
             data_type = data_type.lower()
             if data_type == "json" or column.replace("`", "``") in checked_json:
-                out[column] = _json_value(_json_text, nullable == "NO")
+                out[column] = _JsonColumn(_json_text, nullable == "NO")
             elif data_type in ("blob", "tinyblob", "mediumblob", "longblob", "binary", "varbinary"):
                 out[column] = _from_base64
             elif data_type in ("datetime", "timestamp"):

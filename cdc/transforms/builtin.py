@@ -101,6 +101,20 @@ def _map_rows(event: ChangeEvent, fn: Callable[[dict], dict]) -> ChangeEvent:
                          after=None if event.after is None else fn(event.after))
 
 
+def _json_null(changed: ChangeEvent, names: Callable[[list], list]) -> ChangeEvent:
+    """``source.json_null`` (the columns of ``after`` holding JSON null) of a changed copy,
+    passed through ``names``; the source block is replaced, never changed in place."""
+    listed = changed.source.get("json_null")
+    if not listed:
+        return changed
+    kept = names(listed)
+    source = {k: v for k, v in changed.source.items() if k != "json_null"}
+    if kept:
+        source["json_null"] = kept
+    changed.source = source
+    return changed
+
+
 class Select:
     """Keep only ``fields`` in ``before`` and ``after`` (the key is kept whole)."""
 
@@ -109,7 +123,8 @@ class Select:
 
     def __call__(self, event: ChangeEvent) -> ChangeEvent:
         fields = self.fields
-        return _map_rows(event, lambda row: {f: row[f] for f in fields if f in row})
+        changed = _map_rows(event, lambda row: {f: row[f] for f in fields if f in row})
+        return _json_null(changed, lambda names: [n for n in names if n in fields])
 
 
 class Rename:
@@ -126,7 +141,7 @@ class Rename:
         changed = _map_rows(event, self._rename)
         if event.key is not None:
             changed.key = self._rename(event.key)
-        return changed
+        return _json_null(changed, lambda names: [self.mapping.get(n, n) for n in names])
 
 
 class Mask:
@@ -152,7 +167,7 @@ class Mask:
         changed = _map_rows(event, self._mask)
         if event.key is not None and self.fields & event.key.keys():
             changed.key = self._mask(event.key)
-        return changed
+        return _json_null(changed, lambda names: [n for n in names if n not in self.fields])
 
 
 class Route:

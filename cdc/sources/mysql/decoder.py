@@ -311,12 +311,22 @@ def compile_image(columns: list, json_names: frozenset = frozenset(), key_names:
         make_c, make_d, make_u = (make + f"'c', None, {row}, ", make + f"'d', {row}, None, ",
                                   make + f"'u', before, {row}, ")
     args = "(d, p, end, first, index, prefix, base, now_ms, table, pos, append, Event):"
-    source += [f"def emit_c{args}", *init, *head, *indent(body, 8), *tail,
+    # the after image's json columns holding JSON null (the text 'null', not a NULL bit)
+    json = [(i, col.name) for i, col in enumerate(columns) if col.name in json_names]
+    json_null = tail
+    if json:
+        bits = [f"v{i} is None and not nulls & {1 << i}" for i, _ in json]
+        items = ", ".join(f"({name!r}, v{i}, {1 << i})" for i, name in json)
+        json_null = [f"        if {' or '.join(bits)}:",
+                     f"            jn = [n for n, v, bit in ({items},) if v is None and not nulls & bit]",
+                     "        else:", "            jn = None", *tail, "            if jn:",
+                     "                src['json_null'] = jn"]
+    source += [f"def emit_c{args}", *init, *head, *indent(body, 8), *json_null,
                make_c + rest, "        rowno += 1", "    return rowno",
                f"def emit_d{args}", *init, *head, *indent(body, 8), *tail,
                make_d + rest, "        rowno += 1", "    return rowno",
                f"def emit_u{args}", *init, *head, *indent(body, 8), f"        before = {row}", *indent(body, 8),
-               *tail, make_u + rest, "        rowno += 1", "    return rowno"]
+               *json_null, make_u + rest, "        rowno += 1", "    return rowno"]
     exec(compile("\n".join(source), "<mysql row decoder>", "exec"), env)  # noqa: S102 - our own code
     return env
 
@@ -402,25 +412,32 @@ class TableDecoder:
             return [(None, r) for r in rows]
         return [(r, None) for r in rows]
 
-    def library_rows(self, ev) -> list[tuple[dict | None, dict | None]]:
-        """The library's decoding of ``ev``, as JSON values (the fallback path)."""
+    def library_rows(self, ev, json_null: list | None = None) -> list[tuple[dict | None, dict | None]]:
+        """The library's decoding of ``ev``, as JSON values (the fallback path).  With a list
+        ``json_null``, one item per row is appended to it: the after image's json columns
+        holding JSON null (MariaDB's text 'null'), or None."""
         columns = self.columns
         json_names = self.json_names
 
-        def convert(values: dict, sources: dict) -> dict:
+        def convert(values: dict, sources: dict, nulls: list | None = None) -> dict:
             row = {c.name: from_library(c, values.get(c.name), sources.get(c.name)) for c in columns}
             for name in json_names:
                 if isinstance(row.get(name), str):
                     row[name] = _json(row[name])
+                    if row[name] is None and nulls is not None:
+                        nulls.append(name)
             return row
 
         out: list[tuple[dict | None, dict | None]] = []
         for row in ev.rows:
+            nulls: list | None = [] if json_null is not None else None
             if "after_values" in row:
                 out.append((convert(row["before_values"], row["before_none_sources"]),
-                            convert(row["after_values"], row["after_none_sources"])))
+                            convert(row["after_values"], row["after_none_sources"], nulls)))
             elif ev.event_type in (23, 30):
-                out.append((None, convert(row["values"], row["none_sources"])))
+                out.append((None, convert(row["values"], row["none_sources"], nulls)))
             else:
                 out.append((convert(row["values"], row["none_sources"]), None))
+            if json_null is not None:
+                json_null.append(nulls or None)
         return out

@@ -102,6 +102,7 @@ class _Table:
         self.converters = converters
         self.key = key
         self.key_index = [names.index(k) for k in key]
+        self.json = [i for i, conv in enumerate(converters) if conv is orjson.loads]
 
 
 def _q(name: str) -> str:
@@ -222,10 +223,16 @@ class MySQLSnapshotReader:
             raise SnapshotInputError(f"cannot read {table}: {exc.args[-1]}", source=self.source_name) from None
         watermark = (status["Binlog_snapshot_file"], int(status["Binlog_snapshot_position"]))
         rows = self._decode(t, raw)
+        json_null = {}
+        if t.json:  # a json column read as the text 'null' is JSON null, SQL NULL is None
+            for record, (row_key, row) in zip(raw, rows):
+                nulls = [t.names[i] for i in t.json if row[t.names[i]] is None and record[i] is not None]
+                if nulls:
+                    json_null[row_key] = nulls
         done = len(rows) <= limit
         rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
-        return Chunk(table, rows, last_key, done, watermark, t.key)
+        return Chunk(table, rows, last_key, done, watermark, t.key, json_null=json_null)
 
     @staticmethod
     def _decode(t: _Table, raw) -> list[tuple[tuple, dict]]:
@@ -260,4 +267,5 @@ class MySQLSnapshotReader:
         base = {"connector": "mysql", "name": self.source_name, "db": t.db, "table": t.name,
                 "file": position.get("file"), "pos": position.get("pos"), "row": 0, "gtid": gtid,
                 "server_id": None, "ts_ms": now, "snapshot": True}
-        return read_events(rows, prefix, first, t.key, base, now, chunk.table, position.get("pos"), last)
+        return read_events(rows, prefix, first, t.key, base, now, chunk.table, position.get("pos"), last,
+                           chunk.json_null)

@@ -705,12 +705,15 @@ class MySQLSource:
         self._index = index + count
 
     def _library_rows(self, ev, op, first, index, prefix, base, now_ms, qualified, pos, out) -> int:
-        pairs = self._tables[ev.table_id][3].library_rows(ev)
+        json_null: list = []
+        pairs = self._tables[ev.table_id][3].library_rows(ev, json_null)
         key_names = self._tables[ev.table_id][4]
         for rowno in range(first, len(pairs)):
             before, after = pairs[rowno]
             row = after if after is not None else before
             src = dict(base, row=rowno)
+            if json_null[rowno]:
+                src["json_null"] = json_null[rowno]
             out.append(ChangeEvent(f"{prefix}{index + rowno}", op, before, after,
                                    {k: row[k] for k in key_names} if key_names else None,
                                    src, now_ms, qualified, pos))

@@ -16,6 +16,7 @@
 | year                                               | number                                        |
 | json (MySQL binary json)                           | nested JSON                                   |
 | json (MariaDB: a checked longtext)                 | nested JSON when the column is known as json  |
+|                                                    | (JSON null: null, named in source.json_null)  |
 | bit(n)                                             | string of n ``0``/``1``                       |
 | geometry types                                     | ``{"wkb": base64 WKB, "srid": 4326}``         |
 | zero dates (``0000-00-00``, year ``0000``)         | null                                          |

@@ -12,7 +12,7 @@ import builtins
 import struct
 
 from ...event import UNAVAILABLE
-from .types import _bool, _date, _timestamp, bc, converter_for
+from .types import _bool, _date, _timestamp, bc, converter_for, is_json
 
 __all__ = ["Relation", "Decoder", "PG_EPOCH_MS"]
 
@@ -52,14 +52,18 @@ _INLINE = {int: "int({})", _bool: "{} == b't'",
 
 
 def _compile(rel: Relation):
-    """``decode(data, pos, old) -> (row, key, pos)``, unrolled for this relation's
-    columns: one branch per column, common conversions inlined, dict literals at the
-    end; about twice as fast as a loop over the columns.  Falls back to
-    ``Decoder.tuple`` when the column count differs, or when a short value at the
-    very end of the buffer leaves too few bytes for the combined kind+length read."""
+    """``decode(data, pos, old) -> (row, key, pos, json_null)``, unrolled for this
+    relation's columns: one branch per column, common conversions inlined, dict literals
+    at the end; about twice as fast as a loop over the columns.  ``json_null``: the json
+    columns whose value is JSON ``null`` (not SQL NULL), or None; always None for a
+    relation without json columns.  Falls back to ``Decoder.tuple`` when the column
+    count differs, or when a short value at the very end of the buffer leaves too few
+    bytes for the combined kind+length read."""
     n = len(rel.names)
+    json = [i for i, conv in enumerate(rel.converters) if is_json(conv)]
     lines = ["def decode(data, pos, old, _kl=_kl, int=int):",
              "  start = pos",
+             "  json_null = None" if json else "",
              "  try:",
              f"    if data[pos] != {n >> 8} or data[pos + 1] != {n & 0xFF}:",
              "        raise IndexError  # not this relation's column count",
@@ -80,7 +84,11 @@ def _compile(rel: Relation):
                   "        pos += 5",
                   "        end = pos + size",
                   f"        v{i} = {value}",
-                  "        pos = end",
+                  "        pos = end"]
+        if i in json:  # the text 'null': JSON null, where SQL NULL is kind 'n'
+            lines += [f"        if v{i} is None:",
+                      f"            json_null = [{name!r}] if json_null is None else json_null + [{name!r}]"]
+        lines += [
                   "    elif kind == 110:",
                   f"        v{i} = None",
                   "        pos += 1",
@@ -89,11 +97,12 @@ def _compile(rel: Relation):
     fields = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(rel.names))
     index = {name: i for i, name in enumerate(rel.names)}
     key = ", ".join(f"{k!r}: v{index[k]}" for k in rel.key)
-    lines += [f"    return {{{fields}}}, {{{key}}}, pos",
+    lines += [f"    return {{{fields}}}, {{{key}}}, pos, {'json_null' if json else 'None'}",
               "  except (IndexError, struct_error):",
-              "    row, pos = _generic(data, start, rel, old)",
-              "    return row, {k: row[k] for k in rel.key}, pos"]
-    exec("\n".join(lines), env)
+              "    json_null = []",
+              "    row, pos = _generic(data, start, rel, old, json_null)",
+              "    return row, {k: row[k] for k in rel.key}, pos, json_null or None"]
+    exec("\n".join(line for line in lines if line), env)
     return env["decode"]
 
 
@@ -159,9 +168,11 @@ class Decoder:
         self.type_names[oid] = name
 
     @staticmethod
-    def tuple(data: bytes, pos: int, rel: Relation, old: dict | None = None) -> tuple[dict, int]:
+    def tuple(data: bytes, pos: int, rel: Relation, old: dict | None = None,
+              json_null: list | None = None) -> tuple[dict, int]:
         """Decode TupleData at ``pos``; unchanged TOAST values come from ``old`` or
-        become ``UNAVAILABLE``.  Returns the row and the position after it."""
+        become ``UNAVAILABLE``.  Returns the row and the position after it; the json
+        columns holding JSON ``null`` are appended to ``json_null`` when given."""
         ncols = _u16(data, pos)[0]
         pos += 2
         names = rel.names
@@ -174,7 +185,9 @@ class Decoder:
                 pos += 5
                 conv = converters[i]
                 raw = data[pos:pos + n]
-                row[names[i]] = raw.decode() if conv is None else conv(raw)
+                value = row[names[i]] = raw.decode() if conv is None else conv(raw)
+                if value is None and json_null is not None and is_json(conv):
+                    json_null.append(names[i])
                 pos += n
             elif kind == 110:  # 'n' null
                 row[names[i]] = None

@@ -25,7 +25,7 @@ from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
 from ...snapshot.chunk import Chunk, SnapshotInputError, read_events
 from .replication import SESSION_OPTIONS
-from .types import _bool, _timestamp, converter_for
+from .types import _bool, _timestamp, converter_for, is_json
 
 __all__ = ["PostgresSnapshotReader", "WATERMARK_PREFIX"]
 
@@ -82,11 +82,13 @@ class _Table:
         self.converters = converters
         self.key = key
         self.key_index = [names.index(k) for k in key]
+        self.json = [i for i, conv in enumerate(converters) if is_json(conv)]
         self.decode = _compile(self)
 
-    def slow(self, line: bytes) -> tuple[tuple, dict]:
-        """One line with NULLs or escapes."""
+    def slow(self, line: bytes, json_null: dict) -> tuple[tuple, dict]:
+        """One line with NULLs or escapes (JSON nulls go to ``json_null``, as in ``decode``)."""
         values: list = []
+        nulls = []
         for f, conv in zip(line[:-1].split(b"\t"), self.converters):
             if f == b"\\N":
                 values.append(None)
@@ -94,23 +96,29 @@ class _Table:
             if b"\\" in f:
                 f = _unescape(f)
             values.append(f.decode() if conv is None else conv(f))
-        return tuple([values[i] for i in self.key_index]), dict(zip(self.names, values))
+            if values[-1] is None and is_json(conv):
+                nulls.append(self.names[len(values) - 1])
+        key = tuple([values[i] for i in self.key_index])
+        if nulls:
+            json_null[key] = nulls
+        return key, dict(zip(self.names, values))
 
 
 _INLINE = {int: "int({})", _timestamp: "{}.replace(' ', 'T', 1)", _bool: "{} == 't'"}
 
 
 def _compile(t: _Table):
-    """``decode(lines) -> [(key, row)]`` unrolled for the table's columns.  A line without
-    a backslash has neither NULLs (``\\N``) nor escapes: it is split as text and each
-    column converted inline; other lines take ``_Table.slow``."""
+    """``decode(lines, json_null) -> [(key, row)]`` unrolled for the table's columns.  A line
+    without a backslash has neither NULLs (``\\N``) nor escapes: it is split as text and each
+    column converted inline; other lines take ``_Table.slow``.  The json columns of a row
+    that hold JSON ``null`` go to ``json_null[key]``."""
     env = {"slow": t.slow}
-    code = ["def decode(lines, slow=slow, int=int):",
+    code = ["def decode(lines, json_null, slow=slow, int=int):",
             "    out = []",
             "    append = out.append",
             "    for line in lines:",
             "        if 92 in line:",  # a backslash
-            "            append(slow(line))",
+            "            append(slow(line, json_null))",
             "            continue",
             "        f = line[:-1].decode().split('\\t')"]
     for i, conv in enumerate(t.converters):
@@ -124,6 +132,10 @@ def _compile(t: _Table):
         code.append(f"        v{i} = {expr}")
     key = "".join(f"v{i}, " for i in t.key_index)
     row = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(t.names))
+    if t.json:  # no \N on this line: None is JSON null
+        code.append(f"        if {' or '.join(f'v{i} is None' for i in t.json)}:")
+        pairs = ", ".join(f"({t.names[i]!r}, v{i})" for i in t.json)
+        code.append(f"            json_null[({key})] = [n for n, v in ({pairs},) if v is None]")
     code.append(f"        append((({key}), {{{row}}}))")
     code.append("    return out")
     exec("\n".join(code), env)  # noqa: S102 - generated from column names via repr()
@@ -239,7 +251,8 @@ class PostgresSnapshotReader:
                                         source=self.source_name) from exc
         except psycopg.Error as exc:
             raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}", source=self.source_name) from None
-        rows = t.decode(lines)
+        json_null: dict[tuple, list[str]] = {}
+        rows = t.decode(lines, json_null)
         xmin, xmax, xip = text.split(":")
         wm = _Watermark(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x),
                         parse_lsn(high))
@@ -251,7 +264,7 @@ class PostgresSnapshotReader:
         done = len(rows) <= limit
         rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
-        return Chunk(table, rows, last_key, done, wm, t.key)
+        return Chunk(table, rows, last_key, done, wm, t.key, json_null=json_null)
 
     def _query(self, t: _Table, after: list | None, limit: int, where: str | None) -> sql.Composed:
         key = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
@@ -349,4 +362,4 @@ class PostgresSnapshotReader:
         now = int(time.time() * 1000)
         base = {"connector": "postgresql", "name": self.source_name, "db": self.db, "schema": t.schema,
                 "table": t.name, "lsn": at, "txId": None, "ts_ms": now, "snapshot": True}
-        return read_events(rows, prefix, 0, t.key, base, now, chunk.table, at, last)
+        return read_events(rows, prefix, 0, t.key, base, now, chunk.table, at, last, chunk.json_null)

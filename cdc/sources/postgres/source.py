@@ -278,25 +278,27 @@ class PostgresSource:
                         continue  # emitted before a reconnect
                     if t == 73:
                         op, before = "c", None
-                        after, key, _ = rel.decode(buf, p + 6, None)
+                        after, key, _, json_null = rel.decode(buf, p + 6, None)
                     else:
                         before = None
                         q = p + 5
                         if buf[q] == 79:  # 'O': the old row (REPLICA IDENTITY FULL)
-                            before, key, q = rel.decode(buf, q + 1, None)
+                            before, key, q, _ = rel.decode(buf, q + 1, None)
                         elif buf[q] == 75:  # 'K': the old key, when it changed
-                            _, key, q = rel.decode(buf, q + 1, None)
+                            _, key, q, _ = rel.decode(buf, q + 1, None)
                             before = dict(key)
                         if t == 85:
                             op = "u"
-                            after, key, _ = rel.decode(buf, q + 1, before)
+                            after, key, _, json_null = rel.decode(buf, q + 1, before)
                         else:
-                            op, after = "d", None
+                            op, after, json_null = "d", None, None
                     source = bases.get(relid)
                     if source is None:  # once per table and transaction; copies are cheaper
                         source = bases[relid] = self._source_block(rel.schema, rel.table, 0, tx[2], tx[1])
                     source = source.copy()
                     source["lsn"] = lsn
+                    if json_null:  # columns of after holding JSON null, not SQL NULL
+                        source["json_null"] = json_null
                     # ChangeEvent.__init__, inlined: slot stores without a call
                     e = new_event(ChangeEvent)
                     e.id = f"{tx[3]}{i}"; e.op = op; e.before = before; e.after = after  # noqa: E702

@@ -18,7 +18,7 @@ bytes and returns the JSON value:
 | timestamptz                  | ``"2026-11-25T17:16:27.123456Z"`` (UTC)         |
 | interval                     | ISO 8601 duration ``"P1Y2M3DT4H5M6S"``          |
 | uuid                         | string                                          |
-| json, jsonb                  | nested JSON                                     |
+| json, jsonb                  | nested JSON; JSON null: None + source.json_null |
 | bytea                        | base64 string                                   |
 | arrays                       | JSON arrays of the element's JSON values        |
 | enum, other types            | string (the type's text form)                   |
@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import orjson
 
-__all__ = ["converter_for", "parse_array"]
+__all__ = ["converter_for", "is_json", "parse_array"]
 
 Converter = Callable[[bytes], object]
 
@@ -80,6 +80,12 @@ def _bytea(raw: bytes) -> str:
 
 
 _json = orjson.loads
+
+
+def is_json(converter: Converter | None) -> bool:
+    """Is this the converter of a json or jsonb column (or a domain over one)?  Its
+    ``null`` is JSON null, which a row shows as None, as it shows SQL NULL."""
+    return converter is _json
 
 _SCALARS: dict[int, Converter | None] = {
     16: _bool, 17: _bytea, 20: int, 21: int, 23: int, 26: int, 700: _float, 701: _float,
