@@ -63,6 +63,14 @@ def test_interpolation_forms():
     assert cfg.pipelines["p"].sinks[0].options["path"] == "out/${{x}}.jsonl"
 
 
+def test_an_empty_key_is_named_in_an_interpolation_problem():
+    # found by tests/test_fuzz_config.py: the problem of {"": "${"} had an empty key path
+    from cdc.config.interpolate import interpolate
+    found: list = []
+    interpolate({"": "${", "a": {"": "${X"}}, {}, found)
+    assert [p.path for p in found] == ["''", "a."]
+
+
 def test_every_problem_with_its_key_path():
     bad = GOOD.replace("tables: [orders]", "tables: [orders, public.nope]") \
               .replace("{type: file, path: out/x.jsonl, retry: {max_attempts: 3}}",

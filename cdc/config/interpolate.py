@@ -68,4 +68,4 @@ def interpolate(tree: Any, env: Mapping[str, str], problems: list[ConfigProblem]
 
 
 def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
+    return f"{path}.{key}" if path else (str(key) or repr(key))  # an empty key is named too
