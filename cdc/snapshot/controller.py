@@ -18,6 +18,7 @@ The algorithm and why it is correct: ``docs/snapshots.md``.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,8 @@ class SnapshotController:
         else:
             self.done = [t for t in saved.get("tables", []) if t in self.tables]
             self.queue = [dict(e) for e in saved.get("queue", []) if e.get("table") in self.tables]
+            for e in self.queue:  # a copy started before copies had an identity
+                e.setdefault("uid", secrets.token_hex(6))
             queued = {e["table"] for e in self.queue if e["id"] == INITIAL}
             for t in self.tables:  # a table added to ``tables:`` since the last run
                 if t not in self.done and t not in queued:
@@ -98,7 +101,9 @@ class SnapshotController:
 
     @staticmethod
     def _entry(snapshot_id: str, table: str, where: str | None = None) -> dict:
-        return {"id": snapshot_id, "table": table, "after": None, "rows": 0, "where": where}
+        # uid: this copy's identity, part of its rows' ids (cdc.snapshot.chunk.row_id)
+        return {"id": snapshot_id, "table": table, "after": None, "rows": 0, "where": where,
+                "uid": secrets.token_hex(6)}
 
     def _changed(self) -> None:
         self._state = {"tables": list(self.done), "queue": [dict(e) for e in self.queue]}
@@ -190,6 +195,7 @@ class SnapshotController:
         chunk, entry = window.chunk, window.entry
         rows = [kr for kr in chunk.rows if kr[0] in window.keys]
         chunk.first_index = entry["rows"]
+        chunk.copy_uid = entry["uid"]
         events = self.reader.events(chunk, rows, position, chunk.done) if rows else []
         entry["after"] = chunk.last_key
         entry["rows"] += len(events)

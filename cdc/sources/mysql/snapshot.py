@@ -250,14 +250,14 @@ class MySQLSnapshotReader:
         return (position.get("file", ""), position.get("pos", 0)) >= watermark
 
     def events(self, chunk: Chunk, rows: list[tuple[tuple, dict]], position: dict, last: bool) -> list:
-        # ids sort after the transaction that ends at ``position`` and before the next one;
+        # places sort after the transaction that ends at ``position`` and before the next one;
         # several chunks may follow the same transaction: the index counts rows of the copy
         first = chunk.first_index
         gtid = position.get("gtid")
-        prefix = (f"{gtid}:s" if gtid else f"{position.get('file')}:{position.get('pos', 1) - 1}:s")
+        place_prefix = (f"{gtid}:s" if gtid else f"{position.get('file')}:{position.get('pos', 1) - 1}:s")
         t = self._tables[chunk.table]
         now = int(time.time() * 1000)
         base = {"connector": "mysql", "name": self.source_name, "db": t.db, "table": t.name,
-                "file": position.get("file"), "pos": position.get("pos"), "row": 0, "gtid": gtid,
+                "file": position.get("file"), "pos": position.get("pos"), "row": first, "gtid": gtid,
                 "server_id": None, "ts_ms": now, "snapshot": True}
-        return read_events(rows, prefix, first, t.key, base, now, chunk.table, position.get("pos"), last)
+        return read_events(rows, place_prefix, first, t.key, base, now, chunk.table, last, chunk.copy_uid)

@@ -342,11 +342,11 @@ class PostgresSnapshotReader:
         return lsn is not None and parse_lsn(lsn) >= watermark.high
 
     def events(self, chunk: Chunk, rows: list[tuple[tuple, dict]], position: dict, last: bool) -> list:
-        # ids sort between the transactions before and after ``position`` (see docs/snapshots.md)
+        # places sort between the transactions before and after ``position`` (see docs/snapshots.md)
         at = parse_lsn(position["lsn"]) - 1
-        prefix = format_lsn(at) + ":"
+        place_prefix = format_lsn(at) + ":"
         t = self._tables[chunk.table]
         now = int(time.time() * 1000)
         base = {"connector": "postgresql", "name": self.source_name, "db": self.db, "schema": t.schema,
                 "table": t.name, "lsn": at, "txId": None, "ts_ms": now, "snapshot": True}
-        return read_events(rows, prefix, 0, t.key, base, now, chunk.table, at, last)
+        return read_events(rows, place_prefix, 0, t.key, base, now, chunk.table, last, chunk.copy_uid)
