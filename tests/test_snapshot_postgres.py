@@ -270,3 +270,21 @@ def test_rows_read_again_after_a_crash_keep_their_ids(pg_database, tmp_path):
             assert e["id"] == first[k]["id"], f"row {k} read again unchanged got id {e['id']}, first {first[k]['id']}"
     assert rebuild(events, "snap") == _table_rows(pg_database)
     print(f"{len(first)} rows before the crash, checkpoint after {saved}, {len(again)} read again")
+
+
+def test_bc_timestamps_read_by_the_snapshot_are_what_the_stream_gives(pg_database, tmp_path):
+    """The snapshot's fast path converts timestamps inline: a BC one must still come out
+    as the streaming path gives it (ISO 8601, astronomical year)."""
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, ts timestamp, d date)",
+        "INSERT INTO t VALUES (1, '0044-03-15 10:00:00.5 BC', '0044-03-15 BC'), (2, '2026-11-25 10:00:00', NULL)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}, snapshot="initial")
+    out = tmp_path / "out/all.jsonl"
+    with Running(cfg):
+        wait_for(lambda: len(read_complete(out)) >= 2, 60, "the snapshot rows")
+        sql(pg_database, "UPDATE t SET id = id + 10")
+        wait_for(lambda: len(read_complete(out)) >= 4, 30, "the live changes")
+    events = read_complete(out)
+    reads = {e["after"]["id"]: e["after"] for e in events if e["op"] == "r"}
+    streamed = {e["after"]["id"] - 10: dict(e["after"], id=e["after"]["id"] - 10) for e in events if e["op"] == "u"}
+    assert reads == streamed
+    assert reads[1] == {"id": 1, "ts": "-0043-03-15T10:00:00.5", "d": "-0043-03-15"}
