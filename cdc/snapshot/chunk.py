@@ -7,13 +7,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ..errors import PermanentError, SourceError
 from ..event import ChangeEvent
 from ..lsn import format_lsn
 
-__all__ = ["Chunk", "SnapshotInputError", "MODES", "read_events", "row_id", "place"]
+__all__ = ["Chunk", "SnapshotInputError", "MODES", "digest", "emit_events", "place"]
 
 #: ``snapshot:`` modes, with Debezium's meanings
 MODES = ("initial", "never", "initial_only", "when_needed")
@@ -28,13 +26,13 @@ class SnapshotInputError(SourceError, PermanentError):
 class Chunk:
     """Rows of ``table`` with keys after ``after``, read in one snapshot.
 
-    ``rows`` are ``(key tuple, row dict)`` in key order; ``last_key`` is the key of the
+    ``rows`` are ``(key tuple, prepared op r event)`` in key order (``emit_events``); ``last_key`` is the key of the
     last row read (the next chunk starts after it); ``done`` is True when the table has
     no rows after this chunk; ``watermark`` is the reader's opaque description of the
     snapshot the rows were read in."""
 
     table: str
-    rows: list[tuple[tuple, dict]]
+    rows: list[tuple[tuple, ChangeEvent]]
     last_key: list | None
     done: bool
     watermark: Any
@@ -43,29 +41,25 @@ class Chunk:
     copy_uid: str = ""     # the copy's identity, saved in the checkpoint (set when emitted)
 
 
-def row_id(copy_uid: str, row: dict) -> str:
-    """A snapshot row's id: the copy's identity and a hash of the row's values (stable
-    across processes), so a row read again unchanged after a crash keeps its id."""
-    return f"r-{copy_uid}-{hashlib.blake2b(orjson.dumps(row), digest_size=12).hexdigest()}"
+def digest(data: bytes) -> str:
+    """The hash of a row's values in its id (blake2b, 96 bits: stable across processes,
+    unlike ``hash()``).  ``data`` is the row's text as the server sent it, or its JSON."""
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
-def read_events(rows: list, place_prefix: str, first: int, key_names: list[str], base: dict, now: int,
-                table: str, last: bool, copy_uid: str) -> list[ChangeEvent]:
-    """The ``op: "r"`` events of a chunk's rows (``(key, row)`` pairs): ids by ``row_id``,
-    one shared ``source`` block, ``snapshot: "last"`` on a copy's last row.  ``position``
-    is the row's place in the stream, ``place_prefix + n`` from ``first`` (``place``)."""
-    out = []
-    new = ChangeEvent.__new__
-    b2 = hashlib.blake2b
-    dumps = orjson.dumps
+def emit_events(rows: list, copy_uid: str, place_prefix: str, first: int, base: dict, now: int,
+                last: bool) -> list[ChangeEvent]:
+    """A chunk's ``op: "r"`` events, from its ``(key, prepared event)`` pairs (the reader
+    set ``op``, ``before``, ``after``, ``key``, ``table``, ``destination``, ``message``, and
+    ``id`` to the row's ``digest``): id ``r-<copy uid>-<digest>``, one shared ``source``
+    block, ``snapshot: "last"`` on a copy's last row, and ``position`` the row's place in
+    the stream, ``place_prefix + n`` from ``first`` (``place``).  Each event is emitted once."""
+    out: list[ChangeEvent] = []
+    append = out.append
     prefix = f"r-{copy_uid}-"
-    for i, (key, row) in enumerate(rows, start=first):
-        e = new(ChangeEvent)
-        e.id = prefix + b2(dumps(row), digest_size=12).hexdigest(); e.op = "r"  # noqa: E702 - row_id inline
-        e.before = None; e.after = row; e.key = dict(zip(key_names, key))  # noqa: E702
-        e.source = base; e.ts_ms = now; e.table = table; e.position = f"{place_prefix}{i}"  # noqa: E702
-        e.destination = None; e.message = None  # noqa: E702
-        out.append(e)
+    for i, (_, e) in enumerate(rows, start=first):
+        e.id = prefix + e.id; e.source = base; e.ts_ms = now; e.position = f"{place_prefix}{i}"  # noqa: E702
+        append(e)
     if last and out:
         out[-1].source = dict(base, snapshot="last")
     return out

@@ -14,6 +14,7 @@ binlog decoder produces (``types.py``).
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 
 import orjson
@@ -23,7 +24,7 @@ import pymysql.cursors
 
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
-from ...snapshot.chunk import Chunk, SnapshotInputError, read_events
+from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
 from . import settings as checks
 from .types import float32
 
@@ -102,6 +103,36 @@ class _Table:
         self.converters = converters
         self.key = key
         self.key_index = [names.index(k) for k in key]
+        self.decode = _compile(self)
+
+
+def _compile(t: _Table):
+    """``decode(records) -> [(key, event)]`` unrolled for the table's columns: each row's
+    ``op: "r"`` event, prepared for ``emit_events`` (its id the digest of the row's JSON)."""
+    env = {"new": ChangeEvent.__new__, "Event": ChangeEvent, "b2": hashlib.blake2b, "dumps": orjson.dumps,
+           "table": t.table}
+    code = ["def decode(records, new=new, Event=Event, b2=b2, dumps=dumps, table=table):",
+            "    out = []",
+            "    append = out.append",
+            "    for r in records:"]
+    for i, conv in enumerate(t.converters):
+        if conv is None:
+            code.append(f"        v{i} = r[{i}]")
+        else:
+            env[f"c{i}"] = conv
+            code.append(f"        v{i} = None if (v := r[{i}]) is None else c{i}(v)")
+    key = "".join(f"v{i}, " for i in t.key_index)
+    key_dict = ", ".join(f"{name!r}: v{i}" for name, i in zip(t.key, t.key_index))
+    row = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(t.names))
+    code += ["        e = new(Event)",
+             f"        row = {{{row}}}",
+             f"        e.key = {{{key_dict}}}",
+             "        e.id = b2(dumps(row), digest_size=12).hexdigest(); e.op = 'r'; e.before = None",
+             "        e.after = row; e.table = table; e.destination = None; e.message = None",
+             f"        append((({key}), e))",
+             "    return out"]
+    exec("\n".join(code), env)  # noqa: S102 - generated from column names via repr()
+    return env["decode"]
 
 
 def _q(name: str) -> str:
@@ -228,14 +259,8 @@ class MySQLSnapshotReader:
         return Chunk(table, rows, last_key, done, watermark, t.key)
 
     @staticmethod
-    def _decode(t: _Table, raw) -> list[tuple[tuple, dict]]:
-        names, key_index = t.names, t.key_index
-        pairs = list(enumerate(t.converters))
-        out = []
-        for record in raw:
-            values = [None if (v := record[i]) is None else (v if conv is None else conv(v)) for i, conv in pairs]
-            out.append((tuple([values[i] for i in key_index]), dict(zip(names, values))))
-        return out
+    def _decode(t: _Table, raw) -> list[tuple[tuple, ChangeEvent]]:
+        return t.decode(raw)
 
     # ---- the stream side -----------------------------------------------------------------
 
@@ -249,7 +274,7 @@ class MySQLSnapshotReader:
     def reached(self, position: dict, watermark: tuple) -> bool:
         return (position.get("file", ""), position.get("pos", 0)) >= watermark
 
-    def events(self, chunk: Chunk, rows: list[tuple[tuple, dict]], position: dict, last: bool) -> list:
+    def events(self, chunk: Chunk, rows: list[tuple[tuple, ChangeEvent]], position: dict, last: bool) -> list:
         # places sort after the transaction that ends at ``position`` and before the next one;
         # several chunks may follow the same transaction: the index counts rows of the copy
         first = chunk.first_index
@@ -260,4 +285,4 @@ class MySQLSnapshotReader:
         base = {"connector": "mysql", "name": self.source_name, "db": t.db, "table": t.name,
                 "file": position.get("file"), "pos": position.get("pos"), "row": first, "gtid": gtid,
                 "server_id": None, "ts_ms": now, "snapshot": True}
-        return read_events(rows, place_prefix, first, t.key, base, now, chunk.table, last, chunk.copy_uid)
+        return emit_events(rows, chunk.copy_uid, place_prefix, first, base, now, last)
