@@ -43,7 +43,8 @@ REQUEST_POLL = 1.0         # seconds between looks at the request directory
 class _Window:
     entry: dict
     chunk: Chunk
-    keys: set          # keys of chunk rows not superseded by a newer streamed change
+    superseded: set = field(default_factory=set)   # keys a newer streamed change has: not emitted
+    truncated: bool = False                         # a newer truncate: no row is emitted
     opened: float = field(default_factory=time.monotonic)
 
 
@@ -176,24 +177,26 @@ class SnapshotController:
         """A newer change of the chunk's table: its keys' snapshot rows are not emitted."""
         columns = window.chunk.key_columns
         if event.key is None:  # truncate: the rows read are all gone
-            window.keys.clear()
+            window.truncated = True
             return
-        keys = window.keys
+        keys = window.superseded
         try:
-            keys.discard(tuple(event.key[c] for c in columns))
+            keys.add(tuple(event.key[c] for c in columns))
         except KeyError:
             pass
         before = event.before
         if before:
             try:
-                keys.discard(tuple(before[c] for c in columns))
+                keys.add(tuple(before[c] for c in columns))
             except KeyError:
                 pass
 
     def _emit(self, position: dict) -> list:
         window = self.windows.pop(0)
         chunk, entry = window.chunk, window.entry
-        rows = [kr for kr in chunk.rows if kr[0] in window.keys]
+        superseded = window.superseded
+        rows = ([] if window.truncated else
+                [kr for kr in chunk.rows if kr[0] not in superseded] if superseded else chunk.rows)
         chunk.first_index = entry["rows"]
         chunk.copy_uid = entry["uid"]
         events = self.reader.events(chunk, rows, position, chunk.done) if rows else []
@@ -265,7 +268,7 @@ class SnapshotController:
             self._chunks_retried += 1
             self._not_before = now + RETRY_DELAY
             return []
-        self.windows.append(_Window(entry, chunk, {k for k, _ in chunk.rows}))
+        self.windows.append(_Window(entry, chunk))
         self.chunks_read += 1
         log.debug("source %s: chunk of %s after %s: %d rows", self.name, entry["table"], after, len(chunk.rows))
         return self._emit_reached(self.source.snapshot_position())
