@@ -37,16 +37,19 @@ NOTE = "substr(repeat(md5(g::text) || ' ', 4), 1, (30 + (g * 7919) % 81)::int)"
 
 
 ROOT = Path(__file__).resolve().parent.parent
+CPU: list[float] = []  # CPU seconds of each timed child, in order
 
 
 def timed(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int]:
-    """(seconds, peak RSS KiB) of a child process; its output goes to /dev/null."""
+    """(seconds, peak RSS KiB) of a child process; its output goes to /dev/null.  Its CPU
+    seconds (user + system) go to ``CPU`` (load-independent, unlike the wall time)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv[:3]} failed: {proc.stderr.read().decode()[-3000:]}")
+    CPU.append(usage.ru_utime + usage.ru_stime)
     return seconds, usage.ru_maxrss
 
 
@@ -62,7 +65,8 @@ def cdc_run(source: dict, workdir: Path, tree: Path) -> tuple[float, int]:
     return timed([sys.executable, "-m", "cdc", "--log-level", "warning", "run", str(path)], env, tree)
 
 
-def summary(rows: int, anchor_s: list[float], cdc_s: dict[Path, list[float]], rss: dict[Path, list[int]]) -> dict:
+def summary(rows: int, anchor_s: list[float], cdc_s: dict[Path, list[float]], rss: dict[Path, list[int]],
+            cpu: dict[Path, list[float]]) -> dict:
     anchor = [rows / s for s in anchor_s]
     out = {"anchor": statistics.median(anchor), "anchor_spread": (min(anchor), max(anchor)), "trees": {}}
     for tree, seconds in cdc_s.items():
@@ -70,7 +74,8 @@ def summary(rows: int, anchor_s: list[float], cdc_s: dict[Path, list[float]], rs
         ratios = [rows / s / a for s, a in zip(seconds, anchor)]  # each run against its own anchor
         out["trees"][tree] = {"cdc": statistics.median(rates), "cdc_spread": (min(rates), max(rates)),
                               "ratio": statistics.median(ratios), "ratio_spread": (min(ratios), max(ratios)),
-                              "rss_mib": max(rss[tree]) / 1024}
+                              "rss_mib": max(rss[tree]) / 1024,
+                              "cpu_rate": rows / statistics.median(cpu[tree])}
     return out
 
 
@@ -90,6 +95,7 @@ def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[
         copy_s: list[float] = []
         cdc_s: dict[Path, list[float]] = {t: [] for t in trees}
         rss: dict[Path, list[int]] = {t: [] for t in trees}
+        cpu: dict[Path, list[float]] = {t: [] for t in trees}
         for i in range(runs):
             s, _ = timed(["psql", dsn, "-X", "-q", "-c", "COPY (SELECT * FROM orders) TO STDOUT"])
             copy_s.append(s)
@@ -102,9 +108,11 @@ def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[
                                    "snapshot_chunk_size": chunk}, workdir, tree)
                 cdc_s[tree].append(s)
                 rss[tree].append(peak)
-                line += f", cdc {tree} {rows / s:,.0f} rows/s ({rows / s / (rows / copy_s[-1]):.2f}x) {peak / 1024:.0f} MiB"
+                cpu[tree].append(CPU[-1])
+                line += (f", cdc {tree} {rows / s:,.0f} rows/s ({rows / s / (rows / copy_s[-1]):.2f}x)"
+                         f" {peak / 1024:.0f} MiB, {CPU[-1]:.1f} CPU s")
             print(line, flush=True)
-        return summary(rows, copy_s, cdc_s, rss)
+        return summary(rows, copy_s, cdc_s, rss, cpu)
     finally:
         server.close()
 
@@ -125,6 +133,7 @@ def bench_mariadb(rows: int, runs: int, chunk: int, workdir: Path, trees: list[P
         dump_s: list[float] = []
         cdc_s: dict[Path, list[float]] = {t: [] for t in trees}
         rss: dict[Path, list[int]] = {t: [] for t in trees}
+        cpu: dict[Path, list[float]] = {t: [] for t in trees}
         port = server.port
         for i in range(runs):
             s, _ = timed(["mariadb-dump", "--quick", "-h", "127.0.0.1", "-P", str(port), "-u", "root",
@@ -137,9 +146,11 @@ def bench_mariadb(rows: int, runs: int, chunk: int, workdir: Path, trees: list[P
                                    "snapshot_chunk_size": chunk}, workdir, tree)
                 cdc_s[tree].append(s)
                 rss[tree].append(peak)
-                line += f", cdc {tree} {rows / s:,.0f} rows/s ({rows / s / (rows / dump_s[-1]):.2f}x) {peak / 1024:.0f} MiB"
+                cpu[tree].append(CPU[-1])
+                line += (f", cdc {tree} {rows / s:,.0f} rows/s ({rows / s / (rows / dump_s[-1]):.2f}x)"
+                         f" {peak / 1024:.0f} MiB, {CPU[-1]:.1f} CPU s")
             print(line, flush=True)
-        return summary(rows, dump_s, cdc_s, rss)
+        return summary(rows, dump_s, cdc_s, rss, cpu)
     finally:
         server.close()
 
@@ -163,8 +174,8 @@ def main() -> None:
             results["MariaDB (anchor: mariadb-dump --quick)"] = bench_mariadb(args.rows, args.runs, args.chunk,
                                                                               Path(tmp), trees)
     print(f"\ninitial snapshot of {args.rows:,} rows, chunk {args.chunk:,}, median of {args.runs} (min-max):")
-    print("| source | tree | anchor rows/s | cdc rows/s | cdc / anchor | cdc peak RSS |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| source | tree | anchor rows/s | cdc rows/s | cdc / anchor | cdc peak RSS | cdc rows per CPU s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     missed = []
     for name, r in results.items():
         a_lo, a_hi = r["anchor_spread"]
@@ -172,7 +183,8 @@ def main() -> None:
             lo, hi = t["cdc_spread"]
             r_lo, r_hi = t["ratio_spread"]
             print(f"| {name} | {tree} | {r['anchor']:,.0f} ({a_lo:,.0f}-{a_hi:,.0f}) | {t['cdc']:,.0f} "
-                  f"({lo:,.0f}-{hi:,.0f}) | {t['ratio']:.2f}x ({r_lo:.2f}-{r_hi:.2f}) | {t['rss_mib']:.0f} MiB |")
+                  f"({lo:,.0f}-{hi:,.0f}) | {t['ratio']:.2f}x ({r_lo:.2f}-{r_hi:.2f}) | {t['rss_mib']:.0f} MiB | "
+                  f"{t['cpu_rate']:,.0f} |")
         first = r["trees"][trees[0]]
         if first["ratio"] < args.min_ratio:
             missed.append(f"{name}: {first['ratio']:.2f}x < {args.min_ratio}x")
