@@ -3,7 +3,6 @@ built from it."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +10,7 @@ from ..errors import PermanentError, SourceError
 from ..event import ChangeEvent
 from ..lsn import format_lsn
 
-__all__ = ["Chunk", "SnapshotInputError", "MODES", "digest", "emit_events", "place"]
+__all__ = ["Chunk", "SnapshotInputError", "MODES", "emit_events", "place"]
 
 #: ``snapshot:`` modes, with Debezium's meanings
 MODES = ("initial", "never", "initial_only", "when_needed")
@@ -26,10 +25,10 @@ class SnapshotInputError(SourceError, PermanentError):
 class Chunk:
     """Rows of ``table`` with keys after ``after``, read in one snapshot.
 
-    ``rows`` are ``(key tuple, prepared op r event)`` in key order (``emit_events``); ``last_key`` is the key of the
-    last row read (the next chunk starts after it); ``done`` is True when the table has
-    no rows after this chunk; ``watermark`` is the reader's opaque description of the
-    snapshot the rows were read in."""
+    ``rows`` are ``(key tuple, prepared op r event)`` in key order (``emit_events``);
+    ``last_key`` is the key of the last row read (the next chunk starts after it);
+    ``done`` is True when the table has no rows after this chunk; ``watermark`` is the
+    reader's opaque description of the snapshot the rows were read in."""
 
     table: str
     rows: list[tuple[tuple, ChangeEvent]]
@@ -41,17 +40,12 @@ class Chunk:
     copy_uid: str = ""     # the copy's identity, saved in the checkpoint (set when emitted)
 
 
-def digest(data: bytes) -> str:
-    """The hash of a row's values in its id (blake2b, 96 bits: stable across processes,
-    unlike ``hash()``).  ``data`` is the row's text as the server sent it, or its JSON."""
-    return hashlib.blake2b(data, digest_size=12).hexdigest()
-
-
 def emit_events(rows: list, copy_uid: str, place_prefix: str, first: int, base: dict, now: int,
                 last: bool) -> list[ChangeEvent]:
     """A chunk's ``op: "r"`` events, from its ``(key, prepared event)`` pairs (the reader
     set ``op``, ``before``, ``after``, ``key``, ``table``, ``destination``, ``message``, and
-    ``id`` to the row's ``digest``): id ``r-<copy uid>-<digest>``, one shared ``source``
+    ``id`` to a blake2b digest (96 bits, hex) of the row's values as read: stable across
+    processes, unlike ``hash()``): id ``r-<copy uid>-<digest>``, one shared ``source``
     block, ``snapshot: "last"`` on a copy's last row, and ``position`` the row's place in
     the stream, ``place_prefix + n`` from ``first`` (``place``).  Each event is emitted once."""
     out: list[ChangeEvent] = []

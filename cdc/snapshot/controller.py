@@ -102,7 +102,7 @@ class SnapshotController:
 
     @staticmethod
     def _entry(snapshot_id: str, table: str, where: str | None = None) -> dict:
-        # uid: this copy's identity, part of its rows' ids (cdc.snapshot.chunk.row_id)
+        # uid: this copy's identity, part of its rows' ids (cdc.snapshot.chunk.emit_events)
         return {"id": snapshot_id, "table": table, "after": None, "rows": 0, "where": where,
                 "uid": secrets.token_hex(6)}
 
