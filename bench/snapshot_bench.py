@@ -1,6 +1,7 @@
 """Initial-snapshot benchmark: cdc vs COPY TO STDOUT (PostgreSQL) and mariadb-dump --quick.
 
     .venv/bin/python bench/snapshot_bench.py [--rows 1000000] [--runs 3] [--chunk 10000]
+        [--only postgres|mariadb] [--tree PATH ...] [--min-ratio 0.5]
 
 The anchor table of ../shared/perf-anchors.md (orders: id, customer_id, status,
 amount, note of 30-110 ASCII characters, created_at) with ``--rows`` rows, on
@@ -9,7 +10,10 @@ private servers, everything over TCP 127.0.0.1.  cdc runs ``cdc run`` with
 to JSON), from process start to exit (start-up and slot creation included).
 Anchors in the same run: ``psql -c "COPY (SELECT * FROM orders) TO STDOUT"`` and
 ``mariadb-dump --quick``, both to /dev/null.  Reported: rows/s (median of the
-runs), the ratios, and cdc's peak RSS.
+runs, min-max beside it), the ratios, and cdc's peak RSS.  ``--tree`` (repeatable) runs
+``cdc`` from other checkouts too (``PYTHONPATH`` and working directory), alternating with
+the anchor in every run: a before/after comparison in one run.  Exits 1 when the first
+tree's median ratio is below ``--min-ratio`` for a source.
 """
 
 from __future__ import annotations
@@ -25,25 +29,31 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test servers
 
 from servers import MariaDBServer, PostgresServer  # noqa: E402
 
 NOTE = "substr(repeat(md5(g::text) || ' ', 4), 1, (30 + (g * 7919) % 81)::int)"
 
 
-def timed(argv: list[str], env: dict | None = None) -> tuple[float, int]:
-    """(seconds, peak RSS KiB) of a child process; its output goes to /dev/null."""
+ROOT = Path(__file__).resolve().parent.parent
+CPU: list[float] = []  # CPU seconds of each timed child, in order
+
+
+def timed(argv: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int]:
+    """(seconds, peak RSS KiB) of a child process; its output goes to /dev/null.  Its CPU
+    seconds (user + system) go to ``CPU`` (load-independent, unlike the wall time)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{argv[:3]} failed: {proc.stderr.read().decode()[-3000:]}")
+    CPU.append(usage.ru_utime + usage.ru_stime)
     return seconds, usage.ru_maxrss
 
 
-def cdc_run(source: dict, workdir: Path) -> tuple[float, int]:
+def cdc_run(source: dict, workdir: Path, tree: Path) -> tuple[float, int]:
     raw = {"sources": {"db": {**source, "snapshot": "initial_only",
                               "checkpoint": {"type": "file", "path": "state/db.json"}}},
            "pipelines": {"all": {"source": "db", "sinks": [{"type": "discard"}]}}}
@@ -51,10 +61,25 @@ def cdc_run(source: dict, workdir: Path) -> tuple[float, int]:
         old.unlink()
     path = workdir / "pipelines.yaml"
     path.write_text(yaml.safe_dump(raw))
-    return timed([sys.executable, "-m", "cdc", "--log-level", "warning", "run", str(path)])
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return timed([sys.executable, "-m", "cdc", "--log-level", "warning", "run", str(path)], env, tree)
 
 
-def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path) -> dict:
+def summary(rows: int, anchor_s: list[float], cdc_s: dict[Path, list[float]], rss: dict[Path, list[int]],
+            cpu: dict[Path, list[float]]) -> dict:
+    anchor = [rows / s for s in anchor_s]
+    out = {"anchor": statistics.median(anchor), "anchor_spread": (min(anchor), max(anchor)), "trees": {}}
+    for tree, seconds in cdc_s.items():
+        rates = [rows / s for s in seconds]
+        ratios = [rows / s / a for s, a in zip(seconds, anchor)]  # each run against its own anchor
+        out["trees"][tree] = {"cdc": statistics.median(rates), "cdc_spread": (min(rates), max(rates)),
+                              "ratio": statistics.median(ratios), "ratio_spread": (min(ratios), max(ratios)),
+                              "rss_mib": max(rss[tree]) / 1024,
+                              "cpu_rate": rows / statistics.median(cpu[tree])}
+    return out
+
+
+def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[Path]) -> dict:
     import psycopg
     server = PostgresServer()
     server.start()
@@ -67,30 +92,36 @@ def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path) -> dict:
                          f" {NOTE}, timestamp '2026-11-25 10:00' + g * interval '1 ms'"
                          f" FROM generate_series(1::bigint, {rows}) g")
             conn.execute("VACUUM ANALYZE orders")
-        copy_s, cdc_s, rss = [], [], []
+        copy_s: list[float] = []
+        cdc_s: dict[Path, list[float]] = {t: [] for t in trees}
+        rss: dict[Path, list[int]] = {t: [] for t in trees}
+        cpu: dict[Path, list[float]] = {t: [] for t in trees}
         for i in range(runs):
             s, _ = timed(["psql", dsn, "-X", "-q", "-c", "COPY (SELECT * FROM orders) TO STDOUT"])
             copy_s.append(s)
-            with psycopg.connect(dsn, autocommit=True) as conn:  # each run copies with a new slot
-                for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall():
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            s, peak = cdc_run({"type": "postgres", "dsn": dsn, "tables": ["public.orders"],
-                               "snapshot_chunk_size": chunk}, workdir)
-            cdc_s.append(s)
-            rss.append(peak)
-            print(f"  postgres run {i + 1}: COPY {rows / copy_s[-1]:,.0f} rows/s, cdc {rows / s:,.0f} rows/s, "
-                  f"peak RSS {peak / 1024:.0f} MiB", flush=True)
-        return {"anchor": rows / statistics.median(copy_s), "cdc": rows / statistics.median(cdc_s),
-                "rss_mib": max(rss) / 1024}
+            line = f"  postgres run {i + 1}: COPY {rows / s:,.0f} rows/s"
+            for tree in trees:
+                with psycopg.connect(dsn, autocommit=True) as conn:  # each run copies with a new slot
+                    for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall():
+                        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                s, peak = cdc_run({"type": "postgres", "dsn": dsn, "tables": ["public.orders"],
+                                   "snapshot_chunk_size": chunk}, workdir, tree)
+                cdc_s[tree].append(s)
+                rss[tree].append(peak)
+                cpu[tree].append(CPU[-1])
+                line += (f", cdc {tree} {rows / s:,.0f} rows/s ({rows / s / (rows / copy_s[-1]):.2f}x)"
+                         f" {peak / 1024:.0f} MiB, {CPU[-1]:.1f} CPU s")
+            print(line, flush=True)
+        return summary(rows, copy_s, cdc_s, rss, cpu)
     finally:
         server.close()
 
 
-def bench_mariadb(rows: int, runs: int, chunk: int, workdir: Path) -> dict:
+def bench_mariadb(rows: int, runs: int, chunk: int, workdir: Path, trees: list[Path]) -> dict:
     server = MariaDBServer()
     server.start()
     try:
-        dsn = server.create_database("bench")
+        server.create_database("bench")
         with server.connect("bench") as conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint, status varchar(20),"
                         " amount decimal(12,2), note varchar(200), created_at datetime)")
@@ -99,22 +130,27 @@ def bench_mariadb(rows: int, runs: int, chunk: int, workdir: Path) -> dict:
                         f" timestamp '2026-11-25 10:00' + interval seq * 1000 microsecond"
                         f" FROM seq_1_to_{rows}")
             cur.execute("COMMIT")
-        url = dsn.split("://", 1)[1]
-        dump_s, cdc_s, rss = [], [], []
+        dump_s: list[float] = []
+        cdc_s: dict[Path, list[float]] = {t: [] for t in trees}
+        rss: dict[Path, list[int]] = {t: [] for t in trees}
+        cpu: dict[Path, list[float]] = {t: [] for t in trees}
         port = server.port
         for i in range(runs):
             s, _ = timed(["mariadb-dump", "--quick", "-h", "127.0.0.1", "-P", str(port), "-u", "root",
                           "-proot", "--protocol=tcp", "--skip-lock-tables", "bench", "orders"])
             dump_s.append(s)
-            s, peak = cdc_run({"type": "mysql", "dsn": server.dsn("bench", user="cdc"), "tables": ["bench.orders"],
-                               "server_id": 777 + i, "snapshot_chunk_size": chunk}, workdir)
-            cdc_s.append(s)
-            rss.append(peak)
-            print(f"  mariadb run {i + 1}: mariadb-dump {rows / dump_s[-1]:,.0f} rows/s, cdc {rows / s:,.0f} rows/s,"
-                  f" peak RSS {peak / 1024:.0f} MiB", flush=True)
-        del url
-        return {"anchor": rows / statistics.median(dump_s), "cdc": rows / statistics.median(cdc_s),
-                "rss_mib": max(rss) / 1024}
+            line = f"  mariadb run {i + 1}: mariadb-dump {rows / s:,.0f} rows/s"
+            for j, tree in enumerate(trees):
+                s, peak = cdc_run({"type": "mysql", "dsn": server.dsn("bench", user="cdc"),
+                                   "tables": ["bench.orders"], "server_id": 777 + i * len(trees) + j,
+                                   "snapshot_chunk_size": chunk}, workdir, tree)
+                cdc_s[tree].append(s)
+                rss[tree].append(peak)
+                cpu[tree].append(CPU[-1])
+                line += (f", cdc {tree} {rows / s:,.0f} rows/s ({rows / s / (rows / dump_s[-1]):.2f}x)"
+                         f" {peak / 1024:.0f} MiB, {CPU[-1]:.1f} CPU s")
+            print(line, flush=True)
+        return summary(rows, dump_s, cdc_s, rss, cpu)
     finally:
         server.close()
 
@@ -125,20 +161,36 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=10_000)
     parser.add_argument("--only", choices=["postgres", "mariadb"])
+    parser.add_argument("--tree", type=Path, action="append", help="a checkout to run cdc from (repeatable)")
+    parser.add_argument("--min-ratio", type=float, default=0.5)
     args = parser.parse_args()
+    trees = [t.resolve() for t in (args.tree or [ROOT])]
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         if args.only in (None, "postgres"):
-            results["PostgreSQL (anchor: COPY TO STDOUT)"] = bench_postgres(args.rows, args.runs, args.chunk, Path(tmp))
+            results["PostgreSQL (anchor: COPY TO STDOUT)"] = bench_postgres(args.rows, args.runs, args.chunk,
+                                                                            Path(tmp), trees)
         if args.only in (None, "mariadb"):
             results["MariaDB (anchor: mariadb-dump --quick)"] = bench_mariadb(args.rows, args.runs, args.chunk,
-                                                                              Path(tmp))
-    print(f"\ninitial snapshot of {args.rows:,} rows, chunk {args.chunk:,}, median of {args.runs}:")
-    print("| source | anchor rows/s | cdc rows/s | cdc / anchor | cdc peak RSS |")
-    print("|---|---:|---:|---:|---:|")
+                                                                              Path(tmp), trees)
+    print(f"\ninitial snapshot of {args.rows:,} rows, chunk {args.chunk:,}, median of {args.runs} (min-max):")
+    print("| source | tree | anchor rows/s | cdc rows/s | cdc / anchor | cdc peak RSS | cdc rows per CPU s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    missed = []
     for name, r in results.items():
-        print(f"| {name} | {r['anchor']:,.0f} | {r['cdc']:,.0f} | {r['cdc'] / r['anchor']:.2f}x | "
-              f"{r['rss_mib']:.0f} MiB |")
+        a_lo, a_hi = r["anchor_spread"]
+        for tree, t in r["trees"].items():
+            lo, hi = t["cdc_spread"]
+            r_lo, r_hi = t["ratio_spread"]
+            print(f"| {name} | {tree} | {r['anchor']:,.0f} ({a_lo:,.0f}-{a_hi:,.0f}) | {t['cdc']:,.0f} "
+                  f"({lo:,.0f}-{hi:,.0f}) | {t['ratio']:.2f}x ({r_lo:.2f}-{r_hi:.2f}) | {t['rss_mib']:.0f} MiB | "
+                  f"{t['cpu_rate']:,.0f} |")
+        first = r["trees"][trees[0]]
+        if first["ratio"] < args.min_ratio:
+            missed.append(f"{name}: {first['ratio']:.2f}x < {args.min_ratio}x")
+    if missed:
+        print("target missed: " + "; ".join(missed))
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

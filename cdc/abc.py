@@ -123,7 +123,7 @@ class SnapshotReader(Protocol):
         """Has the stream, at transaction boundary ``position``, passed every change
         that the chunk's snapshot includes?"""
 
-    def events(self, chunk: Chunk, rows: list[tuple[tuple, dict]], position: dict,
+    def events(self, chunk: Chunk, rows: list[tuple[tuple, ChangeEvent]], position: dict,
                last: bool) -> list[ChangeEvent]:
         """The ``op: "r"`` events of ``rows``, placed just after ``position``; ``last``
         marks the last row of the table (``source.snapshot: "last"``)."""

@@ -24,7 +24,9 @@
   MariaDB GTIDs ``domain-server-seq:n`` per domain by ``seq`` (the server id changes
   at a failover and says nothing about order); MySQL GTIDs ``uuid:n:index`` per
   server uuid; MariaDB snapshot rows ``<GTID state>:s<row>`` among themselves, by each
-  domain's ``seq``, then the row; other ids naturally (digit runs as numbers).  With several GTID
+  domain's ``seq``, then the row; other ids naturally (digit runs as numbers).  A snapshot
+  row (``op: "r"``) is ordered by its place in the stream (``cdc.snapshot.chunk.place``,
+  ids of that form), not by its id, which is a hash of its values.  With several GTID
   domains or uuids the stored id is one id per domain, comma-separated.
 - Identifiers are always quoted; values are always bound parameters.
 - PostgreSQL: a run of upserts into one table with the same columns goes by
@@ -49,6 +51,7 @@ from ..config.model import Context
 from ..errors import PermanentSinkError
 from ..event import UNAVAILABLE, ChangeEvent
 from ..lsn import parse_lsn
+from ..snapshot.chunk import place
 from ._db import Target, connect, sink_error
 
 __all__ = ["PostgresMirrorSink", "MySQLMirrorSink", "TableMapping", "order_key", "stream_of"]
@@ -187,13 +190,14 @@ class _MirrorSink:
                     if last_ids is None:
                         stored = applied.get(e.table)
                         last_ids = positions[e.table] = _last_ids(stored) if stored else {}
-                    stream, key = stream_of(e.id)
+                    order_id = place(e) if e.op == "r" else e.id  # a snapshot row's id is not a position
+                    stream, key = stream_of(order_id)
                     last = last_ids.get(stream)
                     if last is not None and key <= last[0]:
                         skipped.append(e.id)  # applied before (a redelivery) or superseded
                         continue
                     self._statements(e, statements)
-                    last_ids[stream] = (key, e.id)
+                    last_ids[stream] = (key, order_id)
                     changed.add(e.table)
                 self._execute(cur, statements)
                 for source_table in changed:

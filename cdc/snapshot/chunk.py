@@ -1,4 +1,5 @@
-"""One chunk of a table read by a source's snapshot reader."""
+"""One chunk of a table read by a source's snapshot reader, and the ``op: "r"`` events
+built from it."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 
 from ..errors import PermanentError, SourceError
 from ..event import ChangeEvent
+from ..lsn import format_lsn
 
-__all__ = ["Chunk", "SnapshotInputError", "MODES", "read_events"]
+__all__ = ["Chunk", "SnapshotInputError", "MODES", "emit_events", "place"]
 
 #: ``snapshot:`` modes, with Debezium's meanings
 MODES = ("initial", "never", "initial_only", "when_needed")
@@ -23,39 +25,58 @@ class SnapshotInputError(SourceError, PermanentError):
 class Chunk:
     """Rows of ``table`` with keys after ``after``, read in one snapshot.
 
-    ``rows`` are ``(key tuple, row dict)`` in key order; ``last_key`` is the key of the
-    last row read (the next chunk starts after it); ``done`` is True when the table has
-    no rows after this chunk; ``watermark`` is the reader's opaque description of the
-    snapshot the rows were read in; ``json_null``: key tuple -> the json columns of that
-    row holding JSON ``null`` (not SQL NULL), for rows that have any."""
+    ``rows`` are ``(key tuple, prepared op r event)`` in key order (``emit_events``);
+    ``last_key`` is the key of the last row read (the next chunk starts after it);
+    ``done`` is True when the table has no rows after this chunk; ``watermark`` is the
+    reader's opaque description of the snapshot the rows were read in; ``json_null``:
+    key tuple -> the json columns of that row holding JSON ``null`` (not SQL NULL), for
+    rows that have any."""
 
     table: str
-    rows: list[tuple[tuple, dict]]
+    rows: list[tuple[tuple, ChangeEvent]]
     last_key: list | None
     done: bool
     watermark: Any
     key_columns: list[str] = field(default_factory=list)
     first_index: int = 0   # rows of this copy emitted before this chunk (set when emitted)
+    copy_uid: str = ""     # the copy's identity, saved in the checkpoint (set when emitted)
     json_null: dict[tuple, list[str]] = field(default_factory=dict)
 
 
-def read_events(rows: list, prefix: str, first: int, key_names: list[str], base: dict, now: int,
-                table: str, position: Any, last: bool, json_null: dict | None = None) -> list[ChangeEvent]:
-    """The ``op: "r"`` events of a chunk's rows (``(key, row)`` pairs): ids ``prefix + n``
-    from ``first``, one shared ``source`` block, ``snapshot: "last"`` on a copy's last row,
-    ``json_null`` (``Chunk.json_null``) in the source block of the rows it names."""
-    out = []
-    new = ChangeEvent.__new__
-    for i, (key, row) in enumerate(rows, start=first):
-        e = new(ChangeEvent)
-        e.id = f"{prefix}{i}"; e.op = "r"; e.before = None; e.after = row  # noqa: E702
-        e.key = dict(zip(key_names, key)); e.source = base; e.ts_ms = now  # noqa: E702
-        e.table = table; e.position = position; e.destination = None; e.message = None  # noqa: E702
-        out.append(e)
+def emit_events(rows: list, copy_uid: str, place_prefix: str, first: int, base: dict, now: int,
+                last: bool, json_null: dict | None = None) -> list[ChangeEvent]:
+    """A chunk's ``op: "r"`` events, from its ``(key, prepared event)`` pairs (the reader
+    set ``op``, ``before``, ``after``, ``key``, ``table``, ``destination``, ``message``, and
+    ``id`` to a blake2b digest (96 bits, hex) of the row's values as read: stable across
+    processes, unlike ``hash()``): id ``r-<copy uid>-<digest>``, one shared ``source``
+    block, ``snapshot: "last"`` on a copy's last row, and ``position`` the row's place in
+    the stream, ``place_prefix + n`` from ``first`` (``place``); ``json_null``
+    (``Chunk.json_null``) in the source block of the rows it names.  Each event is emitted once."""
+    out: list[ChangeEvent] = []
+    append = out.append
+    prefix = f"r-{copy_uid}-"
+    for i, (_, e) in enumerate(rows, start=first):
+        e.id = prefix + e.id; e.source = base; e.ts_ms = now; e.position = f"{place_prefix}{i}"  # noqa: E702
+        append(e)
     if json_null:
-        for e, (key, _) in zip(out, rows):
+        for key, e in rows:
             if key in json_null:
                 e.source = dict(base, json_null=json_null[key])
     if last and out:
         out[-1].source = dict(out[-1].source, snapshot="last")
     return out
+
+
+def place(event: ChangeEvent) -> str:
+    """Where a snapshot row stands among the stream's ids (PostgreSQL ``LSN:n``, MariaDB
+    ``<GTID state>:s<n>``): what the database mirrors order it by.  An event rebuilt from
+    its envelope (a dead letter) has lost its ``position``: the place of its chunk's first
+    row, from ``source``."""
+    if isinstance(event.position, str):
+        return event.position
+    src = event.source
+    if src.get("connector") == "postgresql":
+        return f"{format_lsn(src['lsn'])}:0"
+    gtid = src.get("gtid")
+    row = src.get("row", 0)
+    return f"{gtid}:s{row}" if gtid else f"{src.get('file')}:{src.get('pos', 1) - 1}:s{row}"

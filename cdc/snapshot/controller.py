@@ -18,6 +18,7 @@ The algorithm and why it is correct: ``docs/snapshots.md``.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ REQUEST_POLL = 1.0         # seconds between looks at the request directory
 class _Window:
     entry: dict
     chunk: Chunk
-    keys: set          # keys of chunk rows not superseded by a newer streamed change
+    superseded: set = field(default_factory=set)   # keys a newer streamed change has: not emitted
+    truncated: bool = False                         # a newer truncate: no row is emitted
     opened: float = field(default_factory=time.monotonic)
 
 
@@ -84,6 +86,8 @@ class SnapshotController:
         else:
             self.done = [t for t in saved.get("tables", []) if t in self.tables]
             self.queue = [dict(e) for e in saved.get("queue", []) if e.get("table") in self.tables]
+            for e in self.queue:  # a copy started before copies had an identity
+                e.setdefault("uid", secrets.token_hex(6))
             queued = {e["table"] for e in self.queue if e["id"] == INITIAL}
             for t in self.tables:  # a table added to ``tables:`` since the last run
                 if t not in self.done and t not in queued:
@@ -99,7 +103,9 @@ class SnapshotController:
 
     @staticmethod
     def _entry(snapshot_id: str, table: str, where: str | None = None) -> dict:
-        return {"id": snapshot_id, "table": table, "after": None, "rows": 0, "where": where}
+        # uid: this copy's identity, part of its rows' ids (cdc.snapshot.chunk.emit_events)
+        return {"id": snapshot_id, "table": table, "after": None, "rows": 0, "where": where,
+                "uid": secrets.token_hex(6)}
 
     def _changed(self) -> None:
         self._state = {"tables": list(self.done), "queue": [dict(e) for e in self.queue]}
@@ -172,25 +178,28 @@ class SnapshotController:
         """A newer change of the chunk's table: its keys' snapshot rows are not emitted."""
         columns = window.chunk.key_columns
         if event.key is None:  # truncate: the rows read are all gone
-            window.keys.clear()
+            window.truncated = True
             return
-        keys = window.keys
+        keys = window.superseded
         try:
-            keys.discard(tuple(event.key[c] for c in columns))
+            keys.add(tuple(event.key[c] for c in columns))
         except KeyError:
             pass
         before = event.before
         if before:
             try:
-                keys.discard(tuple(before[c] for c in columns))
+                keys.add(tuple(before[c] for c in columns))
             except KeyError:
                 pass
 
     def _emit(self, position: dict) -> list:
         window = self.windows.pop(0)
         chunk, entry = window.chunk, window.entry
-        rows = [kr for kr in chunk.rows if kr[0] in window.keys]
+        superseded = window.superseded
+        rows = ([] if window.truncated else
+                [kr for kr in chunk.rows if kr[0] not in superseded] if superseded else chunk.rows)
         chunk.first_index = entry["rows"]
+        chunk.copy_uid = entry["uid"]
         events = self.reader.events(chunk, rows, position, chunk.done) if rows else []
         entry["after"] = chunk.last_key
         entry["rows"] += len(events)
@@ -260,7 +269,7 @@ class SnapshotController:
             self._chunks_retried += 1
             self._not_before = now + RETRY_DELAY
             return []
-        self.windows.append(_Window(entry, chunk, {k for k, _ in chunk.rows}))
+        self.windows.append(_Window(entry, chunk))
         self.chunks_read += 1
         log.debug("source %s: chunk of %s after %s: %d rows", self.name, entry["table"], after, len(chunk.rows))
         return self._emit_reached(self.source.snapshot_position())

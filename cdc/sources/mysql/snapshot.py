@@ -14,6 +14,7 @@ binlog decoder produces (``types.py``).
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 
 import orjson
@@ -23,7 +24,7 @@ import pymysql.cursors
 
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
-from ...snapshot.chunk import Chunk, SnapshotInputError, read_events
+from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
 from . import settings as checks
 from .types import float32
 
@@ -103,6 +104,36 @@ class _Table:
         self.key = key
         self.key_index = [names.index(k) for k in key]
         self.json = [i for i, conv in enumerate(converters) if conv is orjson.loads]
+        self.decode = _compile(self)
+
+
+def _compile(t: _Table):
+    """``decode(records) -> [(key, event)]`` unrolled for the table's columns: each row's
+    ``op: "r"`` event, prepared for ``emit_events`` (its id the digest of the row's JSON)."""
+    env = {"new": ChangeEvent.__new__, "Event": ChangeEvent, "b2": hashlib.blake2b, "dumps": orjson.dumps,
+           "table": t.table}
+    code = ["def decode(records, new=new, Event=Event, b2=b2, dumps=dumps, table=table):",
+            "    out = []",
+            "    append = out.append",
+            "    for r in records:"]
+    for i, conv in enumerate(t.converters):
+        if conv is None:
+            code.append(f"        v{i} = r[{i}]")
+        else:
+            env[f"c{i}"] = conv
+            code.append(f"        v{i} = None if (v := r[{i}]) is None else c{i}(v)")
+    key = "".join(f"v{i}, " for i in t.key_index)
+    key_dict = ", ".join(f"{name!r}: v{i}" for name, i in zip(t.key, t.key_index))
+    row = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(t.names))
+    code += ["        e = new(Event)",
+             f"        row = {{{row}}}",
+             f"        e.key = {{{key_dict}}}",
+             "        e.id = b2(dumps(row), digest_size=12).hexdigest(); e.op = 'r'; e.before = None",
+             "        e.after = row; e.table = table; e.destination = None; e.message = None",
+             f"        append((({key}), e))",
+             "    return out"]
+    exec("\n".join(code), env)  # noqa: S102 - generated from column names via repr()
+    return env["decode"]
 
 
 def _q(name: str) -> str:
@@ -225,24 +256,21 @@ class MySQLSnapshotReader:
         rows = self._decode(t, raw)
         json_null = {}
         if t.json:  # a json column read as the text 'null' is JSON null, SQL NULL is None
-            for record, (row_key, row) in zip(raw, rows):
-                nulls = [t.names[i] for i in t.json if row[t.names[i]] is None and record[i] is not None]
+            for record, (row_key, e) in zip(raw, rows):
+                values = e.after or {}
+                nulls = [t.names[i] for i in t.json if values[t.names[i]] is None and record[i] is not None]
                 if nulls:
                     json_null[row_key] = nulls
+                    # the row's JSON is the same for SQL NULL: the digest takes the list too
+                    e.id = hashlib.blake2b(orjson.dumps([values, nulls]), digest_size=12).hexdigest()
         done = len(rows) <= limit
         rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
         return Chunk(table, rows, last_key, done, watermark, t.key, json_null=json_null)
 
     @staticmethod
-    def _decode(t: _Table, raw) -> list[tuple[tuple, dict]]:
-        names, key_index = t.names, t.key_index
-        pairs = list(enumerate(t.converters))
-        out = []
-        for record in raw:
-            values = [None if (v := record[i]) is None else (v if conv is None else conv(v)) for i, conv in pairs]
-            out.append((tuple([values[i] for i in key_index]), dict(zip(names, values))))
-        return out
+    def _decode(t: _Table, raw) -> list[tuple[tuple, ChangeEvent]]:
+        return t.decode(raw)
 
     # ---- the stream side -----------------------------------------------------------------
 
@@ -256,16 +284,15 @@ class MySQLSnapshotReader:
     def reached(self, position: dict, watermark: tuple) -> bool:
         return (position.get("file", ""), position.get("pos", 0)) >= watermark
 
-    def events(self, chunk: Chunk, rows: list[tuple[tuple, dict]], position: dict, last: bool) -> list:
-        # ids sort after the transaction that ends at ``position`` and before the next one;
+    def events(self, chunk: Chunk, rows: list[tuple[tuple, ChangeEvent]], position: dict, last: bool) -> list:
+        # places sort after the transaction that ends at ``position`` and before the next one;
         # several chunks may follow the same transaction: the index counts rows of the copy
         first = chunk.first_index
         gtid = position.get("gtid")
-        prefix = (f"{gtid}:s" if gtid else f"{position.get('file')}:{position.get('pos', 1) - 1}:s")
+        place_prefix = (f"{gtid}:s" if gtid else f"{position.get('file')}:{position.get('pos', 1) - 1}:s")
         t = self._tables[chunk.table]
         now = int(time.time() * 1000)
         base = {"connector": "mysql", "name": self.source_name, "db": t.db, "table": t.name,
-                "file": position.get("file"), "pos": position.get("pos"), "row": 0, "gtid": gtid,
+                "file": position.get("file"), "pos": position.get("pos"), "row": first, "gtid": gtid,
                 "server_id": None, "ts_ms": now, "snapshot": True}
-        return read_events(rows, prefix, first, t.key, base, now, chunk.table, position.get("pos"), last,
-                           chunk.json_null)
+        return emit_events(rows, chunk.copy_uid, place_prefix, first, base, now, last, chunk.json_null)

@@ -11,6 +11,7 @@ write) marks the chunk's high watermark in the stream.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import select
 import time
@@ -23,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
-from ...snapshot.chunk import Chunk, SnapshotInputError, read_events
+from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
 from .replication import SESSION_OPTIONS
 from .types import _bool, _timestamp, converter_for, is_json
 
@@ -46,6 +47,19 @@ def _unescape(field: bytes) -> bytes:
         return _SIMPLE.get(c, c)
     return _ESCAPE.sub(sub, field)
 
+
+
+def _wait_readable(pgconn) -> None:
+    """Wait for the server in ``select`` (which lets the sink threads run), then read."""
+    select.select([pgconn.socket], [], [], 10.0)
+    pgconn.consume_input()  # raises when the connection is lost
+
+
+def _next_result(pgconn):
+    """``get_result`` without blocking in libpq while the GIL is held."""
+    while pgconn.is_busy():
+        _wait_readable(pgconn)
+    return pgconn.get_result()
 
 
 def one(conn: psycopg.Connection, query: str) -> tuple:
@@ -104,23 +118,32 @@ class _Table:
         return key, dict(zip(self.names, values))
 
 
-_INLINE = {int: "int({})", _timestamp: "{}.replace(' ', 'T', 1)", _bool: "{} == 't'"}
+_INLINE = {int: "int({})", _bool: "{} == 't'",
+           # " BC" (ends in C) takes the converter
+           _timestamp: "({0}.replace(' ', 'T', 1) if {0}[-1] != 'C' else _timestamp({0}.encode()))"}
 
 
 def _compile(t: _Table):
-    """``decode(lines, json_null) -> [(key, row)]`` unrolled for the table's columns.  A line
-    without a backslash has neither NULLs (``\\N``) nor escapes: it is split as text and each
-    column converted inline; other lines take ``_Table.slow``.  The json columns of a row
-    that hold JSON ``null`` go to ``json_null[key]``."""
-    env = {"slow": t.slow}
-    code = ["def decode(lines, json_null, slow=slow, int=int):",
+    """``decode(lines, json_null) -> [(key, event)]`` unrolled for the table's columns: each
+    row's ``op: "r"`` event, prepared (``prepared_event``).  A line without a backslash has
+    neither NULLs (``\\N``) nor escapes: it is split as text and each column converted
+    inline; other lines take ``_Table.slow``.  The json columns of a row that hold JSON
+    ``null`` go to ``json_null[key]``."""
+    env = {"slow": t.slow, "new": ChangeEvent.__new__, "Event": ChangeEvent, "b2": hashlib.blake2b,
+           "table": t.table, "key_names": t.key, "_timestamp": _timestamp}
+    key = "".join(f"v{i}, " for i in t.key_index)
+    key_dict = ", ".join(f"{name!r}: v{i}" for name, i in zip(t.key, t.key_index))
+    code = ["def decode(lines, json_null, slow=slow, int=int, new=new, Event=Event, b2=b2, table=table, zip=zip,"
+            " dict=dict):",
             "    out = []",
             "    append = out.append",
             "    for line in lines:",
+            "        e = new(Event)",
             "        if 92 in line:",  # a backslash
-            "            append(slow(line, json_null))",
-            "            continue",
-            "        f = line[:-1].decode().split('\\t')"]
+            "            key, row = slow(line, json_null)",
+            "            e.key = dict(zip(key_names, key))",
+            "        else:",
+            "            f = line[:-1].decode().split('\\t')"]
     for i, conv in enumerate(t.converters):
         if conv is None:
             expr = f"f[{i}]"
@@ -129,15 +152,20 @@ def _compile(t: _Table):
         else:
             env[f"c{i}"] = conv
             expr = f"c{i}(f[{i}].encode())"
-        code.append(f"        v{i} = {expr}")
-    key = "".join(f"v{i}, " for i in t.key_index)
+        code.append(f"            v{i} = {expr}")
     row = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(t.names))
+    code += [f"            key = ({key})",
+             f"            row = {{{row}}}",
+             f"            e.key = {{{key_dict}}}"]
     if t.json:  # no \N on this line: None is JSON null
-        code.append(f"        if {' or '.join(f'v{i} is None' for i in t.json)}:")
         pairs = ", ".join(f"({t.names[i]!r}, v{i})" for i in t.json)
-        code.append(f"            json_null[({key})] = [n for n, v in ({pairs},) if v is None]")
-    code.append(f"        append((({key}), {{{row}}}))")
-    code.append("    return out")
+        code += [f"            if {' or '.join(f'v{i} is None' for i in t.json)}:",
+                 f"                json_null[key] = [n for n, v in ({pairs},) if v is None]"]
+    code += [  # the row's text as the server sent it: the same values give the same digest
+             "        e.id = b2(line, digest_size=12).hexdigest(); e.op = 'r'; e.before = None; e.after = row",
+             "        e.table = table; e.destination = None; e.message = None",
+             "        append((key, e))",
+             "    return out"]
     exec("\n".join(code), env)  # noqa: S102 - generated from column names via repr()
     return env["decode"]
 
@@ -283,7 +311,7 @@ class PostgresSnapshotReader:
     def _results(pgconn):
         """The results of a simple query, raising on an error (after reading them all)."""
         error = None
-        while (result := pgconn.get_result()) is not None:
+        while (result := _next_result(pgconn)) is not None:
             if result.status == pq.ExecStatus.FATAL_ERROR and error is None:
                 error = result.error_message.decode(errors="replace").strip()
             elif result.status == pq.ExecStatus.COPY_OUT:
@@ -318,7 +346,7 @@ class PostgresSnapshotReader:
         snapshot = None
         lines: list[bytes] = []
         error = None
-        while (result := pgconn.get_result()) is not None:
+        while (result := _next_result(pgconn)) is not None:
             status = result.status
             if status == pq.ExecStatus.TUPLES_OK:
                 snapshot = result.get_value(0, 0).decode()
@@ -326,10 +354,13 @@ class PostgresSnapshotReader:
                 append = lines.append
                 get = pgconn.get_copy_data
                 while True:
-                    n, data = get(0)
-                    if n <= 0:
+                    n, data = get(1)  # without waiting: libpq's blocking wait would hold the GIL
+                    if n > 0:
+                        append(bytes(data))
+                        continue
+                    if n < 0:
                         break
-                    append(bytes(data))
+                    _wait_readable(pgconn)
                 if n == -2:
                     error = pgconn.get_error_message().strip()
             elif status == pq.ExecStatus.FATAL_ERROR and error is None:
@@ -354,12 +385,12 @@ class PostgresSnapshotReader:
         lsn = position.get("lsn")
         return lsn is not None and parse_lsn(lsn) >= watermark.high
 
-    def events(self, chunk: Chunk, rows: list[tuple[tuple, dict]], position: dict, last: bool) -> list:
-        # ids sort between the transactions before and after ``position`` (see docs/snapshots.md)
+    def events(self, chunk: Chunk, rows: list[tuple[tuple, ChangeEvent]], position: dict, last: bool) -> list:
+        # places sort between the transactions before and after ``position`` (see docs/snapshots.md)
         at = parse_lsn(position["lsn"]) - 1
-        prefix = format_lsn(at) + ":"
+        place_prefix = format_lsn(at) + ":"
         t = self._tables[chunk.table]
         now = int(time.time() * 1000)
         base = {"connector": "postgresql", "name": self.source_name, "db": self.db, "schema": t.schema,
                 "table": t.name, "lsn": at, "txId": None, "ts_ms": now, "snapshot": True}
-        return read_events(rows, prefix, 0, t.key, base, now, chunk.table, at, last, chunk.json_null)
+        return emit_events(rows, chunk.copy_uid, place_prefix, 0, base, now, last, chunk.json_null)
