@@ -275,6 +275,9 @@ def main() -> None:
 
     from servers import MariaDBServer
 
+    # An installed cdc has its modules byte-compiled (pip compiles them): so do the children here,
+    # rather than compile every module at each start as PYTHONDONTWRITEBYTECODE=1 makes them.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     names = ["library"] + [n for n in args.only.split(",") if n in ALL and n != "library"]
     with MariaDBServer(settings=server_settings(args.server)) as server, \
             tempfile.TemporaryDirectory(dir=args.dir, prefix="cdc-mysql-bench-") as tmp:
