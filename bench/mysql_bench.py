@@ -170,18 +170,19 @@ def acknowledged(url: str) -> int | None:
     return None
 
 
-def run_cli(name: str, port: int, start: dict, workdir: Path, run: int) -> dict:
+def run_cli(name: str, port: int, start: dict, workdir: Path, run: int, tree: str | None = None) -> dict:
     """``cdc run CONFIG`` from process start to the ROWS-th acknowledged change, then SIGTERM."""
     from servers import free_port
 
     metrics = free_port()
-    tag = f"{name}-{run}"
+    tag = f"{name}-{run}{'-before' if tree else ''}"
     out = workdir / f"{tag}.jsonl"
     sink = {"type": "discard"} if CLI_SINKS[name] == "discard" else {"type": "file", "path": str(out)}
     checkpoint = workdir / f"{tag}.checkpoint.json"
     checkpoint.write_text(json.dumps({"source": "bench", "position": start}))
     config = {"sources": {"bench": {"type": "mysql", "dsn": f"mysql://root:root@127.0.0.1:{port}/bench",
-                                    "tables": ["bench.orders"], "server_id": 4400 + run, "snapshot": "never",
+                                    "tables": ["bench.orders"], "server_id": 4400 + 2 * run + bool(tree),
+                                    "snapshot": "never",
                                     "checkpoint": {"type": "file", "path": str(checkpoint)}}},
               "pipelines": {"all": {"source": "bench", "sinks": [sink]}},
               "metrics": {"listen": f"127.0.0.1:{metrics}"}, "state_dir": str(workdir / f"{tag}.state")}
@@ -191,7 +192,7 @@ def run_cli(name: str, port: int, start: dict, workdir: Path, run: int) -> dict:
     with open(workdir / f"{tag}.log", "wb") as log:
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=tree_env(tree))
         done, seen = None, 0
         try:
             while time.perf_counter() - started < CLI_TIMEOUT and proc.poll() is None:
@@ -233,9 +234,15 @@ def child(reader: str, port: int, start: dict) -> None:
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def run_child(reader: str, port: int, start: dict) -> dict:
+def tree_env(tree: str | None) -> dict | None:
+    """The environment of a child that imports cdc from ``tree`` (None: this one's)."""
+    return None if tree is None else {**os.environ, "PYTHONPATH": tree}
+
+
+def run_child(reader: str, port: int, start: dict, tree: str | None = None) -> dict:
     out = subprocess.run([sys.executable, __file__, "--reader", reader, "--port", str(port),
-                          "--start", json.dumps(start)], capture_output=True, text=True, check=True)
+                          "--start", json.dumps(start)], capture_output=True, text=True, check=True,
+                         env=tree_env(tree))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -266,6 +273,9 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(ALL), help="readers to run (the library always runs)")
     parser.add_argument("--dir", default="/dev/shm" if os.path.isdir("/dev/shm") else None,
                         help="where the file sink writes (tmpfs by default, as file_bench.py)")
+    parser.add_argument("--before", metavar="TREE",
+                        help="also run the cdc readers with cdc imported from TREE (a checkout of an older "
+                             "commit), as before:<reader>, in the same runs")
     parser.add_argument("--reader")
     parser.add_argument("--port", type=int)
     parser.add_argument("--start")
@@ -279,6 +289,8 @@ def main() -> None:
     # rather than compile every module at each start as PYTHONDONTWRITEBYTECODE=1 makes them.
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     names = ["library"] + [n for n in args.only.split(",") if n in ALL and n != "library"]
+    if args.before:
+        names += [f"before:{n}" for n in names[1:]]
     with MariaDBServer(settings=server_settings(args.server)) as server, \
             tempfile.TemporaryDirectory(dir=args.dir, prefix="cdc-mysql-bench-") as tmp:
         server.create_database("bench")
@@ -297,20 +309,21 @@ def main() -> None:
                 results["mysqlbinlog"].append(run_mysqlbinlog(server.port, start))
             order = names if run % 2 == 0 else names[::-1]  # alternate, so no reader always goes first
             for name in order:
-                if name in CLI_SINKS:
-                    results[name].append(run_cli(name, server.port, start, Path(tmp), run))
+                reader, tree = (name.split(":", 1)[1], args.before) if name.startswith("before:") else (name, None)
+                if reader in CLI_SINKS:
+                    results[name].append(run_cli(reader, server.port, start, Path(tmp), run, tree))
                 else:
-                    results[name].append(run_child(name, server.port, start))
+                    results[name].append(run_child(reader, server.port, start, tree))
                 r = results[name][-1]
                 print(f"run {run + 1} {name}: {r['rows'] / r['seconds']:,.0f} rows/s", flush=True)
     results = {name: runs for name, runs in results.items() if runs}
     rates, ratios = {}, {}
-    print(f"\n{'reader':<12} {'rows/s, median (' + str(args.runs) + ' runs)':>28} {'spread':>18} {'peak RSS MB':>12}")
+    print(f"\n{'reader':<19} {'rows/s, median (' + str(args.runs) + ' runs)':>28} {'spread':>18} {'peak RSS MB':>12}")
     for name, runs in results.items():
         assert all(r["rows"] >= ROWS for r in runs), (name, runs)
         per_run = [r["rows"] / r["seconds"] for r in runs]
         rates[name] = statistics.median(per_run)
-        print(f"{name:<12} {rates[name]:>28,.0f} {spread(per_run, '{:,.0f}'):>18} "
+        print(f"{name:<19} {rates[name]:>28,.0f} {spread(per_run, '{:,.0f}'):>18} "
               f"{max(r['rss_mb'] for r in runs):>12.0f}")
     print()
     library = [r["rows"] / r["seconds"] for r in results["library"]]
@@ -327,11 +340,13 @@ def main() -> None:
     if "cli-discard" in ratios:
         checks.append(("cdc run -> discard >= 10x the plain library",
                        statistics.median(ratios["cli-discard"]) >= 10))
+    for prefix in ("before:", ""):
+        if f"{prefix}cli-discard" in results and f"{prefix}cli-file" in results:
+            file_vs_discard = [d["seconds"] / f["seconds"]
+                               for f, d in zip(results[f"{prefix}cli-file"], results[f"{prefix}cli-discard"])]
+            print(f"{prefix}cli-file / {prefix}cli-discard, same run: median {statistics.median(file_vs_discard):.2f}x "
+                  f"(runs: {', '.join(f'{x:.2f}' for x in file_vs_discard)})")
     if "cli-discard" in results and "cli-file" in results:
-        file_vs_discard = [f["seconds"] and d["seconds"] / f["seconds"]
-                           for f, d in zip(results["cli-file"], results["cli-discard"])]
-        print(f"cli-file / cli-discard, same run: median {statistics.median(file_vs_discard):.2f}x "
-              f"(runs: {', '.join(f'{x:.2f}' for x in file_vs_discard)})")
         checks.append(("cdc run -> file >= 0.8x cdc run -> discard", statistics.median(file_vs_discard) >= 0.8))
     cpu = {name: [r["cpu_s"] for r in runs] for name, runs in results.items() if "cpu_s" in runs[0]}
     for name, values in cpu.items():
