@@ -82,6 +82,8 @@ class FileSink:
         return fd
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
+        if self.template.is_constant:
+            return self._write_to(self.template.text, events)
         render = self.template.render
         paths = []
         for event in events:  # every path checked before anything is written
@@ -111,6 +113,22 @@ class FileSink:
             for path, lines in pending.items():
                 if lines:
                     self._append(path, lines, starts)
+            if self.fsync:
+                for fd in starts:
+                    os.fsync(fd)
+        except OSError as exc:
+            self._roll_back(starts)
+            raise self._error(exc, path) from exc
+
+    def _write_to(self, path: str, events: Sequence[ChangeEvent]) -> None:
+        """``write`` to one file: no path to render, nor to group lines by, per event."""
+        content = self.content
+        starts: dict[int, int] = {}
+        try:
+            for start in range(0, len(events), _IOV_MAX):
+                self._append(path, [event.to_json_line() if event.message is None and content != "payload"
+                                    else body_of(event, content) + b"\n"
+                                    for event in events[start:start + _IOV_MAX]], starts)
             if self.fsync:
                 for fd in starts:
                     os.fsync(fd)

@@ -272,7 +272,10 @@ def compile_image(columns: list, json_names: frozenset = frozenset(), key_names:
         codes.append(code)
     n = len(columns)
     nbytes = (n + 7) // 8
-    body = [f"nulls = _from(d[p:p + {nbytes}], 'little')" if nbytes > 1 else "nulls = d[p]",
+    # The server leaves the bitmap's unused high bits set (MySQL's pack_row starts from all
+    # ones): without the mask, a row without NULLs never took the fast branch.
+    mask = "" if n % 8 == 0 else f" & {(1 << n) - 1}"
+    body = [f"nulls = _from(d[p:p + {nbytes}], 'little'){mask}" if nbytes > 1 else f"nulls = d[p]{mask}",
             f"p += {nbytes}", "if not nulls:"]
     body += [f"    {line}" for line in _no_nulls(codes, env)]
     body.append("else:")
