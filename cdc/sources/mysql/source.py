@@ -394,13 +394,17 @@ class MySQLSource:
             return True
         if select.select([sock], [], [], 0)[0]:
             return True
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return True  # decrypted bytes held by the TLS layer, which select cannot see
         previous = sock.gettimeout()
         sock.setblocking(False)
         try:
             if conn._rfile.peek(1):
                 return True
+        except (BlockingIOError, ssl.SSLWantReadError):
+            pass  # nothing buffered (TLS: "want read" is no data, not an error)
         except OSError:
-            return True
+            return True  # let the read raise it
         finally:
             sock.settimeout(previous)
         return timeout > 0 and bool(select.select([sock], [], [], timeout)[0])
