@@ -20,8 +20,8 @@ The points, each reached once per batch or rarer, never once per event:
                       ``postgres`` store is about to send its upsert
 ``mid_transaction``   a batch that ends inside a source transaction was handed to the
                       sinks (``cdc/engine/runner.py``, ``_dispatch``)
-``snapshot_chunk``    for the snapshot code: call it after a chunk's rows were handed
-                      on and before the chunk is recorded as done
+``snapshot_chunk``    a snapshot chunk's rows were handed to the sinks, its progress
+                      not yet saved (``cdc/engine/runner.py``, ``_dispatch``)
 ===================  =============================================================
 
 A call site costs one global lookup and an ``is not None`` test when the variable is

@@ -88,6 +88,7 @@ class SourceRunner:
         self.doing = "starting"                 # what the main loop does now (for the slow-step hint)
         self.on_tick: list[Callable[[SourceRunner], None]] = []
         self._in_tx = False                     # the last item read was not a Commit
+        self._chunks_seen = 0                   # snapshot chunks handed on so far (crash point)
         self._finish_by: float | None = None
         self._sink_halted = False
         self._checkpoint_failing_since: float | None = None
@@ -286,6 +287,9 @@ class SourceRunner:
         if commit_ts:
             self.read_ts_ms = commit_ts
         if crash_point is not None and self._in_tx: crash_point("mid_transaction")  # noqa: E701 - crash point (cdc/faults.py)
+        if crash_point is not None and self.snapshots is not None and self.snapshots.chunks_emitted != self._chunks_seen:
+            self._chunks_seen = self.snapshots.chunks_emitted
+            crash_point("snapshot_chunk")  # a chunk's rows were handed on, its progress not yet saved
 
     def _transform(self, p: _Pipeline, events: list[ChangeEvent]) -> list[ChangeEvent]:
         """Run the chain; on an error, the pipeline's ``on_error`` decides per event

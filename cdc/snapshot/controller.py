@@ -70,6 +70,7 @@ class SnapshotController:
         self._next_request_look = 0.0
         self._chunks_retried = 0
         self.chunks_read = 0
+        self.chunks_emitted = 0              # chunks whose rows were handed on (the crash point)
 
     # ---- planning ---------------------------------------------------------------
 
@@ -201,6 +202,7 @@ class SnapshotController:
         chunk.first_index = entry["rows"]
         chunk.copy_uid = entry["uid"]
         events = self.reader.events(chunk, rows, position, chunk.done) if rows else []
+        self.chunks_emitted += 1
         entry["after"] = chunk.last_key
         entry["rows"] += len(events)
         self.rows_total += len(events)
