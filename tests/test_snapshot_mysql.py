@@ -162,10 +162,14 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(mariadb_server, ma
     procs: list[subprocess.Popen] = []
     request.addfinalizer(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
 
-    def start() -> subprocess.Popen:
+    def start(crash_at: str | None = None) -> subprocess.Popen:
         log = open(tmp_path / f"run{len(runs)}.log", "wb")
         runs.append(log.name)
-        procs.append(subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log))
+        env = {k: v for k, v in os.environ.items() if k != "CDC_CRASH_AT"}
+        if crash_at:  # the process kills itself there (cdc/faults.py)
+            env["CDC_CRASH_AT"] = crash_at
+        procs.append(subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log,
+                                      env=env))
         return procs[-1]
 
     def copied() -> int | None:
@@ -180,16 +184,22 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(mariadb_server, ma
     kills = 0
     with ChunkHitter(_executor(mariadb_server, db), lambda: max(copied() or 0, 0), chunk * 2, seed) as writer:
         try:
-            while kills < 5:
-                before = copied() or 0
-                wait_for(lambda before=before: (copied() or 0) > before or copied() == -1, 60, "progress of this run")
-                time.sleep(rnd.uniform(0.0, 0.3))
-                assert copied() != -1, "the copy finished before every kill: make it longer"
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+            while kills < 8:  # SIGKILLs at random moments, and every other one at the crash point
+                if kills % 2:     # "snapshot_chunk": a chunk handed to the sink, its progress not saved
+                    assert proc.wait(120) == -signal.SIGKILL
+                    assert "crash point snapshot_chunk reached" in open(runs[-1]).read()
+                else:
+                    before = copied() or 0
+                    wait_for(lambda before=before: (copied() or 0) > before or copied() == -1, 60,
+                             "progress of this run")
+                    time.sleep(rnd.uniform(0.0, 0.3))
+                    assert copied() != -1, "the copy finished before every kill: make it longer"
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
                 kills += 1
-                print(f"kill {kills}: checkpoint says copied up to key {copied()}")
-                proc = start()
+                print(f"kill {kills}{' (crash point)' if kills % 2 == 0 else ''}: checkpoint says copied up to key"
+                      f" {copied()}")
+                proc = start(f"snapshot_chunk:{rnd.randint(1, 4)}" if kills % 2 else None)
             wait_for(lambda: copied() == -1, 300, "the end of the copy")
         finally:
             if writer.error is not None:
@@ -212,7 +222,7 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(mariadb_server, ma
         print(f"run {i}: {m.group(1) if m else 'no snapshot left to do'}")
         resumed.append(int(m.group(2)) if m and m.group(2) else None)
     assert resumed[0] is None
-    assert sum(k is not None and k > 0 for k in resumed[1:]) >= 4, "restarts did not resume after a chunk"
+    assert sum(k is not None and k > 0 for k in resumed[1:]) >= 7, "restarts did not resume after a chunk"
     events = read_complete(out)
     repeats = same_ids_same_content(events)
     print(f"{kills} kills; {sum(e['op'] == 'r' for e in events)} snapshot rows for {ROWS} rows, "
