@@ -1,5 +1,7 @@
 """Fixtures of the chaos suite: the seed (``--chaos-seed N`` replays a run), the size
-(``--long`` for release checks), and private servers that the tests crash and restart."""
+(``--long`` for release checks), and private servers that the tests crash and restart (the
+Kafka broker is the session's ``kafka_server``, tests/conftest.py: killed and started again, it
+serves the later tests as before)."""
 
 from __future__ import annotations
 
