@@ -360,9 +360,13 @@ class KafkaTopic:
         self.name = unique_name("items").replace("_", "-")
         admin = AdminClient({"bootstrap.servers": server.bootstrap})
         admin.create_topics([NewTopic(self.name, partitions, 1)])[self.name].result(60)
-        self._consumer = Consumer({"bootstrap.servers": server.bootstrap, "group.id": unique_name("chaos"),
-                                   "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                                   "logger": logging.getLogger("chaos.kafka")})  # not stderr: the broker is killed
+        settings = {"bootstrap.servers": server.bootstrap, "group.id": unique_name("chaos"),
+                    "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                    "logger": logging.getLogger("chaos.kafka")}  # not stderr: the broker is killed
+        self._consumer = Consumer(settings)
+        # end offsets from a client that never fetches: on the reader's connection the
+        # query waits behind its long-poll fetch (0.5 s a partition)
+        self._offsets = Consumer(settings)
         self._parts = [TopicPartition(self.name, p, 0) for p in range(partitions)]
         self._consumer.assign(self._parts)
         self.messages: list[tuple[int, int, bytes | None, bytes, bytes]] = []  # partition, offset, key, value, id
@@ -383,7 +387,7 @@ class KafkaTopic:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return [self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self._parts]
+                return [self._offsets.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self._parts]
             except KafkaException as exc:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"topic {self.name}: no end offsets after {timeout:.0f}s: {exc}") from None
@@ -427,6 +431,7 @@ class KafkaTopic:
 
     def close(self) -> None:
         self._consumer.close()
+        self._offsets.close()
 
 
 @dataclass
