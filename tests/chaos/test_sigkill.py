@@ -40,6 +40,7 @@ from harness import (
 
 MAX_TX = 40
 LONG_CHANGES = 500_000  # per source test: --long runs 1,000,000 changes and at least 500 kills
+LONG_BROKER_KILLS_EVERY = 100  # --long: rounds between two kills of the Kafka broker
 
 
 def _size(chaos, default: int, long: int) -> int:
@@ -93,7 +94,7 @@ def _long_rounds(chaos, pipe: Pipeline, writer: Writer, kafka_server, rng) -> No
     while len(writer.committed) < _size(chaos, 0, LONG_CHANGES):
         chaos_rounds(pipe, rng, 5, POINTS)
         rounds += 5
-        if rounds % 100 == 0:
+        if rounds % LONG_BROKER_KILLS_EVERY == 0:
             _kill_broker(pipe, kafka_server, rng)
 
 
