@@ -10,8 +10,8 @@ equal the source table.
 PostgreSQL source: file checkpoint store; MariaDB source: the ``postgres`` store.  Both
 with ``snapshot: never``: the table starts empty, and a first process killed before its
 first checkpoint would have the next one copy what the writer committed meanwhile (op r
-events; copies under kills are tests/test_snapshot_*).  The
-broker is the session's ``kafka_server`` (tests/conftest.py), started again here."""
+events; copies under kills are tests/test_snapshot_*).  The broker is the session's
+``kafka_server`` (tests/conftest.py), started again here."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def _kill_broker(pipe: Pipeline, kafka_server, rng) -> None:
 
 def _long_rounds(chaos, pipe: Pipeline, writer: Writer, kafka_server, rng) -> None:
     """``--long``: crashes until the source test's share of the changes is committed, and
-    a broker kill every 100 of them."""
+    a broker kill every ``LONG_BROKER_KILLS_EVERY`` of them."""
     rounds = 0
     while len(writer.committed) < _size(chaos, 0, LONG_CHANGES):
         chaos_rounds(pipe, rng, 5, POINTS)
@@ -128,8 +128,7 @@ def test_postgres_source(chaos, source_pg, target_pg, kafka_server, tmp_path):
     db.execute(TABLE_DDL)
     target = _target(target_pg)
     pipe = Pipeline(tmp_path, {"type": "postgres", "dsn": db.dsn, "tables": ["public.items"], "snapshot": "never"},
-                    target,
-                    kafka=KafkaTopic(kafka_server))
+                    target, kafka=KafkaTopic(kafka_server))
     writer = Writer(db, chaos.rng(db.kind + ':writer'), MAX_TX, pause=_size(chaos, 0.01, 0.0))
     rounds = _size(chaos, 60, 250)
     try:
