@@ -1,10 +1,13 @@
 """Fixtures of the chaos suite: the seed (``--chaos-seed N`` replays a run), the size
-(``--long`` for release checks), and private servers that the tests crash and restart."""
+(``--long`` for release checks), and private servers that the tests crash and restart (the
+Kafka broker is the session's ``kafka_server``, tests/conftest.py: killed and started again, it
+serves the later tests as before)."""
 
 from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +52,12 @@ def target_pg():
 def source_mariadb():
     with MariaDBServer() as server:
         yield server
+
+
+def pytest_collection_modifyitems(config, items):
+    """``--long`` runs take an hour or more: above the suite's per-test timeout (pyproject.toml)."""
+    if config.getoption("--long"):
+        here = Path(__file__).parent
+        for item in items:
+            if here in item.path.parents:
+                item.add_marker(pytest.mark.timeout(4 * 3600))

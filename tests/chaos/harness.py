@@ -1,7 +1,8 @@
 """The chaos harness: a writer that commits random transactions to the source database
 and remembers each committed change, ``cdc run`` processes that are killed and
 restarted (at random moments or at a named crash point, ``cdc/faults.py``), and the
-checks of what the sinks hold.
+checks of what the sinks hold (the file, the Kafka topic read back from its start, and
+the mirror).
 
 The bound on duplicates (stated in docs and asserted per crash): a restarted ``cdc run``
 redelivers only what its sinks wrote after the last saved checkpoint.  With
@@ -14,12 +15,17 @@ events are redelivered per crash: what was in flight at the last save (the reade
 at ``max_in_flight_events`` but may overshoot by one batch), one batch read after it, one
 more when the crash falls between the ack and the save (``after_ack``,
 ``checkpoint_write``), and the acknowledged part of the transaction that straddles the
-checkpoint (checkpoints are taken at commits only).
+checkpoint (checkpoints are taken at commits only).  The same bound holds for the other
+faults that make cdc deliver again (a restarted source database: reading resumes at the
+checkpoint; a failed Kafka batch: the sink sends again what was in flight), so each of
+them also starts a new stretch of the sinks' output, checked against the bound like a
+crash (``Pipeline.fault``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -29,6 +35,7 @@ import sys
 import threading
 import time
 import uuid
+from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,10 +227,11 @@ class Pipeline:
     max_in_flight: int = 500
     max_poll: int = 100
     checkpoint: dict | None = None
+    kafka: KafkaTopic | None = None  # a Kafka sink too, into this topic
     log_path: Path = field(init=False)
     proc: subprocess.Popen | None = field(default=None, init=False)
     kills: Counter = field(default_factory=Counter, init=False)
-    boundaries: list[int] = field(default_factory=list, init=False)  # file size at each crash
+    boundaries: list[int] = field(default_factory=list, init=False)  # file size at each crash or fault
 
     def __post_init__(self) -> None:
         self.log_path = self.workdir / "cdc.log"
@@ -231,6 +239,8 @@ class Pipeline:
         if self.target_dsn:
             sinks.append({"type": "postgres", "dsn": self.target_dsn, "batch_size": 200,
                           "retry": {"initial_backoff": 0.2, "max_backoff": 2}})
+        if self.kafka:
+            sinks.append(self.kafka.sink())
         source = {**self.source, "checkpoint": self.checkpoint or {"type": "file", "path": "state/src.json"},
                   "checkpoint_interval": 0, "max_in_flight_events": self.max_in_flight,
                   "max_poll_events": self.max_poll}
@@ -258,7 +268,20 @@ class Pipeline:
 
     def _crashed(self, how: str) -> None:
         self.kills[how] += 1
-        self.boundaries.append(self.out.stat().st_size if self.out.exists() else 0)
+        self.fault(how)
+
+    def fault(self, how: str) -> None:
+        """Here a crash or another fault that makes cdc deliver again happened: what the
+        sinks hold from now on is checked against the bound as its own stretch."""
+        size = self.out.stat().st_size if self.out.exists() else 0
+        if size and self.proc is not None and self.proc.poll() is None:  # still writing: cut at a line's end
+            with open(self.out, "rb") as f:
+                f.seek(max(0, size - 65536))
+                tail = f.read(size - f.tell())
+            size -= len(tail) - (tail.rfind(b"\n") + 1)
+        self.boundaries.append(size)
+        if self.kafka:
+            self.kafka.cut(how)
 
     def kill(self) -> None:
         """SIGKILL the running process (a random-moment crash)."""
@@ -286,6 +309,12 @@ class Pipeline:
     def ensure_dead(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.kill()
+
+    def discard(self) -> None:
+        """Kill the running process, if any, without counting a crash (clean-up after a failure)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
 
     def points_reached(self) -> Counter:
         counts: Counter = Counter()
@@ -316,6 +345,151 @@ def chaos_rounds(pipe: Pipeline, rng: random.Random, rounds: int, points: list[s
     pipe.start()
 
 
+# ---- the Kafka topic -----------------------------------------------------------------------------
+
+class KafkaTopic:
+    """A topic of ``partitions`` partitions that cdc's Kafka sink writes to, and a consumer
+    that reads it back from the start.  ``cut(how)`` notes each partition's end offset at a
+    crash or fault, so that the duplicates after it are counted as that fault's."""
+
+    def __init__(self, server, partitions: int = 3) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        self.server, self.partitions = server, partitions
+        self.name = unique_name("items").replace("_", "-")
+        admin = AdminClient({"bootstrap.servers": server.bootstrap})
+        admin.create_topics([NewTopic(self.name, partitions, 1)])[self.name].result(60)
+        settings = {"bootstrap.servers": server.bootstrap, "group.id": unique_name("chaos"),
+                    "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                    "logger": logging.getLogger("chaos.kafka")}  # not stderr: the broker is killed
+        self._consumer = Consumer(settings)
+        # end offsets from a client that never fetches: on the reader's connection the
+        # query waits behind its long-poll fetch (0.5 s a partition)
+        self._offsets = Consumer(settings)
+        self._parts = [TopicPartition(self.name, p, 0) for p in range(partitions)]
+        self._consumer.assign(self._parts)
+        self.messages: list[tuple[int, int, bytes | None, bytes, bytes]] = []  # partition, offset, key, value, id
+        self.ids: set[bytes] = set()
+        self._next = [0] * partitions  # offset after the last message read, per partition
+        self.cuts: list[tuple[str, list[int]]] = []
+
+    def sink(self) -> dict:
+        return {"type": "kafka", "bootstrap_servers": self.server.bootstrap, "topic": self.name,
+                "batch_size": 100, "max_batches_in_flight": 4, "delivery_timeout": 5,
+                "retry": {"initial_backoff": 0.2, "max_backoff": 2}}
+
+    def ends(self, timeout: float = 60) -> list[int]:
+        """Each partition's high watermark (the offset the next message gets); asked again
+        while a restarted broker does not know the partitions yet."""
+        from confluent_kafka import KafkaException
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return [self._offsets.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in self._parts]
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"topic {self.name}: no end offsets after {timeout:.0f}s: {exc}") from None
+                time.sleep(0.2)
+
+    def cut(self, how: str) -> None:
+        """The ends, once they stopped moving: a killed process's last produce request may
+        still be on its way into the broker's log."""
+        ends = self.ends()
+        for _ in range(20):
+            time.sleep(0.03)
+            again = self.ends()
+            if again == ends:
+                break
+            ends = again
+        self.cuts.append((how, ends))
+
+    def read(self, timeout: float = 0.2) -> int:
+        """Read what has arrived; returns how many messages."""
+        got = 0
+        while True:
+            batch = self._consumer.consume(10_000, timeout)
+            for m in batch:
+                if m.error():
+                    continue
+                headers = dict(m.headers() or ())
+                self.messages.append((m.partition(), m.offset(), m.key(), m.value(), headers.get("id", b"")))
+                self.ids.add(headers.get("id", b""))
+                self._next[m.partition()] = m.offset() + 1
+                got += 1
+            if len(batch) < 10_000:
+                return got
+
+    def read_to_end(self, timeout: float = 120) -> None:
+        ends = self.ends()
+
+        def done() -> bool:
+            self.read()
+            return all(n >= e for n, e in zip(self._next, ends))
+        deadline_wait(f"reading topic {self.name} to its end {ends}", done, timeout, 0)
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._offsets.close()
+
+
+@dataclass
+class KafkaReport:
+    messages: int
+    unique: int
+    duplicates_per_fault: list[tuple[str, int]]
+
+
+def check_kafka(topic: KafkaTopic, committed: list[tuple[str, int]], file_events: dict[str, dict],
+                bound: int) -> tuple[KafkaReport, dict]:
+    """The checks of ``check_file`` on the topic, read to its end: every committed change
+    (each message's id, content and key as in the file), per key in commit order, each
+    duplicate the same id and content, at most ``bound`` duplicates per crash or fault.
+    Order is kept per partition only: a key's changes must all be in one partition
+    (the key picks it), and there, the first copy of each change in commit order.
+    Returns the report and the rows rebuilt by applying every message in offset order."""
+    topic.read_to_end()
+    starts = [[ends[p] for _, ends in topic.cuts] for p in range(topic.partitions)]
+    dups = [0] * (len(topic.cuts) + 1)  # [0]: before the first cut
+    seen: dict[bytes, dict] = {}
+    partition_of: dict[int, int] = {}
+    got: dict[int, list[str]] = {}
+    state: dict[int, tuple] = {}
+    for partition, offset, key, value, event_id in sorted(topic.messages, key=lambda m: (m[0], m[1])):
+        e = json.loads(value)
+        content = {k: v for k, v in e.items() if k != "ts_ms"}
+        assert event_id == e["id"].encode(), f"message {partition}:{offset}: id header {event_id!r} is not {e['id']}"
+        row_key = int((e["after"] or e["before"] or e["key"])["id"])
+        assert json.loads(key) == e["key"] == {"id": row_key}, f"message {partition}:{offset}: key {key!r}"
+        assert partition_of.setdefault(row_key, partition) == partition, f"key {row_key} in two partitions"
+        first = seen.get(event_id)
+        if first is not None:
+            assert first == content, f"duplicate {e['id']} differs:\n{first}\n{content}"
+            dups[bisect_right(starts[partition], offset)] += 1
+        else:
+            seen[event_id] = content
+            assert file_events.get(e["id"]) == content, f"{e['id']}: the topic and the file differ"
+            got.setdefault(row_key, []).append(e["op"])
+        if e["op"] == "d":
+            state.pop(row_key, None)
+        else:
+            state[row_key] = (int(e["after"]["id"]), int(e["after"]["n"]), e["after"]["v"])
+    by_key: dict[int, list[str]] = {}
+    for op, key_id in committed:
+        by_key.setdefault(key_id, []).append(op)
+    missing = [k for k in by_key if len(got.get(k, [])) < len(by_key[k])]
+    assert not missing, f"committed changes of {len(missing)} keys missing from the topic, e.g. {missing[:5]}"
+    wrong = [k for k in set(by_key) | set(got) if by_key.get(k) != got.get(k)]
+    assert not wrong, (f"per-key order broken for {len(wrong)} keys, e.g. key {wrong[0]}: "
+                       f"committed {by_key.get(wrong[0])}, topic {got.get(wrong[0])}")
+    assert len(seen) == len(committed), f"{len(seen)} distinct ids in the topic, {len(committed)} committed"
+    per_fault = [("start", dups[0])] + [(how, n) for (how, _), n in zip(topic.cuts, dups[1:])]
+    over = [(how, n) for how, n in per_fault if n > bound]
+    assert not over, f"duplicates per fault above the bound {bound}: {over}"
+    return KafkaReport(len(topic.messages), len(seen), per_fault), state
+
+
 # ---- what the sinks hold -----------------------------------------------------------------------
 
 @dataclass
@@ -324,6 +498,7 @@ class FileReport:
     unique: int
     duplicates_per_crash: list[int]
     torn: int
+    first: dict[str, dict] = field(repr=False, default_factory=dict)  # id -> content but ts_ms
 
 
 def _identity(e: dict) -> tuple:
@@ -383,7 +558,7 @@ def check_file(pipe: Pipeline, committed: list[tuple[str, int]], bound: int) -> 
     assert not wrong, f"per-key order broken for {len(wrong)} keys, e.g. {wrong[:3]}"
     assert order == committed, "every change once, in commit order"
     assert max(per_crash[1:], default=0) <= bound, f"duplicates per crash {per_crash} above the bound {bound}"
-    return FileReport(len(seen) + sum(per_crash), len(seen), per_crash, torn), state
+    return FileReport(len(seen) + sum(per_crash), len(seen), per_crash, torn, seen), state
 
 
 def source_rows(db) -> dict[int, tuple]:
@@ -397,7 +572,7 @@ def target_rows(dsn: str) -> dict[int, tuple]:
 
 
 def wait_caught_up(pipe: Pipeline, db, committed: list, timeout: float = 180) -> None:
-    """Until the file holds every committed change and the mirror equals the source."""
+    """Until the file and the topic hold every committed change and the mirror equals the source."""
     want = len(committed)
     expected = source_rows(db)
 
@@ -411,6 +586,10 @@ def wait_caught_up(pipe: Pipeline, db, committed: list, timeout: float = 180) ->
                 ids.add(line[7:line.index(b'"', 7)])
         if len(ids) < want:
             return False
+        if pipe.kafka:
+            pipe.kafka.read()
+            if len(pipe.kafka.ids) < want:
+                return False
         return pipe.target_dsn is None or target_rows(pipe.target_dsn) == expected
 
     deadline_wait("the sinks catching up", done, timeout, 0.5, pipe.log)
