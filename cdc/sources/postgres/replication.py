@@ -103,20 +103,67 @@ class ReplicationStream:
         self._timeouts(pgconn)
         opts = ", ".join(f"{quote_ident(k)} {quote_literal(v)}" for k, v in options.items())
         command = f"START_REPLICATION SLOT {quote_ident(slot)} LOGICAL {format_lsn(start_lsn)} ({opts})"
-        result = pgconn.exec_(command.encode())
-        if result.status != pq.ExecStatus.COPY_BOTH:
-            message = (result.error_message or pgconn.get_error_message()).decode(errors="replace").strip()
-            sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode() or None
-            pgconn.finish()
-            # 55006: the slot is still held by the walsender of a connection that just
-            # broke; it goes away shortly, so this is worth retrying.
-            error = SourceConnectionError if sqlstate in ("55006", "57P03", None) else SourceError
-            raise error(f"START_REPLICATION failed: {message}", sqlstate=sqlstate)
+        raw = not encrypted(pgconn)
+        if raw:
+            # libpq must read nothing past the CopyBothResponse: the walsender streams right
+            # after it, and bytes libpq took (a message's first part, say) would be missing
+            # from the socket reads that follow
+            tail = self._start_raw(pgconn, command.encode())
+        else:
+            result = pgconn.exec_(command.encode())
+            if result.status != pq.ExecStatus.COPY_BOTH:
+                message = (result.error_message or pgconn.get_error_message()).decode(errors="replace").strip()
+                sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode() or None
+                pgconn.finish()
+                raise self._start_failed(message, sqlstate)
         self.pgconn = pgconn
         self._fd = pgconn.socket
-        self._raw = not encrypted(pgconn)
+        self._raw = raw
         self.last_data = time.monotonic()
-        self._tail = self._read_libpq(0, wait=False)  # what libpq already read
+        self._tail = tail if raw else self._read_libpq(0, wait=False)  # what libpq already read
+
+    @staticmethod
+    def _start_failed(message: str, sqlstate: str | None) -> SourceError:
+        # 55006: the slot is still held by the walsender of a connection that just
+        # broke; it goes away shortly, so this is worth retrying.
+        error = SourceConnectionError if sqlstate in ("55006", "57P03", None) else SourceError
+        return error(f"START_REPLICATION failed: {message}", sqlstate=sqlstate)
+
+    def _start_raw(self, pgconn: pq.abc.PGconn, command: bytes) -> bytes:
+        """Send ``START_REPLICATION`` and read the server's answer from the socket here, up
+        to its CopyBothResponse; return the bytes read after it (the stream's start)."""
+        fd = pgconn.socket
+        try:
+            pgconn.send_query(command)  # a blocking connection: the query is sent
+        except psycopg.OperationalError as exc:
+            pgconn.finish()
+            raise SourceConnectionError(f"START_REPLICATION could not be sent: {exc}".strip()) from exc
+        buf = b""
+        wait = max(self.dead_after, 60.0)
+        try:
+            while True:
+                while len(buf) >= 5 and len(buf) >= 1 + _frame_len(buf, 1)[0]:
+                    kind, end = buf[0], 1 + _frame_len(buf, 1)[0]
+                    body, buf = buf[5:end], buf[end:]
+                    if kind == 87:  # 'W' CopyBothResponse: the stream follows
+                        return buf
+                    if kind == 69:  # 'E' ErrorResponse: fields of a type byte and a C string
+                        fields = {f[:1]: f[1:].decode(errors="replace") for f in body.split(b"\0") if f}
+                        pgconn.finish()
+                        raise self._start_failed(f"{fields.get(b'S', 'ERROR')}:  {fields.get(b'M', '')}",
+                                                 fields.get(b"C"))
+                    # 'N' notices and 'S' parameter status before the response: nothing to do
+                if not select.select([fd], [], [], wait)[0]:
+                    pgconn.finish()
+                    raise SourceConnectionError(f"no answer to START_REPLICATION for {wait:.0f}s")
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    pgconn.finish()
+                    raise SourceConnectionError("the server closed the connection after START_REPLICATION")
+                buf += chunk
+        except OSError as exc:
+            pgconn.finish()
+            raise SourceConnectionError(f"replication connection lost: {exc.strerror}") from exc
 
     def _timeouts(self, pgconn: pq.abc.PGconn) -> None:
         """Status updates and the silence watchdog follow the server's
