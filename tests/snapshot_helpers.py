@@ -114,3 +114,59 @@ def read_complete(path) -> list[dict]:
             if start > 0:
                 out.append(orjson.loads(line[start:]))
     return out
+
+
+class CopyUnderKills:
+    """``cdc run CONFIG`` processes for the SIGKILL-mid-copy tests: ``start`` one (with a
+    crash point, it kills itself there: ``cdc/faults.py``), ``copied`` reads the copy's
+    last key from the checkpoint (-1: done), ``kill_loop`` kills ``kills`` times while the
+    copy runs, every other time at the ``snapshot_chunk`` crash point."""
+
+    def __init__(self, config, checkpoint, tmp_path, rnd: random.Random) -> None:
+        self.config, self.checkpoint, self.tmp_path, self.rnd = config, checkpoint, tmp_path, rnd
+        self.runs: list[str] = []
+        self.procs: list = []
+
+    def start(self, crash_at: str | None = None):
+        import os
+        import subprocess
+        import sys
+        log = open(self.tmp_path / f"run{len(self.runs)}.log", "wb")
+        self.runs.append(log.name)
+        env = {k: v for k, v in os.environ.items() if k != "CDC_CRASH_AT"}
+        if crash_at:
+            env["CDC_CRASH_AT"] = crash_at
+        self.procs.append(subprocess.Popen([sys.executable, "-m", "cdc", "run", str(self.config)], stdout=log,
+                                           stderr=log, env=env))
+        return self.procs[-1]
+
+    def copied(self) -> int | None:
+        try:
+            position = orjson.loads(self.checkpoint.read_bytes())["position"]
+        except (OSError, ValueError):
+            return None
+        queue = position.get("snapshot", {}).get("queue", [])
+        return queue[0]["after"][0] if queue and queue[0]["after"] else (None if queue else -1)
+
+    def kill_loop(self, proc, kills: int, wait_for):
+        """Kill ``kills`` times (returns the running process): at random moments after the
+        checkpoint moved, and every other time at the crash point (a chunk handed to the
+        sink, its progress not saved)."""
+        import os
+        import signal
+        copied = self.copied
+        for n in range(1, kills + 1):
+            if n % 2 == 0:
+                assert proc.wait(120) == -signal.SIGKILL
+                assert "crash point snapshot_chunk reached" in open(self.runs[-1]).read()
+            else:
+                before = copied() or 0
+                wait_for(lambda before=before: (copied() or 0) > before or copied() == -1, 60,
+                         "progress of this run")
+                time.sleep(self.rnd.uniform(0.0, 0.3))
+                assert copied() != -1, "the copy finished before every kill: make it longer"
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+            print(f"kill {n}{' (crash point)' if n % 2 == 0 else ''}: checkpoint says copied up to key {copied()}")
+            proc = self.start(f"snapshot_chunk:{self.rnd.randint(1, 4)}" if n % 2 else None)
+        return proc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from snapshot_helpers import ChunkHitter, read_complete, rebuild, same_ids_same_content
+from snapshot_helpers import ChunkHitter, CopyUnderKills, read_complete, rebuild, same_ids_same_content
 
 from pgutil import Running, config, file_pipeline, read_jsonl, sql
 
@@ -133,12 +133,9 @@ def test_writer_hits_the_chunk_being_copied(pg_database, tmp_path):
 
 
 def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_path, request):
-    import os
     import random
     import re
     import signal
-    import subprocess
-    import sys
 
     import yaml
     seed = random.randrange(1 << 30)
@@ -154,49 +151,15 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_p
     path = tmp_path / "pipelines.yaml"
     path.write_text(yaml.safe_dump(raw))
     checkpoint = tmp_path / "state/db.json"
-    runs = []
+    cdc = CopyUnderKills(path, checkpoint, tmp_path, rnd)
+    request.addfinalizer(lambda: [(p.kill(), p.wait()) for p in cdc.procs if p.poll() is None])
+    copied, runs = cdc.copied, cdc.runs
 
-    procs: list[subprocess.Popen] = []
-    request.addfinalizer(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
-
-    def start(crash_at: str | None = None) -> subprocess.Popen:
-        log = open(tmp_path / f"run{len(runs)}.log", "wb")
-        runs.append(log.name)
-        env = {k: v for k, v in os.environ.items() if k != "CDC_CRASH_AT"}
-        if crash_at:  # the process kills itself there (cdc/faults.py)
-            env["CDC_CRASH_AT"] = crash_at
-        procs.append(subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log, stderr=log,
-                                      env=env))
-        return procs[-1]
-
-    def copied() -> int | None:
-        try:
-            position = json.loads(checkpoint.read_text())["position"]
-        except (OSError, ValueError):
-            return None
-        queue = position.get("snapshot", {}).get("queue", [])
-        return queue[0]["after"][0] if queue and queue[0]["after"] else (None if queue else -1)
-
-    proc = start()
-    kills = 0
+    proc = cdc.start()
+    kills = 8
     with ChunkHitter(_pg_executor(pg_database), lambda: max(copied() or 0, 0), chunk * 2, seed) as writer:
         try:
-            while kills < 8:  # SIGKILLs at random moments, and every other one at the crash point
-                if kills % 2:     # "snapshot_chunk": a chunk handed to the sink, its progress not saved
-                    assert proc.wait(120) == -signal.SIGKILL
-                    assert "crash point snapshot_chunk reached" in open(runs[-1]).read()
-                else:
-                    before = copied() or 0
-                    wait_for(lambda before=before: (copied() or 0) > before or copied() == -1, 60,
-                             "progress of this run")
-                    time.sleep(rnd.uniform(0.0, 0.3))
-                    assert copied() != -1, "the copy finished before every kill: make it longer"
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                kills += 1
-                print(f"kill {kills}{' (crash point)' if kills % 2 == 0 else ''}: checkpoint says copied up to key"
-                      f" {copied()}")
-                proc = start(f"snapshot_chunk:{rnd.randint(1, 4)}" if kills % 2 else None)
+            proc = cdc.kill_loop(proc, kills, wait_for)
             wait_for(lambda: copied() == -1, 300, "the end of the copy")
         finally:
             if writer.error is not None:
