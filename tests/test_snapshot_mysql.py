@@ -143,8 +143,10 @@ def test_writer_hits_the_chunk_being_copied(mariadb_server, mariadb_database, tm
 def test_sigkill_during_the_copy_resumes_after_the_last_chunk(mariadb_server, mariadb_database, tmp_path, request):
     import re
     import signal
-    seed = random.randrange(1 << 30)
-    print(f"seed {seed}")
+    seed = request.config.getoption("--chaos-seed")  # the chaos suite's option replays a run
+    if seed is None:
+        seed = random.randrange(1 << 30)
+    print(f"seed {seed} (replay with: bash scripts/test {request.node.nodeid} --chaos-seed {seed})")
     rnd = random.Random(seed)
     db = db_of(mariadb_database)
     execute(mariadb_server, db, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note varchar(250))",

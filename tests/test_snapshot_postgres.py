@@ -138,8 +138,10 @@ def test_sigkill_during_the_copy_resumes_after_the_last_chunk(pg_database, tmp_p
     import signal
 
     import yaml
-    seed = random.randrange(1 << 30)
-    print(f"seed {seed}")
+    seed = request.config.getoption("--chaos-seed")  # the chaos suite's option replays a run
+    if seed is None:
+        seed = random.randrange(1 << 30)
+    print(f"seed {seed} (replay with: bash scripts/test {request.node.nodeid} --chaos-seed {seed})")
     rnd = random.Random(seed)
     sql(pg_database, "CREATE TABLE snap (id bigint PRIMARY KEY, v int NOT NULL, note text)",
         f"INSERT INTO snap SELECT 2 * g, 0, repeat('x', 200) FROM generate_series(1, {ROWS}) g")
