@@ -81,3 +81,16 @@ def test_start_replication_errors_read_from_the_socket_keep_their_sqlstate(pg_da
         holder.close()
         with psycopg.connect(pg_database, autocommit=True) as conn:
             conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+
+
+def test_a_walsender_ended_during_start_replication_is_retried():
+    """``pg_terminate_backend`` can hit the walsender while it answers START_REPLICATION
+    (seen in tests/test_postgres_faults.py's walsender kills): FATAL 57P01 must reconnect,
+    not stop cdc; a missing slot (42704) must stop it."""
+    from cdc.errors import SourceConnectionError
+    from cdc.sources.postgres.replication import ReplicationStream
+
+    for retried in ("57P01", "57P02", "57P03", "55006", "08006", None):
+        assert isinstance(ReplicationStream._start_failed("x", retried), SourceConnectionError), retried
+    for final in ("42704", "42501", "0A000"):
+        assert not isinstance(ReplicationStream._start_failed("x", final), SourceConnectionError), final

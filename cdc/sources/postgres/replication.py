@@ -124,9 +124,12 @@ class ReplicationStream:
 
     @staticmethod
     def _start_failed(message: str, sqlstate: str | None) -> SourceError:
-        # 55006: the slot is still held by the walsender of a connection that just
-        # broke; it goes away shortly, so this is worth retrying.
-        error = SourceConnectionError if sqlstate in ("55006", "57P03", None) else SourceError
+        # Worth retrying: 55006, the slot is still held by the walsender of a connection
+        # that just broke (it goes away shortly); class 57, the server or an operator ended
+        # the connection (57P01: pg_terminate_backend, a shutdown, 57P03: starting up);
+        # class 08, the connection itself.
+        retry = sqlstate is None or sqlstate == "55006" or sqlstate[:2] in ("57", "08")
+        error = SourceConnectionError if retry else SourceError
         return error(f"START_REPLICATION failed: {message}", sqlstate=sqlstate)
 
     def _start_raw(self, pgconn: pq.abc.PGconn, command: bytes) -> bytes:
