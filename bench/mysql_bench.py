@@ -40,10 +40,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the test servers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from debezium_bench import acknowledged  # noqa: E402 - cdc's acknowledged count from /metrics
 
 ROWS = 400_000
 TX_ROWS = 1_000
@@ -155,19 +156,6 @@ def read_cdc_runner(port: int, start: dict) -> int:
 READERS = {"library": read_library, "cdc-poll": read_cdc_poll, "cdc-runner": read_cdc_runner}
 CLI_SINKS = {"cli-discard": "discard", "cli-file": "file"}
 ALL = ("library", "cdc-poll", "cdc-runner", *CLI_SINKS)
-
-
-def acknowledged(url: str) -> int | None:
-    """cdc_source_events_acknowledged from cdc's /metrics; None while it is not serving yet."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            body = resp.read().decode()
-    except OSError:
-        return None
-    for line in body.splitlines():
-        if line.startswith("cdc_source_events_acknowledged_total{"):
-            return int(float(line.rsplit(" ", 1)[1]))
-    return None
 
 
 def run_cli(name: str, port: int, start: dict, workdir: Path, run: int, tree: str | None = None) -> dict:
