@@ -121,6 +121,24 @@ def _finish(pipe: Pipeline, db, writer: Writer, started: float, name: str) -> No
           f"total {topic.messages - topic.unique}; {time.monotonic() - started:.0f}s")
 
 
+def _crash_source_broker_and_target(pipe: Pipeline, db, writer: Writer, kafka_server, target_pg, target: str,
+                                    rng) -> None:
+    """While cdc streams: the source database crash-restarted (its own ``crash_restart``),
+    the Kafka broker killed -9 and started, the mirror's target killed -9 and started."""
+    _grows(pipe, "before the source restart")  # streaming: a process still connecting would exit
+    time.sleep(rng.uniform(0.5, 2))
+    with writer.paused():
+        pipe.fault("source_restart")  # reading resumes at the checkpoint: delivered again
+        db.crash_restart()
+    _grows(pipe, "source restarted")
+    _kill_broker(pipe, kafka_server, rng)
+    time.sleep(rng.uniform(0.5, 2))
+    target_pg.kill()
+    target_pg.start()
+    last = _mirror_position(target)
+    deadline_wait("the mirror resumes", lambda: _mirror_position(target) != last, 60, 0.5, pipe.log)
+
+
 def test_postgres_source(chaos, source_pg, target_pg, kafka_server, tmp_path):
     rng = chaos.rng("postgres")  # the kills; the writer has its own, so that neither depends on timing
     started = time.monotonic()
@@ -138,22 +156,9 @@ def test_postgres_source(chaos, source_pg, target_pg, kafka_server, tmp_path):
         writer.start()
         chaos_rounds(pipe, rng, rounds // 2 - 3, POINTS)
 
-        # the source database: immediate shutdown (crash recovery), while cdc streams
-        _grows(pipe, "before the source restart")  # streaming: a process still connecting would exit
-        time.sleep(rng.uniform(0.5, 2))
-        with writer.paused():
-            pipe.fault("source_restart")  # reading resumes at the checkpoint: delivered again
-            db.crash_restart()
-        _grows(pipe, "source restarted")
-
-        _kill_broker(pipe, kafka_server, rng)
-
-        # the mirror's target: kill -9 and start again
-        time.sleep(rng.uniform(0.5, 2))
-        target_pg.kill()
-        target_pg.start()
-        last = _mirror_position(target)
-        deadline_wait("the mirror resumes", lambda: _mirror_position(target) != last, 60, 0.5, pipe.log)
+        # the source database crashed and restarted, the broker killed, the mirror's target
+        # (for MariaDB also the checkpoints' home) killed -9: cdc resumes by itself each time
+        _crash_source_broker_and_target(pipe, db, writer, kafka_server, target_pg, target, rng)
 
         # the mirror cut off for 30 s: crashes during its retry backoff, then it resumes alone
         target_pg.stop()
@@ -211,22 +216,9 @@ def test_mariadb_source(chaos, source_mariadb, target_pg, kafka_server, tmp_path
         writer.start()
         chaos_rounds(pipe, rng, rounds // 2, POINTS)
 
-        # the source database: kill -9 and start again, while cdc streams
-        _grows(pipe, "before the source restart")  # streaming: a process still connecting would exit
-        time.sleep(rng.uniform(0.5, 2))
-        with writer.paused():
-            pipe.fault("source_restart")  # reading resumes at the checkpoint: delivered again
-            db.crash_restart()
-        _grows(pipe, "source restarted")
-
-        _kill_broker(pipe, kafka_server, rng)
-
-        # the mirror's target (which also holds the checkpoints): kill -9 and start again
-        time.sleep(rng.uniform(0.5, 2))
-        target_pg.kill()
-        target_pg.start()
-        last = _mirror_position(target)
-        deadline_wait("the mirror resumes", lambda: _mirror_position(target) != last, 60, 0.5, pipe.log)
+        # the source database crashed and restarted, the broker killed, the mirror's target
+        # (for MariaDB also the checkpoints' home) killed -9: cdc resumes by itself each time
+        _crash_source_broker_and_target(pipe, db, writer, kafka_server, target_pg, target, rng)
         assert pipe.proc.poll() is None, pipe.log()
 
         chaos_rounds(pipe, rng, rounds - rounds // 2, POINTS)
