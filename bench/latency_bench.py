@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cdc.config import parse_config  # noqa: E402
 from cdc.engine import SourceRunner, tune_process  # noqa: E402
+from cdc.event import ChangeEvent  # noqa: E402
 from cdc.sinks.kafka import KafkaSink  # noqa: E402
 
 from servers import KafkaServer, PostgresServer  # noqa: E402
@@ -48,11 +49,48 @@ from servers import KafkaServer, PostgresServer  # noqa: E402
 TOPIC = "bench.orders"
 
 
-class AckTimedKafkaSink(KafkaSink):
-    """The Kafka sink noting, for every event of a confirmed batch, (commit, read by the
-    source, produced, acknowledged), wall-clock ms."""
+PG_EPOCH_MS = 946_684_800_000  # 2000-01-01, PostgreSQL's timestamp epoch, in Unix ms
+SENT: dict[str, float] = {}    # event id -> when PostgreSQL's walsender sent it, Unix ms
 
-    samples: list[tuple[int, int, float, float]] | None = None
+
+def note_send_times(source) -> None:
+    """Wrap ``source.poll`` (this instance only) to note, for every event it returns,
+    the send time that PostgreSQL's walsender wrote into the first XLogData message of
+    the buffer read (``sendTime``): an event is never sent before that, so the stage
+    "sent by PostgreSQL -> acknowledged" is overstated, never understated."""
+    poll = source.poll
+
+    def timed_poll(timeout):
+        stream = source.stream
+        receive = stream.receive
+        first = []
+
+        def noting_receive(t):
+            buf = receive(t)
+            # CopyData 'd', length, XLogData 'w', start LSN, end LSN, sendTime (µs since 2000)
+            if buf is not None and len(buf) >= 30 and buf[0] == 0x64 and buf[5] == 0x77:
+                first.append(int.from_bytes(buf[22:30], "big", signed=True) / 1000 + PG_EPOCH_MS)
+            return buf
+
+        stream.receive = noting_receive
+        try:
+            items = poll(timeout)
+        finally:
+            del stream.receive
+        if first:
+            for item in items:
+                if isinstance(item, ChangeEvent):
+                    SENT[item.id] = first[0]
+        return items
+
+    source.poll = timed_poll
+
+
+class AckTimedKafkaSink(KafkaSink):
+    """The Kafka sink noting, for every event of a confirmed batch, (commit, sent by
+    PostgreSQL, read by the source, produced, acknowledged), wall-clock ms."""
+
+    samples: list[tuple[int, float, int, float, float]] | None = None
 
     def send(self, events):
         handle = super().send(events)
@@ -66,7 +104,8 @@ class AckTimedKafkaSink(KafkaSink):
             events, sent_ms = self._sent.pop(id(handle), ((), 0.0))
             if self.samples is not None:
                 now_ms = time.time() * 1000
-                self.samples.extend((e.source["ts_ms"], e.ts_ms, sent_ms, now_ms) for e in events)
+                self.samples.extend((e.source["ts_ms"], SENT.pop(e.id, e.ts_ms), e.ts_ms, sent_ms, now_ms)
+                                    for e in events)
         return done
 
 
@@ -161,6 +200,7 @@ def main() -> int:
         config.pipelines["p"].sinks[0].factory = AckTimedKafkaSink
         tune_process()  # as `cdc run` does
         runner = SourceRunner(config, "bench", grace_period=60)
+        note_send_times(runner.source)
         engine = threading.Thread(target=runner.run, daemon=True)
         engine.start()
         timed = runner.workers[0].sink
@@ -179,14 +219,18 @@ def main() -> int:
             cpu_cdc, cpu_broker = proc_cpu(os.getpid()) - cpu_cdc, proc_cpu(kafka.pid) - cpu_broker
             start_ms = (w["first"] + args.warmup) * 1000
             kept = [s for s in timed.samples if s[0] >= start_ms]
-            lat = sorted(ack - commit for commit, _, _, ack in kept)
+            lat = sorted(ack - commit for commit, _, _, _, ack in kept)
+            cdc_part = sorted(ack - pg_sent for _, pg_sent, _, _, ack in kept)
             stages = {name: [sorted(s[j] - s[i] for s in kept)[int(len(kept) * q)] for q in (0.5, 0.99)]
-                      for name, i, j in (("read", 0, 1), ("queued", 1, 2), ("acked", 2, 3))}
+                      for name, i, j in (("sent", 0, 1), ("read", 1, 2), ("queued", 2, 3), ("acked", 3, 4))}
             r = {"rate": rate, "rows_per_tx": args.rows_per_tx, "achieved": round(w["achieved"]),
                  "writers": w["writers"], "rows": w["rows"],
                  "writer_behind_ms": round(w["behind_s"] * 1000, 1), "samples": len(lat),
                  "p50": round(percentile(lat, 50), 1), "p99": round(percentile(lat, 99), 1),
                  "p999": round(percentile(lat, 99.9), 1), "max": round(lat[-1], 1),
+                 "after_sent_p50": round(percentile(cdc_part, 50), 1),
+                 "after_sent_p99": round(percentile(cdc_part, 99), 1),
+                 "after_sent_p999": round(percentile(cdc_part, 99.9), 1),
                  "cpu_cdc": round(cpu_cdc / wall, 2), "cpu_broker": round(cpu_broker / wall, 2),
                  "stages_p50_p99_ms": {k: [round(v, 1) for v in vs] for k, vs in stages.items()}}
             results.append(r)
@@ -194,9 +238,12 @@ def main() -> int:
                   f" {r['writers']} writer(s)): achieved {r['achieved']:,} rows/s (worst writer lag"
                   f" {r['writer_behind_ms']} ms); commit -> acknowledged p50 {r['p50']} ms, p99 {r['p99']} ms,"
                   f" p999 {r['p999']} ms, max {r['max']} ms ({r['samples']:,} changes); CPU cores:"
-                  f" cdc {r['cpu_cdc']}, broker {r['cpu_broker']}; stages p50/p99 ms: commit -> read by the source"
+                  f" cdc {r['cpu_cdc']}, broker {r['cpu_broker']}; stages p50/p99 ms: commit -> sent by"
+                  f" PostgreSQL's walsender {r['stages_p50_p99_ms']['sent']}, -> read by the source"
                   f" {r['stages_p50_p99_ms']['read']}, -> produced {r['stages_p50_p99_ms']['queued']},"
-                  f" -> acknowledged {r['stages_p50_p99_ms']['acked']}", flush=True)
+                  f" -> acknowledged {r['stages_p50_p99_ms']['acked']}; sent by PostgreSQL -> acknowledged"
+                  f" (cdc and the broker) p50 {r['after_sent_p50']}, p99 {r['after_sent_p99']},"
+                  f" p999 {r['after_sent_p999']} ms", flush=True)
         runner.request_stop()
         engine.join(60)
 
