@@ -2,16 +2,21 @@
 
 The producer is idempotent with ``acks=all``, so librdkafka's own retries neither
 reorder nor duplicate messages within a partition.  The sink is ``Pipelined``:
-``send`` produces a batch without waiting and returns the batch, which counts its
-messages still without a delivery report; every message carries the batch's own
-callback (``on_delivery``), so a batch completes as soon as the broker accepted all
-of its messages, whatever the later batches in flight are doing, and the reader and
-the broker overlap.  ``wait`` serves the reports (``poll``) until its batch is
-complete, failed, or ``timeout`` has passed.  A failure is ``TransientSinkError``
-(broker down, timeout, leader moving) or ``PermanentSinkError`` (message too large,
-not authorised), raised by the ``wait`` of the batch that held the message.
-``write`` (send, then wait) returns only when the broker has accepted every message.
-A batch sent again may be delivered twice; consumers deduplicate on the ``id`` header.
+``send`` produces a batch without waiting, so the reader and the broker overlap.
+Only failures call Python code (``delivery.report.only.error``), although
+confluent-kafka still takes the GIL once per message to free its per-message state
+(its ``dr_msg_cb`` checks that setting after taking the GIL).  Batches complete
+when the producer's queue is empty: ``len(producer)`` counts every message without
+an outcome, including failure reports not yet served, so once it reaches 0 every
+batch produced before then has been accepted by the broker, unless a failure was
+reported, which fails every batch not yet complete.  So ``wait`` lets the queue
+drain (at least ``DRAIN_WAIT``) rather than return to have more produced, which
+would only push the oldest batch's completion back under a steady stream of
+changes.  ``write`` (send, then wait) returns only when
+the broker has accepted every message.  A failure is ``TransientSinkError`` (broker
+down, timeout, leader moving) or ``PermanentSinkError`` (message too large, not
+authorised).  A batch sent again may be delivered twice; consumers deduplicate on
+the ``id`` header.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ _PERMANENT = frozenset({
 })
 
 
+# Seconds ``wait`` waits for the producer's queue to empty, at least (see ``wait``).
+DRAIN_WAIT = 0.2
+
 _LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
@@ -63,22 +71,14 @@ def check_topic(topic: str) -> None:
 
 
 class _Batch:
-    """One batch in flight: its messages without a delivery report, the failures
-    reported, its deadline, and the producer instance (epoch) that holds it."""
+    """One batch in flight: the producer's message count after it, and its deadline."""
 
-    __slots__ = ("unreported", "failures", "deadline", "epoch")
+    __slots__ = ("end", "deadline", "epoch")
 
-    def __init__(self, deadline: float, epoch: int) -> None:
-        self.unreported = 0
-        self.failures: list[Any] = []
+    def __init__(self, end: int, deadline: float, epoch: int) -> None:
+        self.end = end
         self.deadline = deadline
         self.epoch = epoch
-
-    def report(self, err: Any, msg: Any) -> None:
-        """librdkafka's delivery report for one of this batch's messages (served by ``poll``)."""
-        if err is not None:
-            self.failures.append(err)
-        self.unreported -= 1
 
 
 def _import_kafka() -> Any:
@@ -126,10 +126,10 @@ class KafkaSink:
         if problems:
             raise PermanentSinkError(str(problems[0]), sink=self.name)
         self._producer: Any = None
+        self._produced = 0                      # messages produced by this producer
+        self._drained = 0                       # ... of which all had an outcome when the queue was empty
         self._epoch = 0                         # one per producer instance
-        self._batch = _Batch(0.0, 0)            # the batch being produced
-        self._report = self._batch.report
-        self._failures: list[Any] = []          # failure reports of messages outside any batch
+        self._failures: list[Any] = []          # failure reports not yet raised
         self.state = BrokerState(log, self.name)
         self._lock = threading.Lock()       # held by write: the idle poller stays out
         self._stop_polling = threading.Event()
@@ -138,7 +138,7 @@ class KafkaSink:
     # ---- lifecycle -------------------------------------------------------------
 
     def producer_config(self) -> dict[str, Any]:
-        conf: dict[str, Any] = {"linger.ms": 1, "compression.type": "lz4",
+        conf: dict[str, Any] = {"linger.ms": 5, "compression.type": "lz4",
                                 "queue.buffering.max.messages": 1_000_000}
         conf.update(self.extra)
         for name, value in _REQUIRED.items():
@@ -148,8 +148,8 @@ class KafkaSink:
         conf["bootstrap.servers"] = self.bootstrap_servers
         conf["message.timeout.ms"] = int(self.delivery_timeout * 1000)
         conf["error_cb"] = self._on_error
-        # Each message has its batch's callback (see the module docstring); this one
-        # would serve only a message produced without one.
+        # Only failures call back into Python (see the module docstring).
+        conf["delivery.report.only.error"] = True
         conf["on_delivery"] = self._on_delivery
         conf["logger"] = LibraryLog("cdc.sink.kafka.librdkafka")
         # Broker states, read only while the broker is down, to notice it is back.
@@ -162,6 +162,7 @@ class KafkaSink:
         try:
             self._producer = kafka.Producer(self.producer_config())
             self._epoch += 1
+            self._produced = self._drained = 0
             self._failures = []
         except kafka.KafkaException as exc:  # a bad setting: says which, never the value
             raise PermanentSinkError(f"invalid producer config: {exc.args[0].str()}", sink=self.name) from None
@@ -252,30 +253,28 @@ class KafkaSink:
             return self._send(events)
 
     def wait(self, handle: object, timeout: float) -> bool:
-        """True once the broker accepted every message of the batch ``handle``; raises
-        for a failure reported for one of them, or after ``delivery_timeout`` + 30 s
-        without an outcome."""
+        """True once the producer's queue was empty after the batch ``handle`` (every one
+        of its messages accepted); raises for a failure reported meanwhile, or after
+        ``delivery_timeout`` + 30 s without an outcome.  Waits up to ``DRAIN_WAIT`` even
+        when ``timeout`` is shorter (see the module docstring)."""
         assert isinstance(handle, _Batch)
         with self._lock:
             if handle.epoch != self._epoch or self._producer is None:
                 raise TransientSinkError("the producer was recreated with messages in flight", sink=self.name)
             producer = self._producer
-            until = time.monotonic() + timeout
-            while handle.unreported > 0 and not handle.failures:
-                left = until - time.monotonic()
-                producer.poll(max(left, 0.0))  # serves delivery reports (this batch's and others')
-                if left <= 0:
-                    break
-            if self._failures:  # a message produced without a batch (never, but not unseen)
+            if handle.end > self._drained and not self._failures:
+                # flush: sends at once (linger.ms aside), serves failure reports and returns
+                # as soon as the queue is empty
+                if producer.flush(max(timeout, DRAIN_WAIT)) == 0:
+                    self._drained = self._produced
+            if self._failures:
                 failures, self._failures = self._failures, []
                 self._raise(failures)
-            if handle.failures:
-                self._raise(handle.failures)
-            if handle.unreported > 0:
+            if handle.end > self._drained:
                 if time.monotonic() > handle.deadline:
                     producer.purge()
                     producer.flush(5.0)
-                    raise TransientSinkError(f"{handle.unreported} messages without a delivery report",
+                    raise TransientSinkError(f"{len(producer)} messages without a delivery report",
                                              sink=self.name)
                 return False
         self.state.up()  # delivered: a broker is there, whatever the statistics said last
@@ -288,8 +287,6 @@ class KafkaSink:
         if self._failures:  # reported while nothing waited: fail now, before producing more
             failures, self._failures = self._failures, []
             self._raise(failures)
-        self._batch = batch = _Batch(time.monotonic() + self.delivery_timeout + 30.0, self._epoch)
-        self._report = batch.report
         content = self.content
         tombstones, produce, dumps, sort_keys = self.tombstones, self._produce, orjson.dumps, orjson.OPT_SORT_KEYS
         for topic, event in zip(topics, events):
@@ -308,7 +305,7 @@ class KafkaSink:
             produce(topic, event.to_json(), key, [("id", event.id.encode()), ("op", event.op.encode())])
             if tombstones and event.op == "d" and key is not None:
                 produce(topic, None, key, [("id", f"{event.id}:tombstone".encode()), ("op", b"d")])
-        return batch
+        return _Batch(self._produced, time.monotonic() + self.delivery_timeout + 30.0, self._epoch)
 
     def _change(self, topic: str, event: ChangeEvent) -> None:
         key = orjson.dumps(event.key, option=orjson.OPT_SORT_KEYS) if event.key is not None else None
@@ -319,11 +316,11 @@ class KafkaSink:
             self._produce(topic, None, key, tombstone)
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: list) -> None:
-        producer, batch = self._producer, self._batch
+        producer = self._producer
         while True:
             try:
-                producer.produce(topic, value, key, headers=headers, on_delivery=self._report)
-                batch.unreported += 1
+                producer.produce(topic, value, key, headers=headers)
+                self._produced += 1
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.1)
