@@ -258,3 +258,35 @@ def test_slow_sink_batch_is_logged_with_a_hint(pg_database, tmp_path, caplog):
         _insert(pg_database, 1, 1)
         wait_for(lambda: running.runner.tracker.acked_events == 1, 60, "the slow batch acknowledged")
     assert "a batch of 1 events took 11s to deliver" in caplog.text, caplog.text[-2000:]
+
+
+def test_back_pressure_is_logged_once_for_a_stall_that_lasts_not_for_every_brief_one(pg_database, tmp_path,
+                                                                                     caplog):
+    """A catch-up fills ``max_in_flight_events`` again and again for a few ms each time:
+    that is the flow working, not news.  A sink that holds the source for a second or
+    more is logged, once, naming it."""
+    caplog.set_level(logging.INFO, logger="cdc")
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    sql(pg_database, "INSERT INTO t SELECT g FROM generate_series(1, 1) g")
+    pipelines = {"fast": {"source": "db", "sinks": [{"type": "file", "path": "out/fast.jsonl",
+                                                     "batch_size": 50}]}}
+    cfg = config(tmp_path, pg_database, ["public.t"], pipelines, max_in_flight_events=100)
+    with Running(cfg) as running:
+        for k in range(60):  # 6,000 changes in 100-row transactions: dozens of brief stalls
+            sql(pg_database, f"INSERT INTO t SELECT g FROM generate_series({2 + k * 100}, {101 + k * 100}) g")
+        wait_for(lambda: running.runner.tracker.acked_events >= 6000, 60, "the catch-up")
+    brief = [r for r in caplog.records if "reading waits for sink" in r.getMessage()]
+    assert len(brief) <= 3, f"{len(brief)} lines for a catch-up: " + "; ".join(r.getMessage() for r in brief[:5])
+
+    caplog.clear()
+    stuck = tmp_path / "stuck"
+    stuck.mkdir()
+    cfg = config(stuck, pg_database, ["public.t"], _pipelines(stuck), max_in_flight_events=3, slot="cdc_stuck")
+    with Running(cfg) as running:
+        _insert(pg_database, 10_001, 10)
+        wait_for(lambda: running.runner.tracker.events_in_flight >= 3, 30, "the source stalled")
+        time.sleep(3.5)
+        (stuck / "sink_up").touch()
+        wait_for(lambda: running.runner.tracker.drained, 30, "drained")
+    lasting = [r.getMessage() for r in caplog.records if "reading waits for sink" in r.getMessage()]
+    assert len(lasting) == 1 and FLAKY in lasting[0], lasting

@@ -32,6 +32,7 @@ __all__ = ["SourceRunner"]
 
 log = logging.getLogger("cdc.runner")
 CHECKPOINT_FAILURE_TIMEOUT = 300.0  # seconds of failing checkpoint saves before the source stops
+STALL_LOG_AFTER = 1.0  # seconds of waiting for the sinks before it is logged (brief waits are the flow)
 
 
 @dataclass
@@ -85,6 +86,7 @@ class SourceRunner:
         self.caught_up = False                  # the last poll returned nothing
         self.caught_up_at: float | None = None  # when a poll last returned nothing (time.time())
         self.stalled_since: float | None = None  # waiting for room (max_in_flight_*) since
+        self._stall_logged = False              # this wait was logged
         self.doing = "starting"                 # what the main loop does now (for the slow-step hint)
         self.on_tick: list[Callable[[SourceRunner], None]] = []
         self._in_tx = False                     # the last item read was not a Commit
@@ -210,7 +212,9 @@ class SourceRunner:
         keeping the source connection alive.  A lost connection raises
         ``SourceConnectionError``, resumed from the checkpoint like one lost in a poll."""
         if self.stalled_since is None:
-            self.stalled_since = time.time()
+            self.stalled_since, self._stall_logged = time.time(), False
+        elif not self._stall_logged and time.time() - self.stalled_since >= STALL_LOG_AFTER:
+            self._stall_logged = True
             log.info("source %s: %d events in flight: reading waits for sink(s) %s", self.name,
                      self.tracker.events_in_flight, ", ".join(self.blocked_by) or "?")
         self.doing = "waiting for the sinks"
