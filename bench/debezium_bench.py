@@ -10,7 +10,8 @@
 3. For each round and mode, cdc and Debezium run one after the other on their own slots, in
    alternating order (cdc first in even rounds, Debezium first in odd ones):
    - cdc: ``cdc run CONFIG`` as a user runs it (a subprocess, from process start; file checkpoint,
-     metrics endpoint on), into a ``discard`` sink (every event serialised to JSON) or a ``kafka`` sink.
+     metrics endpoint on, ``snapshot: never`` as Debezium's ``no_data``), into a ``discard`` sink
+     (every event serialised to JSON) or a ``kafka`` sink.
      Its ``/metrics`` (``cdc_source_events_acknowledged``) is scraped to see the 400,000th change
      acknowledged; then it gets SIGTERM.
    - Debezium: ``bench/debezium`` (``java -jar``, default JVM heap): the embedded engine Debezium
@@ -144,6 +145,9 @@ def run_cdc(mode: str, rnd: int, slot: str, dsn: str, bootstrap: str | None, tot
     config = {
         "sources": {"db": {"type": "postgres", "dsn": dsn, "tables": ["public.orders"], "slot": slot,
                            "publication": PUBLICATION, "create": False,
+                           # the log only, as Debezium's snapshot.mode=no_data: the default
+                           # (initial) would also copy the table's rows
+                           "snapshot": "never",
                            "checkpoint": {"type": "file", "path": str(workdir / f"{slot}.checkpoint.json")}}},
         "pipelines": {"bench": {"source": "db", "sinks": [sink]}},
         "metrics": {"listen": f"127.0.0.1:{port}"},

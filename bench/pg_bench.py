@@ -96,6 +96,9 @@ def cdc_child(dsn: str, slot: str, publication: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--min-ratio", type=float, default=0.9,
+                        help="exit 1 when the median of the same-run ratios (process start to the last change"
+                             " acknowledged / pg_recvlogical) is below this (issue 13: 0.9)")
     args = parser.parse_args()
     import psycopg
 
@@ -135,6 +138,13 @@ def main() -> None:
     print(f"    process start to exit (incl. shutdown):              {w:>9,.0f} rows/s   {w / a:.2f}x")
     print(f"    replication connection open to the last ack:         {p:>9,.0f} rows/s   {p / a:.2f}x")
     print(f"  cdc peak RSS: {peak:.0f} MiB")
+    ratios = [run[1] / rate for run, rate in zip(ours, anchor)]  # each run against its own anchor
+    ratio = statistics.median(ratios)
+    verdict = "PASS" if ratio >= args.min_ratio else "FAIL"
+    print(f"{verdict}: cdc / pg_recvlogical, same run, median {ratio:.2f}x"
+          f" (runs: {', '.join(f'{x:.2f}' for x in ratios)}; minimum {args.min_ratio}x)")
+    if ratio < args.min_ratio:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
