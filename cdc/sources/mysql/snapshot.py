@@ -25,6 +25,7 @@ import pymysql.cursors
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
 from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
+from ...snapshot.where import condition_problem
 from . import settings as checks
 from .types import float32
 
@@ -215,6 +216,7 @@ class MySQLSnapshotReader:
 
     def check_where(self, table: str, where: str) -> None:
         t = self._table(table)
+        self._one_condition(table, where)
         try:
             with self._connect().cursor() as cur:
                 cur.execute(f"EXPLAIN SELECT 1 FROM {_q(t.db)}.{_q(t.name)} WHERE ({where})")
@@ -224,8 +226,14 @@ class MySQLSnapshotReader:
 
     # ---- chunks -----------------------------------------------------------------------
 
+    def _one_condition(self, table: str, where: str | None) -> None:
+        problem = condition_problem(where, mysql=True) if where else None
+        if problem:
+            raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
+
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         t = self._table(table)
+        self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
         conditions = []
         key = ", ".join(_q(k) for k in t.key)

@@ -25,6 +25,7 @@ from ...errors import SourceConnectionError
 from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
 from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
+from ...snapshot.where import condition_problem
 from .replication import SESSION_OPTIONS
 from .types import _bool, _timestamp, converter_for, is_json
 
@@ -233,6 +234,7 @@ class PostgresSnapshotReader:
 
     def check_where(self, table: str, where: str) -> None:
         self._table(table)  # a table without a primary key is refused here
+        self._one_condition(table, where)
         conn = self._connect()
         query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
             sql.Identifier(*table.split(".", 1)), sql.SQL(where))
@@ -246,8 +248,14 @@ class PostgresSnapshotReader:
 
     # ---- chunks ---------------------------------------------------------------------------
 
+    def _one_condition(self, table: str, where: str | None) -> None:
+        problem = condition_problem(where, mysql=False) if where else None
+        if problem:
+            raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
+
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         t = self._table(table)
+        self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
         try:
             if table not in self._floor:

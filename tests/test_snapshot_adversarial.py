@@ -1,0 +1,138 @@
+"""Snapshots driven the way a new user would, with awkward input: conditions that are not
+one condition, cancels of copies that are not there, chunk settings below 1, requests
+made in the same second.  PostgreSQL and MariaDB, against real servers."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import yaml
+from snapshot_helpers import read_complete
+from test_snapshot_incremental import cdc
+from test_snapshot_mysql import Running as MySQLRunning
+from test_snapshot_mysql import _config as mysql_config
+from test_snapshot_postgres import wait_for
+
+from cdc.config import parse_config
+from cdc.errors import ConfigError
+from cdc.snapshot import requests
+from cdc.snapshot.where import condition_problem
+
+from mysql_helpers import db_of, execute
+from pgutil import Running, config, file_pipeline, sql
+
+# ``(k) > (last) AND (b > 3) OR (true)``: each chunk would start from the first row again
+ESCAPING = "b > 3) OR (true"
+
+
+def test_postgres_where_that_closes_its_parentheses_is_refused(pg_database, tmp_path, caplog):
+    sql(pg_database, "CREATE TABLE comp (a text, b int, PRIMARY KEY (b, a))",
+        "INSERT INTO comp SELECT 'x' || (g % 3), g FROM generate_series(1, 30) g")
+    cfg = config(tmp_path, pg_database, ["public.comp"], {"all": file_pipeline()}, snapshot_chunk_size=7)
+    path = str(tmp_path / "pipelines.yaml")
+    # a request that did not come through the command (written by hand) is dropped by the pipeline
+    # (before any CliRunner call: it sets up the logging caplog reads)
+    caplog.set_level(logging.INFO)
+    with Running(cfg) as r:
+        snapshot_id = requests.submit(cfg.state_dir, "db", "public.comp", ESCAPING)
+        wait_for(lambda: f"{snapshot_id}:public.comp" in r.runner.snapshots.progress and r.runner.snapshots.finished,
+                 30, "the request to be dropped")
+        assert r.runner.snapshots.rows_total == 0
+        assert "closes a parenthesis" in caplog.text, caplog.text
+        sql(pg_database, "INSERT INTO comp VALUES ('new', 100)")
+        wait_for(lambda: any(e["op"] == "c" for e in read_complete(tmp_path / "out/all.jsonl")), 30, "streaming")
+    code, text = cdc("snapshot", path, "--source", "db", "--table", "comp", "--where", ESCAPING)
+    assert code == 2 and "closes a parenthesis" in text and "public.comp" in text, text
+    # quotes, quoted names and dollar quotes holding parentheses are one condition
+    code, text = cdc("snapshot", path, "--source", "db", "--table", "comp",
+                     "--where", "a <> ')' AND \"a\" <> $$(($$ AND a <> E'\\')'")
+    assert code == 0, text
+
+
+def test_mysql_where_that_closes_its_parentheses_is_refused(mariadb_server, mariadb_database, tmp_path, caplog):
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE comp (a varchar(10), b int, PRIMARY KEY (b, a))",
+            "INSERT INTO comp SELECT concat('x', seq % 3), seq FROM seq_1_to_30")
+    cfg = mysql_config(tmp_path, mariadb_server, db, [f"{db}.comp"], snapshot="never", snapshot_chunk_size=7)
+    path = str(tmp_path / "pipelines.yaml")
+    caplog.set_level(logging.INFO)
+    with MySQLRunning(cfg) as r:
+        snapshot_id = requests.submit(cfg.state_dir, "db", f"{db}.comp", ESCAPING)
+        wait_for(lambda: f"{snapshot_id}:{db}.comp" in r.runner.snapshots.progress and r.runner.snapshots.finished,
+                 30, "the request to be dropped")
+        assert r.runner.snapshots.rows_total == 0
+        assert "closes a parenthesis" in caplog.text, caplog.text
+    code, text = cdc("snapshot", path, "--source", "db", "--table", "comp", "--where", ESCAPING)
+    assert code == 2 and "closes a parenthesis" in text and f"{db}.comp" in text, text
+    code, text = cdc("snapshot", path, "--source", "db", "--table", "comp",
+                     "--where", "a <> ')' AND `a` <> '\\')' AND a <> \"(\"")
+    assert code == 0, text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("where, mysql, problem", [
+    ("a > 1", False, None),
+    ("(a > 1) OR (b < 2)", False, None),
+    ("a = 'it''s (' AND \"we(ird\" = 1", False, None),
+    ("a = E'\\')'", False, None),
+    ("a = $x$ ) $x$", False, None),
+    ("a = '\\' OR b) OR (c", False, "closes"),    # PostgreSQL: a backslash is a character in '...'
+    ("a = '\\')'", True, None),             # MariaDB: it escapes
+    ("`we)ird` = 1", True, None),
+    ("a > 1) OR (true", False, "closes"),
+    ("a > 1) OR (true", True, "closes"),
+    ("(a > 1", False, "not closed"),
+    ("a = 'x", True, "not closed"),
+    ("true; DROP TABLE t", False, "';'"),
+    ("a > 1 -- )", False, "comment"),
+    ("a > 1 # )", True, "comment"),
+    ("a > 1 /* ) */", True, "comment"),
+])
+def test_condition_problem(where, mysql, problem):
+    found = condition_problem(where, mysql)
+    assert (found is None) if problem is None else (found is not None and problem in found), found
+
+
+def test_cancel_of_an_unknown_or_finished_copy_is_an_error(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t SELECT generate_series(1, 20)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}, snapshot_chunk_size=7)
+    path = str(tmp_path / "pipelines.yaml")
+    code, text = cdc("snapshot", path, "--source", "db", "--cancel", "20260101000000-abcdef")
+    assert code == 2 and "no snapshot 20260101000000-abcdef" in text, text
+    with Running(cfg) as r:
+        code, text = cdc("snapshot", path, "--source", "db", "--table", "t")
+        assert code == 0, text
+        snapshot_id = text.split("snapshot ")[1].split(" ")[0]
+        wait_for(lambda: r.runner.snapshots.rows_total == 20 and r.runner.snapshots.finished, 30, "the copy")
+        wait_for(lambda: "no snapshot queued" in cdc("snapshot", path, "--source", "db", "--list")[1], 10,
+                 "--list to show it finished")
+        code, text = cdc("snapshot", path, "--source", "db", "--cancel", snapshot_id)
+        assert code == 2 and f"no snapshot {snapshot_id}" in text, text
+        # a request not yet taken by the pipeline can be cancelled
+        queued = requests.submit(cfg.state_dir, "db", "public.t")
+        code, text = cdc("snapshot", path, "--source", "db", "--cancel", queued)
+        assert code == 0, text
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("key, value", [("snapshot_chunk_size", 0), ("snapshot_chunk_size", -5),
+                                        ("snapshot_parallelism", 0), ("snapshot_parallelism", -1)])
+@pytest.mark.parametrize("source_type", ["postgres", "mysql"])
+def test_chunk_settings_below_one_are_config_errors(tmp_path, source_type, key, value):
+    dsn = "postgresql://u@127.0.0.1/db" if source_type == "postgres" else "mysql://u@127.0.0.1/db"
+    raw = {"sources": {"s": {"type": source_type, "dsn": dsn, "tables": ["db.t"], key: value,
+                             "checkpoint": {"type": "file", "path": "state/s.json"}}},
+           "pipelines": {"p": {"source": "s", "sinks": [{"type": "file", "path": "out.jsonl"}]}}}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, path, {})
+    assert f"sources.s.{key}: must be at least 1 (got {value})" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.unit
+def test_requests_of_the_same_second_are_taken_in_the_order_made(tmp_path):
+    made = [requests.submit(tmp_path, "db", f"public.t{i}") for i in range(30)]
+    taken, _ = requests.take(tmp_path, "db")
+    assert [r["id"] for r in taken] == made
