@@ -45,6 +45,9 @@ def snapshot(config: str, source_name: str, table: str | None, where: str | None
         _list(cfg, source_name, as_json)
         return
     if cancel_id:
+        if not any(r["id"] == cancel_id for r in _copies(cfg, source_name)):
+            fail(f"source {source_name}: no snapshot {cancel_id} is queued or running (finished, cancelled or "
+                 f"never requested; --list shows them; a request made a second ago may not show yet: retry)", 2)
         requests.cancel(cfg.state_dir, source_name, cancel_id)
         click.echo(f"source {source_name}: cancel of snapshot {cancel_id} requested")
         return
@@ -68,6 +71,23 @@ def snapshot(config: str, source_name: str, table: str | None, where: str | None
 
 
 def _list(cfg, source_name: str, as_json: bool) -> None:
+    rows = _copies(cfg, source_name)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"source {source_name}: no snapshot queued or running")
+        return
+    for r in rows:
+        total = f" of ~{r['total']:,}" if r.get("total") else ""
+        click.echo(f"{r['id']}  {r['table']}  {r['state']}  {r.get('rows', 0):,}{total} rows"
+                   f"{'  after key ' + json.dumps(r['after']) if r.get('after') else ''}"
+                   f"{'  where ' + r['where'] if r.get('where') else ''}")
+
+
+def _copies(cfg, source_name: str) -> list[dict]:
+    """The copies queued or running (the running process's status file, else the
+    checkpoint) and the requests not taken yet."""
     store = cfg.sources[source_name].checkpoint.build()
     try:
         position = store.load() or {}
@@ -91,14 +111,4 @@ def _list(cfg, source_name: str, as_json: bool) -> None:
         t = totals.get(f"{r['id']}:{r['table']}")
         if t:
             r["total"] = t.get("total")
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo(f"source {source_name}: no snapshot queued or running")
-        return
-    for r in rows:
-        total = f" of ~{r['total']:,}" if r.get("total") else ""
-        click.echo(f"{r['id']}  {r['table']}  {r['state']}  {r.get('rows', 0):,}{total} rows"
-                   f"{'  after key ' + json.dumps(r['after']) if r.get('after') else ''}"
-                   f"{'  where ' + r['where'] if r.get('where') else ''}")
+    return rows

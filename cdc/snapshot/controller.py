@@ -321,6 +321,9 @@ class SnapshotController:
             self.queue.append(self._entry(req["id"], table, req.get("where")))
             changed = True
         for cancel_id in cancels:
+            if not any(e["id"] == cancel_id for e in self.queue):
+                log.warning("source %s: cancel of snapshot %s: no such copy is queued or running", self.name,
+                            cancel_id)
             for e in [e for e in self.queue if e["id"] == cancel_id]:
                 log.info("source %s: snapshot %s of %s cancelled after %d rows", self.name, e["id"],
                          e["table"], e["rows"])
