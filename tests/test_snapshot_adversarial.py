@@ -4,6 +4,7 @@ made in the same second.  PostgreSQL and MariaDB, against real servers."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -136,3 +137,34 @@ def test_requests_of_the_same_second_are_taken_in_the_order_made(tmp_path):
     made = [requests.submit(tmp_path, "db", f"public.t{i}") for i in range(30)]
     taken, _ = requests.take(tmp_path, "db")
     assert [r["id"] for r in taken] == made
+
+
+def test_status_does_not_call_a_table_copied_when_its_copy_was_refused_or_cancelled(pg_database, tmp_path):
+    """A table without a primary key is streamed but not copied (docs/snapshots.md); an initial
+    copy can be cancelled.  Neither is "done": ``cdc status`` says what happened, also from the
+    checkpoint after a restart."""
+    sql(pg_database, "CREATE TABLE a (id int PRIMARY KEY)", "INSERT INTO a SELECT generate_series(1, 20)",
+        "CREATE TABLE nokey (n int)", "ALTER TABLE nokey REPLICA IDENTITY FULL", "INSERT INTO nokey VALUES (1)",
+        "CREATE TABLE slow (id int PRIMARY KEY)", "INSERT INTO slow SELECT generate_series(1, 200000)")
+    cfg = config(tmp_path, pg_database, ["public.a", "public.nokey", "public.slow"], {"all": file_pipeline()},
+                 snapshot="initial", snapshot_chunk_size=100, snapshot_parallelism=1)
+    path = str(tmp_path / "pipelines.yaml")
+    with Running(cfg) as r:
+        wait_for(lambda: r.runner.snapshots.rows_total > 20, 60, "the copy of slow to start")
+        requests.cancel(cfg.state_dir, "db", "initial")
+        wait_for(lambda: r.runner.snapshots.finished, 30, "the cancel")
+        sql(pg_database, "INSERT INTO a VALUES (100)")
+        wait_for(lambda: r.runner.saved_position and r.runner.saved_position["snapshot"]["queue"] == [], 30,
+                 "the checkpoint")
+    code, text = cdc("status", path, "--json")
+    assert code == 0, text
+    states = {s["table"]: s for s in json.loads(text)[0]["snapshots"]}
+    assert states["public.a"]["state"] == "done", states
+    assert states["public.nokey"]["state"] == "not copied" and "no primary key" in states["public.nokey"]["error"], states
+    assert states["public.slow"]["state"] == "not copied" and "cancelled" in states["public.slow"]["error"], states
+    code, text = cdc("status", path)
+    assert "not copied" in text, text
+    # a restart keeps the record and copies neither again
+    with Running(cfg) as r:
+        assert r.runner.snapshots.finished
+        assert r.runner.snapshots.state["skipped"].keys() == {"public.nokey", "public.slow"}

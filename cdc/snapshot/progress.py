@@ -86,8 +86,10 @@ def status_rows(position: dict | None, live: dict | None) -> list[dict]:
         rows.append({"id": e["id"], "table": e["table"], "state": "copying" if i == 0 else "queued",
                      "rows": e.get("rows", 0), "total": f.get("total"), "rows_per_s": f.get("rows_per_s"),
                      "eta_s": f.get("eta_s"), "after": e.get("after")})
+    skipped = state.get("skipped") or {}
     for t in state.get("tables", []):
-        rows.append({"id": "initial", "table": t, "state": "done"})
+        rows.append({"id": "initial", "table": t, "state": "not copied", "error": skipped[t]} if t in skipped
+                    else {"id": "initial", "table": t, "state": "done"})
     return rows
 
 
@@ -103,7 +105,8 @@ def render(rows: list[dict], console=None) -> None:
     for r in have:
         for s in r["snapshots"]:
             total = f" / ~{s['total']:,}" if s.get("total") else ""
-            table.add_row(r["source"], s["id"], s["table"], s["state"],
+            state = f"{s['state']}: {s['error'].splitlines()[0]}" if s.get("error") else s["state"]
+            table.add_row(r["source"], s["id"], s["table"], state,
                           f"{s['rows']:,}{total}" if "rows" in s else "-",
                           f"{s['rows_per_s']:,.0f}" if s.get("rows_per_s") else "-",
                           f"{s['eta_s']:.0f}s" if s.get("eta_s") else "-")
