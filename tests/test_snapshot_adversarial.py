@@ -168,3 +168,38 @@ def test_status_does_not_call_a_table_copied_when_its_copy_was_refused_or_cancel
     with Running(cfg) as r:
         assert r.runner.snapshots.finished
         assert r.runner.snapshots.state["skipped"].keys() == {"public.nokey", "public.slow"}
+
+
+def test_a_stopped_copy_is_not_shown_as_running(pg_database, tmp_path):
+    """``cdc run`` stopped mid-copy (SIGTERM) leaves its status file behind: ``cdc status``
+    and ``cdc snapshot --list`` then show the copy as waiting for the next start (from the
+    checkpoint), not as copying."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, pad text)",
+        "INSERT INTO t SELECT g, repeat('x', 50) FROM generate_series(1, 300000) g")
+    config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}, snapshot="initial",
+           snapshot_chunk_size=100, snapshot_parallelism=1)
+    path = str(tmp_path / "pipelines.yaml")
+    checkpoint = tmp_path / "state/db.json"
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", path], stdout=log, stderr=log,
+                                cwd=tmp_path, env=dict(os.environ))
+        try:
+            def copying() -> bool:
+                queue = json.loads(checkpoint.read_text())["position"]["snapshot"]["queue"]
+                return bool(queue and queue[0]["after"]) and (tmp_path / "state/db.status.json").exists()
+            wait_for(lambda: checkpoint.exists() and copying(), 60, "the copy to be under way")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    assert json.loads(checkpoint.read_text())["position"]["snapshot"]["queue"], "the copy finished: make it longer"
+    code, text = cdc("status", path, "--json")
+    assert code == 0, text
+    row = json.loads(text)[0]
+    assert not row["running"] and [s["state"] for s in row["snapshots"]] == ["to resume"], row
+    code, text = cdc("snapshot", path, "--source", "db", "--list")
+    assert code == 0 and "public.t  to resume" in text and "running" not in text, text

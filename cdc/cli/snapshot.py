@@ -19,6 +19,7 @@ from ..config.layout import qualified
 from ..errors import CdcError
 from ..observe.state import read_status
 from ..snapshot import requests
+from ..snapshot.progress import alive
 from .common import fail, load_or_exit
 
 __all__ = ["snapshot"]
@@ -95,9 +96,11 @@ def _copies(cfg, source_name: str) -> list[dict]:
         fail(str(exc))
     finally:
         store.close()
-    live = (read_status(cfg.state_dir, source_name) or {}).get("snapshot") or {}
+    running = alive(read_status(cfg.state_dir, source_name))
+    live = (running or {}).get("snapshot") or {}
     state = live.get("state") or position.get("snapshot") or {}
-    rows = [dict(e, state="running" if i == 0 else "queued") for i, e in enumerate(state.get("queue", []))]
+    head = "running" if running else "to resume"  # by the next cdc run
+    rows = [dict(e, state=head if i == 0 else "queued") for i, e in enumerate(state.get("queue", []))]
     directory = requests.request_dir(cfg.state_dir, source_name)
     if directory.is_dir():
         for path in sorted(directory.glob("*.request")):

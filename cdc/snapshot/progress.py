@@ -4,10 +4,25 @@ the per-table progress bar of ``cdc run`` (rich, on a terminal), and the rows of
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-__all__ = ["status_of", "ProgressBars", "status_rows", "render"]
+__all__ = ["status_of", "ProgressBars", "status_rows", "render", "alive"]
+
+
+def alive(live: dict | None) -> dict | None:
+    """A status file of a process that still runs (None: none, or one left behind by a
+    process that stopped or was killed: the checkpoint is then what counts)."""
+    if not live or not live.get("running"):
+        return None
+    try:
+        os.kill(int(live["pid"]), 0)
+    except (KeyError, TypeError, ValueError, ProcessLookupError):
+        return None
+    except PermissionError:  # another user's process
+        pass
+    return live
 
 
 def status_of(runner) -> dict | None:
@@ -76,14 +91,15 @@ class ProgressBars:
 def status_rows(position: dict | None, live: dict | None) -> list[dict]:
     """For ``cdc status``: one row per table copy, from the running process's status
     (rows/s, estimate) or else from the checkpoint."""
-    live = live or {}
+    live = alive(live) or {}
     block = live.get("snapshot") or {}
     state = block.get("state") or (position or {}).get("snapshot") or {}
     figures = {f"{t['id']}:{t['table']}": t for t in block.get("tables", [])}
     rows = []
     for i, e in enumerate(state.get("queue", [])):
         f = figures.get(f"{e['id']}:{e['table']}", {})
-        rows.append({"id": e["id"], "table": e["table"], "state": "copying" if i == 0 else "queued",
+        head = ("copying" if live else "to resume") if i == 0 else "queued"  # "to resume": at the next start
+        rows.append({"id": e["id"], "table": e["table"], "state": head,
                      "rows": e.get("rows", 0), "total": f.get("total"), "rows_per_s": f.get("rows_per_s"),
                      "eta_s": f.get("eta_s"), "after": e.get("after")})
     skipped = state.get("skipped") or {}
