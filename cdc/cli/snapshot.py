@@ -96,10 +96,11 @@ def _copies(cfg, source_name: str) -> list[dict]:
         fail(str(exc))
     finally:
         store.close()
-    running = alive(read_status(cfg.state_dir, source_name))
+    status = read_status(cfg.state_dir, source_name)
+    running = alive(status)
     live = (running or {}).get("snapshot") or {}
     state = live.get("state") or position.get("snapshot") or {}
-    head = "running" if running else "to resume"  # by the next cdc run
+    head = "to resume" if status and not running else "running"  # to resume: by the next cdc run
     rows = [dict(e, state=head if i == 0 else "queued") for i, e in enumerate(state.get("queue", []))]
     directory = requests.request_dir(cfg.state_dir, source_name)
     if directory.is_dir():

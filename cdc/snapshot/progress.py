@@ -91,6 +91,7 @@ class ProgressBars:
 def status_rows(position: dict | None, live: dict | None) -> list[dict]:
     """For ``cdc status``: one row per table copy, from the running process's status
     (rows/s, estimate) or else from the checkpoint."""
+    stopped = bool(live) and alive(live) is None  # a status file left behind: the copy waits for a start
     live = alive(live) or {}
     block = live.get("snapshot") or {}
     state = block.get("state") or (position or {}).get("snapshot") or {}
@@ -98,7 +99,7 @@ def status_rows(position: dict | None, live: dict | None) -> list[dict]:
     rows = []
     for i, e in enumerate(state.get("queue", [])):
         f = figures.get(f"{e['id']}:{e['table']}", {})
-        head = ("copying" if live else "to resume") if i == 0 else "queued"  # "to resume": at the next start
+        head = ("to resume" if stopped else "copying") if i == 0 else "queued"
         rows.append({"id": e["id"], "table": e["table"], "state": head,
                      "rows": e.get("rows", 0), "total": f.get("total"), "rows_per_s": f.get("rows_per_s"),
                      "eta_s": f.get("eta_s"), "after": e.get("after")})
