@@ -261,3 +261,22 @@ def test_postgres_keys_of_every_type_are_copied_whole(pg_database, tmp_path, cap
     for name in tables:
         reads = sorted(e["after"]["n"] for e in events if e["op"] == "r" and e["source"]["table"] == name)
         assert reads == list(range(1, 61)), (name, reads, caplog.text[-2000:])
+
+
+def test_postgres_table_that_does_not_exist_is_a_clear_error(pg_database, tmp_path, caplog):
+    """A table in ``tables:`` that is not in the database (dropped since the start): ``cdc
+    snapshot`` says so (exit 2, no traceback), and a request for it drops the copy, not the
+    pipeline."""
+    sql(pg_database, "CREATE TABLE a (id int PRIMARY KEY)", "CREATE TABLE gone (id int PRIMARY KEY)")
+    cfg = config(tmp_path, pg_database, ["public.a", "public.gone"], {"all": file_pipeline()})
+    caplog.set_level(logging.INFO)
+    with Running(cfg) as r:
+        sql(pg_database, "DROP TABLE gone")
+        snapshot_id = requests.submit(cfg.state_dir, "db", "public.gone")
+        wait_for(lambda: f"{snapshot_id}:public.gone" in r.runner.snapshots.progress and r.runner.snapshots.finished,
+                 30, "the request to be dropped")
+        assert 'relation "public.gone" does not exist' in caplog.text, caplog.text
+        sql(pg_database, "INSERT INTO a VALUES (1)")
+        wait_for(lambda: any(e["op"] == "c" for e in read_complete(tmp_path / "out/all.jsonl")), 30, "streaming")
+    code, text = cdc("snapshot", str(tmp_path / "pipelines.yaml"), "--source", "db", "--table", "gone")
+    assert code == 2 and 'relation "public.gone" does not exist' in text and "Traceback" not in text, text

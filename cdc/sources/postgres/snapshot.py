@@ -219,6 +219,24 @@ class PostgresSnapshotReader:
         if t is not None:
             return t
         conn = self._connect()
+        try:
+            columns, key = self._metadata(conn, table)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise SourceConnectionError(f"snapshot: columns of {table}: {str(exc).strip()}",
+                                        source=self.source_name) from exc
+        except psycopg.Error as exc:  # e.g. the table was dropped
+            raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}", source=self.source_name) from None
+        if not key:
+            raise SnapshotInputError(f"table {table} has no primary key: a snapshot reads tables in key order "
+                                     f"(add a primary key)", source=self.source_name)
+        t = _Table(table, [c[0] for c in columns], [converter_for(c[1], c[2]) for c in columns], key,
+                   [(c[3], c[2]) for c in columns])
+        self._tables[table] = t
+        return t
+
+    @staticmethod
+    def _metadata(conn: psycopg.Connection, table: str) -> tuple[list, list[str]]:
         ident = sql.Identifier(*table.split(".", 1)).as_string(conn)
         columns = conn.execute(
             "SELECT a.attname, a.atttypid, t.typname, format_type(a.atttypid, a.atttypmod)"
@@ -230,13 +248,7 @@ class PostgresSnapshotReader:
             " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
             " WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
             (ident,)).fetchall()]
-        if not key:
-            raise SnapshotInputError(f"table {table} has no primary key: a snapshot reads tables in key order "
-                                     f"(add a primary key)", source=self.source_name)
-        t = _Table(table, [c[0] for c in columns], [converter_for(c[1], c[2]) for c in columns], key,
-                   [(c[3], c[2]) for c in columns])
-        self._tables[table] = t
-        return t
+        return columns, key
 
     def estimate(self, table: str) -> int | None:
         try:
