@@ -19,6 +19,7 @@ from ..config.layout import qualified
 from ..errors import CdcError
 from ..observe.state import read_status
 from ..snapshot import requests
+from ..snapshot.progress import alive
 from .common import fail, load_or_exit
 
 __all__ = ["snapshot"]
@@ -45,6 +46,9 @@ def snapshot(config: str, source_name: str, table: str | None, where: str | None
         _list(cfg, source_name, as_json)
         return
     if cancel_id:
+        if not any(r["id"] == cancel_id for r in _copies(cfg, source_name)):
+            fail(f"source {source_name}: no snapshot {cancel_id} is queued or running (finished, cancelled or "
+                 f"never requested; --list shows them; a request made a second ago may not show yet: retry)", 2)
         requests.cancel(cfg.state_dir, source_name, cancel_id)
         click.echo(f"source {source_name}: cancel of snapshot {cancel_id} requested")
         return
@@ -68,6 +72,23 @@ def snapshot(config: str, source_name: str, table: str | None, where: str | None
 
 
 def _list(cfg, source_name: str, as_json: bool) -> None:
+    rows = _copies(cfg, source_name)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"source {source_name}: no snapshot queued or running")
+        return
+    for r in rows:
+        total = f" of ~{r['total']:,}" if r.get("total") else ""
+        click.echo(f"{r['id']}  {r['table']}  {r['state']}  {r.get('rows', 0):,}{total} rows"
+                   f"{'  after key ' + json.dumps(r['after']) if r.get('after') else ''}"
+                   f"{'  where ' + r['where'] if r.get('where') else ''}")
+
+
+def _copies(cfg, source_name: str) -> list[dict]:
+    """The copies queued or running (the running process's status file, else the
+    checkpoint) and the requests not taken yet."""
     store = cfg.sources[source_name].checkpoint.build()
     try:
         position = store.load() or {}
@@ -75,9 +96,12 @@ def _list(cfg, source_name: str, as_json: bool) -> None:
         fail(str(exc))
     finally:
         store.close()
-    live = (read_status(cfg.state_dir, source_name) or {}).get("snapshot") or {}
+    status = read_status(cfg.state_dir, source_name)
+    running = alive(status)
+    live = (running or {}).get("snapshot") or {}
     state = live.get("state") or position.get("snapshot") or {}
-    rows = [dict(e, state="running" if i == 0 else "queued") for i, e in enumerate(state.get("queue", []))]
+    head = "to resume" if status and not running else "running"  # to resume: by the next cdc run
+    rows = [dict(e, state=head if i == 0 else "queued") for i, e in enumerate(state.get("queue", []))]
     directory = requests.request_dir(cfg.state_dir, source_name)
     if directory.is_dir():
         for path in sorted(directory.glob("*.request")):
@@ -91,14 +115,4 @@ def _list(cfg, source_name: str, as_json: bool) -> None:
         t = totals.get(f"{r['id']}:{r['table']}")
         if t:
             r["total"] = t.get("total")
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo(f"source {source_name}: no snapshot queued or running")
-        return
-    for r in rows:
-        total = f" of ~{r['total']:,}" if r.get("total") else ""
-        click.echo(f"{r['id']}  {r['table']}  {r['state']}  {r.get('rows', 0):,}{total} rows"
-                   f"{'  after key ' + json.dumps(r['after']) if r.get('after') else ''}"
-                   f"{'  where ' + r['where'] if r.get('where') else ''}")
+    return rows

@@ -199,6 +199,11 @@ def _source(name: str, raw: Any, directory: Path, problems: list[ConfigProblem])
             setattr(spec, key, extra[key])
     _at_least(spec, ("max_in_flight_events", "max_in_flight_bytes"), 1, path, problems)
     _at_least(spec, ("checkpoint_interval",), 0, path, problems)
+    for key in ("snapshot_chunk_size", "snapshot_parallelism"):  # checked for a type by the source's signature
+        value = comp.options.get(key)
+        if type(value) is int and value < 1:
+            problems.append(ConfigProblem(f"{path}.{key}", f"must be at least 1 (got {value})"))
+            source_ok = False
     if source_ok:
         _builds(spec, problems)
     return spec

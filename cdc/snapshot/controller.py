@@ -58,6 +58,7 @@ class SnapshotController:
         self.chunk_size = max(1, int(chunk_size))
         self.state_dir = state_dir
         self.done: list[str] = []            # tables whose initial copy is done (or needs none)
+        self.skipped: dict[str, str] = {}    # tables of ``done`` not copied: why (refused, cancelled)
         self.queue: list[dict] = []          # copies to do, the first one in progress
         self.parallelism = max(1, int(parallelism))
         self.windows: list[_Window] = []     # chunks read, waiting for their watermark, in read order
@@ -79,6 +80,8 @@ class SnapshotController:
         copy = self.mode != "never"
         saved = (position or {}).get(POSITION_KEY)
         self.progress.clear()  # planned again (when_needed starting over): the new copies' progress
+        self.skipped = {t: why for t, why in ((saved or {}).get("skipped") or {}).items() if t in self.tables} \
+            if position is not None else {}
         if position is None:
             self.done = [] if copy else list(self.tables)
             self.queue = [self._entry(INITIAL, t) for t in self.tables] if copy else []
@@ -110,6 +113,8 @@ class SnapshotController:
 
     def _changed(self) -> None:
         self._state = {"tables": list(self.done), "queue": [dict(e) for e in self.queue]}
+        if self.skipped:
+            self._state["skipped"] = dict(self.skipped)
         self.pending = frozenset(e["table"] for e in self.queue)
 
     @property
@@ -216,6 +221,8 @@ class SnapshotController:
 
     def _finish(self, entry: dict) -> None:
         self.queue.remove(entry)
+        if not entry.get("where"):  # the whole table is copied now
+            self.skipped.pop(entry["table"], None)
         if entry["id"] == INITIAL and entry["table"] not in self.done:
             self.done.append(entry["table"])
         progress = self.progress.get(f"{entry['id']}:{entry['table']}")
@@ -260,6 +267,7 @@ class SnapshotController:
             self.queue.remove(entry)
             if entry["id"] == INITIAL and entry["table"] not in self.done:
                 self.done.append(entry["table"])
+                self.skipped[entry["table"]] = str(exc)
             self._changed()
             return []
         except SourceConnectionError as exc:
@@ -321,6 +329,9 @@ class SnapshotController:
             self.queue.append(self._entry(req["id"], table, req.get("where")))
             changed = True
         for cancel_id in cancels:
+            if not any(e["id"] == cancel_id for e in self.queue):
+                log.warning("source %s: cancel of snapshot %s: no such copy is queued or running", self.name,
+                            cancel_id)
             for e in [e for e in self.queue if e["id"] == cancel_id]:
                 log.info("source %s: snapshot %s of %s cancelled after %d rows", self.name, e["id"],
                          e["table"], e["rows"])
@@ -328,6 +339,7 @@ class SnapshotController:
                 self.queue.remove(e)
                 if e["id"] == INITIAL and e["table"] not in self.done:
                     self.done.append(e["table"])  # not copied again at the next start
+                    self.skipped[e["table"]] = f"initial copy cancelled after {e['rows']} rows"
                 changed = True
         if changed:
             self._changed()

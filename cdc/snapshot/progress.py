@@ -4,10 +4,25 @@ the per-table progress bar of ``cdc run`` (rich, on a terminal), and the rows of
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-__all__ = ["status_of", "ProgressBars", "status_rows", "render"]
+__all__ = ["status_of", "ProgressBars", "status_rows", "render", "alive"]
+
+
+def alive(live: dict | None) -> dict | None:
+    """A status file of a process that still runs (None: none, or one left behind by a
+    process that stopped or was killed: the checkpoint is then what counts)."""
+    if not live or not live.get("running"):
+        return None
+    try:
+        os.kill(int(live["pid"]), 0)
+    except (KeyError, TypeError, ValueError, ProcessLookupError):
+        return None
+    except PermissionError:  # another user's process
+        pass
+    return live
 
 
 def status_of(runner) -> dict | None:
@@ -76,18 +91,22 @@ class ProgressBars:
 def status_rows(position: dict | None, live: dict | None) -> list[dict]:
     """For ``cdc status``: one row per table copy, from the running process's status
     (rows/s, estimate) or else from the checkpoint."""
-    live = live or {}
+    stopped = bool(live) and alive(live) is None  # a status file left behind: the copy waits for a start
+    live = alive(live) or {}
     block = live.get("snapshot") or {}
     state = block.get("state") or (position or {}).get("snapshot") or {}
     figures = {f"{t['id']}:{t['table']}": t for t in block.get("tables", [])}
     rows = []
     for i, e in enumerate(state.get("queue", [])):
         f = figures.get(f"{e['id']}:{e['table']}", {})
-        rows.append({"id": e["id"], "table": e["table"], "state": "copying" if i == 0 else "queued",
+        head = ("to resume" if stopped else "copying") if i == 0 else "queued"
+        rows.append({"id": e["id"], "table": e["table"], "state": head,
                      "rows": e.get("rows", 0), "total": f.get("total"), "rows_per_s": f.get("rows_per_s"),
                      "eta_s": f.get("eta_s"), "after": e.get("after")})
+    skipped = state.get("skipped") or {}
     for t in state.get("tables", []):
-        rows.append({"id": "initial", "table": t, "state": "done"})
+        rows.append({"id": "initial", "table": t, "state": "not copied", "error": skipped[t]} if t in skipped
+                    else {"id": "initial", "table": t, "state": "done"})
     return rows
 
 
@@ -103,7 +122,8 @@ def render(rows: list[dict], console=None) -> None:
     for r in have:
         for s in r["snapshots"]:
             total = f" / ~{s['total']:,}" if s.get("total") else ""
-            table.add_row(r["source"], s["id"], s["table"], s["state"],
+            state = f"{s['state']}: {s['error'].splitlines()[0]}" if s.get("error") else s["state"]
+            table.add_row(r["source"], s["id"], s["table"], state,
                           f"{s['rows']:,}{total}" if "rows" in s else "-",
                           f"{s['rows_per_s']:,.0f}" if s.get("rows_per_s") else "-",
                           f"{s['eta_s']:.0f}s" if s.get("eta_s") else "-")

@@ -10,12 +10,15 @@ part of the checkpoint from then on, so a request survives a restart once taken.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
 from pathlib import Path
 
 __all__ = ["request_dir", "submit", "cancel", "take"]
+
+log = logging.getLogger("cdc.snapshot")
 
 
 def request_dir(state_dir: Path, source: str) -> Path:
@@ -53,11 +56,12 @@ def take(state_dir: Path, source: str) -> tuple[list[dict], list[str]]:
         if path.suffix == ".request":
             try:
                 requests.append(json.loads(path.read_text()))
-            except ValueError:
-                pass
+            except ValueError as exc:
+                log.error("snapshot request %s is not valid JSON (%s): ignored", path, exc)
         elif path.suffix == ".cancel":
             cancels.append(path.stem)
         else:
             continue
         path.unlink(missing_ok=True)
+    requests.sort(key=lambda r: r.get("requested_at") or 0)  # ids of the same second sort at random
     return requests, cancels

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
+import struct
 import time
 
 import orjson
@@ -25,6 +27,7 @@ import pymysql.cursors
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
 from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
+from ...snapshot.where import condition_problem
 from . import settings as checks
 from .types import float32
 
@@ -95,14 +98,48 @@ def _converter(data_type: str, column_type: str, is_json: bool):
     return None  # decimal (already exact with its scale), strings, enum, set
 
 
+_BINARY = ("binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob")
+
+
+def _exact_float(value: float, float32: bool) -> str:
+    """A double literal (``e``: not a DECIMAL) of exactly the stored value."""
+    if float32:
+        value = struct.unpack("<f", struct.pack("<f", value))[0]
+    return format(value, ".17e")
+
+
+def _key_literal(data_type: str, column_type: str):
+    """value as in the event -> the SQL literal that compares with the column as the stored
+    value does (None: the value escaped as it is).  Keyset pagination depends on it."""
+    t = data_type.lower()
+    if t in _BINARY:
+        return lambda v: "X'" + base64.b64decode(v).hex() + "'"
+    if t == "bit":
+        return lambda v: f"b'{v or 0}'"
+    if t in ("enum", "set"):  # ordered and compared by the member's number, not its name
+        members = [m.replace("''", "'") for m in re.findall(r"'((?:[^']|'')*)'", column_type)]
+        if t == "enum":
+            return lambda v: str(members.index(v) + 1 if v in members else 0)
+        return lambda v: str(sum(1 << members.index(m) for m in v.split(",") if m in members) if v else 0)
+    if t in ("float", "double", "real"):
+        return lambda v: _exact_float(v, t == "float")
+    return None
+
+
 class _Table:
-    def __init__(self, table: str, names: list[str], converters: list, key: list[str]) -> None:
+    def __init__(self, table: str, names: list[str], converters: list, key: list[str],
+                 types: list[tuple[str, str]] | None = None) -> None:
         self.table = table
         self.db, self.name = table.split(".", 1)
         self.names = names
         self.converters = converters
         self.key = key
         self.key_index = [names.index(k) for k in key]
+        types = types or [("", "")] * len(names)
+        self.key_literals = [_key_literal(*types[i]) for i in self.key_index]
+        # a float column's text has 6 digits: read as a double, its exact value (as the binlog has it)
+        self.select = ", ".join(f"CAST({_q(n)} AS DOUBLE)" if dt.lower() == "float" else _q(n)
+                                for n, (dt, _) in zip(names, types))
         self.json = [i for i, conv in enumerate(converters) if conv is orjson.loads]
         self.decode = _compile(self)
 
@@ -134,6 +171,10 @@ def _compile(t: _Table):
              "    return out"]
     exec("\n".join(code), env)  # noqa: S102 - generated from column names via repr()
     return env["decode"]
+
+
+def _literal(conn, literal, value) -> str:
+    return literal(value) if literal is not None and value is not None else conn.escape(value, _ENCODERS)
 
 
 def _q(name: str) -> str:
@@ -198,7 +239,7 @@ class MySQLSnapshotReader:
                                      f"(add a primary key)", source=self.source_name)
         json_columns = checks.json_columns(conn, [table]).get(table, set())
         t = _Table(table, [c[0] for c in columns],
-                   [_converter(c[1], c[2], c[0] in json_columns) for c in columns], key)
+                   [_converter(c[1], c[2], c[0] in json_columns) for c in columns], key, [(c[1], c[2]) for c in columns])
         self._tables[table] = t
         return t
 
@@ -215,6 +256,7 @@ class MySQLSnapshotReader:
 
     def check_where(self, table: str, where: str) -> None:
         t = self._table(table)
+        self._one_condition(table, where)
         try:
             with self._connect().cursor() as cur:
                 cur.execute(f"EXPLAIN SELECT 1 FROM {_q(t.db)}.{_q(t.name)} WHERE ({where})")
@@ -224,16 +266,22 @@ class MySQLSnapshotReader:
 
     # ---- chunks -----------------------------------------------------------------------
 
+    def _one_condition(self, table: str, where: str | None) -> None:
+        problem = condition_problem(where, mysql=True) if where else None
+        if problem:
+            raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
+
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         t = self._table(table)
+        self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
         conditions = []
         key = ", ".join(_q(k) for k in t.key)
         if after is not None:  # literals escaped here: a % in ``where`` stays as it is
-            conditions.append(f"({key}) > ({', '.join(conn.escape(v, _ENCODERS) for v in after)})")
+            conditions.append(f"({key}) > ({', '.join(_literal(conn, lit, v) for lit, v in zip(t.key_literals, after))})")
         if where:
             conditions.append(f"({where})")
-        query = (f"SELECT {', '.join(_q(n) for n in t.names)} FROM {_q(t.db)}.{_q(t.name)}"
+        query = (f"SELECT {t.select} FROM {_q(t.db)}.{_q(t.name)}"
                  f"{' WHERE ' + ' AND '.join(conditions) if conditions else ''} ORDER BY {key} LIMIT {limit + 1}")
         try:
             with conn.cursor() as cur:

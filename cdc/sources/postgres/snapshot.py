@@ -25,6 +25,7 @@ from ...errors import SourceConnectionError
 from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
 from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
+from ...snapshot.where import condition_problem
 from .replication import SESSION_OPTIONS
 from .types import _bool, _timestamp, converter_for, is_json
 
@@ -89,13 +90,16 @@ class _Watermark:
 
 
 class _Table:
-    def __init__(self, table: str, names: list[str], converters: list, key: list[str]) -> None:
+    def __init__(self, table: str, names: list[str], converters: list, key: list[str],
+                 types: list[tuple[str, str]] | None = None) -> None:
         self.table = table
         self.schema, self.name = table.split(".", 1)
         self.names = names
         self.converters = converters
         self.key = key
         self.key_index = [names.index(k) for k in key]
+        # (format_type, typname) of the key columns: the last key read goes back as a literal of that type
+        self.key_types = [types[i] for i in self.key_index] if types else [("", "")] * len(key)
         self.json = [i for i, conv in enumerate(converters) if is_json(conv)]
         self.decode = _compile(self)
 
@@ -170,6 +174,16 @@ def _compile(t: _Table):
     return env["decode"]
 
 
+def _key_literal(value: Any, type_sql: str, typname: str) -> sql.Composable:
+    """A key value as in the event, as the column's type: compared as the stored value is
+    (a bytea is base64 in the event; a real read as numeric compares as another value)."""
+    if value is None or not type_sql:
+        return sql.Literal(value)
+    if typname == "bytea" and isinstance(value, str):
+        return sql.SQL("decode({}, 'base64')").format(sql.Literal(value))
+    return sql.SQL("CAST({} AS {})").format(sql.Literal(value), sql.SQL(type_sql))
+
+
 class PostgresSnapshotReader:
     def __init__(self, dsn: str, source_name: str, db: str) -> None:
         self.dsn = dsn
@@ -205,9 +219,28 @@ class PostgresSnapshotReader:
         if t is not None:
             return t
         conn = self._connect()
+        try:
+            columns, key = self._metadata(conn, table)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise SourceConnectionError(f"snapshot: columns of {table}: {str(exc).strip()}",
+                                        source=self.source_name) from exc
+        except psycopg.Error as exc:  # e.g. the table was dropped
+            raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}", source=self.source_name) from None
+        if not key:
+            raise SnapshotInputError(f"table {table} has no primary key: a snapshot reads tables in key order "
+                                     f"(add a primary key)", source=self.source_name)
+        t = _Table(table, [c[0] for c in columns], [converter_for(c[1], c[2]) for c in columns], key,
+                   [(c[3], c[2]) for c in columns])
+        self._tables[table] = t
+        return t
+
+    @staticmethod
+    def _metadata(conn: psycopg.Connection, table: str) -> tuple[list, list[str]]:
         ident = sql.Identifier(*table.split(".", 1)).as_string(conn)
         columns = conn.execute(
-            "SELECT a.attname, a.atttypid, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+            "SELECT a.attname, a.atttypid, t.typname, format_type(a.atttypid, a.atttypmod)"
+            " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
             " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''"
             " ORDER BY a.attnum", (ident,)).fetchall()
         key = [r[0] for r in conn.execute(
@@ -215,12 +248,7 @@ class PostgresSnapshotReader:
             " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
             " WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
             (ident,)).fetchall()]
-        if not key:
-            raise SnapshotInputError(f"table {table} has no primary key: a snapshot reads tables in key order "
-                                     f"(add a primary key)", source=self.source_name)
-        t = _Table(table, [c[0] for c in columns], [converter_for(c[1], c[2]) for c in columns], key)
-        self._tables[table] = t
-        return t
+        return columns, key
 
     def estimate(self, table: str) -> int | None:
         try:
@@ -233,6 +261,7 @@ class PostgresSnapshotReader:
 
     def check_where(self, table: str, where: str) -> None:
         self._table(table)  # a table without a primary key is refused here
+        self._one_condition(table, where)
         conn = self._connect()
         query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
             sql.Identifier(*table.split(".", 1)), sql.SQL(where))
@@ -246,8 +275,14 @@ class PostgresSnapshotReader:
 
     # ---- chunks ---------------------------------------------------------------------------
 
+    def _one_condition(self, table: str, where: str | None) -> None:
+        problem = condition_problem(where, mysql=False) if where else None
+        if problem:
+            raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
+
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         t = self._table(table)
+        self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
         try:
             if table not in self._floor:
@@ -298,7 +333,8 @@ class PostgresSnapshotReader:
         key = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
         conditions = []
         if after is not None:
-            conditions.append(sql.SQL("({}) > ({})").format(key, sql.SQL(", ").join(sql.Literal(v) for v in after)))
+            conditions.append(sql.SQL("({}) > ({})").format(key, sql.SQL(", ").join(
+                _key_literal(v, *typ) for v, typ in zip(after, t.key_types))))
         if where:
             conditions.append(sql.SQL("({})").format(sql.SQL(where)))
         return sql.SQL("COPY (SELECT {} FROM {}{} ORDER BY {} LIMIT {}) TO STDOUT").format(
