@@ -277,3 +277,20 @@ def test_library_fallback_through_the_source(mariadb_server, mariadb_database):
     assert events[0].after["label"] == "p" and events[0].after["g"] == {"wkb": "AQEAAAAAAAAAAADwPwAAAAAAAABA", "srid": 0}
     assert events[1].key == {"id": 2} and events[1].source["row"] == 1
     assert events[2].before == {"id": 2, "g": None, "label": "q"} and events[2].after["label"] == "r"
+
+
+def test_an_idle_stream_hears_the_heartbeats_and_stays_connected(mariadb_server, mariadb_database):
+    """The server sends a heartbeat every ``heartbeat_interval`` while the binlog is idle:
+    each one is the server heard, so an idle stream is not taken for a lost connection
+    (the watchdog fires after 3 intervals, at least 5 s, of silence)."""
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE t (id int PRIMARY KEY)")
+    source = make_source(mariadb_server, db, [f"{db}.t"], heartbeat_interval=1.0, snapshot="never")
+    source.open(None)
+    try:
+        until = time.monotonic() + 8  # beyond the 5 s of silence the watchdog allows
+        while time.monotonic() < until:
+            # raises SourceConnectionError when the heartbeats go unheard
+            assert all(isinstance(item, Commit) for item in source.poll(0.5))
+    finally:
+        source.close()

@@ -469,6 +469,7 @@ class MySQLSource:
             packet = reader.next_packet()
             if packet is None:
                 raise SourceConnectionError("the server ended the binlog stream", source=self.name)
+            self._heard = True  # any packet, a heartbeat too: the server is there
             data = packet._data
             kind_byte = data[5]
             if kind_byte == TABLE_MAP_EVENT:
@@ -488,8 +489,7 @@ class MySQLSource:
                         and self._raw_rows(data, op, table, now_ms, out)):
                     continue
             ev = reader.wrap(packet)
-            if ev is None:
-                self._heard = True  # a heartbeat, or an event of another table: the server is there
+            if ev is None:  # an event of another table, or one cdc does not need
                 continue
             kind = ev.__class__
             self.bytes_read += ev.packet.event_size
