@@ -91,8 +91,9 @@ class ProgressBars:
 def status_rows(position: dict | None, live: dict | None) -> list[dict]:
     """For ``cdc status``: one row per table copy, from the running process's status
     (rows/s, estimate) or else from the checkpoint."""
-    stopped = bool(live) and alive(live) is None  # a status file left behind: the copy waits for a start
-    live = alive(live) or {}
+    running = alive(live)
+    stopped = bool(live) and running is None  # a status file left behind: the copy waits for a start
+    live = running or {}
     block = live.get("snapshot") or {}
     state = block.get("state") or (position or {}).get("snapshot") or {}
     figures = {f"{t['id']}:{t['table']}": t for t in block.get("tables", [])}
