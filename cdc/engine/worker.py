@@ -78,6 +78,7 @@ class SinkWorker:
         self.counts = {"written": 0, "batches": 0, "failed": 0, "skipped": 0, "dead_lettered": 0}
         self.on_batch: Callable[[int, float], None] | None = None  # (events, seconds): metrics
         self.holding: int | None = None  # the oldest batch number taken and not yet acknowledged
+        self.last_attempt_started = 0.0  # monotonic: when the latest write attempt began
         self._queue: deque[tuple[int, list[ChangeEvent]]] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -244,7 +245,8 @@ class SinkWorker:
         self.counts["written"] += events - parked
         self.counts["batches"] += 1
         self.latency = time.monotonic() - started
-        if self.latency >= SLOW_BATCH:
+        # slow: the attempt that succeeded, not the retries of an outage (logged already)
+        if time.monotonic() - max(started, self.last_attempt_started) >= SLOW_BATCH:
             log.warning("sink %s: a batch of %d events took %.0fs to deliver; while a sink is this slow, "
                         "reading waits once max_in_flight_events is reached, for every pipeline of the "
                         "source (see docs/operations.md)", self.name, events, self.latency)
@@ -287,6 +289,7 @@ class SinkWorker:
         first_failure = None
         while True:
             try:
+                self.last_attempt_started = time.monotonic()
                 action()
                 if attempts:
                     log.info("sink %s: recovered after %d attempts", self.name, attempts + 1)
