@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..abc import Pipelined
+from ..abc import KeepsAlive, Pipelined
 from ..config.model import SinkSpec
 from ..errors import PermanentError, SinkError, TransientError
 from ..event import ChangeEvent
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["SinkWorker", "SinkHalted", "SinkAborted"]
 
 log = logging.getLogger("cdc.sink")
+KEEPALIVE_EVERY = 2.0  # seconds: an idle KeepsAlive sink is kept alive this often
 SLOW_BATCH = 10.0  # seconds: a batch slower than this is logged, with a hint
 
 
@@ -216,7 +217,14 @@ class SinkWorker:
             while not self._queue:
                 if self._closing or not block:
                     return None
-                self._cond.wait()
+                if not self._cond.wait(KEEPALIVE_EVERY) and isinstance(self.sink, KeepsAlive):
+                    self._cond.release()  # the runner may queue a batch meanwhile
+                    try:
+                        self.sink.keepalive()
+                    except Exception as exc:  # the next write retries and reports it
+                        log.debug("sink %s: keepalive failed: %s", self.name, exc)
+                    finally:
+                        self._cond.acquire()
             if self._abort.is_set():
                 return None
             seqs: list[int] = []
