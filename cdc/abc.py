@@ -21,6 +21,7 @@ capability             implemented by              used by
 ``DefaultBatchSize``   a sink class                the config: ``batch_size`` when none is given
 ``ReportsSkipped``     a sink (database mirrors)   ``cdc dlq replay``: entries superseded
 ``ReportsReadiness``   a sink (brokers)            ``/readyz``: down between deliveries
+``KeepsAlive``         a sink (RabbitMQ)           AMQP heartbeats served while idle
 ``Pipelined``          a sink (Kafka, RabbitMQ)    the worker: several batches in flight
 ``Preflight``          a source                    ``cdc check``: settings, rights, retention
 ``Describable``        a source                    ``cdc status``, metrics: slot lag, retained WAL
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", "Commit",
            "Checkable", "DefaultBatchSize", "Pipelined",
-           "ReportsSkipped", "ReportsReadiness", "Preflight", "Describable", "TableNaming",
+           "ReportsSkipped", "ReportsReadiness", "KeepsAlive", "Preflight", "Describable", "TableNaming",
            "CountsBytes", "SlotOwner", "PositionCheck", "Timestamped", "DeadLetterStore", "Countable", "Problem",
            "Snapshottable", "SnapshotReader", "StartsOver"]
 
@@ -249,6 +250,15 @@ class ReportsReadiness(Protocol):
 
     def not_ready(self) -> str | None:
         """Why the sink cannot deliver now, or None when it can."""
+
+
+@runtime_checkable
+class KeepsAlive(Protocol):
+    """A sink whose connection needs traffic while idle (AMQP heartbeats): its worker
+    calls ``keepalive()`` every 2 s when it has nothing to write."""
+
+    def keepalive(self) -> None:
+        """Serve the connection's heartbeats; an error here shows at the next write."""
 
 
 @runtime_checkable

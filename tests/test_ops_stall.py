@@ -22,7 +22,7 @@ from cdc.observe.status import render_table, source_status
 
 from _ops_helpers import wait_for
 from pgutil import Running, config, read_jsonl, sql
-from servers import PostgresServer
+from servers import PostgresServer, RedisServer
 
 FLAG_SINK = '''
 import os
@@ -290,3 +290,24 @@ def test_back_pressure_is_logged_once_for_a_stall_that_lasts_not_for_every_brief
         wait_for(lambda: running.runner.tracker.drained, 30, "drained")
     lasting = [r.getMessage() for r in caplog.records if "reading waits for sink" in r.getMessage()]
     assert len(lasting) == 1 and FLAKY in lasting[0], lasting
+
+
+def test_a_broker_outage_is_not_reported_as_a_slow_sink_once_it_recovers(pg_database, tmp_path, caplog):
+    """Redis stopped for over 10 s, then back: the outage is logged by the retries and
+    'recovered', but the batch that waited for it is not then called slow (its one
+    successful attempt was quick; the retries were the wait)."""
+    caplog.set_level(logging.INFO)
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)")
+    with RedisServer() as redis_server:
+        sink = {"type": "redis", "url": redis_server.url, "retry": {"initial_backoff": 0.5, "max_backoff": 1.0}}
+        cfg = config(tmp_path, pg_database, ["public.t"], {"p": {"source": "db", "sinks": [sink]}})
+        with Running(cfg) as running:
+            wait_for(lambda: running.runner.workers[0].connected, 30, "the sink connected")
+            redis_server.stop()
+            _insert(pg_database, 1, 1)
+            wait_for(lambda: "write 1 events failed" in caplog.text, 30, "the write failed")
+            time.sleep(11)  # longer than SLOW_BATCH
+            redis_server.start()
+            wait_for(lambda: running.runner.tracker.acked_events == 1, 60, "delivered once Redis is back")
+    assert "recovered after" in caplog.text, caplog.text[-2000:]
+    assert "to deliver; while a sink is this slow" not in caplog.text, caplog.text[-2000:]

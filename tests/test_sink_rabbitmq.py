@@ -174,3 +174,30 @@ def test_broker_restart_with_a_full_window_keeps_per_key_order(rabbitmq_server, 
         versions = [n // keys for n in range(total) if n % keys == key]
         assert first_versions[key] == versions, f"key {key}: out of order"
         assert last_version[key] == versions[-1]
+
+
+def test_an_idle_connection_is_kept_alive(rabbitmq_server, tmp_path, caplog):
+    """Nothing to write for several heartbeat timeouts (3 s asked here; the broker's
+    default is 60 s): the broker must not drop the connection for missed heartbeats, so
+    the next write goes through at once, with no 'broker down' warning and no retry."""
+    queue = declare_queue(rabbitmq_server.url)
+    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["orders"],
+                             "checkpoint": {"type": "memory"}}},
+           "pipelines": {"p": {"source": "s", "sinks": [{
+               "type": "rabbitmq", "url": rabbitmq_server.url + "?heartbeat=3", "routing_key": queue}]}}}
+    spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
+    tracker, fatal = AckTracker(), []
+    worker = SinkWorker(spec, spec.build(), tracker, lambda name, exc: fatal.append(exc))
+    worker.start()
+    try:
+        worker.submit(tracker.add(1, {"batch": 0}, 1, 0), [event("c", 1)])
+        wait_for(lambda: tracker.acked_events == 1, 30, "the first event delivered")
+        time.sleep(12)  # idle: two heartbeat timeouts and more
+        worker.submit(tracker.add(1, {"batch": 1}, 1, 0), [event("c", 2)])
+        wait_for(lambda: tracker.acked_events == 2, 30, "the second event delivered")
+    finally:
+        worker.stop(timeout=10)
+    assert not fatal
+    assert worker.counts["failed"] == 0, caplog.text[-2000:]
+    assert "broker down" not in caplog.text, caplog.text[-2000:]
+    assert len(drain(rabbitmq_server.url, queue)) == 2

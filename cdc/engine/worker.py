@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..abc import Pipelined
+from ..abc import KeepsAlive, Pipelined
 from ..config.model import SinkSpec
 from ..errors import PermanentError, SinkError, TransientError
 from ..event import ChangeEvent
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["SinkWorker", "SinkHalted", "SinkAborted"]
 
 log = logging.getLogger("cdc.sink")
+KEEPALIVE_EVERY = 2.0  # seconds: an idle KeepsAlive sink is kept alive this often
 SLOW_BATCH = 10.0  # seconds: a batch slower than this is logged, with a hint
 
 
@@ -78,6 +79,7 @@ class SinkWorker:
         self.counts = {"written": 0, "batches": 0, "failed": 0, "skipped": 0, "dead_lettered": 0}
         self.on_batch: Callable[[int, float], None] | None = None  # (events, seconds): metrics
         self.holding: int | None = None  # the oldest batch number taken and not yet acknowledged
+        self.last_attempt_started = 0.0  # monotonic: when the latest write attempt began
         self._queue: deque[tuple[int, list[ChangeEvent]]] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -215,7 +217,14 @@ class SinkWorker:
             while not self._queue:
                 if self._closing or not block:
                     return None
-                self._cond.wait()
+                if not self._cond.wait(KEEPALIVE_EVERY) and isinstance(self.sink, KeepsAlive):
+                    self._cond.release()  # the runner may queue a batch meanwhile
+                    try:
+                        self.sink.keepalive()
+                    except Exception as exc:  # the next write retries and reports it
+                        log.debug("sink %s: keepalive failed: %s", self.name, exc)
+                    finally:
+                        self._cond.acquire()
             if self._abort.is_set():
                 return None
             seqs: list[int] = []
@@ -244,7 +253,8 @@ class SinkWorker:
         self.counts["written"] += events - parked
         self.counts["batches"] += 1
         self.latency = time.monotonic() - started
-        if self.latency >= SLOW_BATCH:
+        # slow: the attempt that succeeded, not the retries of an outage (logged already)
+        if time.monotonic() - max(started, self.last_attempt_started) >= SLOW_BATCH:
             log.warning("sink %s: a batch of %d events took %.0fs to deliver; while a sink is this slow, "
                         "reading waits once max_in_flight_events is reached, for every pipeline of the "
                         "source (see docs/operations.md)", self.name, events, self.latency)
@@ -287,6 +297,7 @@ class SinkWorker:
         first_failure = None
         while True:
             try:
+                self.last_attempt_started = time.monotonic()
                 action()
                 if attempts:
                     log.info("sink %s: recovered after %d attempts", self.name, attempts + 1)

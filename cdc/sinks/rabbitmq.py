@@ -242,6 +242,11 @@ class RabbitMQSink:
             except Exception:  # already broken: nothing left to flush
                 pass
 
+    def keepalive(self) -> None:
+        """Idle: serve the heartbeats, or the broker drops the connection after two missed ones."""
+        if self._connection is not None and self._connection.is_open:
+            self._connection.process_data_events(0)
+
     def not_ready(self) -> str | None:
         """Why the sink is not ready (its broker connection was lost), or None; read by ``/readyz``."""
         return self.state.not_ready()
