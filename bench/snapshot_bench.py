@@ -1,7 +1,7 @@
 """Initial-snapshot benchmark: cdc vs COPY TO STDOUT (PostgreSQL) and mariadb-dump --quick.
 
     .venv/bin/python bench/snapshot_bench.py [--rows 1000000] [--runs 3] [--chunk 10000]
-        [--only postgres|mariadb] [--tree PATH ...] [--min-ratio 0.5]
+        [--only postgres|mariadb] [--tree PATH ...] [--min-ratio 0.5] [--debezium]
 
 The anchor table of ../shared/perf-anchors.md (orders: id, customer_id, status,
 amount, note of 30-110 ASCII characters, created_at) with ``--rows`` rows, on
@@ -12,8 +12,11 @@ Anchors in the same run: ``psql -c "COPY (SELECT * FROM orders) TO STDOUT"`` and
 ``mariadb-dump --quick``, both to /dev/null.  Reported: rows/s (median of the
 runs, min-max beside it), the ratios, and cdc's peak RSS.  ``--tree`` (repeatable) runs
 ``cdc`` from other checkouts too (``PYTHONPATH`` and working directory), alternating with
-the anchor in every run: a before/after comparison in one run.  Exits 1 when the first
-tree's median ratio is below ``--min-ratio`` for a source.
+the anchor in every run: a before/after comparison in one run.  ``--debezium`` also runs
+Debezium 3.6.1.Final's embedded engine (``bench/debezium``, as ``debezium_bench.py`` builds it)
+with ``snapshot.mode=initial_only`` on its own slot of the same PostgreSQL, counting records into
+a discard loop, timed from process start to its 1,000,000th record: a reference, not a target.
+Exits 1 when the first tree's median ratio is below ``--min-ratio`` for a source.
 """
 
 from __future__ import annotations
@@ -65,6 +68,30 @@ def cdc_run(source: dict, workdir: Path, tree: Path) -> tuple[float, int]:
     return timed([sys.executable, "-m", "cdc", "--log-level", "warning", "run", str(path)], env, tree)
 
 
+def debezium_run(dsn: str, port: int, rows: int, workdir: Path, run: int) -> tuple[float, int]:
+    """(seconds from process start to the ``rows``-th record, peak RSS KiB) of Debezium's
+    initial snapshot (``bench/debezium``; it creates its own slot)."""
+    import json
+
+    from debezium_bench import JAR
+    argv = ["java", "-jar", str(JAR), "--mode", "discard", "--host", "127.0.0.1", "--port", str(port),
+            "--dbname", "bench", "--user", "postgres", "--slot", f"dbz_snap_{run}", "--publication", "dbz_snap",
+            "--table", "public.orders", "--count", str(rows), "--snapshot-mode", "initial_only",
+            "--offsets", str(workdir / f"dbz_snap_{run}.offsets.dat")]
+    started = time.time()
+    with open(workdir / "debezium.log", "wb") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log)
+        out = proc.stdout.read()  # one JSON line once the N-th record is delivered, then EOF at exit
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    report = next((json.loads(line) for line in out.splitlines() if line.startswith(b"{")), None)
+    if proc.returncode != 0 or report is None:
+        tail = (workdir / "debezium.log").read_text(errors="replace")[-3000:]
+        raise SystemExit(f"debezium failed (exit {proc.returncode}): {tail}")
+    peak = usage.ru_maxrss
+    return report["done_at"] - started, peak
+
+
 def summary(rows: int, anchor_s: list[float], cdc_s: dict[Path, list[float]], rss: dict[Path, list[int]],
             cpu: dict[Path, list[float]]) -> dict:
     anchor = [rows / s for s in anchor_s]
@@ -79,7 +106,8 @@ def summary(rows: int, anchor_s: list[float], cdc_s: dict[Path, list[float]], rs
     return out
 
 
-def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[Path]) -> dict:
+def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[Path],
+                   debezium: bool = False) -> dict:
     import psycopg
     server = PostgresServer()
     server.start()
@@ -92,7 +120,10 @@ def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[
                          f" {NOTE}, timestamp '2026-11-25 10:00' + g * interval '1 ms'"
                          f" FROM generate_series(1::bigint, {rows}) g")
             conn.execute("VACUUM ANALYZE orders")
+            if debezium:
+                conn.execute("CREATE PUBLICATION dbz_snap FOR TABLE orders")
         copy_s: list[float] = []
+        dbz_s: list[float] = []
         cdc_s: dict[Path, list[float]] = {t: [] for t in trees}
         rss: dict[Path, list[int]] = {t: [] for t in trees}
         cpu: dict[Path, list[float]] = {t: [] for t in trees}
@@ -111,8 +142,21 @@ def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[
                 cpu[tree].append(CPU[-1])
                 line += (f", cdc {tree} {rows / s:,.0f} rows/s ({rows / s / (rows / copy_s[-1]):.2f}x)"
                          f" {peak / 1024:.0f} MiB, {CPU[-1]:.1f} CPU s")
+            if debezium:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall():
+                        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                s, peak = debezium_run(dsn, server.port, rows, workdir, i)
+                dbz_s.append(s)
+                line += f", Debezium {rows / s:,.0f} rows/s {peak / 1024:.0f} MiB"
             print(line, flush=True)
-        return summary(rows, copy_s, cdc_s, rss, cpu)
+        out = summary(rows, copy_s, cdc_s, rss, cpu)
+        if dbz_s:  # cdc / Debezium, each run against its own Debezium run
+            out["debezium"] = statistics.median(rows / s for s in dbz_s)
+            for tree in trees:
+                ratios = [d / s for s, d in zip(cdc_s[tree], dbz_s)]
+                out["trees"][tree]["vs_debezium"] = (statistics.median(ratios), min(ratios), max(ratios))
+        return out
     finally:
         server.close()
 
@@ -163,13 +207,17 @@ def main() -> None:
     parser.add_argument("--only", choices=["postgres", "mariadb"])
     parser.add_argument("--tree", type=Path, action="append", help="a checkout to run cdc from (repeatable)")
     parser.add_argument("--min-ratio", type=float, default=0.5)
+    parser.add_argument("--debezium", action="store_true", help="PostgreSQL: also time Debezium's initial snapshot")
     args = parser.parse_args()
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         if args.only in (None, "postgres"):
+            if args.debezium:
+                from debezium_bench import build_jar
+                build_jar()
             results["PostgreSQL (anchor: COPY TO STDOUT)"] = bench_postgres(args.rows, args.runs, args.chunk,
-                                                                            Path(tmp), trees)
+                                                                            Path(tmp), trees, args.debezium)
         if args.only in (None, "mariadb"):
             results["MariaDB (anchor: mariadb-dump --quick)"] = bench_mariadb(args.rows, args.runs, args.chunk,
                                                                               Path(tmp), trees)
@@ -185,6 +233,10 @@ def main() -> None:
             print(f"| {name} | {tree} | {r['anchor']:,.0f} ({a_lo:,.0f}-{a_hi:,.0f}) | {t['cdc']:,.0f} "
                   f"({lo:,.0f}-{hi:,.0f}) | {t['ratio']:.2f}x ({r_lo:.2f}-{r_hi:.2f}) | {t['rss_mib']:.0f} MiB | "
                   f"{t['cpu_rate']:,.0f} |")
+        if "debezium" in r:
+            print(f"Debezium 3.6.1.Final initial snapshot (initial_only, discard): {r['debezium']:,.0f} rows/s; "
+                  + "; ".join(f"cdc {tree} / Debezium {t['vs_debezium'][0]:.2f}x "
+                              f"({t['vs_debezium'][1]:.2f}-{t['vs_debezium'][2]:.2f})" for tree, t in r["trees"].items()))
         first = r["trees"][trees[0]]
         if first["ratio"] < args.min_ratio:
             missed.append(f"{name}: {first['ratio']:.2f}x < {args.min_ratio}x")

@@ -39,11 +39,14 @@ import io.debezium.engine.format.Json;
  * <pre>
  * java -jar target/debezium-bench.jar --mode discard|kafka --port 5432 --dbname bench --slot s1 \
  *      --publication pub --count 400000 --offsets /tmp/offsets.dat [--bootstrap 127.0.0.1:9092] [--topic-prefix dbz]
+ *      [--snapshot-mode no_data|initial_only]
  * </pre>
  *
  * The engine is built the way Debezium Server builds it (the asynchronous engine, JSON key, value and
  * header formats) and configured with the connector's defaults except: pgoutput, the given slot and
- * publication (both created beforehand), {@code snapshot.mode=no_data}, JSON without schemas.
+ * publication (the publication created beforehand; the slot too, except for a snapshot),
+ * {@code snapshot.mode=no_data} (or {@code --snapshot-mode}: {@code initial_only} times the initial snapshot
+ * of {@code bench/snapshot_bench.py}), JSON without schemas.
  *
  * <ul>
  * <li>{@code discard}: each change is counted (and its JSON length summed) and dropped.</li>
@@ -160,7 +163,7 @@ public final class DebeziumBench {
         props.setProperty("publication.name", opts.get("publication"));
         props.setProperty("publication.autocreate.mode", "disabled");
         props.setProperty("table.include.list", opts.getOrDefault("table", "public.orders"));
-        props.setProperty("snapshot.mode", "no_data");
+        props.setProperty("snapshot.mode", opts.getOrDefault("snapshot-mode", "no_data"));
         // JSON without schemas (Debezium Server: debezium.format.schemas.enable=false)
         props.setProperty("key.converter.schemas.enable", "false");
         props.setProperty("value.converter.schemas.enable", "false");
