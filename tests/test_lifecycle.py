@@ -12,6 +12,7 @@ import threading
 import time
 
 import psycopg
+import yaml
 
 from cdc.observe.metrics import position_numbers
 from cdc.observe.state import SourceLock
@@ -141,6 +142,16 @@ def test_position_commands(tmp_path, pg_database):
         cdc.stop()
     shown = json.loads(cdc_cli("checkpoint", "show", str(config), "--source", "shop").stdout)
     assert shown["running"] is False and shown["position"]["lsn"] == slot_lsn(pg_database)
+    only = json.loads(cdc_cli("checkpoint", "show", str(config)).stdout)  # the config's only source
+    assert only["source"] == "shop" and only["position"] == shown["position"]
+    two = yaml.safe_load(config.read_text())
+    two["sources"]["other"] = dict(two["sources"]["shop"], slot="other_slot",
+                                   checkpoint={"type": "file", "path": str(tmp_path / "other.json")})
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(two))
+    ambiguous = cdc_cli("checkpoint", "show", str(tmp_path / "two.yaml"))
+    assert ambiguous.returncode == 2 and "has 2 sources: give --source" in ambiguous.stderr
+    unknown = cdc_cli("checkpoint", "show", str(config), "--source", "shopp")
+    assert unknown.returncode == 2 and "no source named 'shopp'" in unknown.stderr
     stopped = json.loads(cdc_cli("status", str(config), "--json").stdout)[0]
     assert stopped["running"] is False and stopped["position"] == shown["position"]
     assert stopped["pipelines"][0]["sinks"][0]["acknowledged"] == 5 and stopped["last_error"] is None

@@ -9,7 +9,7 @@ import click
 from ..checkpoints import operations as positions
 from ..checkpoints.operations import PositionError
 from ..errors import CdcError
-from .common import CONFIG, fail, load_or_exit
+from .common import CONFIG, SOURCE, fail, load_or_exit, pick_source
 
 __all__ = ["checkpoint"]
 
@@ -28,33 +28,36 @@ def _positions_call(fn, *args):
 
 @checkpoint.command("show")
 @CONFIG
-@click.option("--source", "source_name", required=True)
-def checkpoint_show(config: str, source_name: str) -> None:
+@SOURCE
+def checkpoint_show(config: str, source_name: str | None) -> None:
     """Print the saved position as JSON."""
     cfg = load_or_exit(config)
+    source_name = pick_source(cfg, source_name, config)
     click.echo(json.dumps(_positions_call(positions.show, cfg, source_name), indent=2))
 
 
 @checkpoint.command("set")
 @CONFIG
-@click.option("--source", "source_name", required=True)
+@SOURCE
 @click.option("--position", required=True, help='JSON, e.g. \'{"lsn": "0/1A2B3C8"}\'.')
-def checkpoint_set(config: str, source_name: str, position: str) -> None:
+def checkpoint_set(config: str, source_name: str | None, position: str) -> None:
     """Move the position, e.g. past one poison transaction."""
     cfg = load_or_exit(config)
+    source_name = pick_source(cfg, source_name, config)
     value = _positions_call(positions.set_position, cfg, source_name, position)
     click.echo(f"source {source_name}: position set to {json.dumps(value)}")
 
 
 @checkpoint.command("reset")
 @CONFIG
-@click.option("--source", "source_name", required=True)
+@SOURCE
 @click.option("--drop-slot/--keep-slot", default=None,
               help="PostgreSQL: also drop the replication slot (asked when not given).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def checkpoint_reset(config: str, source_name: str, drop_slot: bool | None, yes: bool) -> None:
+def checkpoint_reset(config: str, source_name: str | None, drop_slot: bool | None, yes: bool) -> None:
     """Forget the position: the next run starts from the source's current position."""
     cfg = load_or_exit(config)
+    source_name = pick_source(cfg, source_name, config)
     if not yes:
         click.confirm(f"Forget the position of source {source_name}?", abort=True)
     old = _positions_call(positions.reset, cfg, source_name)

@@ -20,26 +20,25 @@ from ..errors import CdcError
 from ..observe.state import read_status
 from ..snapshot import requests
 from ..snapshot.progress import alive
-from .common import fail, load_or_exit
+from .common import SOURCE, fail, load_or_exit, pick_source
 
 __all__ = ["snapshot"]
 
 
 @click.command()
 @click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--source", "source_name", required=True)
+@SOURCE
 @click.option("--table", help="The table to copy (as in the source's tables:).")
 @click.option("--where", help="Only the rows matching this SQL condition.")
 @click.option("--list", "list_", is_flag=True, help="List the queued and running copies.")
 @click.option("--cancel", "cancel_id", help="Cancel the copy with this id.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (--list).")
-def snapshot(config: str, source_name: str, table: str | None, where: str | None, list_: bool,
+def snapshot(config: str, source_name: str | None, table: str | None, where: str | None, list_: bool,
              cancel_id: str | None, as_json: bool) -> None:
     """Copy a table's rows again, interleaved with the live changes (docs/snapshots.md)."""
     cfg = load_or_exit(config)
-    spec = cfg.sources.get(source_name)
-    if spec is None:
-        fail(f"no source named {source_name!r} in {config} (sources: {', '.join(cfg.sources)})", 2)
+    source_name = pick_source(cfg, source_name, config)
+    spec = cfg.sources[source_name]
     if sum(bool(x) for x in (table, list_, cancel_id)) != 1:
         fail("give exactly one of --table, --list, --cancel", 2)
     if list_:

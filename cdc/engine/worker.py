@@ -204,8 +204,8 @@ class SinkWorker:
         """A batch failed: deliver it and everything after it again, in order, one at a time."""
         self.counts["failed"] += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
-        log.warning("sink %s: a batch failed with %d in flight; delivering them again in order: %s",
-                    self.name, len(window), self.last_error)
+        log.warning("sink %s: a batch failed; delivering it and the batches sent after it again, in order"
+                    " (%d batch(es)): %s", self.name, len(window) + len(unsent), self.last_error)
         for seqs, events in [(seqs, events) for _, seqs, events, _ in window] + unsent:
             self._deliver(events)
             for seq in seqs:

@@ -153,7 +153,8 @@ class PostgresSource:
         self.stream = ReplicationStream(self.dsn)
         self.stream.start(self.slot, start, options)
         self._started = True
-        log.info("source %s: streaming slot %s from %s", self.name, self.slot, format_lsn(start))
+        log.info("source %s: streaming slot %s from %s", self.name, self.slot,
+                 format_lsn(start) if start else "the slot's confirmed position (no checkpoint yet)")
 
     def start_over(self) -> None:
         """After a lost position (``snapshot: when_needed``): the next ``open(None)`` is a
