@@ -254,11 +254,12 @@ class ReportsReadiness(Protocol):
 
 @runtime_checkable
 class KeepsAlive(Protocol):
-    """A sink whose connection needs traffic while idle (AMQP heartbeats): its worker
-    calls ``keepalive()`` every 2 s when it has nothing to write."""
+    """A sink whose connection needs traffic while idle (AMQP heartbeats, a PING): its
+    worker calls ``keepalive()`` every 2 s when it has nothing to write."""
 
     def keepalive(self) -> None:
-        """Serve the connection's heartbeats; an error here shows at the next write."""
+        """Serve the connection's heartbeats and notice a lost connection (``not_ready``);
+        an error raised here is logged at debug level and shows again at the next write."""
 
 
 @runtime_checkable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -200,4 +201,38 @@ def test_an_idle_connection_is_kept_alive(rabbitmq_server, tmp_path, caplog):
     assert not fatal
     assert worker.counts["failed"] == 0, caplog.text[-2000:]
     assert "broker down" not in caplog.text, caplog.text[-2000:]
+    assert len(drain(rabbitmq_server.url, queue)) == 2
+
+
+def test_a_broker_lost_while_idle_is_reported_and_reconnected_without_a_write(rabbitmq_server, tmp_path, caplog):
+    """With nothing to write, the broker stops: the idle sink notices it (``not_ready``:
+    what /readyz reports, and one 'broker down' WARNING) instead of staying 'ready' until
+    the next change comes; once the broker is back it reconnects by itself ('broker back')."""
+    caplog.set_level(logging.INFO, logger="cdc")
+    queue = declare_queue(rabbitmq_server.url)
+    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["orders"],
+                             "checkpoint": {"type": "memory"}}},
+           "pipelines": {"p": {"source": "s", "sinks": [{
+               "type": "rabbitmq", "url": rabbitmq_server.url, "routing_key": queue}]}}}
+    spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
+    sink = spec.build()
+    tracker, fatal = AckTracker(), []
+    worker = SinkWorker(spec, sink, tracker, lambda name, exc: fatal.append(exc))
+    worker.start()
+    try:
+        worker.submit(tracker.add(1, {"batch": 0}, 1, 0), [event("c", 1)])
+        wait_for(lambda: tracker.acked_events == 1, 30, "the first event delivered")
+        assert sink.not_ready() is None
+        rabbitmq_server.stop()
+        wait_for(lambda: sink.not_ready() is not None, 30, "the idle sink to notice the broker is gone")
+        assert "broker down" in caplog.text
+        rabbitmq_server.start()
+        wait_for(lambda: sink.not_ready() is None, 90, "the idle sink to reconnect by itself")
+        assert "broker back" in caplog.text
+        worker.submit(tracker.add(1, {"batch": 1}, 1, 0), [event("c", 2)])
+        wait_for(lambda: tracker.acked_events == 2, 30, "the second event delivered")
+    finally:
+        worker.stop(timeout=10)
+    assert not fatal
+    assert worker.counts["failed"] == 0, caplog.text[-2000:]  # the write found a working connection
     assert len(drain(rabbitmq_server.url, queue)) == 2

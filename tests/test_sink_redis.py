@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 
@@ -9,10 +10,14 @@ import orjson
 import pytest
 import redis
 
+from cdc.config import parse_config
+from cdc.engine.tracker import AckTracker
+from cdc.engine.worker import SinkWorker
 from cdc.errors import PermanentSinkError, TransientSinkError
 from cdc.event import ChangeEvent
 from cdc.sinks.redis import RedisSink
 
+from _ops_helpers import wait_for
 from servers import RedisServer
 
 
@@ -105,3 +110,35 @@ def test_server_down_is_transient_and_recovers():
             sink.close()
         # the server keeps nothing on disk: only what was written after the restart is there
         assert [f[b"id"] for _, f in redis.Redis.from_url(server.url).xrange("s")] == [b"0/2:0"]
+
+
+def test_a_server_lost_while_idle_is_reported_and_recovered_without_a_write(tmp_path, caplog):
+    """Nothing to write while Redis stops: the idle sink worker's keepalive (a PING every
+    2 s) reports it (``not_ready``, what /readyz shows; one 'broker down' WARNING), and
+    'broker back' once it answers again, before any change comes."""
+    caplog.set_level(logging.INFO, logger="cdc")
+    with RedisServer() as server:
+        raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["orders"],
+                                 "checkpoint": {"type": "memory"}}},
+               "pipelines": {"p": {"source": "s", "sinks": [{"type": "redis", "url": server.url, "stream": "s",
+                                                              "timeout": 2}]}}}
+        spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
+        sink = spec.build()
+        tracker, fatal = AckTracker(), []
+        worker = SinkWorker(spec, sink, tracker, lambda name, exc: fatal.append(exc))
+        worker.start()
+        try:
+            worker.submit(tracker.add(1, {"batch": 0}, 1, 0), [event("c", 1)])
+            wait_for(lambda: tracker.acked_events == 1, 30, "the first event delivered")
+            assert sink.not_ready() is None
+            server.kill()
+            wait_for(lambda: sink.not_ready() is not None, 30, "the idle sink to notice Redis is gone")
+            assert "broker down" in caplog.text
+            server.start()
+            wait_for(lambda: sink.not_ready() is None, 30, "the idle sink to see Redis back")
+            assert "broker back" in caplog.text
+            worker.submit(tracker.add(1, {"batch": 1}, 1, 0), [event("c", 2)])
+            wait_for(lambda: tracker.acked_events == 2, 30, "the second event delivered")
+        finally:
+            worker.stop(timeout=10)
+        assert not fatal and worker.counts["failed"] == 0, caplog.text[-2000:]

@@ -243,9 +243,19 @@ class RabbitMQSink:
                 pass
 
     def keepalive(self) -> None:
-        """Idle: serve the heartbeats, or the broker drops the connection after two missed ones."""
-        if self._connection is not None and self._connection.is_open:
+        """Idle: serve the heartbeats, or the broker drops the connection after two missed ones.
+        A connection lost meanwhile is reported (``not_ready``, one 'broker down' WARNING) and
+        opened again here, so that readiness follows the broker without waiting for a write."""
+        pika = _import_pika()
+        if self._connection is None or not self._connection.is_open:
+            self.close()
+            self.open()  # TransientSinkError while the broker is down (the state says so)
+            return
+        try:
             self._connection.process_data_events(0)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            self.close()
+            self.state.down(f"connection lost: {redact(repr(exc))}")
 
     def not_ready(self) -> str | None:
         """Why the sink is not ready (its broker connection was lost), or None; read by ``/readyz``."""

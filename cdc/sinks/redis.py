@@ -24,6 +24,7 @@ from ..event import ChangeEvent
 from ..observe.secrets import redact
 from ..templates import Template, UnsafeValue
 from ._extras import require
+from ._logs import BrokerState
 from ._message import Content, body_of, is_message, payload_of, split_key_change
 
 __all__ = ["RedisSink"]
@@ -79,6 +80,7 @@ class RedisSink:
         if problems:
             raise PermanentSinkError(str(problems[0]), sink=self.name)
         self._client: Any = None
+        self.state = BrokerState(log, self.name)
 
     def open(self) -> None:
         redis = _import_redis()
@@ -89,6 +91,22 @@ class RedisSink:
         except redis.RedisError as exc:
             self._raise(redis, exc)
         log.info("sink %s: connected to %s (%s)", self.name, redact(self.url), self.mode)
+
+    def not_ready(self) -> str | None:
+        """Why the sink is not ready (the server stopped answering), or None; read by ``/readyz``."""
+        return self.state.not_ready()
+
+    def keepalive(self) -> None:
+        """Idle: a PING, so that a server lost while nothing is written shows in ``/readyz``."""
+        redis = _import_redis()
+        if self._client is None:
+            self.open()
+            return
+        try:
+            self._client.ping()
+        except redis.RedisError as exc:
+            self._raise(redis, exc)
+        self.state.up()
 
     def close(self) -> None:
         if self._client is not None:
@@ -125,6 +143,7 @@ class RedisSink:
             pipe.execute(raise_on_error=True)
         except redis.RedisError as exc:
             self._raise(redis, exc)
+        self.state.up()
 
     def _keys(self, events: Sequence[ChangeEvent]) -> list[str]:
         render = self.stream.render
@@ -142,6 +161,7 @@ class RedisSink:
         if isinstance(exc, redis.AuthenticationError):  # a ConnectionError in redis-py
             raise PermanentSinkError(message, sink=self.name) from None
         if isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)):
+            self.state.down(message)
             raise TransientSinkError(message, sink=self.name) from None
         if isinstance(exc, redis.ResponseError):
             # WRONGTYPE, NOAUTH, a bad MAXLEN: the same command would fail again.
