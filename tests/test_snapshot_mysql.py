@@ -285,3 +285,56 @@ def test_rows_read_again_after_a_crash_keep_their_ids(mariadb_server, mariadb_da
         expected = {r[0]: {"id": r[0], "v": r[1], "note": r[2]} for r in cur.fetchall()}
     assert rebuild(events, "snap") == expected
     print(f"{len(first)} rows before the crash, checkpoint after {saved}, {len(again)} read again")
+
+
+EVERY_TYPE = """CREATE TABLE every_type (
+  id int PRIMARY KEY, c_tinyint tinyint, c_bool tinyint(1), c_smallint smallint, c_mediumint mediumint,
+  c_int int, c_bigint bigint, c_ubigint bigint unsigned, c_decimal decimal(12,2), c_float float,
+  c_double double, c_char char(3), c_varchar varchar(10), c_text text, c_long mediumtext,
+  c_latin varchar(10) CHARACTER SET latin1, c_enum enum('sad', 'happy'), c_set set('a', 'b', 'c'),
+  c_binary binary(4), c_varbinary varbinary(10), c_blob mediumblob, c_date date, c_datetime datetime(6),
+  c_datetime0 datetime, c_timestamp timestamp(6) NULL, c_time time(6), c_year year, c_json json,
+  c_json_null json NOT NULL, c_bit bit(5), c_bit64 bit(64), c_null text)"""
+EVERY_ROW = [
+    """(1, -128, 1, -32768, 8388607, -2147483648, 9223372036854775807, 18446744073709551615, 1234.50, 1.5,
+      0.1, 'abc', 'ab', 'héllo', 'x', 'é', 'happy', 'a,c', x'00ff1000', x'00ff', x'0102', '2026-11-25',
+      '2026-11-25 17:16:27.123456', '2026-11-25 17:16:27', '2026-11-25 17:16:27.5', '-12:30:00.5', 2026,
+      '{"a": [1, 2.5, null]}', 'null', b'10101', b'1', NULL)""",
+    # every nullable column NULL
+    """(2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+      NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '[]', NULL, NULL, NULL)""",
+    # zero dates, empty values, awkward floats, 4-byte unicode
+    """(3, 0, 0, 0, 0, 0, -9223372036854775808, 0, -0.01, 0.1, 1e-300, '', '', '😀 "q" \\\\ \\n',
+      '', '', '', '', x'00000000', '', '', '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00',
+      '1970-01-01 00:00:01', '838:59:59', 0, '{"ü": "😀", "n": -1.5e10}', 'true', b'00000', b'0', '')""",
+    # lengths past the one-byte (250), two-byte (65535) length prefixes; a 0xfb byte in a blob
+    """(4, 127, 2, 32767, -8388608, 2147483647, 1, 1, 9999999999.99, -3.40282e38, -1.7976931348623157e308,
+      'zzz', 'ééééééééé', REPEAT('ab', 200), REPEAT('xyzé', 30000), 'ÿ', 'sad', 'a,b,c', x'fbfbfbfb',
+      x'fb', REPEAT(x'fb00', 40000), '9999-12-31', '9999-12-31 23:59:59.999999', '1000-01-01 00:00:00',
+      '2038-01-19 03:14:07.999999', '00:00:00.000001', 1901, REPEAT('[1,', 1) || '2]', '"s"', b'11111',
+      b'1111111111111111111111111111111111111111111111111111111111111111', REPEAT('t', 300))""",
+]
+
+
+def test_snapshot_rows_have_the_binlog_values_of_every_type(mariadb_server, mariadb_database, tmp_path):
+    """The snapshot reads the server's text; the binlog decoder its row images: the same
+    row gives the same JSON values either way (the delete's ``before`` is the row)."""
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, EVERY_TYPE, "INSERT INTO every_type VALUES " + ", ".join(EVERY_ROW),
+            sql_mode="PIPES_AS_CONCAT")
+    cfg = _config(tmp_path, mariadb_server, db, [f"{db}.every_type"], snapshot_chunk_size=2)
+    out = tmp_path / "out/all.jsonl"
+    with Running(cfg):
+        wait_for(lambda: len(read_complete(out)) >= len(EVERY_ROW), 60, "the snapshot rows")
+        execute(mariadb_server, db, "DELETE FROM every_type")
+        wait_for(lambda: len(read_complete(out)) >= 2 * len(EVERY_ROW), 30, "the deletes")
+    events = read_complete(out)
+    reads = {e["after"]["id"]: e for e in events if e["op"] == "r"}
+    deletes = {e["before"]["id"]: e for e in events if e["op"] == "d"}
+    assert sorted(reads) == sorted(deletes) == [1, 2, 3, 4]
+    for key, read in reads.items():
+        assert read["after"] == deletes[key]["before"], key
+    # JSON null is not SQL NULL (both are None in ``after``)
+    assert [reads[k]["source"].get("json_null") for k in (1, 2, 3, 4)] == [["c_json_null"], None, None, None]
+    assert reads[3]["after"]["c_date"] is None and reads[3]["after"]["c_text"] == '😀 "q" \\ \n'
+    assert len(reads[4]["after"]["c_long"]) == 120_000
