@@ -162,6 +162,15 @@ def _lenenc_span(buf: bytes, p: int) -> tuple[int, int]:
     return p + 9, p + 9 + int.from_bytes(buf[p + 1:p + 9], "little")
 
 
+#: converter -> the same conversion inline for the common text (``n``: its length in bytes):
+#: no fraction to strip, not a zero date (its year starts with 0)
+_SHORTCUTS = {
+    _datetime: "(d.replace(' ', 'T') if (d := {text})[0] != '0' and n == 19 else {conv}(d))",
+    _timestamp: "(d.replace(' ', 'T') + 'Z' if (d := {text})[0] != '0' and n == 19 else {conv}(d))",
+    _date: "(d if (d := {text})[0] != '0' else {conv}(d))",
+}
+
+
 def _compile(t: _Table, encodings: tuple) -> tuple:
     """The table's row-packet readers, unrolled for its columns.
 
@@ -192,6 +201,8 @@ def _compile(t: _Table, encodings: tuple) -> tuple:
         else:
             env[f"c{i}"] = conv
             value = f"c{i}({text})"
+            if conv in _SHORTCUTS and encoding is not None:  # the common case inline, else the converter
+                value = _SHORTCUTS[conv].format(text=text, conv=f"c{i}")
         body += ["n = buf[p]",
                  "if n < 251:",
                  f"    a = p + 1; q = a + n; v{i} = {value}; p = q",
