@@ -3,10 +3,12 @@ replication user ``cdc`` (SELECT and replication only: no write access)."""
 
 from __future__ import annotations
 
+import base64
 import random
 import threading
 import time
 
+import pytest
 import yaml
 from snapshot_helpers import ChunkHitter, CopyUnderKills, read_complete, rebuild, same_ids_same_content
 
@@ -338,3 +340,42 @@ def test_snapshot_rows_have_the_binlog_values_of_every_type(mariadb_server, mari
     assert [reads[k]["source"].get("json_null") for k in (1, 2, 3, 4)] == [["c_json_null"], None, None, None]
     assert reads[3]["after"]["c_date"] is None and reads[3]["after"]["c_text"] == '😀 "q" \\ \n'
     assert len(reads[4]["after"]["c_long"]) == 120_000
+
+
+def test_a_row_of_more_than_16_mib_and_a_killed_connection(mariadb_server, mariadb_database):
+    """A row the server sends in several 16 MiB packets is read whole, beside short rows;
+    a connection killed between chunks is a connection error, and the next chunk is read
+    on a new connection."""
+    from cdc.errors import SourceConnectionError
+
+    from mysql_helpers import make_source
+    db = db_of(mariadb_database)
+    with mariadb_server.connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT @@global.max_allowed_packet")
+        (old,) = cur.fetchone()
+        cur.execute("SET GLOBAL max_allowed_packet = 64 * 1024 * 1024")
+    try:
+        execute(mariadb_server, db, "CREATE TABLE big (id int PRIMARY KEY, doc longblob, note varchar(10))",
+                "INSERT INTO big VALUES (1, x'01', 'a'), (2, REPEAT(x'fb', 17 * 1024 * 1024 + 3), 'b'),"
+                " (3, NULL, 'c'), (4, REPEAT('z', 16 * 1024 * 1024 - 9), 'd')")
+        reader = make_source(mariadb_server, db, [f"{db}.big"]).snapshot_reader()
+        try:
+            first = reader.read_chunk(f"{db}.big", None, 1, None)
+            assert [k for k, _ in first.rows] == [(1,)] and not first.done
+            with mariadb_server.connect() as conn, conn.cursor() as cur:
+                cur.execute(f"KILL CONNECTION {reader.conn.thread_id()}")
+            with pytest.raises(SourceConnectionError):
+                reader.read_chunk(f"{db}.big", first.last_key, 2, None)
+            rest = reader.read_chunk(f"{db}.big", first.last_key, 3, None)
+        finally:
+            reader.close()
+    finally:
+        with mariadb_server.connect() as conn, conn.cursor() as cur:
+            cur.execute(f"SET GLOBAL max_allowed_packet = {old}")
+    assert rest.done and [k for k, _ in rest.rows] == [(2,), (3,), (4,)]
+    big, null, exact = (e.after for _, e in rest.rows)
+    assert base64.b64decode(big["doc"]) == b"\xfb" * (17 * 1024 * 1024 + 3) and big["note"] == "b"
+    assert null == {"id": 3, "doc": None, "note": "c"}
+    # row 4's packet is 2 + 4 + 16 MiB - 9 + 2 bytes: exactly 0xffffff, then an empty one
+    assert len(base64.b64decode(exact["doc"])) == 16 * 1024 * 1024 - 9 and exact["note"] == "d"
+    assert len({e.id for _, e in rest.rows}) == 3
