@@ -379,3 +379,30 @@ def test_a_row_of_more_than_16_mib_and_a_killed_connection(mariadb_server, maria
     # row 4's packet is 2 + 4 + 16 MiB - 9 + 2 bytes: exactly 0xffffff, then an empty one
     assert len(base64.b64decode(exact["doc"])) == 16 * 1024 * 1024 - 9 and exact["note"] == "d"
     assert len({e.id for _, e in rest.rows}) == 3
+
+
+def test_chunks_are_read_whole_over_tls():
+    """The reader parses the socket's bytes itself: over TLS (the server offers it, the
+    snapshot connection takes it) the blocks come from the TLS layer, and a chunk of
+    several of them is read whole, every value as the server has it."""
+    import ssl
+
+    from test_mysql_tls import _tls_server
+
+    from mysql_helpers import make_source
+    with _tls_server() as server:
+        server.create_database("shop")
+        execute(server, "shop", "CREATE TABLE t (id int PRIMARY KEY, note varchar(300))",
+                "INSERT INTO t SELECT seq, REPEAT(CHAR(65 + seq % 26), seq % 300) FROM seq_1_to_5000")
+        reader = make_source(server, "shop", ["shop.t"], server_id=4703).snapshot_reader()
+        try:
+            chunk = reader.read_chunk("shop.t", None, 4000, None)
+            assert isinstance(reader.conn._sock, ssl.SSLSocket)
+            rest = reader.read_chunk("shop.t", chunk.last_key, 4000, None)
+        finally:
+            reader.close()
+        with server.connect("shop") as conn, conn.cursor() as cur:
+            cur.execute("SELECT id, note FROM t ORDER BY id")
+            expected = [{"id": i, "note": note} for i, note in cur.fetchall()]
+    assert not chunk.done and rest.done
+    assert [e.after for _, e in chunk.rows + rest.rows] == expected
