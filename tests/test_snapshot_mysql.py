@@ -296,25 +296,28 @@ EVERY_TYPE = """CREATE TABLE every_type (
   c_latin varchar(10) CHARACTER SET latin1, c_enum enum('sad', 'happy'), c_set set('a', 'b', 'c'),
   c_binary binary(4), c_varbinary varbinary(10), c_blob mediumblob, c_date date, c_datetime datetime(6),
   c_datetime0 datetime, c_timestamp timestamp(6) NULL, c_time time(6), c_year year, c_json json,
-  c_json_null json NOT NULL, c_bit bit(5), c_bit64 bit(64), c_null text)"""
+  c_json_null json NOT NULL, c_bit bit(5), c_bit64 bit(64), c_null text, c_timestamp0 timestamp NULL)"""
 EVERY_ROW = [
     """(1, -128, 1, -32768, 8388607, -2147483648, 9223372036854775807, 18446744073709551615, 1234.50, 1.5,
       0.1, 'abc', 'ab', 'héllo', 'x', 'é', 'happy', 'a,c', x'00ff1000', x'00ff', x'0102', '2026-11-25',
       '2026-11-25 17:16:27.123456', '2026-11-25 17:16:27', '2026-11-25 17:16:27.5', '-12:30:00.5', 2026,
-      '{"a": [1, 2.5, null]}', 'null', b'10101', b'1', NULL)""",
+      '{"a": [1, 2.5, null]}', 'null', b'10101', b'1', NULL,
+      '2026-11-25 17:16:27')""",
     # every nullable column NULL
     """(2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-      NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '[]', NULL, NULL, NULL)""",
+      NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '[]', NULL, NULL, NULL, NULL)""",
     # zero dates, empty values, awkward floats, 4-byte unicode
     """(3, 0, 0, 0, 0, 0, -9223372036854775808, 0, -0.01, 0.1, 1e-300, '', '', '😀 "q" \\\\ \\n',
       '', '', '', '', x'00000000', '', '', '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00',
-      '1970-01-01 00:00:01', '838:59:59', 0, '{"ü": "😀", "n": -1.5e10}', 'true', b'00000', b'0', '')""",
+      '1970-01-01 00:00:01', '838:59:59', 0, '{"ü": "😀", "n": -1.5e10}', 'true', b'00000', b'0', '',
+      '0000-00-00 00:00:00')""",
     # lengths past the one-byte (250), two-byte (65535) length prefixes; a 0xfb byte in a blob
     """(4, 127, 2, 32767, -8388608, 2147483647, 1, 1, 9999999999.99, -3.40282e38, -1.7976931348623157e308,
       'zzz', 'ééééééééé', REPEAT('ab', 200), REPEAT('xyzé', 30000), 'ÿ', 'sad', 'a,b,c', x'fbfbfbfb',
       x'fb', REPEAT(x'fb00', 40000), '9999-12-31', '9999-12-31 23:59:59.999999', '1000-01-01 00:00:00',
       '2038-01-19 03:14:07.999999', '00:00:00.000001', 1901, REPEAT('[1,', 1) || '2]', '"s"', b'11111',
-      b'1111111111111111111111111111111111111111111111111111111111111111', REPEAT('t', 300))""",
+      b'1111111111111111111111111111111111111111111111111111111111111111', REPEAT('t', 300),
+      '2038-01-19 03:14:07')""",
 ]
 
 
@@ -339,6 +342,8 @@ def test_snapshot_rows_have_the_binlog_values_of_every_type(mariadb_server, mari
     # JSON null is not SQL NULL (both are None in ``after``)
     assert [reads[k]["source"].get("json_null") for k in (1, 2, 3, 4)] == [["c_json_null"], None, None, None]
     assert reads[3]["after"]["c_date"] is None and reads[3]["after"]["c_text"] == '😀 "q" \\ \n'
+    assert [reads[k]["after"]["c_timestamp0"] for k in (1, 2, 3, 4)] == [
+        "2026-11-25T17:16:27Z", None, None, "2038-01-19T03:14:07Z"]
     assert len(reads[4]["after"]["c_long"]) == 120_000
 
 
