@@ -141,36 +141,187 @@ class _Table:
         self.select = ", ".join(f"CAST({_q(n)} AS DOUBLE)" if dt.lower() == "float" else _q(n)
                                 for n, (dt, _) in zip(names, types))
         self.json = [i for i, conv in enumerate(converters) if conv is orjson.loads]
-        self.decode = _compile(self)
+        self._parsers: dict[tuple, tuple] = {}
+
+    def parsers(self, encodings: tuple):
+        """``(parse, parse_one)`` for a result whose columns pymysql would decode with
+        ``encodings`` (None: bytes), compiled once (``_compile``)."""
+        found = self._parsers.get(encodings)
+        if found is None:
+            found = self._parsers[encodings] = _compile(self, encodings)
+        return found
 
 
-def _compile(t: _Table):
-    """``decode(records) -> [(key, event)]`` unrolled for the table's columns: each row's
-    ``op: "r"`` event, prepared for ``emit_events`` (its id the digest of the row's JSON)."""
-    env = {"new": ChangeEvent.__new__, "Event": ChangeEvent, "b2": hashlib.blake2b, "dumps": orjson.dumps,
+def _lenenc_span(buf: bytes, p: int) -> tuple[int, int]:
+    """The value at ``p`` whose length prefix is 0xfc, 0xfd or 0xfe: (start, end)."""
+    n = buf[p]
+    if n == 0xfc:
+        return p + 3, p + 3 + int.from_bytes(buf[p + 1:p + 3], "little")
+    if n == 0xfd:
+        return p + 4, p + 4 + int.from_bytes(buf[p + 1:p + 4], "little")
+    return p + 9, p + 9 + int.from_bytes(buf[p + 1:p + 9], "little")
+
+
+#: converter -> the same conversion inline for the common text (``n``: its length in bytes):
+#: no fraction to strip, not a zero date (its year starts with 0)
+_SHORTCUTS = {
+    _datetime: "(d.replace(' ', 'T') if (d := {text})[0] != '0' and n == 19 else {conv}(d))",
+    _timestamp: "(d.replace(' ', 'T') + 'Z' if (d := {text})[0] != '0' and n == 19 else {conv}(d))",
+    _date: "(d if (d := {text})[0] != '0' else {conv}(d))",
+}
+
+
+def _compile(t: _Table, encodings: tuple) -> tuple:
+    """The table's row-packet readers, unrolled for its columns.
+
+    ``parse(buf, pos, end, out, json_null) -> pos`` reads the text-protocol row packets of
+    ``buf[pos:end]`` (length-encoded strings, NULL 0xfb) into ``(key, op r event)`` pairs on
+    ``out`` (prepared for ``emit_events``: the id is the blake2b digest of the row's packet),
+    and stops at the first packet that is incomplete, not a row (EOF, error) or in several
+    parts (a row of 16 MiB or more): the caller looks at it.  ``parse_one(payload, out,
+    json_null)`` reads one such row.  Values are converted as pymysql would decode them
+    (``encodings``), then by the column's converter: the binlog decoder's JSON values."""
+    env = {"new": ChangeEvent.__new__, "Event": ChangeEvent, "b2": hashlib.blake2b, "span": _lenenc_span,
            "table": t.table}
-    code = ["def decode(records, new=new, Event=Event, b2=b2, dumps=dumps, table=table):",
-            "    out = []",
-            "    append = out.append",
-            "    for r in records:"]
-    for i, conv in enumerate(t.converters):
+    body = []
+    for i, (conv, encoding) in enumerate(zip(t.converters, encodings)):
+        if encoding is None:
+            text = "buf[a:q]"
+        elif encoding in ("utf8", "utf-8", "ascii") and conv is not int:
+            text = "buf[a:q].decode()"  # ascii is utf-8
+        elif conv is int:
+            text = "buf[a:q]"  # int() takes the digits as bytes
+        else:
+            env[f"e{i}"] = encoding
+            text = f"buf[a:q].decode(e{i})"
         if conv is None:
-            code.append(f"        v{i} = r[{i}]")
+            value = text
+        elif conv is int:
+            value = f"int({text})"
         else:
             env[f"c{i}"] = conv
-            code.append(f"        v{i} = None if (v := r[{i}]) is None else c{i}(v)")
+            value = f"c{i}({text})"
+            if conv in _SHORTCUTS and encoding is not None:  # the common case inline, else the converter
+                value = _SHORTCUTS[conv].format(text=text, conv=f"c{i}")
+        body += ["n = buf[p]",
+                 "if n < 251:",
+                 f"    a = p + 1; q = a + n; v{i} = {value}; p = q",
+                 "elif n == 251:",
+                 f"    v{i} = None; p += 1",
+                 "else:",
+                 f"    a, q = span(buf, p); v{i} = {value}; p = q"]
+        if i in t.json:  # the text 'null' is JSON null (None, named in json_null), SQL NULL is 0xfb
+            body += [f"if v{i} is None and n != 251:",
+                     f"    jn = (jn or []) + [{t.names[i]!r}]"]
     key = "".join(f"v{i}, " for i in t.key_index)
     key_dict = ", ".join(f"{name!r}: v{i}" for name, i in zip(t.key, t.key_index))
     row = ", ".join(f"{name!r}: v{i}" for i, name in enumerate(t.names))
-    code += ["        e = new(Event)",
-             f"        row = {{{row}}}",
-             f"        e.key = {{{key_dict}}}",
-             "        e.id = b2(dumps(row), digest_size=12).hexdigest(); e.op = 'r'; e.before = None",
-             "        e.after = row; e.table = table; e.destination = None; e.message = None",
-             f"        append((({key}), e))",
-             "    return out"]
+    body += ["e = new(Event)",
+             f"e.after = {{{row}}}",
+             f"e.key = {{{key_dict}}}",
+             "e.id = b2(buf[start:stop], digest_size=12).hexdigest(); e.op = 'r'; e.before = None",
+             "e.table = table; e.destination = None; e.message = None",
+             f"append((({key}), e))"]
+    if t.json:
+        body = ["jn = None"] + body + [f"if jn: json_null[({key})] = jn"]
+    code = ["def parse(buf, pos, end, out, json_null):",
+            "    append = out.append",
+            "    while pos + 4 <= end:",
+            "        size = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16",
+            "        start = p = pos + 4",
+            "        stop = start + size",
+            "        if stop > end or size == 0xffffff or (buf[p] >= 0xfe and (buf[p] == 0xff or size < 9)):",
+            "            return pos",
+            *("        " + line for line in body),
+            "        pos = stop",
+            "    return pos",
+            "",
+            "def parse_one(buf, out, json_null):",
+            "    append = out.append",
+            "    start = p = 0",
+            "    stop = len(buf)",
+            *("    " + line for line in body)]
     exec("\n".join(code), env)  # noqa: S102 - generated from column names via repr()
-    return env["decode"]
+    return env["parse"], env["parse_one"]
+
+
+#: bytes asked of the socket at once while a chunk is read
+_READ_SIZE = 1 << 18
+_LONG = 0xffffff  # a packet of this size is continued in the next one
+
+
+def _read_rows(conn: pymysql.Connection, t: _Table, query: str) -> tuple[list, dict]:
+    """The rows of ``query`` as ``(key, event)`` pairs, and the chunk's ``json_null``,
+    parsed from the socket's bytes as they come (``_compile``) rather than by pymysql's
+    per-field loop.  Any failure but an error the server reported closes the connection
+    (the rest of the result is unread)."""
+    conn.query(query, unbuffered=True)  # sends it, reads the column descriptions
+    result = conn._result
+    parse, parse_one = t.parsers(tuple(encoding for encoding, _ in result.converters))
+    rfile = conn._rfile
+    out: list = []
+    json_null: dict = {}
+    buf = b""
+    pos = 0
+    try:
+        while True:
+            pos = parse(buf, pos, len(buf), out, json_null)
+            end = len(buf)
+            if pos + 4 <= end:
+                size = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
+                if pos + 4 + size <= end and size != _LONG:  # not a row: the end of the result
+                    payload = buf[pos + 4:pos + 4 + size]
+                    if payload[0] == 0xff:
+                        pymysql.err.raise_mysql_exception(payload)
+                    return out, json_null
+                if size == _LONG:  # a row in several packets
+                    payload, rest = _long_payload(rfile, buf[pos:])
+                    parse_one(payload, out, json_null)
+                    buf, pos = rest, 0
+                    continue
+                want = pos + 4 + size - end  # the rest of this packet, in one read
+            else:
+                want = 0
+            data = rfile.read(want) if want > _READ_SIZE else rfile.read1(_READ_SIZE)
+            if not data:
+                raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+            buf = buf[pos:] + data
+            pos = 0
+    except pymysql.err.MySQLError as exc:
+        if isinstance(exc, pymysql.err.OperationalError):
+            conn._force_close()
+        raise
+    except OSError as exc:
+        conn._force_close()
+        raise pymysql.err.OperationalError(2013, f"Lost connection to server during query ({exc})") from exc
+    except BaseException:
+        conn._force_close()
+        raise
+    finally:
+        result.unbuffered_active = False
+
+
+def _long_payload(rfile, buf: bytes) -> tuple[bytes, bytes]:
+    """A row sent in several packets (the first at the start of ``buf``): its payload,
+    and the bytes after its last packet."""
+    parts = []
+    while True:
+        while len(buf) < 4:
+            buf += _read_exactly(rfile, 4 - len(buf))
+        size = buf[0] | buf[1] << 8 | buf[2] << 16
+        if len(buf) < 4 + size:
+            buf += _read_exactly(rfile, 4 + size - len(buf))
+        parts.append(buf[4:4 + size])
+        buf = buf[4 + size:]
+        if size != _LONG:
+            return b"".join(parts), buf
+
+
+def _read_exactly(rfile, n: int) -> bytes:
+    data = rfile.read(n)
+    if len(data) < n:
+        raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+    return data
 
 
 def _literal(conn, literal, value) -> str:
@@ -290,10 +441,10 @@ class MySQLSnapshotReader:
                     cur.execute("SHOW STATUS WHERE Variable_name IN"
                                 " ('Binlog_snapshot_file', 'Binlog_snapshot_position')")
                     status = dict(cur.fetchall())
-                    cur.execute(query)
-                    raw = cur.fetchall()
+                    rows, json_null = _read_rows(conn, t, query)
                 finally:
-                    cur.execute("COMMIT")
+                    if conn.open:  # else closed by a failed read
+                        cur.execute("COMMIT")
         except pymysql.OperationalError as exc:
             self.close()
             raise SourceConnectionError(f"snapshot read of {table}: {exc.args[-1]}",
@@ -301,24 +452,10 @@ class MySQLSnapshotReader:
         except pymysql.MySQLError as exc:
             raise SnapshotInputError(f"cannot read {table}: {exc.args[-1]}", source=self.source_name) from None
         watermark = (status["Binlog_snapshot_file"], int(status["Binlog_snapshot_position"]))
-        rows = self._decode(t, raw)
-        json_null = {}
-        if t.json:  # a json column read as the text 'null' is JSON null, SQL NULL is None
-            for record, (row_key, e) in zip(raw, rows):
-                values = e.after or {}
-                nulls = [t.names[i] for i in t.json if values[t.names[i]] is None and record[i] is not None]
-                if nulls:
-                    json_null[row_key] = nulls
-                    # the row's JSON is the same for SQL NULL: the digest takes the list too
-                    e.id = hashlib.blake2b(orjson.dumps([values, nulls]), digest_size=12).hexdigest()
         done = len(rows) <= limit
         rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
         return Chunk(table, rows, last_key, done, watermark, t.key, json_null=json_null)
-
-    @staticmethod
-    def _decode(t: _Table, raw) -> list[tuple[tuple, ChangeEvent]]:
-        return t.decode(raw)
 
     # ---- the stream side -----------------------------------------------------------------
 
