@@ -24,7 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
-from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
+from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events, key_changed
 from ...snapshot.where import condition_problem
 from .replication import SESSION_OPTIONS
 from .types import _bool, _timestamp, converter_for, is_json
@@ -185,13 +185,6 @@ def _compile(t: _Table):
              "    return out"]
     exec("\n".join(code), env)  # noqa: S102 - generated from column names via repr()
     return env["decode"]
-
-
-def key_changed(table: str, was: str, key: list[str], after: list, source: str) -> str:
-    """The error of a copy whose table's primary key changed while it ran."""
-    return (f"the primary key of {table} changed {was}to ({', '.join(key)}) while it was copied: its rows after"
-            f" key {list(after)} are not copied (the copy goes in key order); copy the table again:"
-            f" cdc snapshot CONFIG --source {source} --table {table}")
 
 
 def _key_numbers(shape: str) -> str:
