@@ -1,0 +1,248 @@
+"""Schema changes of a table while its snapshot runs (docs/snapshots.md, "Schema changes
+during a copy"), against real servers: the copy goes on with the table's new shape, or
+stops with an error that says what is not copied and how to copy it again."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from snapshot_helpers import read_complete, rebuild
+
+from cdc.snapshot.chunk import SnapshotInputError
+from cdc.sources.postgres.snapshot import PostgresSnapshotReader
+
+from mysql_helpers import db_of, execute, make_source
+from pgutil import Running, config, file_pipeline, sql
+
+
+def _chunk(reader, table: str, after, limit: int = 100):
+    """The next chunk; a chunk whose snapshot cannot be used (None) is read again."""
+    for _ in range(50):
+        chunk = reader.read_chunk(table, after, limit, None)
+        if chunk is not None:
+            return chunk
+        time.sleep(0.05)
+    raise AssertionError(f"no usable chunk of {table} after {after}")
+
+
+def _rows(chunk) -> list[dict]:
+    return [e.after for _, e in chunk.rows]
+
+
+# ---- PostgreSQL ---------------------------------------------------------------------------
+
+def _pg_reader(dsn: str) -> PostgresSnapshotReader:
+    return PostgresSnapshotReader(dsn, "db", dsn.rsplit("/", 1)[1])
+
+
+def _pg_table(dsn: str) -> None:
+    sql(dsn, "CREATE TABLE t (id int PRIMARY KEY, v int, note varchar(20))",
+        "INSERT INTO t SELECT g, g, 'n' || g FROM generate_series(1, 300) g")
+
+
+@pytest.mark.parametrize("ddl, expected", [
+    ("ALTER TABLE t ADD COLUMN w int DEFAULT 7", {"id": 101, "v": 101, "note": "n101", "w": 7}),
+    ("ALTER TABLE t ADD COLUMN w int", {"id": 101, "v": 101, "note": "n101", "w": None}),
+    ("ALTER TABLE t DROP COLUMN note", {"id": 101, "v": 101}),
+    ("ALTER TABLE t RENAME COLUMN note TO remark", {"id": 101, "v": 101, "remark": "n101"}),
+    ("ALTER TABLE t ALTER COLUMN v TYPE numeric USING v + 0.5", {"id": 101, "v": "101.5", "note": "n101"}),
+    ("ALTER TABLE t ALTER COLUMN note TYPE text", {"id": 101, "v": 101, "note": "n101"}),
+    ("ALTER TABLE t ALTER COLUMN id TYPE bigint", {"id": 101, "v": 101, "note": "n101"}),
+    ("ALTER TABLE t RENAME COLUMN id TO ident", {"ident": 101, "v": 101, "note": "n101"}),
+])
+def test_postgres_copy_goes_on_with_the_new_shape(pg_database, ddl, expected):
+    _pg_table(pg_database)
+    reader = _pg_reader(pg_database)
+    try:
+        first = _chunk(reader, "public.t", None)
+        assert _rows(first)[-1] == {"id": 100, "v": 100, "note": "n100"}
+        sql(pg_database, ddl)
+        rows = []
+        after = first.last_key
+        while True:
+            chunk = _chunk(reader, "public.t", after)
+            rows += _rows(chunk)
+            after = chunk.last_key
+            if chunk.done:
+                break
+        assert len(rows) == 200
+        assert rows[0] == expected
+    finally:
+        reader.close()
+
+
+def test_postgres_a_changed_primary_key_stops_the_copy_with_what_to_do(pg_database):
+    _pg_table(pg_database)
+    reader = _pg_reader(pg_database)
+    try:
+        first = _chunk(reader, "public.t", None)
+        sql(pg_database, "ALTER TABLE t DROP CONSTRAINT t_pkey", "ALTER TABLE t ADD PRIMARY KEY (v, id)")
+        with pytest.raises(SnapshotInputError) as err:
+            _chunk(reader, "public.t", first.last_key)
+        message = str(err.value)
+        assert "primary key of public.t changed from (id) to (v, id)" in message
+        assert "after key [100]" in message and "cdc snapshot" in message, message
+    finally:
+        reader.close()
+
+
+def test_postgres_a_table_rewritten_after_the_chunk_snapshot_is_read_again(pg_database):
+    """A table-rewriting ALTER TABLE is not MVCC-safe: a snapshot taken before it committed
+    sees the rewritten table empty.  A chunk read so would end the copy there."""
+    _pg_table(pg_database)
+    reader = _pg_reader(pg_database)
+    try:
+        first = _chunk(reader, "public.t", None)
+        conn = reader._connect()
+        # the chunk's transaction takes its snapshot, then the rewrite commits, then COPY reads
+        original = reader._copy
+
+        def copy_after_a_rewrite(conn, query):
+            if not getattr(copy_after_a_rewrite, "done", False):
+                copy_after_a_rewrite.done = True
+                query_snapshot, _, rest = query.partition(b"::text; ")
+                conn.pgconn.exec_(query_snapshot.split(b";", 1)[0] + b";")  # BEGIN ...
+                snap = conn.pgconn.exec_(b"SELECT pg_current_snapshot()::text").get_value(0, 0).decode()
+                sql(pg_database, "ALTER TABLE t ALTER COLUMN v TYPE bigint")
+                return original(conn, b"SELECT '" + snap.encode() + b"'::text; " + rest)
+            return original(conn, query)
+
+        reader._copy = copy_after_a_rewrite
+        chunk = _chunk(reader, "public.t", first.last_key)
+        assert copy_after_a_rewrite.done
+        assert not (chunk.done and not chunk.rows), "the rewritten table read as empty: the copy would end here"
+        assert _rows(chunk)[0] == {"id": 101, "v": 101, "note": "n101"}
+        assert conn is not None
+    finally:
+        reader.close()
+
+
+# ---- MariaDB ----------------------------------------------------------------------------------
+
+def _my_table(server, db: str) -> None:
+    execute(server, db, "CREATE TABLE t (id int PRIMARY KEY, v int, note varchar(20))",
+            "INSERT INTO t SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_300")
+
+
+@pytest.mark.parametrize("ddl, expected", [
+    ("ALTER TABLE t ADD COLUMN w int DEFAULT 7", {"id": 101, "v": 101, "note": "n101", "w": 7}),
+    ("ALTER TABLE t ADD COLUMN w int", {"id": 101, "v": 101, "note": "n101", "w": None}),
+    ("ALTER TABLE t DROP COLUMN note", {"id": 101, "v": 101}),
+    ("ALTER TABLE t RENAME COLUMN note TO remark", {"id": 101, "v": 101, "remark": "n101"}),
+    ("ALTER TABLE t MODIFY v decimal(10,1)", {"id": 101, "v": "101.0", "note": "n101"}),
+    ("ALTER TABLE t MODIFY note text", {"id": 101, "v": 101, "note": "n101"}),
+    ("ALTER TABLE t MODIFY id bigint", {"id": 101, "v": 101, "note": "n101"}),
+    ("ALTER TABLE t CHANGE id ident int", {"ident": 101, "v": 101, "note": "n101"}),
+])
+def test_mariadb_copy_goes_on_with_the_new_shape(mariadb_server, mariadb_database, ddl, expected):
+    db = db_of(mariadb_database)
+    _my_table(mariadb_server, db)
+    reader = make_source(mariadb_server, db, [f"{db}.t"]).snapshot_reader()
+    table = f"{db}.t"
+    try:
+        first = _chunk(reader, table, None)
+        assert _rows(first)[-1] == {"id": 100, "v": 100, "note": "n100"}
+        execute(mariadb_server, db, ddl)
+        rows = []
+        after = first.last_key
+        while True:
+            chunk = _chunk(reader, table, after)
+            rows += _rows(chunk)
+            after = chunk.last_key
+            if chunk.done:
+                break
+        assert len(rows) == 200
+        assert rows[0] == expected
+    finally:
+        reader.close()
+
+
+def test_mariadb_a_changed_primary_key_stops_the_copy_with_what_to_do(mariadb_server, mariadb_database):
+    db = db_of(mariadb_database)
+    _my_table(mariadb_server, db)
+    reader = make_source(mariadb_server, db, [f"{db}.t"]).snapshot_reader()
+    try:
+        first = _chunk(reader, f"{db}.t", None)
+        execute(mariadb_server, db, "ALTER TABLE t DROP PRIMARY KEY, ADD PRIMARY KEY (v, id)")
+        with pytest.raises(SnapshotInputError) as err:
+            _chunk(reader, f"{db}.t", first.last_key)
+        message = str(err.value)
+        assert f"primary key of {db}.t changed from (id) to (v, id)" in message
+        assert "after key [100]" in message and "cdc snapshot" in message, message
+    finally:
+        reader.close()
+
+
+# ---- the whole pipeline -----------------------------------------------------------------------
+
+def _copied(runner) -> int | None:
+    """The last key the copy handed on (None: not started or done)."""
+    queue = ((runner.saved_position or {}).get("snapshot") or {}).get("queue") or []
+    return queue[0]["after"][0] if queue and queue[0]["after"] else None
+
+
+def _wait(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _check_copy(events: list[dict], table: str, source_rows: dict, old_columns=("id", "v", "note")) -> None:
+    """Every row arrived once: those copied before the DDL took effect with the table's old
+    columns (the DDL is no row event), every one after them with its new columns."""
+    reads = [e for e in events if e["op"] == "r" and e["source"]["table"] == table]
+    assert sorted(e["after"]["id"] for e in reads) == sorted(source_rows)
+    state = rebuild(events, table)
+    keys = sorted(state)
+    switch = next((i for i, k in enumerate(keys) if state[k] == source_rows[k]), None)
+    assert switch is not None and switch > 0, "no row copied with the new columns, or none with the old"
+    print(f"rows copied with the old columns: {switch}, with the new ones: {len(keys) - switch}")
+    for k in keys[:switch]:
+        assert state[k] == {c: {"id": k, "v": k, "note": f"n{k}"}[c] for c in old_columns}, (k, state[k])
+    for k in keys[switch:]:
+        assert state[k] == source_rows[k], (k, state[k], source_rows[k])
+
+
+def test_postgres_pipeline_copy_with_columns_added_and_dropped_mid_copy(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
+        "INSERT INTO big SELECT g, g, 'n' || g FROM generate_series(1, 20000) g")
+    cfg = config(tmp_path, pg_database, ["public.big"], {"all": file_pipeline()}, snapshot="initial",
+                 snapshot_chunk_size=100)
+    out = tmp_path / "out/all.jsonl"
+    with Running(cfg) as r:
+        _wait(lambda: (_copied(r.runner) or 0) > 0, 60, "the first chunks")
+        sql(pg_database, "ALTER TABLE big ADD COLUMN w int DEFAULT 7, DROP COLUMN note,"
+                         " ALTER COLUMN v TYPE numeric USING v + 0.5")
+        assert not r.runner.snapshots.finished, "the copy finished before the DDL: make the table bigger"
+        _wait(lambda: r.runner.snapshots.finished or not r.thread.is_alive(), 120, "the copy")
+        assert r.thread.is_alive(), r.runner.error
+        assert r.runner.snapshots.skipped == {}
+        _wait(lambda: len([e for e in read_complete(out) if e["op"] == "r"]) >= 20000, 60, "the rows")
+    with __import__("psycopg").connect(pg_database) as conn:
+        source = {row[0]: {"id": row[0], "v": str(row[1]), "w": row[2]}
+                  for row in conn.execute("SELECT id, v, w FROM big")}
+    _check_copy(read_complete(out), "big", source)
+
+
+def test_mariadb_pipeline_copy_with_a_column_added_mid_copy(mariadb_server, mariadb_database, tmp_path):
+    from test_snapshot_mysql import Running as MyRunning
+    from test_snapshot_mysql import _config as my_config
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
+            "INSERT INTO big SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_20000")
+    cfg = my_config(tmp_path, mariadb_server, db, [f"{db}.big"], snapshot="initial", snapshot_chunk_size=100)
+    out = tmp_path / "out/all.jsonl"
+    with MyRunning(cfg) as r:
+        _wait(lambda: (_copied(r.runner) or 0) > 0, 60, "the first chunks")
+        execute(mariadb_server, db, "ALTER TABLE big ADD COLUMN w int DEFAULT 7")  # instant: no rebuild
+        assert not r.runner.snapshots.finished, "the copy finished before the DDL: make the table bigger"
+        _wait(lambda: r.runner.snapshots.finished or not r.thread.is_alive(), 120, "the copy")
+        assert r.thread.is_alive(), r.runner.error
+        assert r.runner.snapshots.skipped == {}
+        _wait(lambda: len([e for e in read_complete(out) if e["op"] == "r"]) >= 20000, 60, "the rows")
+    with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, v, note, w FROM big")
+        source = {row[0]: {"id": row[0], "v": row[1], "note": row[2], "w": row[3]} for row in cur.fetchall()}
+    _check_copy(read_complete(out), "big", source)
