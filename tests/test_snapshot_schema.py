@@ -246,3 +246,60 @@ def test_mariadb_pipeline_copy_with_a_column_added_mid_copy(mariadb_server, mari
         cur.execute("SELECT id, v, note, w FROM big")
         source = {row[0]: {"id": row[0], "v": row[1], "note": row[2], "w": row[3]} for row in cur.fetchall()}
     _check_copy(read_complete(out), "big", source)
+
+
+def test_postgres_pipeline_table_truncated_mid_copy(pg_database, tmp_path):
+    """The file sink's rebuilt table equals the source's, row for row."""
+    sql(pg_database, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
+        "INSERT INTO big SELECT g, g, 'n' || g FROM generate_series(1, 20000) g")
+    cfg = config(tmp_path, pg_database, ["public.big"], {"all": file_pipeline()}, snapshot="initial",
+                 snapshot_chunk_size=100)
+    out = tmp_path / "out/all.jsonl"
+    with Running(cfg) as r:
+        _wait(lambda: (_copied(r.runner) or 0) > 0, 60, "the first chunks")
+        sql(pg_database, "TRUNCATE big", "INSERT INTO big SELECT g, -g, 'after' FROM generate_series(1, 30000, 7) g")
+        assert not r.runner.snapshots.finished, "the copy finished before the DDL: make the table bigger"
+        _wait(lambda: r.runner.snapshots.finished or not r.thread.is_alive(), 120, "the copy")
+        assert r.thread.is_alive(), r.runner.error
+        source = {row[0]: {"id": row[0], "v": row[1], "note": row[2]}
+                  for row in sql(pg_database, "SELECT id, v, note FROM big")}
+        _wait(lambda: rebuild(read_complete(out), "big") == source, 60, "the file sink to reach the source's state")
+    assert r.runner.snapshots.skipped == {}
+
+
+def test_postgres_table_dropped_and_created_again_mid_copy_stops_cdc_with_what_is_lost(pg_database, tmp_path):
+    """PostgreSQL takes a dropped table out of the publication: the new table's changes are
+    not streamed, and the copy would go on in the new table after the old one's key."""
+    import subprocess
+    import sys
+
+    from snapshot_helpers import CopyUnderKills
+    sql(pg_database, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
+        "INSERT INTO big SELECT g, g, 'n' || g FROM generate_series(1, 20000) g")
+    config(tmp_path, pg_database, ["public.big"], {"all": file_pipeline()}, snapshot="initial",
+           snapshot_chunk_size=100)
+    progress = CopyUnderKills(tmp_path / "pipelines.yaml", tmp_path / "state/db.json", tmp_path, None)
+    proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(tmp_path / "pipelines.yaml")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait(lambda: (progress.copied() or 0) > 0, 60, "the first chunks")
+        sql(pg_database, "BEGIN; DROP TABLE big; CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20));"
+                         " INSERT INTO big SELECT g, -g, 'after' FROM generate_series(1, 30000, 7) g; COMMIT")
+        assert progress.copied() != -1, "the copy finished before the DDL: make the table bigger"
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode not in (0, None), output
+    assert "Traceback" not in output, output
+    assert "table public.big was dropped and created again while it was copied" in output, output
+    assert "cdc snapshot CONFIG --source db --table public.big" in output
+    # the recovery it names: started again, the table is streamed again
+    from cdc.config import load_config
+    with Running(load_config(tmp_path / "pipelines.yaml")) as r:
+        assert sql(pg_database, "SELECT tablename FROM pg_publication_tables") == [("big",)]
+        sql(pg_database, "INSERT INTO big VALUES (99999, 1, 'streamed')")
+        _wait(lambda: any(e["op"] == "c" and e["after"]["id"] == 99999 for e in read_complete(
+            tmp_path / "out/all.jsonl")), 60, "the new table's change")
+        assert r.thread.is_alive()

@@ -21,7 +21,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ...errors import SourceConnectionError
+from ...errors import SourceConnectionError, SourceSetupError
 from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
 from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events, key_changed
@@ -215,7 +215,7 @@ class PostgresSnapshotReader:
         self._tables: dict[str, _Table] = {}
         self._noted: set[int] = set()        # xids of changes of copied tables handed on
         self._floor: dict[str, int] = {}     # table -> an xid taken when its copy (re)started here
-        self._shapes: dict[str, tuple[list[str], str]] = {}  # table -> its key's names and column numbers
+        self._shapes: dict[str, tuple[list[str], str, str]] = {}  # table -> its key's names and numbers, its oid
 
     # ---- connection and metadata ----------------------------------------------------
 
@@ -252,10 +252,19 @@ class PostgresSnapshotReader:
         t = _Table(table, [c[0] for c in columns], [converter_for(c[1], c[2]) for c in columns], key,
                    [(c[3], c[2]) for c in columns], shape)
         old = self._shapes.get(table)
+        if after is not None and old is not None and old[2] != shape.split("|", 1)[0]:
+            raise SourceSetupError(
+                f"table {table} was dropped and created again while it was copied: rows of the old table"
+                f" copied before are not deleted downstream, rows of the new one up to key {list(after)} are not"
+                f" copied, and PostgreSQL removed it from the publication, so its changes are not streamed"
+                f" (those until cdc starts again are lost to the stream); cdc stops. Start cdc again (it puts the"
+                f" table back in the publication), then copy it again: cdc snapshot CONFIG --source"
+                f" {self.source_name} --table {table}; rows deleted meanwhile stay in database mirrors",
+                source=self.source_name)
         if after is not None and (len(after) != len(key) or old is not None and old[1] != _key_numbers(shape)):
             was = f"from ({', '.join(old[0])}) " if old is not None else ""
             raise SnapshotInputError(key_changed(table, was, key, after, self.source_name), source=self.source_name)
-        self._shapes[table] = (key, _key_numbers(shape))
+        self._shapes[table] = (key, _key_numbers(shape), shape.split("|", 1)[0])
         self._tables[table] = t
         return t
 
