@@ -303,3 +303,18 @@ def test_postgres_table_dropped_and_created_again_mid_copy_stops_cdc_with_what_i
         _wait(lambda: any(e["op"] == "c" and e["after"]["id"] == 99999 for e in read_complete(
             tmp_path / "out/all.jsonl")), 60, "the new table's change")
         assert r.thread.is_alive()
+
+
+def test_postgres_table_renamed_mid_copy_names_the_rows_not_copied(pg_database, tmp_path, caplog):
+    sql(pg_database, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
+        "INSERT INTO big SELECT g, g, 'n' || g FROM generate_series(1, 20000) g")
+    cfg = config(tmp_path, pg_database, ["public.big"], {"all": file_pipeline()}, snapshot="initial",
+                 snapshot_chunk_size=100)
+    with Running(cfg) as r:
+        _wait(lambda: (_copied(r.runner) or 0) > 0, 60, "the first chunks")
+        sql(pg_database, "ALTER TABLE big RENAME TO big2")
+        assert not r.runner.snapshots.finished, "the copy finished before the DDL: make the table bigger"
+        _wait(lambda: r.runner.snapshots.finished or not r.thread.is_alive(), 60, "the copy to stop")
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelname == "ERROR" and "dropped" in rec.getMessage()]
+    assert len(errors) == 1, errors
+    assert "its rows after key [" in errors[0] and "cdc snapshot CONFIG --source db --table public.big" in errors[0]
