@@ -16,10 +16,10 @@ from mysql_helpers import db_of, execute, make_source
 from pgutil import Running, config, file_pipeline, sql
 
 
-def _chunk(reader, table: str, after, limit: int = 100):
+def _chunk(reader, table: str, after, limit: int = 100, where: str | None = None):
     """The next chunk; a chunk whose snapshot cannot be used (None) is read again."""
     for _ in range(50):
-        chunk = reader.read_chunk(table, after, limit, None)
+        chunk = reader.read_chunk(table, after, limit, where)
         if chunk is not None:
             return chunk
         time.sleep(0.05)
@@ -191,8 +191,9 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 def _check_copy(events: list[dict], table: str, source_rows: dict, old_columns=("id", "v", "note"),
                 repeats: bool = False) -> None:
-    """Every row arrived once (``repeats``: at least once, after a kill): those copied before the DDL took effect with the table's old
-    columns (the DDL is no row event), every one after them with its new columns."""
+    """Every row arrived once (``repeats``: at least once, after a kill): those copied before
+    the DDL took effect with the table's old columns (the DDL is no row event), every one
+    after them with its new columns."""
     reads = [e for e in events if e["op"] == "r" and e["source"]["table"] == table]
     ids = [e["after"]["id"] for e in reads]
     assert (set(ids) if repeats else sorted(ids)) == (set(source_rows) if repeats else sorted(source_rows))
@@ -366,3 +367,24 @@ def test_sigkill_after_ddl_mid_copy_then_restart(kind, tmp_path, request):
     log = open(runs.runs[-1]).read()
     assert "ERROR" not in log and "Traceback" not in log, log
     _check_copy(read_complete(tmp_path / "out/all.jsonl"), "big", rows(), repeats=True)
+
+
+def test_a_where_on_a_column_dropped_mid_copy_drops_the_copy_with_the_reason(pg_database, mariadb_server,
+                                                                             mariadb_database):
+    """On-demand copy with ``--where v > 0``, then ``DROP COLUMN v``: a clear error (the
+    controller drops the copy and says what is not copied), not retries forever."""
+    _pg_table(pg_database)
+    db = db_of(mariadb_database)
+    _my_table(mariadb_server, db)
+    readers = [(_pg_reader(pg_database), "public.t", lambda: sql(pg_database, "ALTER TABLE t DROP COLUMN v")),
+               (make_source(mariadb_server, db, [f"{db}.t"]).snapshot_reader(), f"{db}.t",
+                lambda: execute(mariadb_server, db, "ALTER TABLE t DROP COLUMN v"))]
+    for reader, table, drop in readers:
+        try:
+            first = reader.read_chunk(table, None, 100, "v > 0")
+            assert first is not None and len(first.rows) == 100
+            drop()
+            with pytest.raises(SnapshotInputError, match="v"):
+                _chunk(reader, table, first.last_key, where="v > 0")
+        finally:
+            reader.close()

@@ -317,7 +317,7 @@ class MySQLSnapshotReader:
             # the columns were read; read them and the chunk again
             if exc.args and exc.args[0] in (1054, 1412) and self._retry_after_ddl(t, exc.args[0]):
                 return None
-            if isinstance(exc, pymysql.OperationalError):
+            if isinstance(exc, pymysql.OperationalError) and exc.args and exc.args[0] != 1054:
                 self.close()
                 raise SourceConnectionError(f"snapshot read of {table}: {exc.args[-1]}",
                                             source=self.source_name) from exc
