@@ -388,3 +388,50 @@ def test_a_where_on_a_column_dropped_mid_copy_drops_the_copy_with_the_reason(pg_
                 _chunk(reader, table, first.last_key, where="v > 0")
         finally:
             reader.close()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_mirror_started_on_a_non_empty_table_with_ddl_mid_copy_ends_equal(kind, pg_server, tmp_path, request):
+    """PostgreSQL -> PostgreSQL and MariaDB -> PostgreSQL mirrors: mid-copy, the operator adds
+    the new column to the target, then the source gets it (with a default), loses a
+    column and widens another.  The target ends equal to the source, row for row."""
+    import random
+
+    from test_snapshot_mirror import _cfg
+    from test_snapshot_mysql import Running as MyRunning
+    target = pg_server.create_database(f"mirror_{random.randrange(1 << 30)}")
+    sql(target, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))")
+    if kind == "postgres":
+        dsn = request.getfixturevalue("pg_database")
+        sql(dsn, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
+            "INSERT INTO big SELECT g, g, 'n' || g FROM generate_series(1, 30000) g")
+        cfg, running = _cfg(tmp_path, {"type": "postgres", "dsn": dsn, "tables": ["public.big"]}, target), Running
+        ddl = lambda: sql(dsn, "ALTER TABLE big ADD COLUMN w int DEFAULT 7, DROP COLUMN note,"  # noqa: E731
+                               " ALTER COLUMN v TYPE bigint")
+        rows = lambda: sql(dsn, "SELECT id, v, w FROM big ORDER BY id")  # noqa: E731
+    else:
+        server, db = request.getfixturevalue("mariadb_server"), db_of(request.getfixturevalue("mariadb_database"))
+        execute(server, db, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
+                "INSERT INTO big SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_30000")
+        cfg = _cfg(tmp_path, {"type": "mysql", "dsn": server.dsn(db, user="cdc"), "tables": [f"{db}.big"],
+                              "server_id": random.randint(5000, 90000)}, target)
+        running = MyRunning
+        ddl = lambda: execute(server, db, "ALTER TABLE big ADD COLUMN w int DEFAULT 7, DROP COLUMN note,"  # noqa: E731
+                                          " MODIFY v bigint")
+
+        def rows():
+            with server.connect(db) as conn, conn.cursor() as cur:
+                cur.execute("SELECT id, v, w FROM big ORDER BY id")
+                return [tuple(r) for r in cur.fetchall()]
+    with running(cfg) as r:
+        _wait(lambda: (_copied(r.runner) or 0) > 0, 60, "the first chunks")
+        sql(target, "ALTER TABLE big ADD COLUMN w int DEFAULT 7, ALTER COLUMN v TYPE bigint")
+        ddl()
+        assert not r.runner.snapshots.finished, "the copy finished before the DDL: make the table bigger"
+        _wait(lambda: r.runner.snapshots.finished or not r.thread.is_alive(), 120, "the copy")
+        assert r.thread.is_alive(), r.runner.error
+        assert r.runner.snapshots.skipped == {}
+        expected = [tuple(row) for row in rows()]
+        _wait(lambda: [tuple(row) for row in sql(target, "SELECT id, v, w FROM big ORDER BY id")] == expected, 60,
+              "the mirror to reach the source's state")
+    assert len(expected) == 30000
