@@ -10,7 +10,7 @@ from ..errors import PermanentError, SourceError
 from ..event import ChangeEvent
 from ..lsn import format_lsn
 
-__all__ = ["Chunk", "SnapshotInputError", "MODES", "emit_events", "place"]
+__all__ = ["Chunk", "SnapshotInputError", "MODES", "emit_events", "place", "key_changed"]
 
 #: ``snapshot:`` modes, with Debezium's meanings
 MODES = ("initial", "never", "initial_only", "when_needed")
@@ -41,6 +41,13 @@ class Chunk:
     first_index: int = 0   # rows of this copy emitted before this chunk (set when emitted)
     copy_uid: str = ""     # the copy's identity, saved in the checkpoint (set when emitted)
     json_null: dict[tuple, list[str]] = field(default_factory=dict)
+
+
+def key_changed(table: str, was: str, key: list[str], after: list, source: str) -> str:
+    """The error of a copy whose table's primary key changed while it ran."""
+    return (f"the primary key of {table} changed {was}to ({', '.join(key)}) while it was copied: its rows after"
+            f" key {list(after)} are not copied (the copy goes in key order); copy the table again:"
+            f" cdc snapshot CONFIG --source {source} --table {table}")
 
 
 def emit_events(rows: list, copy_uid: str, place_prefix: str, first: int, base: dict, now: int,

@@ -262,7 +262,11 @@ class SnapshotController:
                                       "finished": None, "resumed_after": entry["after"]}
             chunk = reader.read_chunk(entry["table"], after, self.chunk_size, entry.get("where"))
         except SnapshotInputError as exc:
-            log.error("source %s: snapshot %s of %s dropped: %s", self.name, entry["id"], entry["table"], exc)
+            # mid-copy (e.g. the table renamed or dropped): what is missing, and the way back
+            lost = (f"; its rows after key {entry['after']} are not copied (those before were); once the table can"
+                    f" be read, copy it again: cdc snapshot CONFIG --source {self.name} --table {entry['table']}"
+                    if entry["after"] is not None and "cdc snapshot CONFIG" not in str(exc) else "")
+            log.error("source %s: snapshot %s of %s dropped: %s%s", self.name, entry["id"], entry["table"], exc, lost)
             self.windows = [w for w in self.windows if w.entry is not entry]
             self.queue.remove(entry)
             if entry["id"] == INITIAL and entry["table"] not in self.done:

@@ -26,7 +26,7 @@ import pymysql.cursors
 
 from ...errors import SourceConnectionError
 from ...event import ChangeEvent
-from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
+from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events, key_changed
 from ...snapshot.where import condition_problem
 from . import settings as checks
 from .types import float32
@@ -130,6 +130,7 @@ class _Table:
     def __init__(self, table: str, names: list[str], converters: list, key: list[str],
                  types: list[tuple[str, str]] | None = None) -> None:
         self.table = table
+        self.shape: tuple = ((), ())  # MySQLSnapshotReader._shape when the columns were read
         self.db, self.name = table.split(".", 1)
         self.names = names
         self.converters = converters
@@ -342,6 +343,7 @@ class MySQLSnapshotReader:
         self.source_name = source_name
         self.conn: pymysql.Connection | None = None
         self._tables: dict[str, _Table] = {}
+        self._keys: dict[str, tuple[list[str], list[int]]] = {}  # table -> its key's names and column places
 
     def _connect(self) -> pymysql.Connection:
         if self.conn is None or not self.conn.open:
@@ -370,19 +372,26 @@ class MySQLSnapshotReader:
                 pass
             self.conn = None
 
-    def _table(self, table: str) -> _Table:
+    @staticmethod
+    def _shape(cur, table: str) -> tuple[tuple, tuple]:
+        """The table's columns (name, data type, column type, key) and primary key, as now
+        (the data dictionary is not versioned: read in a chunk's transaction too)."""
+        db, name = table.split(".", 1)
+        cur.execute("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COLUMN_KEY FROM information_schema.COLUMNS"
+                    " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION", (db, name))
+        columns = tuple(cur.fetchall())
+        cur.execute("SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s"
+                    " AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX", (db, name))
+        return columns, tuple(r[0] for r in cur.fetchall())
+
+    def _table(self, table: str, after: list | None = None) -> _Table:
         t = self._tables.get(table)
         if t is not None:
             return t
         conn = self._connect()
-        db, name = table.split(".", 1)
         with conn.cursor() as cur:
-            cur.execute("SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, COLUMN_KEY FROM information_schema.COLUMNS"
-                        " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION", (db, name))
-            columns = cur.fetchall()
-            cur.execute("SELECT COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s"
-                        " AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY' ORDER BY SEQ_IN_INDEX", (db, name))
-            key = [r[0] for r in cur.fetchall()]
+            shape = self._shape(cur, table)
+        columns, key = shape[0], list(shape[1])
         if not columns:
             raise SnapshotInputError(f"table {table} does not exist", source=self.source_name)
         if not key:
@@ -391,6 +400,14 @@ class MySQLSnapshotReader:
         json_columns = checks.json_columns(conn, [table]).get(table, set())
         t = _Table(table, [c[0] for c in columns],
                    [_converter(c[1], c[2], c[0] in json_columns) for c in columns], key, [(c[1], c[2]) for c in columns])
+        t.shape = shape
+        old = self._keys.get(table)
+        # a key column renamed, or columns added before it: the same key
+        if after is not None and (len(after) != len(key) or old is not None and old[0] != key
+                                  and old[1] != t.key_index):
+            was = f"from ({', '.join(old[0])}) " if old is not None else ""
+            raise SnapshotInputError(key_changed(table, was, key, after, self.source_name), source=self.source_name)
+        self._keys[table] = (key, t.key_index)
         self._tables[table] = t
         return t
 
@@ -423,7 +440,7 @@ class MySQLSnapshotReader:
             raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
 
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
-        t = self._table(table)
+        t = self._table(table, after)
         self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
         conditions = []
@@ -442,20 +459,40 @@ class MySQLSnapshotReader:
                                 " ('Binlog_snapshot_file', 'Binlog_snapshot_position')")
                     status = dict(cur.fetchall())
                     rows, json_null = _read_rows(conn, t, query)
+                    shape = self._shape(cur, table)  # DDL waits for the commit: the shape the rows have
                 finally:
                     if conn.open:  # else closed by a failed read
                         cur.execute("COMMIT")
-        except pymysql.OperationalError as exc:
-            self.close()
-            raise SourceConnectionError(f"snapshot read of {table}: {exc.args[-1]}",
-                                        source=self.source_name) from exc
         except pymysql.MySQLError as exc:
+            # 1054 unknown column, 1412 table definition changed (since the snapshot): DDL since
+            # the columns were read; read them and the chunk again
+            if exc.args and exc.args[0] in (1054, 1412) and self._retry_after_ddl(t, exc.args[0]):
+                return None
+            if isinstance(exc, pymysql.OperationalError) and exc.args and exc.args[0] != 1054:
+                self.close()
+                raise SourceConnectionError(f"snapshot read of {table}: {exc.args[-1]}",
+                                            source=self.source_name) from exc
             raise SnapshotInputError(f"cannot read {table}: {exc.args[-1]}", source=self.source_name) from None
+        if shape != t.shape:
+            self._tables.pop(table, None)
+            return None
         watermark = (status["Binlog_snapshot_file"], int(status["Binlog_snapshot_position"]))
         done = len(rows) <= limit
         rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
         return Chunk(table, rows, last_key, done, watermark, t.key, json_null=json_null)
+
+    def _retry_after_ddl(self, t: _Table, errno: int) -> bool:
+        """After an error that DDL can cause: the columns are read again if they changed (or
+        the table was rebuilt since the chunk's snapshot, 1412); False: the error stands."""
+        try:
+            with self._connect().cursor() as cur:
+                changed = self._shape(cur, t.table) != t.shape
+        except pymysql.MySQLError:
+            return False
+        if changed:
+            self._tables.pop(t.table, None)
+        return changed or errno == 1412
 
     # ---- the stream side -----------------------------------------------------------------
 
@@ -475,9 +512,9 @@ class MySQLSnapshotReader:
         first = chunk.first_index
         gtid = position.get("gtid")
         place_prefix = (f"{gtid}:s" if gtid else f"{position.get('file')}:{position.get('pos', 1) - 1}:s")
-        t = self._tables[chunk.table]
+        db, name = chunk.table.split(".", 1)  # the columns may have been read again since
         now = int(time.time() * 1000)
-        base = {"connector": "mysql", "name": self.source_name, "db": t.db, "table": t.name,
+        base = {"connector": "mysql", "name": self.source_name, "db": db, "table": name,
                 "file": position.get("file"), "pos": position.get("pos"), "row": first, "gtid": gtid,
                 "server_id": None, "ts_ms": now, "snapshot": True}
         return emit_events(rows, chunk.copy_uid, place_prefix, first, base, now, last, chunk.json_null)

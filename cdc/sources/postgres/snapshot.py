@@ -21,10 +21,10 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ...errors import SourceConnectionError
+from ...errors import SourceConnectionError, SourceSetupError
 from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
-from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events
+from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events, key_changed
 from ...snapshot.where import condition_problem
 from .replication import SESSION_OPTIONS
 from .types import _bool, _timestamp, converter_for, is_json
@@ -89,10 +89,23 @@ class _Watermark:
         return x < self.xmin or (x < self.xmax and x not in self.xip)
 
 
+# The table's shape: its oid, its columns (number, name, type), its primary key, its
+# storage; read after each chunk's commit, in a snapshot of its own (in the chunk's, the
+# catalog is as old as the rows).  A change since the columns were read: the chunk and
+# the columns are read again.  DDL that commits after the COPY took its lock waits for
+# the commit: a change that reached the chunk shows here.
+_SHAPE = ("SELECT c.oid || '|' || coalesce((SELECT string_agg(a.attnum || ' ' || a.attname || ' ' || a.atttypid"
+          " || ' ' || a.atttypmod, ',' ORDER BY a.attnum) FROM pg_attribute a WHERE a.attrelid = c.oid"
+          " AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), '') || '|'"
+          " || coalesce((SELECT i.indkey::text FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), '')"
+          " || '|' || c.relfilenode FROM pg_class c WHERE c.oid = {}::regclass")
+
+
 class _Table:
     def __init__(self, table: str, names: list[str], converters: list, key: list[str],
-                 types: list[tuple[str, str]] | None = None) -> None:
+                 types: list[tuple[str, str]] | None = None, shape: str = "") -> None:
         self.table = table
+        self.shape = shape
         self.schema, self.name = table.split(".", 1)
         self.names = names
         self.converters = converters
@@ -174,6 +187,11 @@ def _compile(t: _Table):
     return env["decode"]
 
 
+def _key_numbers(shape: str) -> str:
+    """The primary key's column numbers in a ``_SHAPE``."""
+    return shape.split("|")[2] if shape.count("|") >= 3 else ""
+
+
 def _key_literal(value: Any, type_sql: str, typname: str) -> sql.Composable:
     """A key value as in the event, as the column's type: compared as the stored value is
     (a bytea is base64 in the event; a real read as numeric compares as another value)."""
@@ -197,6 +215,7 @@ class PostgresSnapshotReader:
         self._tables: dict[str, _Table] = {}
         self._noted: set[int] = set()        # xids of changes of copied tables handed on
         self._floor: dict[str, int] = {}     # table -> an xid taken when its copy (re)started here
+        self._shapes: dict[str, tuple[list[str], str, str]] = {}  # table -> its key's names and numbers, its oid
 
     # ---- connection and metadata ----------------------------------------------------
 
@@ -214,13 +233,13 @@ class PostgresSnapshotReader:
             self.conn.close()
             self.conn = None
 
-    def _table(self, table: str) -> _Table:
+    def _table(self, table: str, after: list | None = None) -> _Table:
         t = self._tables.get(table)
         if t is not None:
             return t
         conn = self._connect()
         try:
-            columns, key = self._metadata(conn, table)
+            columns, key, shape = self._metadata(conn, table)
         except psycopg.OperationalError as exc:
             self.close()
             raise SourceConnectionError(f"snapshot: columns of {table}: {str(exc).strip()}",
@@ -231,12 +250,36 @@ class PostgresSnapshotReader:
             raise SnapshotInputError(f"table {table} has no primary key: a snapshot reads tables in key order "
                                      f"(add a primary key)", source=self.source_name)
         t = _Table(table, [c[0] for c in columns], [converter_for(c[1], c[2]) for c in columns], key,
-                   [(c[3], c[2]) for c in columns])
+                   [(c[3], c[2]) for c in columns], shape)
+        old = self._shapes.get(table)
+        if after is not None and old is not None and old[2] != shape.split("|", 1)[0]:
+            raise SourceSetupError(
+                f"table {table} was dropped and created again while it was copied: rows of the old table"
+                f" copied before are not deleted downstream, rows of the new one up to key {list(after)} are not"
+                f" copied, and PostgreSQL removed it from the publication, so its changes are not streamed"
+                f" (those until cdc starts again are lost to the stream); cdc stops. Start cdc again (it puts the"
+                f" table back in the publication), then copy it again: cdc snapshot CONFIG --source"
+                f" {self.source_name} --table {table}; rows deleted meanwhile stay in database mirrors",
+                source=self.source_name)
+        if after is not None and (len(after) != len(key) or old is not None and old[1] != _key_numbers(shape)):
+            was = f"from ({', '.join(old[0])}) " if old is not None else ""
+            raise SnapshotInputError(key_changed(table, was, key, after, self.source_name), source=self.source_name)
+        self._shapes[table] = (key, _key_numbers(shape), shape.split("|", 1)[0])
         self._tables[table] = t
         return t
 
+    def _changed(self, conn: psycopg.Connection, t: _Table) -> bool:
+        """The table's shape is not the one its columns were read with (their cache is
+        dropped).  A dropped table raises (psycopg.Error)."""
+        shape = one(conn, _SHAPE.format(sql.Literal(sql.Identifier(t.schema, t.name).as_string(conn))
+                                        .as_string(conn)))[0]
+        if shape == t.shape:
+            return False
+        self._tables.pop(t.table, None)
+        return True
+
     @staticmethod
-    def _metadata(conn: psycopg.Connection, table: str) -> tuple[list, list[str]]:
+    def _metadata(conn: psycopg.Connection, table: str) -> tuple[list, list[str], str]:
         ident = sql.Identifier(*table.split(".", 1)).as_string(conn)
         columns = conn.execute(
             "SELECT a.attname, a.atttypid, t.typname, format_type(a.atttypid, a.atttypmod)"
@@ -248,7 +291,8 @@ class PostgresSnapshotReader:
             " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
             " WHERE i.indrelid = %s::regclass AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)",
             (ident,)).fetchall()]
-        return columns, key
+        shape = one(conn, _SHAPE.format(sql.Literal(ident).as_string(conn)))[0]
+        return columns, key, shape
 
     def estimate(self, table: str) -> int | None:
         try:
@@ -281,7 +325,7 @@ class PostgresSnapshotReader:
             raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
 
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
-        t = self._table(table)
+        t = self._table(table, after)
         self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
         try:
@@ -299,10 +343,12 @@ class PostgresSnapshotReader:
             try:
                 text, lines = self._copy(conn, b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
                                                b" SELECT pg_current_snapshot()::text; " + query)
-                high, racy = self._simple(conn, (
+                ident = sql.Literal(sql.Identifier(t.schema, t.name).as_string(conn)).as_string(conn)
+                high, racy, shape = self._simple(conn, (
                     f"SELECT pg_logical_emit_message(false, '{WATERMARK_PREFIX}', '')::text, pg_current_xact_id(),"
                     f" (SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x"
-                    f"  WHERE x < '{int(self._floor[table])}'::xid8 AND pg_xact_status(x) = 'committed'); COMMIT"
+                    f"  WHERE x < '{int(self._floor[table])}'::xid8 AND pg_xact_status(x) = 'committed'); COMMIT;"
+                    f" {_SHAPE.format(ident)}"
                 ).encode())
             except BaseException:
                 if conn.pgconn.status == pq.ConnStatus.OK:
@@ -313,7 +359,17 @@ class PostgresSnapshotReader:
             raise SourceConnectionError(f"snapshot read of {table}: {str(exc).strip()}",
                                         source=self.source_name) from exc
         except psycopg.Error as exc:
+            try:  # e.g. a column renamed since the columns were read: read with the new ones
+                if self._changed(conn, t):
+                    return None
+            except psycopg.Error:
+                pass
             raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}", source=self.source_name) from None
+        if shape != t.shape:
+            # DDL since the columns were read, or since the chunk's snapshot (a table-rewriting
+            # ALTER TABLE is not MVCC-safe: the snapshot sees the table empty): read again
+            self._tables.pop(table, None)
+            return None
         json_null: dict[tuple, list[str]] = {}
         rows = t.decode(lines, json_null)
         xmin, xmax, xip = text.split(":")
@@ -364,16 +420,15 @@ class PostgresSnapshotReader:
             select.select([], [pgconn.socket], [], 10.0)
         return pgconn
 
-    def _simple(self, conn: psycopg.Connection, query: bytes) -> tuple[str, int]:
-        """(watermark LSN, racy count) of the closing statement."""
+    def _simple(self, conn: psycopg.Connection, query: bytes) -> tuple[str, int, str]:
+        """(watermark LSN, racy count, table shape) of the closing statement."""
         pgconn = self._send(conn, query)
-        row = None
-        for result in self._results(pgconn):
-            if result.status == pq.ExecStatus.TUPLES_OK and row is None:
-                row = (result.get_value(0, 0).decode(), int(result.get_value(0, 2)))
-        if row is None:
+        rows = [(result.get_value(0, 0) or b"").decode() if result.nfields == 1
+                else (result.get_value(0, 0).decode(), int(result.get_value(0, 2)))
+                for result in self._results(pgconn) if result.status == pq.ExecStatus.TUPLES_OK]
+        if len(rows) != 2:
             raise psycopg.DataError("the watermark statement returned no row")
-        return row
+        return (*rows[0], rows[1])
 
     def _copy(self, conn: psycopg.Connection, query: bytes) -> tuple[str, list[bytes]]:
         """(the snapshot's text, the lines of the ``COPY ... TO STDOUT``), read with libpq's
@@ -425,8 +480,8 @@ class PostgresSnapshotReader:
         # places sort between the transactions before and after ``position`` (see docs/snapshots.md)
         at = parse_lsn(position["lsn"]) - 1
         place_prefix = format_lsn(at) + ":"
-        t = self._tables[chunk.table]
+        schema, name = chunk.table.split(".", 1)  # the columns may have been read again since
         now = int(time.time() * 1000)
-        base = {"connector": "postgresql", "name": self.source_name, "db": self.db, "schema": t.schema,
-                "table": t.name, "lsn": at, "txId": None, "ts_ms": now, "snapshot": True}
+        base = {"connector": "postgresql", "name": self.source_name, "db": self.db, "schema": schema,
+                "table": name, "lsn": at, "txId": None, "ts_ms": now, "snapshot": True}
         return emit_events(rows, chunk.copy_uid, place_prefix, 0, base, now, last, chunk.json_null)
