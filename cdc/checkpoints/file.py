@@ -11,7 +11,23 @@ from ..config.model import Context
 from ..errors import CheckpointError
 from ..faults import crash_point
 
-__all__ = ["FileCheckpointStore"]
+__all__ = ["FileCheckpointStore", "UnreadableCheckpoint"]
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """The checkpoint file exists but holds no usable position (empty, garbage, no ``position``).
+    ``content`` is what it holds, for ``cdc checkpoint reset`` to show what it forgets."""
+
+    def __init__(self, path: Path, source: str, content: str, why: str) -> None:
+        self.content = content
+        name = source or "NAME"
+        super().__init__(
+            f"cannot read checkpoint {path}: {why}. Where source {name} stopped is unknown, so it does not "
+            f"start (starting from the current position would skip every change since). Restore the file "
+            f"from a backup, or give the position with `cdc checkpoint set CONFIG --source {name} --position "
+            f"JSON`, or forget it with `cdc checkpoint reset CONFIG --source {name}` (the next run starts "
+            f"as a first run: a snapshot copies the tables again, or with snapshot: never the changes "
+            f"since the lost position are not delivered)")
 
 
 class FileCheckpointStore:
@@ -28,12 +44,19 @@ class FileCheckpointStore:
         """The file's content, refused when another source saved it: resuming from that
         source's position would skip (or repeat) this one's changes."""
         try:
-            data = json.loads(self.path.read_text())
+            text = self.path.read_text()
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read checkpoint {self.path}: {exc}") from exc
-        owner = data.get("source") if isinstance(data, dict) else None
+            raise CheckpointError(f"cannot read checkpoint {self.path}: {getattr(exc, 'strerror', None) or exc}") from exc
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UnreadableCheckpoint(self.path, self.source, text, "empty" if not text.strip()
+                                       else f"not JSON: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("position"), dict):
+            raise UnreadableCheckpoint(self.path, self.source, text, "no position in it")
+        owner = data.get("source")
         if owner and self.source and owner != self.source:
             raise CheckpointError(
                 f"checkpoint {self.path} holds the position of source {owner}, not of source {self.source}: "
@@ -44,9 +67,11 @@ class FileCheckpointStore:
 
     def saved_at(self) -> float | None:
         try:
-            return json.loads(self.path.read_text()).get("saved_at")
+            data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        saved_at = data.get("saved_at") if isinstance(data, dict) else None
+        return saved_at if isinstance(saved_at, (int, float)) else None
 
     def save(self, position: dict) -> None:
         if self._owner_checked is not True:
@@ -58,7 +83,9 @@ class FileCheckpointStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.write(fd, body.encode())
+                view = memoryview(body.encode())
+                while view:  # a short write (the disk filled part-way) must not tear the file
+                    view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -70,6 +97,10 @@ class FileCheckpointStore:
             finally:
                 os.close(dfd)
         except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)  # give back the space a partial temp file holds
+            except OSError:
+                pass
             raise CheckpointError(f"cannot write checkpoint {self.path}: {exc.strerror}") from exc
 
     def reset(self) -> None:

@@ -16,6 +16,7 @@ from ..abc import PositionCheck, SlotOwner, Timestamped
 from ..config.model import Config
 from ..observe.state import LockHeld, SourceLock
 from ..snapshot.controller import POSITION_KEY
+from .file import UnreadableCheckpoint
 
 __all__ = ["show", "set_position", "reset", "drop_slot", "PositionError"]
 
@@ -94,10 +95,13 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
         return new
 
 
-def reset(cfg: Config, source: str) -> dict | None:
-    """Forget the position; returns what it was."""
+def reset(cfg: Config, source: str) -> dict | str | None:
+    """Forget the position; returns what it was (an unreadable file's text, as it was)."""
     with _locked_store(cfg, source) as store:
-        old = store.load()
+        try:
+            old: dict | str | None = store.load()
+        except UnreadableCheckpoint as exc:  # forgetting it is the way out
+            old = exc.content
         store.reset()
         return old
 

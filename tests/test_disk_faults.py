@@ -1,0 +1,204 @@
+"""What cdc does when a disk it writes to misbehaves: full (a 64 KiB tmpfs mounted for the
+test; needs root), read-only, removed or corrupted, while `cdc run` streams from a real
+PostgreSQL and at start-up.  Each test says what must not happen: a change lost or skipped
+silently, a checkpoint past an event not durably handled, a traceback for an operator."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cdc.checkpoints.file import FileCheckpointStore
+from cdc.config import Context
+from cdc.errors import CheckpointError
+
+from _ops_helpers import ROOT, CdcProcess, basic_config, insert, make_orders, read_jsonl, slot_lsn, wait_for
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs; unmounted lazily afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(disk: Path, leave: int = 0) -> Path:
+    """Fill ``disk`` to the last byte, then free ``leave`` bytes (whole pages on tmpfs)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        while True:
+            os.write(fd, b"x" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.ftruncate(fd, max(os.fstat(fd).st_size - leave, 0))
+        os.close(fd)
+    return filler
+
+
+def cdc(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """A `cdc` command other than `run` in the foreground, as an operator types it."""
+    return subprocess.run([sys.executable, "-m", "cdc", *args[:1], *args[1:2], str(config), *args[2:]],
+                          capture_output=True, text=True, timeout=timeout, cwd=config.parent,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def streaming(config: Path, dsn: str) -> CdcProcess:
+    """`cdc run CONFIG`, once its slot exists (rows written before it would not be seen)."""
+    run = CdcProcess(config)
+    wait_for(lambda: slot_lsn(dsn) or run.proc.poll() is not None, 60, "the slot")
+    return run
+
+
+def ids(path: Path) -> list[int]:
+    return [e["after"]["id"] for e in read_jsonl(path)]
+
+
+# ---- the file checkpoint store ------------------------------------------------------------
+
+
+def test_a_checkpoint_save_that_fills_the_disk_keeps_the_old_checkpoint(small_disk):
+    """A short write (the disk filled part-way through a position bigger than one page, as a
+    snapshot's progress over many tables is) must not replace the checkpoint with a torn one."""
+    store = FileCheckpointStore(str(small_disk / "shop.json"), context=Context(small_disk, source="shop"))
+    store.save({"lsn": "0/10"})
+    fill(small_disk, leave=4096)
+    progress = {"snapshot": {"tables": {f"public.table_{n}": {"done": False, "after": [n]} for n in range(300)}}}
+    with pytest.raises(CheckpointError, match="No space left on device"):
+        store.save({"lsn": "0/20", **progress})
+    assert store.load() == {"lsn": "0/10"}
+    assert sorted(os.listdir(small_disk)) == ["filler", "shop.json"]  # no temp file holding the space
+    (small_disk / "filler").unlink()
+    store.save({"lsn": "0/30", **progress})
+    assert store.load() == {"lsn": "0/30", **progress}
+
+
+@pytest.mark.parametrize("content", ["", "null", "{}", "[1, 2]", '"0/1A2B3C8"', '{"source": "shop"}',
+                                     "{broken"])
+def test_an_unusable_checkpoint_file_stops_the_start_with_the_recovery(pg_database, tmp_path, content):
+    """Empty (a crash of a filesystem that does not order data and rename), garbage, or JSON
+    without a position: cdc must not start over from the current position as if it had
+    never run, nor die with a traceback."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/shop.json").write_text(content)
+    run = CdcProcess(config)
+    try:
+        code = run.wait(60)
+    finally:
+        run.stop()
+    log = run.text()
+    assert code == 1, log
+    assert "Traceback" not in log
+    assert "state/shop.json" in log and "cdc checkpoint reset" in log, log
+    assert (tmp_path / "state/shop.json").read_text() == content  # left for the operator to look at
+    assert not (tmp_path / "out/orders.jsonl").exists()
+
+
+def test_checkpoint_reset_and_show_work_on_an_unreadable_checkpoint(pg_database, tmp_path):
+    """The documented way out of an unreadable checkpoint must itself work on it."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/shop.json").write_text('{"source": "shop", "position": {"lsn": "0/1A')
+    shown = cdc(config, "checkpoint", "show", "--source", "shop")
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr
+    assert "state/shop.json" in shown.stderr, shown.stderr
+    reset = cdc(config, "checkpoint", "reset", "--source", "shop", "--yes", "--keep-slot")
+    assert reset.returncode == 0, reset.stderr
+    assert not (tmp_path / "state/shop.json").exists()
+    assert '{"source": "shop", "position": {"lsn": "0/1A' in reset.stdout  # what was forgotten
+
+
+def test_checkpoint_disk_full_while_running_then_freed(pg_database, tmp_path, small_disk):
+    """The checkpoint's disk fills while cdc streams: the position stays where it was saved
+    (a WARNING names the path), delivery goes on, and once space is freed the checkpoint
+    catches up; a restart neither skips nor repeats."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    config.write_text(config.read_text().replace("path: state/shop.json", f"path: {small_disk}/shop.json"))
+    run = streaming(config, pg_database)
+    try:
+        insert(pg_database, 1, 10)
+        wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 10, what="10 rows")
+        wait_for(lambda: (small_disk / "shop.json").exists(), what="a checkpoint")
+        filler = fill(small_disk)
+        saved = json.loads((small_disk / "shop.json").read_text())["position"]
+        insert(pg_database, 11, 10)
+        wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 20, what="20 rows")
+        wait_for(lambda: "No space left on device" in run.text(), what="the warning")
+        assert json.loads((small_disk / "shop.json").read_text())["position"] == saved
+        filler.unlink()
+        wait_for(lambda: json.loads((small_disk / "shop.json").read_text())["position"] != saved,
+                 what="the checkpoint to catch up")
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+    assert str(small_disk / "shop.json") in run.text()
+    insert(pg_database, 21, 5)
+    again = CdcProcess(config)
+    try:
+        wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) >= 25, what="25 rows")
+        again.signal(signal.SIGTERM)
+        assert again.wait(60) == 0
+    finally:
+        again.stop()
+    assert ids(tmp_path / "out/orders.jsonl") == list(range(1, 26))
+
+
+# ---- the file sink ------------------------------------------------------------------------
+
+
+def test_file_sink_directory_removed_mid_run_loses_nothing_after_it(pg_database, tmp_path):
+    """`rm -rf out/` while cdc runs: the events after it must land in a new file at the
+    configured path, not in the removed file that no one can read (acknowledged, so the
+    checkpoint moves past them, and lost)."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    run = streaming(config, pg_database)
+    try:
+        insert(pg_database, 1, 10)
+        wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 10, what="10 rows")
+        shutil.rmtree(tmp_path / "out")
+        insert(pg_database, 11, 10)
+        wait_for(lambda: ids(tmp_path / "out/orders.jsonl") == list(range(11, 21)), timeout=30,
+                 what="the rows after the removal in a new file")
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+    assert "out/orders.jsonl" in run.text() and "WARNING" in run.text()
+
+
+def test_file_sink_file_renamed_mid_run_is_reopened(pg_database, tmp_path):
+    """Rotation by rename (logrotate without copytruncate): what was written before is in the
+    renamed file, what comes after in a new file at the path; nothing twice, nothing lost."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    run = streaming(config, pg_database)
+    try:
+        insert(pg_database, 1, 10)
+        wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 10, what="10 rows")
+        os.rename(tmp_path / "out/orders.jsonl", tmp_path / "out/orders.jsonl.1")
+        insert(pg_database, 11, 10)
+        wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 10, timeout=30, what="a new file")
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+    assert ids(tmp_path / "out/orders.jsonl.1") + ids(tmp_path / "out/orders.jsonl") == list(range(1, 21))
