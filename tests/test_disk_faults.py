@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from cdc.checkpoints.file import FileCheckpointStore
@@ -202,3 +203,96 @@ def test_file_sink_file_renamed_mid_run_is_reopened(pg_database, tmp_path):
     finally:
         run.stop()
     assert ids(tmp_path / "out/orders.jsonl.1") + ids(tmp_path / "out/orders.jsonl") == list(range(1, 21))
+
+
+# ---- the dead-letter queue ----------------------------------------------------------------
+
+
+def test_a_poison_event_is_not_acknowledged_when_its_dead_letter_file_is_full(pg_database, tmp_path, small_disk):
+    """The dead-letter file's disk is full when an event must be parked: the event is neither
+    delivered nor parked, so cdc must stop (exit 1, an ERROR naming the file) with the
+    checkpoint before it; once space is freed, a restart parks it and delivers the rest."""
+    from webhook_server import WebhookServer
+
+    make_orders(pg_database)
+    with WebhookServer() as server:
+        server.reject(b'"note":"poison"', 400)
+        config = basic_config(tmp_path, pg_database, sink=(
+            f"{{type: http, url: '{server.url}/orders', on_error: dead_letter, batch_size: 1, "
+            f"retry: {{max_attempts: 2, initial_backoff: 0.05}}, "
+            f"dead_letter: {{type: file, path: {small_disk}/dlq.jsonl}}}}"))
+        run = streaming(config, pg_database)
+        try:
+            insert(pg_database, 1, 3)
+            wait_for(lambda: len(server.accepted) == 3, what="3 rows delivered")
+            filler = fill(small_disk)
+            with psycopg.connect(pg_database, autocommit=True) as conn:
+                conn.execute("INSERT INTO orders VALUES (4, 'poison')")
+                poison_lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+            insert(pg_database, 5, 3)
+            code = run.wait(90)
+        finally:
+            run.stop()
+        log = run.text()
+        assert code == 1, log
+        assert "Traceback" not in log and f"{small_disk}/dlq.jsonl" in log and "ERROR" in log, log
+        saved = json.loads((tmp_path / "state/shop.json").read_text())["position"]["lsn"]
+        with psycopg.connect(pg_database) as conn:
+            assert conn.execute("SELECT %s::pg_lsn < %s::pg_lsn", (saved, poison_lsn)).fetchone()[0]
+        assert not (small_disk / "dlq.jsonl").exists() or not read_jsonl(small_disk / "dlq.jsonl")
+
+        filler.unlink()
+        again = CdcProcess(config)
+        try:
+            wait_for(lambda: read_jsonl(small_disk / "dlq.jsonl"), what="the poison event parked")
+            wait_for(lambda: {r.json["after"]["id"] for r in server.accepted} >= {1, 2, 3, 5, 6, 7},
+                     what="every other row delivered")
+            again.signal(signal.SIGTERM)
+            assert again.wait(60) == 0
+        finally:
+            again.stop()
+    (parked,) = read_jsonl(small_disk / "dlq.jsonl")
+    assert parked["after"] == {"id": 4, "note": "poison"}
+
+
+# ---- the status file ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"running"', "null", '{"sinks": [1], "pipelines": 3}',
+                                     '{"running": true, "pid": 1, "snapshot": {"tables": 5}, "updated_at": "x"}',
+                                     '{"running": true, "pid": 1, "snapshot": {"tables": 5, "state": 7}}'])
+def test_cdc_status_reads_a_corrupted_status_file_without_a_traceback(pg_database, tmp_path, content):
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/shop.status.json").write_text(content)
+    for args in (("status",), ("status", "--json")):
+        shown = subprocess.run(
+            [sys.executable, "-m", "cdc", *args, str(config)], capture_output=True, text=True, timeout=60,
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        assert "shop" in shown.stdout
+
+
+def test_a_full_status_disk_is_said_once_and_streaming_goes_on(pg_database, tmp_path, small_disk):
+    """state_dir (lock and status file) on a disk that fills while cdc runs: the status file
+    goes stale, which a WARNING naming it says once; delivery and checkpoints go on."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database, extra=f"state_dir: {small_disk}")
+    run = streaming(config, pg_database)
+    try:
+        wait_for(lambda: (small_disk / "shop.status.json").exists(), what="the status file")
+        filler = fill(small_disk)
+        insert(pg_database, 1, 10)
+        wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 10, what="10 rows")
+        wait_for(lambda: "cannot write the status file" in run.text(), what="the warning")
+        filler.unlink()
+        wait_for(lambda: json.loads((small_disk / "shop.status.json").read_text())["acknowledged"] == 10,
+                 what="the status file to catch up")
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+    assert run.text().count("cannot write the status file") == 1
+    assert f"{small_disk}/shop.status.json" in run.text()
+    assert json.loads((tmp_path / "state/shop.json").read_text())["position"]

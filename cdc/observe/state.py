@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from .secrets import redact
 __all__ = ["SourceLock", "LockHeld", "StatusWriter", "read_status", "lock_path", "status_path"]
 
 STATUS_INTERVAL = 2.0
+
+log = logging.getLogger("cdc.status")
 
 
 def lock_path(state_dir: Path, source: str) -> Path:
@@ -86,11 +89,23 @@ class SourceLock:
         self.release()
 
 
+_STATUS_TYPES: dict[str, type | tuple[type, ...]] = {"updated_at": (int, float), "stalled_since": (int, float, type(None)),
+                 "sinks": dict, "pipelines": dict, "snapshot": (dict, type(None)),
+                 "blocked_by": (list, type(None)), "last_error": (str, type(None))}
+
+
 def read_status(state_dir: Path, source: str) -> dict | None:
+    """The status file, or None when there is none or it is not one (torn, edited, corrupted)."""
     try:
-        return json.loads(status_path(state_dir, source).read_text())
+        live = json.loads(status_path(state_dir, source).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(live, dict) or not all(isinstance(live.get(k), t) for k, t in _STATUS_TYPES.items()
+                                             if k in live):
+        return None
+    if not all(isinstance(v, dict) for k in ("sinks", "pipelines") for v in live.get(k, {}).values()):
+        return None
+    return live
 
 
 class StatusWriter:
@@ -100,6 +115,7 @@ class StatusWriter:
         self.runner = runner
         self.path = status_path(state_dir, runner.name)
         self._last = 0.0
+        self._failing = False  # the last write failed (logged once)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def tick(self, runner=None) -> None:
@@ -132,5 +148,17 @@ class StatusWriter:
         try:
             tmp.write_text(json.dumps(self.snapshot(running), default=str))
             os.replace(tmp, self.path)
-        except OSError:
-            pass  # status is best effort; the checkpoint is what counts
+        except OSError as exc:  # best effort: the checkpoint is what counts, but say it is stale
+            try:
+                tmp.unlink(missing_ok=True)  # give back the space a partial file holds
+            except OSError:
+                pass
+            if not self._failing:
+                self._failing = True
+                log.warning("cannot write the status file %s (%s): `cdc status` shows what it held "
+                            "before (see its age) until it can; delivery and checkpoints go on", self.path,
+                            exc.strerror)
+            return
+        if self._failing:
+            self._failing = False
+            log.info("the status file %s is written again", self.path)

@@ -54,7 +54,10 @@ def source_status(cfg: Config, name: str) -> dict[str, Any]:
         row["last_error"] = live.get("last_error")
         row["status_updated_s"] = round(time.time() - live.get("updated_at", 0), 1)
     row["pipelines"] = _pipelines(cfg, name, live or {})
-    row["snapshots"] = snapshot_rows(row.get("position"), live)
+    try:
+        row["snapshots"] = snapshot_rows(row.get("position"), live)
+    except (AttributeError, KeyError, TypeError, ValueError):  # a corrupted status file: the checkpoint's
+        row["snapshots"] = snapshot_rows(row.get("position"), None)
     return row
 
 
