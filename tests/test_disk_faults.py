@@ -296,3 +296,52 @@ def test_a_full_status_disk_is_said_once_and_streaming_goes_on(pg_database, tmp_
     assert run.text().count("cannot write the status file") == 1
     assert f"{small_disk}/shop.status.json" in run.text()
     assert json.loads((tmp_path / "state/shop.json").read_text())["position"]
+
+
+def test_a_checkpoint_saved_reading_another_database_is_refused(pg_server, tmp_path):
+    """Two deployments both name their source `shop`; B's state directory gets A's checkpoint
+    (a restored backup, a copied directory).  Resuming B from A's LSN skipped, silently,
+    every change of B up to it; it must stop, naming both databases, until B's own file is back."""
+    a, b = (pg_server.create_database(f"{n}_{os.urandom(4).hex()}") for n in "ab")
+    for dsn, name in ((a, "A"), (b, "B")):
+        make_orders(dsn)
+        (tmp_path / name).mkdir()
+    config_a, config_b = basic_config(tmp_path / "A", a), basic_config(tmp_path / "B", b)
+    out_b = tmp_path / "B/out/orders.jsonl"
+    run = streaming(config_b, b)
+    try:
+        insert(b, 1, 2)
+        wait_for(lambda: len(ids(out_b)) == 2, what="B's first rows")
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+    insert(b, 3, 5)                      # while B's cdc is stopped
+    run = streaming(config_a, a)
+    try:
+        insert(a, 100, 5)                # A's checkpoint moves past B's rows 3..7 in the WAL
+        wait_for(lambda: len(ids(tmp_path / "A/out/orders.jsonl")) == 5, what="A's rows")
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+    own = (tmp_path / "B/state/shop.json").read_bytes()
+    shutil.copy(tmp_path / "A/state/shop.json", tmp_path / "B/state/shop.json")
+    run = CdcProcess(config_b)
+    try:
+        code = run.wait(60)
+    finally:
+        run.stop()
+    assert code == 1, run.text()
+    assert a.rsplit("/", 1)[1] in run.text() and b.rsplit("/", 1)[1] in run.text() and "Traceback" not in run.text()
+    assert ids(out_b) == [1, 2]
+    (tmp_path / "B/state/shop.json").write_bytes(own)  # the recovery: B's own checkpoint back
+    run = CdcProcess(config_b)
+    try:
+        wait_for(lambda: len(ids(out_b)) == 7, what="B's rows 3..7")
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+    assert ids(out_b) == list(range(1, 8))
+    assert json.loads((tmp_path / "B/state/shop.json").read_text())["database"] == b.rsplit("/", 1)[1]

@@ -35,6 +35,10 @@ class FileCheckpointStore:
         self.path = context.resolve_path(path) if context else Path(path)
         self.source = context.source if context else ""
         self._owner_checked = False
+        self.database: str | None = None
+
+    def bind_database(self, database: str) -> None:
+        self.database = database
 
     def load(self) -> dict | None:
         data = self._read()
@@ -63,6 +67,15 @@ class FileCheckpointStore:
                 f"two sources must not share a checkpoint path. Give source {self.source} its own "
                 f"checkpoint path; if source {owner} was renamed to {self.source}, set \"source\" in "
                 f"the file to {self.source!r}")
+        saved_in = data.get("database")
+        if saved_in and self.database and saved_in != self.database:
+            name = self.source or "NAME"
+            raise CheckpointError(
+                f"checkpoint {self.path} was saved reading database {saved_in}, but source {name} now reads "
+                f"database {self.database}: resuming there from that position would skip the changes of "
+                f"{self.database} up to it. Give source {name} its own checkpoint path (or restore its own "
+                f"file); if {saved_in} was renamed to {self.database}, set \"database\" in the file to "
+                f"{self.database!r}; to start over, `cdc checkpoint reset CONFIG --source {name}`")
         return data
 
     def saved_at(self) -> float | None:
@@ -77,7 +90,8 @@ class FileCheckpointStore:
         if self._owner_checked is not True:
             self._read()  # raises when another source owns the file
             self._owner_checked = True
-        body = json.dumps({"source": self.source, "position": position, "saved_at": time.time()})
+        body = json.dumps({"source": self.source, **({"database": self.database} if self.database else {}),
+                           "position": position, "saved_at": time.time()})
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

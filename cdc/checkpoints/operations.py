@@ -16,6 +16,7 @@ from ..abc import PositionCheck, SlotOwner, Timestamped
 from ..config.model import Config
 from ..observe.state import LockHeld, SourceLock
 from ..snapshot.controller import POSITION_KEY
+from . import build_store
 from .file import UnreadableCheckpoint
 
 __all__ = ["show", "set_position", "reset", "drop_slot", "PositionError"]
@@ -28,7 +29,7 @@ class PositionError(Exception):
 def _store(cfg: Config, source: str):
     if source not in cfg.sources:
         raise PositionError(f"no source named {source!r} (sources: {', '.join(cfg.sources)})")
-    return cfg.sources[source].checkpoint.build()
+    return build_store(cfg.sources[source])
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..abc import CountsBytes, Snapshottable, StartsOver
+from ..checkpoints import build_store
 from ..config.model import Config, PipelineSpec
 from ..deadletter.record import TRANSFORMS_SINK
 from ..errors import CdcError, CheckpointError, PositionLostError, SourceConnectionError, TransformError
@@ -56,7 +57,7 @@ class SourceRunner:
         self.grace_period = grace_period
         self.poll_timeout = poll_timeout
         self.source = self.spec.build()
-        self.store = self.spec.checkpoint.build()
+        self.store = build_store(self.spec)  # told the database: refuses another database's position
         self.tracker = AckTracker()
         self.pipelines: list[_Pipeline] = []
         self.workers: list[SinkWorker] = []
