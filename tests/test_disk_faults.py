@@ -125,32 +125,43 @@ def test_checkpoint_reset_and_show_work_on_an_unreadable_checkpoint(pg_database,
     assert '{"source": "shop", "position": {"lsn": "0/1A' in reset.stdout  # what was forgotten
 
 
-def test_checkpoint_disk_full_while_running_then_freed(pg_database, tmp_path, small_disk):
-    """The checkpoint's disk fills while cdc streams: the position stays where it was saved
-    (a WARNING names the path), delivery goes on, and once space is freed the checkpoint
-    catches up; a restart neither skips nor repeats."""
+@pytest.mark.parametrize("fault", ["full", "read-only", "removed"])
+def test_checkpoint_disk_fault_while_running_then_cleared(pg_database, tmp_path, small_disk, fault):
+    """The checkpoint's disk fills, turns read-only or loses the file's directory while cdc
+    streams: the position stays where it was saved (a WARNING names the path), delivery goes
+    on, and once the fault clears the checkpoint catches up; a restart neither skips nor repeats."""
     make_orders(pg_database)
     config = basic_config(tmp_path, pg_database)
-    config.write_text(config.read_text().replace("path: state/shop.json", f"path: {small_disk}/shop.json"))
+    checkpoint = small_disk / "state/shop.json"
+    config.write_text(config.read_text().replace("path: state/shop.json", f"path: {checkpoint}"))
     run = streaming(config, pg_database)
     try:
         insert(pg_database, 1, 10)
         wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 10, what="10 rows")
-        wait_for(lambda: (small_disk / "shop.json").exists(), what="a checkpoint")
-        filler = fill(small_disk)
-        saved = json.loads((small_disk / "shop.json").read_text())["position"]
+        wait_for(lambda: checkpoint.exists(), what="a checkpoint")
+        saved = json.loads(checkpoint.read_text())["position"]
+        if fault == "full":
+            filler = fill(small_disk)
+        elif fault == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+        else:
+            shutil.rmtree(small_disk / "state")
         insert(pg_database, 11, 10)
         wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 20, what="20 rows")
-        wait_for(lambda: "No space left on device" in run.text(), what="the warning")
-        assert json.loads((small_disk / "shop.json").read_text())["position"] == saved
-        filler.unlink()
-        wait_for(lambda: json.loads((small_disk / "shop.json").read_text())["position"] != saved,
+        if fault != "removed":
+            wait_for(lambda: "cannot write checkpoint" in run.text(), what="the warning")
+            assert json.loads(checkpoint.read_text())["position"] == saved
+            if fault == "full":
+                filler.unlink()
+            else:
+                subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+        wait_for(lambda: checkpoint.exists() and json.loads(checkpoint.read_text())["position"] != saved,
                  what="the checkpoint to catch up")
         run.signal(signal.SIGTERM)
         assert run.wait(60) == 0
     finally:
         run.stop()
-    assert str(small_disk / "shop.json") in run.text()
+    assert fault == "removed" or str(checkpoint) in run.text()
     insert(pg_database, 21, 5)
     again = CdcProcess(config)
     try:

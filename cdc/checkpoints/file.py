@@ -115,7 +115,9 @@ class FileCheckpointStore:
                 tmp.unlink(missing_ok=True)  # give back the space a partial temp file holds
             except OSError:
                 pass
-            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc.strerror}") from exc
+            raise CheckpointError(f"cannot write checkpoint {self.path}: {exc.strerror} (the file keeps the "
+                                  f"last position saved: nothing is lost, but what came after it is delivered "
+                                  f"again after a restart; make {self.path.parent} writable, with space)") from exc
 
     def reset(self) -> None:
         self.path.unlink(missing_ok=True)
