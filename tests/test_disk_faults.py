@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -356,3 +357,61 @@ def test_a_checkpoint_saved_reading_another_database_is_refused(pg_server, tmp_p
         run.stop()
     assert ids(out_b) == list(range(1, 8))
     assert json.loads((tmp_path / "B/state/shop.json").read_text())["database"] == b.rsplit("/", 1)[1]
+
+
+# ---- the snapshot's progress in the checkpoint --------------------------------------------
+
+
+def test_snapshot_progress_on_a_full_disk_resumes_from_the_last_saved_chunk(pg_database, tmp_path, small_disk):
+    """The checkpoint's disk fills in the middle of the initial copy and cdc is killed before
+    space is freed: the checkpoint still holds the progress saved before the disk filled, and
+    the restart copies on from there (every row, none of the chunks saved before again)."""
+    rows = 30000
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO orders SELECT n, repeat('x', 50) FROM generate_series(1, %s) n", (rows,))
+    config = basic_config(tmp_path, pg_database)
+    checkpoint = small_disk / "shop.json"
+    config.write_text(config.read_text().replace("path: state/shop.json", f"path: {checkpoint}")
+                      .replace("snapshot: never", "snapshot: initial\n    snapshot_chunk_size: 100\n"
+                                                          "    snapshot_parallelism: 1\n    max_in_flight_events: 100"))
+    out = tmp_path / "out/orders.jsonl"
+
+    def progress() -> dict | None:
+        try:
+            queue = json.loads(checkpoint.read_text())["position"]["snapshot"].get("queue") or []
+        except (OSError, ValueError, KeyError):
+            return None
+        return queue[0] if queue and queue[0].get("rows", 0) >= 1000 else None
+
+    run = CdcProcess(config)
+    try:
+        deadline = time.monotonic() + 120
+        while not progress() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fill(small_disk)
+        before = progress()
+        assert before, "the copy was over before the disk could be filled"
+        wait_for(lambda: "cannot write checkpoint" in run.text(), what="the warning")
+        wait_for(lambda: len(read_jsonl(out)) >= rows, what="the copy to finish", timeout=120)
+        run.signal(signal.SIGKILL)
+        run.wait(30)
+    finally:
+        run.stop()
+    saved = progress()
+    assert saved == before and saved["rows"] < rows, saved
+    (small_disk / "filler").unlink()
+    first = len(read_jsonl(out))
+    again = CdcProcess(config)
+    try:
+        wait_for(lambda: json.loads(checkpoint.read_text())["position"]["snapshot"].get("queue") == [],
+                 what="the copy to be done", timeout=120)
+        again.signal(signal.SIGTERM)
+        assert again.wait(60) == 0
+    finally:
+        again.stop()
+    events = read_jsonl(out)
+    copied_again = [e["after"]["id"] for e in events[first:] if e["op"] == "r"]
+    assert {e["after"]["id"] for e in events if e["op"] == "r"} == set(range(1, rows + 1))
+    assert min(copied_again) == saved["after"][0] + 1 and len(copied_again) == rows - saved["rows"], \
+        (saved, min(copied_again), len(copied_again))
