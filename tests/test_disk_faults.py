@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -415,3 +416,102 @@ def test_snapshot_progress_on_a_full_disk_resumes_from_the_last_saved_chunk(pg_d
     assert {e["after"]["id"] for e in events if e["op"] == "r"} == set(range(1, rows + 1))
     assert min(copied_again) == saved["after"][0] + 1 and len(copied_again) == rows - saved["rows"], \
         (saved, min(copied_again), len(copied_again))
+
+
+# ---- a database mirror's target runs out of disk ------------------------------------------
+
+
+@pytest.fixture
+def server_disk():
+    """A 1 MiB tmpfs the PostgreSQL server (user postgres) can reach: pytest's tmp_path is
+    private to root."""
+    mount = Path(tempfile.mkdtemp(prefix="cdc-disk-", dir="/tmp"))
+    mount.chmod(0o755)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+        mount.rmdir()
+
+
+def test_postgres_mirror_target_out_of_disk_waits_and_then_applies_everything(pg_database, pg_server, tmp_path,
+                                                                             server_disk):
+    """The mirror's table lives in a tablespace on the small disk; the disk fills while cdc
+    streams.  PostgreSQL refuses to extend the table (DiskFull): cdc must retry (the checkpoint
+    stays before the rows), not skip or park them, and apply every row once space is freed."""
+    make_orders(pg_database)
+    target = pg_server.create_database(f"mirror_{pg_database.rsplit('/', 1)[1]}")
+    space = f"disk_{pg_database.rsplit('/', 1)[1]}"
+    small_disk = server_disk
+    shutil.chown(small_disk, "postgres", "postgres")
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLESPACE {space} LOCATION '{small_disk}'")
+        conn.execute(f"CREATE TABLE orders (id int PRIMARY KEY, note text) TABLESPACE {space}")
+        conn.execute(f"ALTER INDEX orders_pkey SET TABLESPACE {space}")
+    config = basic_config(tmp_path, pg_database, sink=(
+        f"{{type: postgres, dsn: '{target}', on_error: dead_letter, "
+        f"retry: {{max_attempts: 0, initial_backoff: 0.2, max_backoff: 1}}, "
+        f"dead_letter: {{type: file, path: dlq/orders.jsonl}}}}"))
+    mirrored = lambda: psycopg.connect(target).execute("SELECT count(*) FROM orders").fetchone()[0]  # noqa: E731
+    run = streaming(config, pg_database)
+    try:
+        insert(pg_database, 1, 10)
+        wait_for(lambda: mirrored() == 10, what="10 rows mirrored")
+        filler = fill(small_disk)
+        insert(pg_database, 11, 2000, per_tx=100)
+        wait_for(lambda: "No space left on device" in run.text(), what="the disk to be full")
+        saved = json.loads((tmp_path / "state/shop.json").read_text())["position"]
+        filler.unlink()
+        wait_for(lambda: mirrored() == 2010, what="every row mirrored", timeout=120)
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+        with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {target.rsplit('/', 1)[1]} WITH (FORCE)")
+            conn.execute(f"DROP TABLESPACE IF EXISTS {space}")
+    assert not (tmp_path / "dlq/orders.jsonl").exists()
+    assert saved != json.loads((tmp_path / "state/shop.json").read_text())["position"]
+
+
+def test_mariadb_mirror_target_out_of_disk_waits_and_then_applies_everything(pg_database, mariadb_database,
+                                                                            tmp_path, server_disk):
+    """As above, into MariaDB: the mirror's table has its DATA DIRECTORY on the small disk.
+    InnoDB answers 1114 'The table is full' (or an error writing the file): cdc must retry,
+    not park the rows as dead letters while the disk is full."""
+    import pymysql
+
+    from cdc.sinks._db import mysql_params
+
+    make_orders(pg_database)
+    shutil.chown(server_disk, "mysql", "mysql")
+    params = {**mysql_params(mariadb_database), "autocommit": True}
+    with pymysql.connect(**params) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE TABLE orders (id int PRIMARY KEY, note text) DATA DIRECTORY = '{server_disk}'")
+
+    def mirrored() -> int:
+        with pymysql.connect(**params) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM orders")
+            return cur.fetchone()[0]
+
+    config = basic_config(tmp_path, pg_database, sink=(
+        f"{{type: mysql, dsn: '{mariadb_database}', on_error: dead_letter, "
+        f"retry: {{max_attempts: 0, initial_backoff: 0.2, max_backoff: 1}}, "
+        f"dead_letter: {{type: file, path: dlq/orders.jsonl}}}}"))
+    run = streaming(config, pg_database)
+    try:
+        insert(pg_database, 1, 10)
+        wait_for(lambda: mirrored() == 10, what="10 rows mirrored")
+        filler = fill(server_disk)
+        insert(pg_database, 11, 3000, per_tx=100)
+        wait_for(lambda: "is full" in run.text(), what="the disk to be full", timeout=120)
+        filler.unlink()
+        wait_for(lambda: mirrored() == 3010, what="every row mirrored", timeout=120)
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+        with pymysql.connect(**params) as conn, conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS orders")
+    assert not (tmp_path / "dlq/orders.jsonl").exists(), read_jsonl(tmp_path / "dlq/orders.jsonl")[:1]
