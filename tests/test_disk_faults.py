@@ -515,3 +515,31 @@ def test_mariadb_mirror_target_out_of_disk_waits_and_then_applies_everything(pg_
         with pymysql.connect(**params) as conn, conn.cursor() as cur:
             cur.execute("DROP TABLE IF EXISTS orders")
     assert not (tmp_path / "dlq/orders.jsonl").exists(), read_jsonl(tmp_path / "dlq/orders.jsonl")[:1]
+
+
+# ---- the lock file in state_dir -----------------------------------------------------------
+
+
+def test_checkpoint_commands_with_a_full_or_read_only_state_dir(pg_database, tmp_path, small_disk):
+    """`cdc checkpoint reset` takes the source's lock in state_dir.  On a full disk the lock
+    still works (its pid is only informative); on a read-only one the command says so, and
+    `cdc checkpoint show` and `cdc status` (which only ask whether it is held) still answer."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database, extra=f"state_dir: {small_disk}")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/shop.json").write_text('{"source": "shop", "position": {"lsn": "0/10"}}')
+    fill(small_disk)
+    reset = cdc(config, "checkpoint", "reset", "--source", "shop", "--yes", "--keep-slot")
+    assert reset.returncode == 0 and "Traceback" not in reset.stderr, reset.stderr
+    assert not (tmp_path / "state/shop.json").exists()
+    (tmp_path / "state/shop.json").write_text('{"source": "shop", "position": {"lsn": "0/10"}}')
+    (small_disk / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    for args in (("checkpoint", "show", "--source", "shop"), ("status", "--json")):
+        shown = cdc(config, *args)
+        assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
+        assert "0/10" in shown.stdout
+    reset = cdc(config, "checkpoint", "reset", "--source", "shop", "--yes", "--keep-slot")
+    assert reset.returncode == 1 and "Traceback" not in reset.stderr, reset.stderr
+    assert str(small_disk) in reset.stderr and "Read-only file system" in reset.stderr, reset.stderr
+    assert (tmp_path / "state/shop.json").exists()

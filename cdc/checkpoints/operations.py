@@ -39,6 +39,10 @@ def _locked(cfg: Config, source: str) -> Iterator[None]:
         lock = SourceLock(cfg.state_dir, source).acquire()
     except LockHeld as exc:
         raise PositionError(str(exc)) from None
+    except OSError as exc:
+        raise PositionError(f"cannot take the lock of source {source} in {cfg.state_dir} (state_dir): "
+                            f"{exc.strerror}; it keeps a running cdc from having its checkpoint changed "
+                            f"under it: make {cfg.state_dir} writable") from None
     try:
         yield
     finally:

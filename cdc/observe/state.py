@@ -56,8 +56,11 @@ class SourceLock:
         except BlockingIOError:
             os.close(fd)
             raise LockHeld(self.source, self.holder()) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:  # a full disk: the lock holds without its pid, which only informs
+            pass
         self._fd = fd
         return self
 
@@ -74,7 +77,22 @@ class SourceLock:
             self.acquire()
         except LockHeld:
             return True
+        except OSError:  # state_dir cannot be written (read-only, full): ask on a read-only descriptor
+            return self._held_read_only()
         self.release()
+        return False
+
+    def _held_read_only(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: no process holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
         return False
 
     def release(self) -> None:
