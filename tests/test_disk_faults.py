@@ -543,3 +543,40 @@ def test_checkpoint_commands_with_a_full_or_read_only_state_dir(pg_database, tmp
     assert reset.returncode == 1 and "Traceback" not in reset.stderr, reset.stderr
     assert str(small_disk) in reset.stderr and "Read-only file system" in reset.stderr, reset.stderr
     assert (tmp_path / "state/shop.json").exists()
+
+
+def test_dlq_replay_with_its_file_on_a_full_disk_keeps_the_file_whole(pg_database, tmp_path, small_disk):
+    """`cdc dlq replay` marks a replayed entry removed by appending a line to the dead-letter
+    file.  On a full disk that line can be cut (a short write into the last free bytes of a
+    page): the file must stay whole, and replay must say the entry was replayed but is still
+    listed (so a second replay delivers it again), not die with a traceback."""
+    from cdc.deadletter.record import dead_letter_event
+    from cdc.errors import PermanentSinkError
+    from cdc.event import ChangeEvent
+    from cdc.sinks.file import FileSink
+
+    make_orders(pg_database)
+    dlq = small_disk / "dlq.jsonl"
+    config = basic_config(tmp_path, pg_database, sink=(
+        f"{{type: file, path: out/orders.jsonl, on_error: dead_letter, dead_letter: {{type: file, path: {dlq}}}}}"))
+    parked = FileSink(str(dlq))
+    parked.write([dead_letter_event(
+        ChangeEvent(f"0/1A:{n}", "c", None, {"id": n, "note": "x" * 300}, {"id": n},
+                    {"name": "shop", "schema": "public", "table": "orders"}, 1, "public.orders"),
+        "copy.sinks[0]:file", "copy", PermanentSinkError("refused"), 1, None) for n in range(1, 4)])
+    parked.close()
+    with dlq.open("ab") as f:  # blank lines (ignored) up to 10 bytes short of a page boundary
+        f.write(b"\n" * ((4096 - 10 - dlq.stat().st_size) % 4096))
+    fill(small_disk)           # no page left: a removal line gets its first 10 bytes written, no more
+    before = dlq.read_bytes()
+    replay = cdc(config, "dlq", "replay")
+    assert replay.returncode == 1 and "Traceback" not in replay.stderr, replay.stderr
+    assert str(dlq) in replay.stderr and "No space left on device" in replay.stderr, replay.stderr
+    assert dlq.read_bytes() == before                      # no torn removal line
+    listed = cdc(config, "dlq", "list")
+    assert listed.returncode == 0 and listed.stdout.count("refused") == 3, listed.stdout + listed.stderr
+    (small_disk / "filler").unlink()
+    replay = cdc(config, "dlq", "replay")
+    assert replay.returncode == 0, replay.stderr
+    assert ids(tmp_path / "out/orders.jsonl")[-3:] == [1, 2, 3]
+    assert "refused" not in cdc(config, "dlq", "list").stdout
