@@ -54,7 +54,8 @@ def fill(disk: Path, leave: int = 0) -> Path:
 
 def cdc(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """A `cdc` command other than `run` in the foreground, as an operator types it."""
-    return subprocess.run([sys.executable, "-m", "cdc", *args[:1], *args[1:2], str(config), *args[2:]],
+    words = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))  # the command, then CONFIG
+    return subprocess.run([sys.executable, "-m", "cdc", *args[:words], str(config), *args[words:]],
                           capture_output=True, text=True, timeout=timeout, cwd=config.parent,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
 
@@ -580,3 +581,17 @@ def test_dlq_replay_with_its_file_on_a_full_disk_keeps_the_file_whole(pg_databas
     assert replay.returncode == 0, replay.stderr
     assert ids(tmp_path / "out/orders.jsonl")[-3:] == [1, 2, 3]
     assert "refused" not in cdc(config, "dlq", "list").stdout
+
+
+def test_a_snapshot_request_on_a_full_state_dir_is_refused_clearly(pg_database, tmp_path, small_disk):
+    """`cdc snapshot --table` writes its request in state_dir: a full disk says nothing was requested."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database, extra=f"state_dir: {small_disk}")
+    fill(small_disk)
+    asked = cdc(config, "snapshot", "--source", "shop", "--table", "orders")
+    assert asked.returncode == 1 and "Traceback" not in asked.stderr, asked.stderr
+    assert f"{small_disk}/shop.snapshots" in asked.stderr and "nothing was requested" in asked.stderr
+    (small_disk / "filler").unlink()
+    asked = cdc(config, "snapshot", "--source", "shop", "--table", "orders")
+    assert asked.returncode == 0, asked.stderr
+    assert len(list((small_disk / "shop.snapshots").glob("*.request"))) == 1
