@@ -595,3 +595,70 @@ def test_a_snapshot_request_on_a_full_state_dir_is_refused_clearly(pg_database, 
     asked = cdc(config, "snapshot", "--source", "shop", "--table", "orders")
     assert asked.returncode == 0, asked.stderr
     assert len(list((small_disk / "shop.snapshots").glob("*.request"))) == 1
+
+
+def test_stopping_while_the_checkpoint_cannot_be_saved_is_an_error_with_the_position(mariadb_server, mariadb_database,
+                                                                                    tmp_path, small_disk):
+    """MariaDB, first run, the checkpoint's disk read-only from the start: rows are delivered,
+    but no position is ever saved.  A SIGTERM that exits 0 makes the next start a first run
+    again, at the end of the binlog: the rows written while cdc was stopped are silently
+    skipped.  The stop must be an error (exit 1) giving the position to save, and saving it
+    with `cdc checkpoint set` once the disk is writable must deliver those rows."""
+    import pymysql
+
+    from cdc.sinks._db import mysql_params
+
+    db = mariadb_database.rsplit("/", 1)[1]
+    params = {**mysql_params(mariadb_database), "autocommit": True}
+
+    def insert_rows(first: int, count: int) -> None:
+        with pymysql.connect(**params) as conn, conn.cursor() as cur:
+            for n in range(first, first + count):
+                cur.execute("INSERT INTO orders VALUES (%s, 'x')", (n,))
+
+    with pymysql.connect(**params) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE orders (id int PRIMARY KEY, note text)")
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(f"""
+sources:
+  legacy:
+    type: mysql
+    dsn: "{mariadb_server.dsn(db, user='cdc')}"
+    server_id: 4377
+    tables: [{db}.orders]
+    checkpoint: {{type: file, path: {small_disk}/legacy.json}}
+    checkpoint_interval: 0.2
+    snapshot: never
+pipelines:
+  copy:
+    source: legacy
+    sinks: [{{type: file, path: out/orders.jsonl}}]
+""")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    out = tmp_path / "out/orders.jsonl"
+    run = CdcProcess(config)
+    try:
+        wait_for(lambda: "cannot write checkpoint" in run.text() or run.proc.poll() is not None,
+                 what="the first save to fail")
+        insert_rows(1, 5)
+        wait_for(lambda: len(ids(out)) == 5, what="5 rows")
+        run.signal(signal.SIGTERM)
+        code = run.wait(60)
+    finally:
+        run.stop()
+    log = run.text()
+    assert code == 1, log
+    assert "Traceback" not in log and "stopped without saving its position" in log, log
+    position = log.split("--position '", 1)[1].split("'\n", 1)[0]
+    insert_rows(6, 3)                                   # while cdc is stopped
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    saved = cdc(config, "checkpoint", "set", "--source", "legacy", "--position", position)
+    assert saved.returncode == 0, saved.stderr
+    again = CdcProcess(config)
+    try:
+        wait_for(lambda: len(ids(out)) >= 8, what="the rows written while stopped")
+        again.signal(signal.SIGTERM)
+        assert again.wait(60) == 0, again.text()
+    finally:
+        again.stop()
+    assert ids(out) == list(range(1, 9))

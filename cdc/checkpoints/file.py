@@ -116,8 +116,8 @@ class FileCheckpointStore:
             except OSError:
                 pass
             raise CheckpointError(f"cannot write checkpoint {self.path}: {exc.strerror} (the file keeps the "
-                                  f"last position saved: nothing is lost, but what came after it is delivered "
-                                  f"again after a restart; make {self.path.parent} writable, with space)") from exc
+                                  f"position saved last, if any; delivery goes on; make {self.path.parent} "
+                                  f"writable, with space)") from exc
 
     def reset(self) -> None:
         self.path.unlink(missing_ok=True)
