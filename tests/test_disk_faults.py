@@ -662,3 +662,23 @@ pipelines:
     finally:
         again.stop()
     assert ids(out) == list(range(1, 9))
+
+
+def test_state_dir_removed_while_running_is_made_again(pg_database, tmp_path):
+    """`rm -rf` of state_dir (here apart from the checkpoint) while cdc runs: the status file
+    is written again, delivery and checkpoints go on."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database, extra=f"state_dir: {tmp_path}/run")
+    status = tmp_path / "run/shop.status.json"
+    run = streaming(config, pg_database)
+    try:
+        wait_for(status.exists, what="the status file")
+        shutil.rmtree(tmp_path / "run")
+        insert(pg_database, 1, 10)
+        wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 10, what="10 rows")
+        wait_for(lambda: status.exists() and json.loads(status.read_text())["acknowledged"] == 10,
+                 what="the status file written again")
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()

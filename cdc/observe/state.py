@@ -164,6 +164,7 @@ class StatusWriter:
         self._last = time.monotonic()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # state_dir removed while running
             tmp.write_text(json.dumps(self.snapshot(running), default=str))
             os.replace(tmp, self.path)
         except OSError as exc:  # best effort: the checkpoint is what counts, but say it is stale
