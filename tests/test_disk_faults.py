@@ -682,3 +682,20 @@ def test_state_dir_removed_while_running_is_made_again(pg_database, tmp_path):
         assert run.wait(60) == 0
     finally:
         run.stop()
+
+
+@pytest.mark.parametrize("value", ["null", '"0/1A2B3C8"', "[1]"])
+def test_a_postgres_checkpoint_row_without_a_position_is_refused(pg_database, value):
+    """The postgres store's row edited by hand to JSON that is no position: refused like the
+    file store's, never taken for no checkpoint; reset still works."""
+    from cdc.checkpoints.postgres import PostgresCheckpointStore
+
+    store = PostgresCheckpointStore(pg_database, context=Context(".", source="shop"))
+    store.save({"lsn": "0/10"})
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"UPDATE cdc_checkpoints SET position = '{value}'::jsonb WHERE source = 'shop'")
+    with pytest.raises(CheckpointError, match="not a position.*cdc checkpoint reset"):
+        store.load()
+    store.reset()
+    assert store.load() is None
+    store.close()

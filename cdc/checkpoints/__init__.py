@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..abc import RecordsDatabase
+from ..errors import CheckpointError
 
-__all__ = ["CHECKPOINTS", "build_store", "database_of"]
+__all__ = ["CHECKPOINTS", "build_store", "database_of", "UnreadableCheckpoint"]
 
 CHECKPOINTS = {
     "file": "cdc.checkpoints.file:FileCheckpointStore",
@@ -35,3 +36,19 @@ def build_store(source_spec: Any) -> Any:
     if database and isinstance(store, RecordsDatabase):
         store.bind_database(database)
     return store
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """The checkpoint (a file, a row) exists but holds no usable position (empty, garbage, no ``position``).
+    ``content`` is what it holds, for ``cdc checkpoint reset`` to show what it forgets."""
+
+    def __init__(self, where: object, source: str, content: str, why: str) -> None:
+        self.content = content
+        name = source or "NAME"
+        super().__init__(
+            f"cannot read checkpoint {where}: {why}. Where source {name} stopped is unknown, so it does not "
+            f"start (starting from the current position would skip every change since). Restore it "
+            f"from a backup, or give the position with `cdc checkpoint set CONFIG --source {name} --position "
+            f"JSON`, or forget it with `cdc checkpoint reset CONFIG --source {name}` (the next run starts "
+            f"as a first run: a snapshot copies the tables again, or with snapshot: never the changes "
+            f"since the lost position are not delivered)")

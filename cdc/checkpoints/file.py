@@ -10,24 +10,9 @@ from pathlib import Path
 from ..config.model import Context
 from ..errors import CheckpointError
 from ..faults import crash_point
+from . import UnreadableCheckpoint
 
 __all__ = ["FileCheckpointStore", "UnreadableCheckpoint"]
-
-
-class UnreadableCheckpoint(CheckpointError):
-    """The checkpoint file exists but holds no usable position (empty, garbage, no ``position``).
-    ``content`` is what it holds, for ``cdc checkpoint reset`` to show what it forgets."""
-
-    def __init__(self, path: Path, source: str, content: str, why: str) -> None:
-        self.content = content
-        name = source or "NAME"
-        super().__init__(
-            f"cannot read checkpoint {path}: {why}. Where source {name} stopped is unknown, so it does not "
-            f"start (starting from the current position would skip every change since). Restore the file "
-            f"from a backup, or give the position with `cdc checkpoint set CONFIG --source {name} --position "
-            f"JSON`, or forget it with `cdc checkpoint reset CONFIG --source {name}` (the next run starts "
-            f"as a first run: a snapshot copies the tables again, or with snapshot: never the changes "
-            f"since the lost position are not delivered)")
 
 
 class FileCheckpointStore:

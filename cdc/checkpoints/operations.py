@@ -16,8 +16,7 @@ from ..abc import PositionCheck, SlotOwner, Timestamped
 from ..config.model import Config
 from ..observe.state import LockHeld, SourceLock
 from ..snapshot.controller import POSITION_KEY
-from . import build_store
-from .file import UnreadableCheckpoint
+from . import UnreadableCheckpoint, build_store
 
 __all__ = ["show", "set_position", "reset", "drop_slot", "PositionError"]
 
