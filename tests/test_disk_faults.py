@@ -699,3 +699,27 @@ def test_a_postgres_checkpoint_row_without_a_position_is_refused(pg_database, va
     store.reset()
     assert store.load() is None
     store.close()
+
+
+def test_a_lock_file_removed_while_running_is_taken_again(pg_database, tmp_path):
+    """`rm -rf state/` while cdc runs removed its lock file: a second `cdc run` of the source
+    (or `cdc checkpoint reset`, whose change the running process would then overwrite) was no
+    longer refused.  The running process takes its lock again."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    run = streaming(config, pg_database)
+    try:
+        wait_for((tmp_path / "state/shop.lock").exists, what="the lock")
+        shutil.rmtree(tmp_path / "state")
+        wait_for((tmp_path / "state/shop.lock").exists, what="the lock taken again", timeout=30)
+        reset = cdc(config, "checkpoint", "reset", "--source", "shop", "--yes", "--keep-slot")
+        assert reset.returncode == 1 and "is running" in reset.stderr, reset.stderr
+        second = CdcProcess(config)
+        assert second.wait(60) == 1
+        insert(pg_database, 1, 5)
+        wait_for(lambda: len(ids(tmp_path / "out/orders.jsonl")) == 5, what="5 rows")
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0
+    finally:
+        run.stop()
+    assert "is running" in run.text()

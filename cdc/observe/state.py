@@ -64,6 +64,29 @@ class SourceLock:
         self._fd = fd
         return self
 
+    def reclaim(self) -> None:
+        """If the lock file is gone (state_dir removed while running), take a new one at the path, so
+        that a second ``cdc run`` of the source is still refused.  ``LockHeld``: another process has it."""
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            st = os.stat(self.path)
+            if (st.st_ino, st.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev):
+                return
+        except OSError:
+            pass
+        self._fd = None
+        try:
+            self.acquire()
+        except LockHeld:
+            self._fd = fd
+            raise
+        except OSError:  # cannot create it now (read-only, full): keep the old one, try again later
+            self._fd = fd
+            return
+        os.close(fd)
+
     def holder(self) -> int | None:
         """The pid of the process that holds (or last held) the lock."""
         try:
