@@ -30,6 +30,7 @@ capability             implemented by              used by
 ``SlotOwner``          a source                    ``cdc checkpoint reset --drop-slot``
 ``PositionCheck``      a source                    ``cdc checkpoint set``: refuse a bad position
 ``Timestamped``        a checkpoint store          ``cdc status``, ``cdc check``: checkpoint age
+``RecordsDatabase``    a checkpoint store          refuse a position saved reading another database
 ``DeadLetterStore``    a dead-letter queue         ``cdc dlq list|replay``
 ``Countable``          a dead-letter sink          ``cdc status``: dead letters held
 ``Snapshottable``      a source                    the engine: copy existing rows (``docs/snapshots.md``)
@@ -52,7 +53,7 @@ __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", 
            "Checkable", "DefaultBatchSize", "Pipelined",
            "ReportsSkipped", "ReportsReadiness", "KeepsAlive", "Preflight", "Describable", "TableNaming",
            "CountsBytes", "SlotOwner", "PositionCheck", "Timestamped", "DeadLetterStore", "Countable", "Problem",
-           "Snapshottable", "SnapshotReader", "StartsOver"]
+           "RecordsDatabase", "Snapshottable", "SnapshotReader", "StartsOver"]
 
 TransformResult = ChangeEvent | None | Iterable[ChangeEvent]
 
@@ -317,6 +318,15 @@ class Timestamped(Protocol):
 
     def saved_at(self) -> float | None:
         """Seconds since the epoch of the last save, or None."""
+
+
+@runtime_checkable
+class RecordsDatabase(Protocol):
+    """A checkpoint store that saves which database its positions were read from, and
+    refuses to load one saved reading another (resuming there would skip changes)."""
+
+    def bind_database(self, database: str) -> None:
+        """The database this source reads (e.g. PostgreSQL's database name)."""
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ from ..abc import PositionCheck, SlotOwner, Timestamped
 from ..config.model import Config
 from ..observe.state import LockHeld, SourceLock
 from ..snapshot.controller import POSITION_KEY
+from . import UnreadableCheckpoint, build_store
 
 __all__ = ["show", "set_position", "reset", "drop_slot", "PositionError"]
 
@@ -27,7 +28,7 @@ class PositionError(Exception):
 def _store(cfg: Config, source: str):
     if source not in cfg.sources:
         raise PositionError(f"no source named {source!r} (sources: {', '.join(cfg.sources)})")
-    return cfg.sources[source].checkpoint.build()
+    return build_store(cfg.sources[source])
 
 
 @contextmanager
@@ -37,6 +38,10 @@ def _locked(cfg: Config, source: str) -> Iterator[None]:
         lock = SourceLock(cfg.state_dir, source).acquire()
     except LockHeld as exc:
         raise PositionError(str(exc)) from None
+    except OSError as exc:
+        raise PositionError(f"cannot take the lock of source {source} in {cfg.state_dir} (state_dir): "
+                            f"{exc.strerror}; it keeps a running cdc from having its checkpoint changed "
+                            f"under it: make {cfg.state_dir} writable") from None
     try:
         yield
     finally:
@@ -94,10 +99,13 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
         return new
 
 
-def reset(cfg: Config, source: str) -> dict | None:
-    """Forget the position; returns what it was."""
+def reset(cfg: Config, source: str) -> dict | str | None:
+    """Forget the position; returns what it was (an unreadable file's text, as it was)."""
     with _locked_store(cfg, source) as store:
-        old = store.load()
+        try:
+            old: dict | str | None = store.load()
+        except UnreadableCheckpoint as exc:  # forgetting it is the way out
+            old = exc.content
         store.reset()
         return old
 

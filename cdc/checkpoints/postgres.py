@@ -11,6 +11,7 @@ from psycopg.conninfo import conninfo_to_dict
 from ..config.model import Context
 from ..errors import CheckpointError
 from ..faults import crash_point
+from . import UnreadableCheckpoint
 
 __all__ = ["PostgresCheckpointStore"]
 
@@ -60,6 +61,9 @@ class PostgresCheckpointStore:
     def load(self) -> dict | None:
         rows = self._run(sql.SQL("SELECT position FROM {} WHERE source = %s").format(self.table),
                          (self.source,))
+        if rows and not isinstance(rows[0][0], dict):  # e.g. 'null'::jsonb: never a first run
+            raise UnreadableCheckpoint(f"row {self.source} of table {self.table.as_string(None)}", self.source,
+                                       json.dumps(rows[0][0]), f"it holds {json.dumps(rows[0][0])}, not a position")
         return rows[0][0] if rows else None
 
     def saved_at(self) -> float | None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import click
 
 from ..abc import Checkable, Preflight, Timestamped
+from ..checkpoints import build_store
 from ..config import Config, SourceSpec
 from ..observe.secrets import redact
 from .common import CONFIG, load_or_exit
@@ -44,7 +45,7 @@ def _source(name: str, spec: SourceSpec) -> list[Finding]:
     area = f"source {name} ({spec.type})"
     position, age = None, None
     try:
-        store = spec.checkpoint.build()
+        store = build_store(spec)
         try:
             position = store.load()
             saved_at = store.saved_at() if isinstance(store, Timestamped) else None

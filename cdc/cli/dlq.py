@@ -170,7 +170,14 @@ def _replay(q: _Queue, entries: list[DeadLetter], counts: _Counts) -> None:
                            f"the target already holds a newer change of {entry.event.table}; "
                            "dead letter kept (apply it by hand if still needed)", err=True)
                 continue
-            q.store.remove(entry.id)
+            try:
+                q.store.remove(entry.id)
+            except OSError as exc:  # e.g. the dead-letter file's disk is full
+                counts.failed += 1
+                click.echo(f"{entry.id}: replayed event {entry.event.id} to {where}, but cannot mark it "
+                           f"removed in {exc.filename or 'the dead-letter queue'}: {exc.strerror}; it stays "
+                           "listed and a next replay delivers it again. Stopping this queue", err=True)
+                return
             counts.sent += 1
             click.echo(f"{entry.id}: replayed event {entry.event.id} to {where}")
     finally:

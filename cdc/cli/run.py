@@ -45,6 +45,28 @@ def metrics_listen(cfg: Config, source_name: str) -> str | None:
     return f"{host}:{int(port) + list(cfg.sources).index(source_name)}"
 
 
+def _lock_keeper(lock):
+    """A tick that takes the source's lock again if its file was removed (every 2 s)."""
+    from ..observe import LockHeld
+    last = [time.monotonic()]
+
+    def keep(runner) -> None:
+        now = time.monotonic()
+        if now - last[0] < 2.0:
+            return
+        last[0] = now
+        try:
+            lock.reclaim()
+        except LockHeld as exc:
+            if runner.error is None:
+                runner.error = CdcError(f"the lock file {lock.path} was removed while this process ran, and another "
+                                        f"process took it: {exc}; two processes must not run one source: stopping "
+                                        f"this one")
+                log.error("%s", runner.error)
+            runner.request_stop()
+    return keep
+
+
 def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
     from ..engine import SourceRunner, tune_process
     from ..engine.supervisor import follow_supervisor
@@ -71,6 +93,7 @@ def run_source(cfg: Config, source_name: str, grace_period: float) -> int:
         log.error("cannot serve metrics on %s: %s", metrics_listen(cfg, source_name), exc.strerror)
         return 1
 
+    runner.on_tick.append(_lock_keeper(lock))
     from ..snapshot.progress import ProgressBars
     bars = ProgressBars(runner) if runner.snapshots is not None and ProgressBars.wanted() else None
     if bars is not None:  # a snapshot's per-table progress, on a terminal

@@ -48,7 +48,7 @@ def snapshot(config: str, source_name: str | None, table: str | None, where: str
         if not any(r["id"] == cancel_id for r in _copies(cfg, source_name)):
             fail(f"source {source_name}: no snapshot {cancel_id} is queued or running (finished, cancelled or "
                  f"never requested; --list shows them; a request made a second ago may not show yet: retry)", 2)
-        requests.cancel(cfg.state_dir, source_name, cancel_id)
+        _request(requests.cancel, cfg.state_dir, source_name, cancel_id)
         click.echo(f"source {source_name}: cancel of snapshot {cancel_id} requested")
         return
     assert table is not None  # exactly one of --table, --list, --cancel
@@ -65,7 +65,7 @@ def snapshot(config: str, source_name: str | None, table: str | None, where: str
         fail(str(exc), 2)
     finally:
         reader.close()
-    snapshot_id = requests.submit(cfg.state_dir, source_name, table, where)
+    snapshot_id = _request(requests.submit, cfg.state_dir, source_name, table, where)
     click.echo(f"source {source_name}: snapshot {snapshot_id} of {table} requested"
                f"{' where ' + where if where else ''}")
 
@@ -83,6 +83,15 @@ def _list(cfg, source_name: str, as_json: bool) -> None:
         click.echo(f"{r['id']}  {r['table']}  {r['state']}  {r.get('rows', 0):,}{total} rows"
                    f"{'  after key ' + json.dumps(r['after']) if r.get('after') else ''}"
                    f"{'  where ' + r['where'] if r.get('where') else ''}")
+
+
+def _request(write, state_dir, source_name: str, *args):
+    """Write a request file for the running ``cdc run``; a full or read-only state_dir is an error."""
+    try:
+        return write(state_dir, source_name, *args)
+    except OSError as exc:
+        fail(f"cannot write the request in {requests.request_dir(state_dir, source_name)}: {exc.strerror}; "
+             f"nothing was requested: free space in (or make writable) state_dir {state_dir}, then run this again")
 
 
 def _copies(cfg, source_name: str) -> list[dict]:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from ..abc import DeadLetterStore
-from ..sinks.file import FileSink
+from ..sinks.file import FileSink, write_lines
 from ..sinks.table import TableSink
 from .record import DeadLetter
 
@@ -47,8 +47,13 @@ class FileDeadLetterStore:
         line = orjson.dumps({"dead_letter_removed": entry_id, "ts_ms": int(time.time() * 1000)}) + b"\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            start = os.fstat(fd).st_size
+            try:
+                write_lines(fd, [line])
+                os.fsync(fd)
+            except OSError as exc:  # a full disk: no torn line, the entry stays listed
+                os.ftruncate(fd, start)
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
         finally:
             os.close(fd)
 

@@ -8,6 +8,7 @@ the database.  A lost source connection is resumed from that checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..abc import CountsBytes, Snapshottable, StartsOver
+from ..checkpoints import build_store
 from ..config.model import Config, PipelineSpec
 from ..deadletter.record import TRANSFORMS_SINK
 from ..errors import CdcError, CheckpointError, PositionLostError, SourceConnectionError, TransformError
@@ -56,7 +58,7 @@ class SourceRunner:
         self.grace_period = grace_period
         self.poll_timeout = poll_timeout
         self.source = self.spec.build()
-        self.store = self.spec.checkpoint.build()
+        self.store = build_store(self.spec)  # told the database: refuses another database's position
         self.tracker = AckTracker()
         self.pipelines: list[_Pipeline] = []
         self.workers: list[SinkWorker] = []
@@ -94,6 +96,7 @@ class SourceRunner:
         self._finish_by: float | None = None
         self._sink_halted = False
         self._checkpoint_failing_since: float | None = None
+        self._checkpoint_error: CheckpointError | None = None
         # copying existing rows (docs/snapshots.md); None for a source that cannot
         self.snapshots = (SnapshotController(source, self.source, self.source.snapshot, self.spec.tables,
                                              self.source.snapshot_chunk_size, config.state_dir,
@@ -341,7 +344,7 @@ class SourceRunner:
     def _checkpoint_failed(self, exc: CheckpointError, now: float) -> None:
         """Keep the old position and try again next time; give up after
         ``CHECKPOINT_FAILURE_TIMEOUT`` seconds of failures."""
-        self._last_save = now  # retry after checkpoint_interval, not on every turn
+        self._last_save, self._checkpoint_error = now, exc  # retry after checkpoint_interval, not on every turn
         if self._checkpoint_failing_since is None:
             self._checkpoint_failing_since = now
             log.warning("source %s: %s; retrying", self.name, exc)
@@ -351,6 +354,23 @@ class SourceRunner:
             if self.error is None:
                 self.error = exc
             self._stop.set()
+
+    def _unsaved_at_stop(self) -> None:
+        """Stopping while the checkpoint cannot be saved is an error that gives the position to save:
+        a start resumes from the old one (with no checkpoint, a MySQL source from the end of the log)."""
+        reached = self.tracker.position
+        if self._checkpoint_failing_since is None or reached is None or reached == self.saved_position:
+            return
+        resumes = (f"resumes from {self.saved_position}" if self.saved_position is not None else
+                   "has no checkpoint: it starts as a first run (a MySQL source at the end of the binlog, "
+                   "skipping every change since)")
+        exc = CheckpointError(
+            f"source {self.name}: stopped without saving its position ({self._checkpoint_error}). A start now "
+            f"{resumes}. Once the checkpoint can be written, save the position reached, then start: "
+            f"cdc checkpoint set CONFIG --source {self.name} --position '{json.dumps(reached)}'")
+        log.error("%s", exc)
+        if self.error is None:
+            self.error = exc
 
     def _drain(self, timeout: float, until_stop: bool = False) -> bool:
         """Wait for the sinks to acknowledge what they hold (not past a halted sink,
@@ -443,6 +463,7 @@ class SourceRunner:
         for w in self.workers:
             w.stop(timeout=5.0, abort=not drained)
         self._checkpoint(force=True)
+        self._unsaved_at_stop()
         self.source_connected = False
         closers = [self.source.close, self.store.close]
         if self.snapshots is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from .secrets import redact
 __all__ = ["SourceLock", "LockHeld", "StatusWriter", "read_status", "lock_path", "status_path"]
 
 STATUS_INTERVAL = 2.0
+
+log = logging.getLogger("cdc.status")
 
 
 def lock_path(state_dir: Path, source: str) -> Path:
@@ -53,10 +56,36 @@ class SourceLock:
         except BlockingIOError:
             os.close(fd)
             raise LockHeld(self.source, self.holder()) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError:  # a full disk: the lock holds without its pid, which only informs
+            pass
         self._fd = fd
         return self
+
+    def reclaim(self) -> None:
+        """If the lock file is gone (state_dir removed while running), take a new one at the path, so
+        that a second ``cdc run`` of the source is still refused.  ``LockHeld``: another process has it."""
+        fd = self._fd
+        if fd is None:
+            return
+        try:
+            st = os.stat(self.path)
+            if (st.st_ino, st.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev):
+                return
+        except OSError:
+            pass
+        self._fd = None
+        try:
+            self.acquire()
+        except LockHeld:
+            self._fd = fd
+            raise
+        except OSError:  # cannot create it now (read-only, full): keep the old one, try again later
+            self._fd = fd
+            return
+        os.close(fd)
 
     def holder(self) -> int | None:
         """The pid of the process that holds (or last held) the lock."""
@@ -71,7 +100,22 @@ class SourceLock:
             self.acquire()
         except LockHeld:
             return True
+        except OSError:  # state_dir cannot be written (read-only, full): ask on a read-only descriptor
+            return self._held_read_only()
         self.release()
+        return False
+
+    def _held_read_only(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False  # no lock file: no process holds it
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
         return False
 
     def release(self) -> None:
@@ -86,11 +130,23 @@ class SourceLock:
         self.release()
 
 
+_STATUS_TYPES: dict[str, type | tuple[type, ...]] = {"updated_at": (int, float), "stalled_since": (int, float, type(None)),
+                 "sinks": dict, "pipelines": dict, "snapshot": (dict, type(None)),
+                 "blocked_by": (list, type(None)), "last_error": (str, type(None))}
+
+
 def read_status(state_dir: Path, source: str) -> dict | None:
+    """The status file, or None when there is none or it is not one (torn, edited, corrupted)."""
     try:
-        return json.loads(status_path(state_dir, source).read_text())
+        live = json.loads(status_path(state_dir, source).read_text())
     except (OSError, ValueError):
         return None
+    if not isinstance(live, dict) or not all(isinstance(live.get(k), t) for k, t in _STATUS_TYPES.items()
+                                             if k in live):
+        return None
+    if not all(isinstance(v, dict) for k in ("sinks", "pipelines") for v in live.get(k, {}).values()):
+        return None
+    return live
 
 
 class StatusWriter:
@@ -100,6 +156,7 @@ class StatusWriter:
         self.runner = runner
         self.path = status_path(state_dir, runner.name)
         self._last = 0.0
+        self._failing = False  # the last write failed (logged once)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def tick(self, runner=None) -> None:
@@ -130,7 +187,20 @@ class StatusWriter:
         self._last = time.monotonic()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # state_dir removed while running
             tmp.write_text(json.dumps(self.snapshot(running), default=str))
             os.replace(tmp, self.path)
-        except OSError:
-            pass  # status is best effort; the checkpoint is what counts
+        except OSError as exc:  # best effort: the checkpoint is what counts, but say it is stale
+            try:
+                tmp.unlink(missing_ok=True)  # give back the space a partial file holds
+            except OSError:
+                pass
+            if not self._failing:
+                self._failing = True
+                log.warning("cannot write the status file %s (%s): `cdc status` shows what it held "
+                            "before (see its age) until it can; delivery and checkpoints go on", self.path,
+                            exc.strerror)
+            return
+        if self._failing:
+            self._failing = False
+            log.info("the status file %s is written again", self.path)

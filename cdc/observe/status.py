@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ..abc import Countable, Describable, Timestamped
+from ..checkpoints import build_store
 from ..config.model import Config
 from ..errors import CdcError
 from ..snapshot.progress import render as render_snapshots
@@ -29,7 +30,7 @@ def source_status(cfg: Config, name: str) -> dict[str, Any]:
     if row["running"]:
         row["pid"] = lock.holder()
     try:
-        store = spec.checkpoint.build()
+        store = build_store(spec)
         row["position"] = store.load()
         saved_at = store.saved_at() if isinstance(store, Timestamped) else None
         row["checkpoint_age_s"] = round(time.time() - saved_at, 1) if saved_at else None
@@ -54,7 +55,10 @@ def source_status(cfg: Config, name: str) -> dict[str, Any]:
         row["last_error"] = live.get("last_error")
         row["status_updated_s"] = round(time.time() - live.get("updated_at", 0), 1)
     row["pipelines"] = _pipelines(cfg, name, live or {})
-    row["snapshots"] = snapshot_rows(row.get("position"), live)
+    try:
+        row["snapshots"] = snapshot_rows(row.get("position"), live)
+    except (AttributeError, KeyError, TypeError, ValueError):  # a corrupted status file: the checkpoint's
+        row["snapshots"] = snapshot_rows(row.get("position"), None)
     return row
 
 

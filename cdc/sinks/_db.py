@@ -10,8 +10,9 @@ from ..errors import PermanentSinkError, SinkError, TransientSinkError
 
 __all__ = ["Target", "connect", "sink_error"]
 
-# MySQL/MariaDB error codes worth retrying: lock wait, deadlock, lost/refused connection.
-_MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 2055}
+# MySQL/MariaDB error codes worth retrying: lock wait, deadlock, lost/refused connection, a full disk.
+_MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 2055,
+                    1021, 1026, 1114}  # disk full, error writing a file, 'the table is full': space may be freed
 
 
 class Target:

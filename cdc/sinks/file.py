@@ -10,6 +10,7 @@ neither tears a line nor duplicates one.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from ..templates import Template, UnsafeValue, path_segment
 from ._message import Content, body_of
 
 __all__ = ["FileSink"]
+
+log = logging.getLogger("cdc.sink")
 
 # Failures no retry can fix: the path cannot be created or opened as it is.
 _PERMANENT_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR,
@@ -58,6 +61,7 @@ class FileSink:
         self.content = content
         self.name = context.name if context else "file"
         self._files: dict[str, int] = {}
+        self._inodes: dict[int, tuple[int, int]] = {}  # fd -> the file it was opened on
 
     def _inside(self, path: str) -> None:
         if self.template.is_constant:
@@ -78,12 +82,43 @@ class FileSink:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             _cut_torn_tail(path, fd)
-            self._files[path] = fd
+            st = os.fstat(fd)
+            self._files[path], self._inodes[fd] = fd, (st.st_ino, st.st_dev)
         return fd
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
-        if self.template.is_constant:
-            return self._write_to(self.template.text, events)
+        for _ in range(3):
+            starts = (self._write_to(self.template.text, events) if self.template.is_constant
+                      else self._write_rendered(events))
+            gone = self._gone(starts)
+            if not gone:
+                return
+            # The batch went to a file no longer at its path (removed, or renamed by a rotation):
+            # take it back from there and write it again to a new file at the path.
+            self._roll_back(starts)
+            for path in gone:
+                log.warning("sink %s: %s was removed or replaced while cdc wrote to it; writing to a new "
+                            "file there (what was delivered before is in the old file if it was renamed, "
+                            "and gone if it was deleted)", self.name, path)
+                if path in self._files:  # (a failed roll-back forgets it already)
+                    self._forget(self._files[path])
+        raise TransientSinkError(f"{', '.join(gone)} keeps being removed or replaced", sink=self.name)
+
+    def _gone(self, starts: dict[int, int]) -> list[str]:
+        """The paths this batch wrote to whose file is no longer there (one stat per file)."""
+        gone = []
+        for path, fd in self._files.items():
+            if fd in starts:
+                try:
+                    st = os.stat(path)
+                    if (st.st_ino, st.st_dev) == self._inodes[fd]:
+                        continue
+                except OSError:
+                    pass
+                gone.append(path)
+        return gone
+
+    def _write_rendered(self, events: Sequence[ChangeEvent]) -> dict[int, int]:
         render = self.template.render
         paths = []
         for event in events:  # every path checked before anything is written
@@ -119,8 +154,9 @@ class FileSink:
         except OSError as exc:
             self._roll_back(starts)
             raise self._error(exc, path) from exc
+        return starts
 
-    def _write_to(self, path: str, events: Sequence[ChangeEvent]) -> None:
+    def _write_to(self, path: str, events: Sequence[ChangeEvent]) -> dict[int, int]:
         """``write`` to one file: no path to render, nor to group lines by, per event."""
         content = self.content
         starts: dict[int, int] = {}
@@ -135,6 +171,7 @@ class FileSink:
         except OSError as exc:
             self._roll_back(starts)
             raise self._error(exc, path) from exc
+        return starts
 
     def _append(self, path: str, lines: list[bytes], starts: dict[int, int]) -> None:
         fd = self._fd(path)
@@ -154,6 +191,7 @@ class FileSink:
         for path, known in list(self._files.items()):
             if known == fd:
                 del self._files[path]
+                self._inodes.pop(fd, None)
                 os.close(fd)
 
     def _error(self, exc: OSError, path: str) -> Exception:
@@ -164,6 +202,7 @@ class FileSink:
         for fd in self._files.values():
             os.close(fd)
         self._files.clear()
+        self._inodes.clear()
 
 
 def _cut_torn_tail(path: str, fd: int) -> None:
