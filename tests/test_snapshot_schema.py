@@ -234,7 +234,7 @@ def test_mariadb_pipeline_copy_with_a_column_added_mid_copy(mariadb_server, mari
     from test_snapshot_mysql import _config as my_config
     db = db_of(mariadb_database)
     execute(mariadb_server, db, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
-            "INSERT INTO big SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_20000")
+            "INSERT INTO big SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_60000")
     cfg = my_config(tmp_path, mariadb_server, db, [f"{db}.big"], snapshot="initial", snapshot_chunk_size=100)
     out = tmp_path / "out/all.jsonl"
     with MyRunning(cfg) as r:
@@ -343,7 +343,7 @@ def test_sigkill_after_ddl_mid_copy_then_restart(kind, tmp_path, request):
         from test_snapshot_mysql import _config as my_config
         server, db = request.getfixturevalue("mariadb_server"), db_of(request.getfixturevalue("mariadb_database"))
         execute(server, db, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
-                "INSERT INTO big SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_20000")
+                "INSERT INTO big SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_60000")
         my_config(tmp_path, server, db, [f"{db}.big"], snapshot="initial", snapshot_chunk_size=100)
         ddl = lambda: execute(server, db, "ALTER TABLE big ADD COLUMN w int DEFAULT 7, DROP COLUMN note")  # noqa: E731
 
@@ -443,7 +443,7 @@ def test_mariadb_pipeline_table_truncated_mid_copy(mariadb_server, mariadb_datab
     from test_snapshot_mysql import _config as my_config
     db = db_of(mariadb_database)
     execute(mariadb_server, db, "CREATE TABLE big (id int PRIMARY KEY, v int, note varchar(20))",
-            "INSERT INTO big SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_20000")
+            "INSERT INTO big SELECT seq, seq, CONCAT('n', seq) FROM seq_1_to_60000")
     cfg = my_config(tmp_path, mariadb_server, db, [f"{db}.big"], snapshot="initial", snapshot_chunk_size=100)
     out = tmp_path / "out/all.jsonl"
     with MyRunning(cfg) as r:

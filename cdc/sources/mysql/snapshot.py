@@ -473,6 +473,10 @@ class MySQLSnapshotReader:
                 raise SourceConnectionError(f"snapshot read of {table}: {exc.args[-1]}",
                                             source=self.source_name) from exc
             raise SnapshotInputError(f"cannot read {table}: {exc.args[-1]}", source=self.source_name) from None
+        except (ValueError, UnicodeDecodeError):  # a value the cached columns' converters do not take
+            if self._retry_after_ddl(t, 0):  # a type changed since they were read: read them and the chunk again
+                return None
+            raise
         if shape != t.shape:
             self._tables.pop(table, None)
             return None
