@@ -10,6 +10,7 @@ import time
 from typing import Literal, cast
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from ...abc import Problem
@@ -28,6 +29,7 @@ __all__ = ["PostgresSource", "HEARTBEAT_PREFIX"]
 log = logging.getLogger("cdc.source.postgres")
 HEARTBEAT_PREFIX = "cdc_heartbeat"
 IDLE_CONFIRM_INTERVAL = 10.0  # seconds between positions taken from keepalives
+TABLE_CHECK_INTERVAL = 5.0  # seconds between checks that the captured tables were not dropped
 _i32 = struct.Struct(">i").unpack_from
 new_event = ChangeEvent.__new__
 _frame_head = struct.Struct(">iBQ").unpack_from  # frame length, CopyData kind, XLogData start
@@ -86,6 +88,8 @@ class PostgresSource:
         self._ignored: set[int] = set()        # relation ids of tables not in ``tables``
         self._gone: list[str] = []             # configured tables that did not exist at open()
         self._gone_until = 0                   # ... and the WAL position then
+        self._recreated: set[str] = set()      # configured tables dropped and created again while read
+        self._last_table_check = time.monotonic()
         self._base_types: dict[int, int] = {}  # user-defined type oid -> the oid its values convert as
 
     @staticmethod
@@ -385,6 +389,14 @@ class PostgresSource:
         try:
             with setup.connect(self.dsn, self.name) as conn:
                 for table in self._gone:
+                    if table in self._recreated:
+                        lines.append(
+                            f"table {table} was dropped and created again while cdc ran: the new table is not in "
+                            f"the publication, so its changes since it was created are not captured, and the rows "
+                            f"of the dropped table stay downstream (a drop sends no deletes). Start cdc again (it "
+                            f"puts the table back in the publication), then copy its rows: cdc snapshot CONFIG "
+                            f"--source {self.name} --table {table}")
+                        continue
                     row = None
                     if table in known:
                         row = conn.execute("SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN"
@@ -400,6 +412,7 @@ class PostgresSource:
             f"of the missing tables; now change the config of source {self.name} (and pipelines' tables:), "
             f"then start cdc again:\n  - " + "\n  - ".join(lines), source=self.name)
         self._gone = []
+        self._recreated = set()
 
     def _base_type(self, oid: int) -> int:
         """A domain's values convert as its base type's (a domain over int is a number);
@@ -440,6 +453,35 @@ class PostgresSource:
         self.keepalive()
         if self.heartbeat_interval:
             self._heartbeat()
+        self._check_tables()
+
+    def _check_tables(self) -> None:
+        """Every ``TABLE_CHECK_INTERVAL``: a captured table dropped while cdc reads (its oid
+        gone; a rename keeps it) left the publication, and a table created again under its
+        name is not captured.  The stream is read up to now (the drop included), then cdc
+        stops naming it (``_tables_gone``).  A failed check is tried again next time."""
+        now = time.monotonic()
+        if now - self._last_table_check < TABLE_CHECK_INTERVAL or self._gone or not self._oids:
+            return
+        self._last_table_check = now
+        try:
+            with setup.connect(self.dsn, self.name) as conn:
+                rows = conn.execute(
+                    "SELECT o, to_regclass(t) IS NOT NULL, pg_current_wal_lsn()::text"
+                    " FROM unnest(%s::oid[], %s::text[]) AS x(o, t)"
+                    " WHERE NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = o)",
+                    (list(self._oids), [sql.Identifier(*name.split(".", 1)).as_string(conn)
+                                        for name in self._oids.values()])).fetchall()
+        except (psycopg.Error, SourceError) as exc:
+            log.debug("source %s: checking the captured tables failed: %s", self.name, exc)
+            return
+        if not rows:
+            return
+        self._gone = [self._oids[oid] for oid, _, _ in rows]
+        self._recreated = {self._oids[oid] for oid, again, _ in rows if again}
+        self._gone_until = parse_lsn(rows[0][2])
+        log.warning("source %s: %s dropped while cdc runs: reading what the WAL holds up to %s, then stopping",
+                    self.name, ", ".join(self._gone), format_lsn(self._gone_until))
 
     def _keepalive_message(self, buf: bytes, pos: int, append, in_tx: bool) -> None:
         wal_end, _, reply = _keepalive(buf, pos)
