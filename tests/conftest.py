@@ -5,6 +5,7 @@ A skipped test fails the run: every test that needs a server starts one.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import uuid
 
@@ -112,3 +113,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_sessionfinish(session, exitstatus):
     if _skipped(session.config) and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A really full disk for the tests: a 64 KiB tmpfs (mounting needs root, as CI runs),
+    unmounted lazily afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

@@ -25,18 +25,6 @@ from cdc.errors import CheckpointError
 from _ops_helpers import ROOT, CdcProcess, basic_config, insert, make_orders, read_jsonl, slot_lsn, wait_for
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 64 KiB tmpfs; unmounted lazily afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 def fill(disk: Path, leave: int = 0) -> Path:
     """Fill ``disk`` to the last byte, then free ``leave`` bytes (whole pages on tmpfs)."""
     filler = disk / "filler"

@@ -21,17 +21,6 @@ def events(first: int, count: int, size: int = 100) -> list[ChangeEvent]:
             for n in range(first, first + count)]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
-
-
 def test_full_disk_truncates_the_partial_batch_and_the_retry_is_exact(small_disk):
     sink = FileSink(str(small_disk / "out.jsonl"), context=Context(small_disk, name="f"))
     sink.open()
