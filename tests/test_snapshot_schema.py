@@ -448,9 +448,12 @@ def test_mariadb_pipeline_table_truncated_mid_copy(mariadb_server, mariadb_datab
     out = tmp_path / "out/all.jsonl"
     with MyRunning(cfg) as r:
         _wait(lambda: (_copied(r.runner) or 0) > 0, 60, "the first chunks")
-        execute(mariadb_server, db, "TRUNCATE big",
-                "INSERT INTO big SELECT seq, -seq, 'after' FROM seq_1_to_30000_step_7")
-        assert not r.runner.snapshots.finished, "the copy finished before the DDL: make the table bigger"
+        with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+            cur.execute("LOCK TABLES big WRITE")  # the copy waits here: the TRUNCATE lands mid-copy
+            assert not r.runner.snapshots.finished, "the copy finished before the DDL: make the table bigger"
+            cur.execute("TRUNCATE big")
+            cur.execute("UNLOCK TABLES")
+        execute(mariadb_server, db, "INSERT INTO big SELECT seq, -seq, 'after' FROM seq_1_to_30000_step_7")
         _wait(lambda: r.runner.snapshots.finished or not r.thread.is_alive(), 120, "the copy")
         assert r.thread.is_alive(), r.runner.error
         with mariadb_server.connect(db) as conn, conn.cursor() as cur:
