@@ -16,6 +16,9 @@ the anchor in every run: a before/after comparison in one run.  ``--debezium`` a
 Debezium 3.6.1.Final's embedded engine (``bench/debezium``, as ``debezium_bench.py`` builds it)
 with ``snapshot.mode=initial_only`` on its own slot of the same PostgreSQL, counting records into
 a discard loop, timed from process start to its 1,000,000th record: a reference, not a target.
+Each run also times ``snapshot_floor.py``: the least Python work per row (read the rows, build
+and serialise each row's envelope with orjson; no engine), from process start; ``floor / anchor``
+is the most any Python reader that emits one JSON event per row reaches on one core.
 Exits 1 when the first tree's median ratio is below ``--min-ratio`` for a source.
 """
 
@@ -92,17 +95,27 @@ def debezium_run(dsn: str, port: int, rows: int, workdir: Path, run: int) -> tup
     return report["done_at"] - started, peak
 
 
+def floor_run(kind: str, where: str) -> float:
+    """Seconds of ``snapshot_floor.py`` (see the module's docstring)."""
+    s, _ = timed([sys.executable, str(ROOT / "bench" / "snapshot_floor.py"), kind, where])
+    CPU.pop()
+    return s
+
+
 def summary(rows: int, anchor_s: list[float], cdc_s: dict[Path, list[float]], rss: dict[Path, list[int]],
-            cpu: dict[Path, list[float]]) -> dict:
+            cpu: dict[Path, list[float]], floor_s: list[float]) -> dict:
     anchor = [rows / s for s in anchor_s]
-    out = {"anchor": statistics.median(anchor), "anchor_spread": (min(anchor), max(anchor)), "trees": {}}
+    out = {"anchor": statistics.median(anchor), "anchor_spread": (min(anchor), max(anchor)), "trees": {},
+           "floor": statistics.median(rows / s for s in floor_s),
+           "floor_ratio": statistics.median(a / s for a, s in zip(anchor_s, floor_s))}
     for tree, seconds in cdc_s.items():
         rates = [rows / s for s in seconds]
         ratios = [rows / s / a for s, a in zip(seconds, anchor)]  # each run against its own anchor
         out["trees"][tree] = {"cdc": statistics.median(rates), "cdc_spread": (min(rates), max(rates)),
                               "ratio": statistics.median(ratios), "ratio_spread": (min(ratios), max(ratios)),
                               "rss_mib": max(rss[tree]) / 1024,
-                              "cpu_rate": rows / statistics.median(cpu[tree])}
+                              "cpu_rate": rows / statistics.median(cpu[tree]),
+                              "vs_floor": statistics.median(f / s for s, f in zip(seconds, floor_s))}
     return out
 
 
@@ -123,6 +136,7 @@ def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[
             if debezium:
                 conn.execute("CREATE PUBLICATION dbz_snap FOR TABLE orders")
         copy_s: list[float] = []
+        floor_s: list[float] = []
         dbz_s: list[float] = []
         cdc_s: dict[Path, list[float]] = {t: [] for t in trees}
         rss: dict[Path, list[int]] = {t: [] for t in trees}
@@ -131,6 +145,8 @@ def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[
             s, _ = timed(["psql", dsn, "-X", "-q", "-c", "COPY (SELECT * FROM orders) TO STDOUT"])
             copy_s.append(s)
             line = f"  postgres run {i + 1}: COPY {rows / s:,.0f} rows/s"
+            floor_s.append(floor_run("postgres", dsn))
+            line += f", python floor {rows / floor_s[-1]:,.0f} rows/s ({s / floor_s[-1]:.2f}x)"
             for tree in trees:
                 with psycopg.connect(dsn, autocommit=True) as conn:  # each run copies with a new slot
                     for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots").fetchall():
@@ -150,7 +166,7 @@ def bench_postgres(rows: int, runs: int, chunk: int, workdir: Path, trees: list[
                 dbz_s.append(s)
                 line += f", Debezium {rows / s:,.0f} rows/s {peak / 1024:.0f} MiB"
             print(line, flush=True)
-        out = summary(rows, copy_s, cdc_s, rss, cpu)
+        out = summary(rows, copy_s, cdc_s, rss, cpu, floor_s)
         if dbz_s:  # cdc / Debezium, each run against its own Debezium run
             out["debezium"] = statistics.median(rows / s for s in dbz_s)
             for tree in trees:
@@ -175,6 +191,7 @@ def bench_mariadb(rows: int, runs: int, chunk: int, workdir: Path, trees: list[P
                         f" FROM seq_1_to_{rows}")
             cur.execute("COMMIT")
         dump_s: list[float] = []
+        floor_s: list[float] = []
         cdc_s: dict[Path, list[float]] = {t: [] for t in trees}
         rss: dict[Path, list[int]] = {t: [] for t in trees}
         cpu: dict[Path, list[float]] = {t: [] for t in trees}
@@ -184,6 +201,8 @@ def bench_mariadb(rows: int, runs: int, chunk: int, workdir: Path, trees: list[P
                           "-proot", "--protocol=tcp", "--skip-lock-tables", "bench", "orders"])
             dump_s.append(s)
             line = f"  mariadb run {i + 1}: mariadb-dump {rows / s:,.0f} rows/s"
+            floor_s.append(floor_run("mariadb", str(port)))
+            line += f", python floor {rows / floor_s[-1]:,.0f} rows/s ({s / floor_s[-1]:.2f}x)"
             for j, tree in enumerate(trees):
                 s, peak = cdc_run({"type": "mysql", "dsn": server.dsn("bench", user="cdc"),
                                    "tables": ["bench.orders"], "server_id": 777 + i * len(trees) + j,
@@ -194,7 +213,7 @@ def bench_mariadb(rows: int, runs: int, chunk: int, workdir: Path, trees: list[P
                 line += (f", cdc {tree} {rows / s:,.0f} rows/s ({rows / s / (rows / dump_s[-1]):.2f}x)"
                          f" {peak / 1024:.0f} MiB, {CPU[-1]:.1f} CPU s")
             print(line, flush=True)
-        return summary(rows, dump_s, cdc_s, rss, cpu)
+        return summary(rows, dump_s, cdc_s, rss, cpu, floor_s)
     finally:
         server.close()
 
@@ -222,8 +241,9 @@ def main() -> None:
             results["MariaDB (anchor: mariadb-dump --quick)"] = bench_mariadb(args.rows, args.runs, args.chunk,
                                                                               Path(tmp), trees)
     print(f"\ninitial snapshot of {args.rows:,} rows, chunk {args.chunk:,}, median of {args.runs} (min-max):")
-    print("| source | tree | anchor rows/s | cdc rows/s | cdc / anchor | cdc peak RSS | cdc rows per CPU s |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| source | tree | anchor rows/s | cdc rows/s | cdc / anchor | cdc peak RSS | cdc rows per CPU s "
+          "| python floor / anchor | cdc / python floor |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     missed = []
     for name, r in results.items():
         a_lo, a_hi = r["anchor_spread"]
@@ -232,7 +252,7 @@ def main() -> None:
             r_lo, r_hi = t["ratio_spread"]
             print(f"| {name} | {tree} | {r['anchor']:,.0f} ({a_lo:,.0f}-{a_hi:,.0f}) | {t['cdc']:,.0f} "
                   f"({lo:,.0f}-{hi:,.0f}) | {t['ratio']:.2f}x ({r_lo:.2f}-{r_hi:.2f}) | {t['rss_mib']:.0f} MiB | "
-                  f"{t['cpu_rate']:,.0f} |")
+                  f"{t['cpu_rate']:,.0f} | {r['floor_ratio']:.2f}x ({r['floor']:,.0f} rows/s) | {t['vs_floor']:.2f}x |")
         if "debezium" in r:
             print(f"Debezium 3.6.1.Final initial snapshot (initial_only, discard): {r['debezium']:,.0f} rows/s; "
                   + "; ".join(f"cdc {tree} / Debezium {t['vs_debezium'][0]:.2f}x "

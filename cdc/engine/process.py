@@ -21,7 +21,7 @@ def tune_process() -> None:
     # Events hold no reference cycles; collecting every 700 allocations costs ~15% of
     # the reader's time, so the young generation is allowed to grow.
     gc.freeze()
-    gc.set_threshold(max(gc.get_threshold()[0], 10_000), 10, 10)
+    gc.set_threshold(max(gc.get_threshold()[0], 50_000), 10, 10)
     # The reader and the sink threads all want the GIL; handing it over every 5 ms
     # (the default) costs the reader a few percent of its throughput.
     sys.setswitchinterval(max(sys.getswitchinterval(), SWITCH_INTERVAL))
