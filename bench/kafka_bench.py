@@ -10,6 +10,12 @@
    source -> engine -> Kafka sink, every message acknowledged by the broker, one
    partition), each from its own slot; the order alternates between rounds.
    Reported per run: rows/s, cdc's CPU seconds (every thread) and the broker's.
+4. Each round also times a bare producer in this process: 400,000 messages of the size
+   of cdc's (the envelope of a change of this workload, its key and two headers), the
+   sink's producer settings, produced in a plain loop and flushed: what producing alone
+   costs here, with nothing read or serialised.  bare / discard above 1 / 0.8 says
+   how much of the Kafka run's time producing alone would need if it overlapped
+   the reading perfectly.
 
 Commit -> acknowledged latency under steady writers is ``bench/latency_bench.py``.
 
@@ -40,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from cdc.config import parse_config  # noqa: E402
 from cdc.engine import SourceRunner, tune_process  # noqa: E402
+from cdc.event import ChangeEvent  # noqa: E402
 
 from servers import (  # noqa: E402
     KafkaServer,
@@ -149,6 +156,41 @@ def warm_up_broker(bootstrap: str) -> None:
     producer.flush(120)
 
 
+def bare_producer(bootstrap: str, broker_pid: int) -> dict:
+    """A plain loop producing TOTAL messages of ``value``'s size, then a flush (see step 4)."""
+    conf = {"linger.ms": 5, "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
+            "enable.idempotence": True, "acks": "all", "bootstrap.servers": bootstrap}
+    producer = Producer(conf)
+    producer.list_topics(timeout=30)  # connected before the clock starts, as cdc's sink is
+    started, cpu, broker = time.perf_counter(), cpu_seconds(), proc_cpu(broker_pid)
+    produce = producer.produce
+    insert, update = values()
+    for i in range(TOTAL):
+        key = b'{"id":%d}' % i
+        value, op = (insert, b"c") if i < TOTAL // 2 else (update, b"u")
+        while True:
+            try:
+                produce("bench.bare", value, key, headers=[("id", b"0/1A2B3C8:%d" % i), ("op", op)])
+                break
+            except BufferError:
+                producer.poll(0.1)
+    if producer.flush(120) != 0:
+        raise SystemExit("bare producer: messages left after flush")
+    seconds = time.perf_counter() - started
+    return {"rows_s": TOTAL / seconds, "cpu_s": cpu_seconds() - cpu, "broker_cpu_s": proc_cpu(broker_pid) - broker}
+
+
+def values() -> tuple[bytes, bytes]:
+    """Envelopes the size of cdc's for this workload: an insert and an update (before and after)."""
+    row = {"id": 123456, "customer_id": 123, "status": "new", "amount": "3456.56", "note": note(70),
+           "created_at": "2026-12-01T03:30:00.123456Z"}
+    source = {"connector": "postgresql", "name": "bench", "db": "bench", "schema": "public", "table": "orders",
+              "lsn": 27405256, "txId": 771, "ts_ms": 1764091000123}
+    insert = ChangeEvent("0/1A2B3C8:12", "c", None, row, {"id": 123456}, source, 1764091000456, "public.orders")
+    update = insert.replace(op="u", before=row, after=dict(row, status="shipped"))
+    return insert.to_json(), update.to_json()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--min-discard-ratio", type=float, default=0.8,
@@ -187,17 +229,24 @@ def main() -> int:
                                                             kafka.pid)
                     for b in order}
             d, k = done["discard"], done["kafka"]
-            rounds.append({"discard": d, "kafka": k, "ratio": k["rows_s"] / d["rows_s"]})
+            b = bare_producer(kafka.bootstrap, kafka.pid)
+            rounds.append({"discard": d, "kafka": k, "bare": b, "ratio": k["rows_s"] / d["rows_s"],
+                           "bare_ratio": b["rows_s"] / d["rows_s"]})
             print(f"round {i + 1}: cdc -> discard {d['rows_s']:,.0f} rows/s (cdc CPU {d['cpu_s']:.1f} s);"
                   f" cdc -> kafka (acked) {k['rows_s']:,.0f} rows/s (cdc CPU {k['cpu_s']:.1f} s, broker CPU"
-                  f" {k['broker_cpu_s']:.1f} s); kafka/discard {rounds[-1]['ratio']:.3f}", flush=True)
+                  f" {k['broker_cpu_s']:.1f} s); kafka/discard {rounds[-1]['ratio']:.3f}; bare producer"
+                  f" {b['rows_s']:,.0f} msg/s (CPU {b['cpu_s']:.1f} s, broker CPU {b['broker_cpu_s']:.1f} s),"
+                  f" bare/discard {rounds[-1]['bare_ratio']:.3f}", flush=True)
 
     ratios = sorted(r["ratio"] for r in rounds)
     ratio = statistics.median(ratios)
     kafka_rate = statistics.median(r["kafka"]["rows_s"] for r in rounds)
+    bare_ratio = statistics.median(r["bare_ratio"] for r in rounds)
+    print(f"bare producer alone / cdc -> discard: median {bare_ratio:.3f}")
     results = {"pg_recvlogical_rows_s": round(recv_rate), "kafka_discard_ratio_median": round(ratio, 3),
+               "bare_producer_discard_ratio_median": round(bare_ratio, 3),
                "kafka_discard_ratios": [round(r, 3) for r in ratios],
-               "rounds": [{k: ({n: round(v, 1) for n, v in r[k].items()} if k != "ratio" else round(r[k], 3))
+               "rounds": [{k: ({n: round(v, 1) for n, v in r[k].items()} if isinstance(r[k], dict) else round(r[k], 3))
                            for k in r} for r in rounds], "sink_config": SINK_OPTIONS}
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
