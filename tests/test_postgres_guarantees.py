@@ -12,6 +12,7 @@ import pytest
 
 from cdc.errors import SourceSetupError
 from cdc.sources.postgres import setup
+from cdc.sources.postgres import source as pg_source
 
 from pgutil import Running, file_pipeline, read_jsonl, sql, stream_config, wait_for_lines
 
@@ -337,6 +338,31 @@ def test_table_dropped_and_created_again_while_running_stops_with_what_is_lost(p
         assert not run.inner.thread.is_alive(), "cdc went on with a table that is no longer captured"
     failure = run.failure()
     assert "public.t was dropped and created again" in failure and "cdc snapshot" in failure, failure
+    assert [e["after"]["id"] for e in read_jsonl(out)] == [1, 2]
+
+
+def test_the_table_check_keeps_one_connection_and_a_table_with_quotes_in_its_name(pg_database, tmp_path,
+                                                                                   monkeypatch):
+    """The check that captured tables still exist (every 5 s) opened a new connection each
+    time: 17,000 sessions a day in the server's log and its connection count.  It keeps one
+    (the heartbeat's) and still sees a dropped table, whatever its name's characters."""
+    monkeypatch.setattr(pg_source, "TABLE_CHECK_INTERVAL", 0.1)
+    sql(pg_database, 'CREATE TABLE "Odd ""name"" t" (id int PRIMARY KEY)')
+    out = tmp_path / "out/all.jsonl"
+    run = Run(stream_config(tmp_path, pg_database, ['public.Odd "name" t'], {"all": file_pipeline()}))
+    sessions = "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+    with run:
+        sql(pg_database, 'INSERT INTO "Odd ""name"" t" VALUES (1)')
+        wait_for_lines(out, 1)
+        time.sleep(0.5)
+        before = sql(pg_database, sessions)[0][0]
+        time.sleep(2.0)  # about 20 checks
+        after = sql(pg_database, sessions)[0][0]
+        assert after - before <= 1, f"{after - before} sessions opened in 2 s (1 is the query's own)"
+        sql(pg_database, 'INSERT INTO "Odd ""name"" t" VALUES (2)', 'DROP TABLE "Odd ""name"" t"')
+        run.inner.thread.join(60)
+        assert not run.inner.thread.is_alive(), "the dropped table was not noticed"
+    assert 'public.Odd "name" t' in run.failure()
     assert [e["after"]["id"] for e in read_jsonl(out)] == [1, 2]
 
 

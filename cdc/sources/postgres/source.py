@@ -9,8 +9,8 @@ import struct
 import time
 from typing import Literal, cast
 
+import orjson
 import psycopg
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from ...abc import Problem
@@ -19,9 +19,9 @@ from ...errors import CdcError, SourceConnectionError, SourceError, SourceSetupE
 from ...event import ChangeEvent, Commit
 from ...lsn import format_lsn, parse_lsn
 from . import preflight, setup, slots
-from .heartbeat import Heartbeat
 from .pgoutput import Decoder
 from .replication import ReplicationStream
+from .side import SideConnection, SideError
 from .snapshot import PostgresSnapshotReader
 
 __all__ = ["PostgresSource", "HEARTBEAT_PREFIX"]
@@ -79,7 +79,8 @@ class PostgresSource:
         self._skip: tuple[int, int] = (0, 0)
         self._last_idle_commit = 0.0
         self._last_position = 0
-        self._heartbeat_conn = Heartbeat(dsn, self.name, HEARTBEAT_PREFIX)
+        # heartbeats and table checks, on one connection beside the stream (see side.py)
+        self._side = SideConnection(dsn)
         self._last_heartbeat = 0.0
         self._started = False              # streamed before: the slot must not be re-created
         self._error: SourceError | None = None  # raised by the next poll (after what was read)
@@ -192,7 +193,7 @@ class PostgresSource:
                 pass
             self.stream.close()
             self.stream = None
-        self._heartbeat_conn.close()
+        self._side.close()
 
     def confirm(self, position: dict) -> None:
         self.confirmed_lsn = parse_lsn(position["lsn"])
@@ -464,17 +465,17 @@ class PostgresSource:
         if now - self._last_table_check < TABLE_CHECK_INTERVAL or self._gone or not self._oids:
             return
         self._last_table_check = now
+        tables = [{"o": oid, "t": ".".join('"' + part.replace('"', '""') + '"' for part in name.split(".", 1))}
+                  for oid, name in self._oids.items()]
         try:
-            with setup.connect(self.dsn, self.name) as conn:
-                rows = conn.execute(
-                    "SELECT o, to_regclass(t) IS NOT NULL, pg_current_wal_lsn()::text"
-                    " FROM unnest(%s::oid[], %s::text[]) AS x(o, t)"
-                    " WHERE NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = o)",
-                    (list(self._oids), [sql.Identifier(*name.split(".", 1)).as_string(conn)
-                                        for name in self._oids.values()])).fetchall()
-        except (psycopg.Error, SourceError) as exc:
+            found = self._side.query(
+                b"SELECT o, to_regclass(t) IS NOT NULL, pg_current_wal_lsn()::text"
+                b" FROM jsonb_to_recordset($1::jsonb) AS x(o oid, t text)"
+                b" WHERE NOT EXISTS (SELECT 1 FROM pg_class WHERE oid = o)", [orjson.dumps(tables)])
+        except SideError as exc:
             log.debug("source %s: checking the captured tables failed: %s", self.name, exc)
             return
+        rows = [(int(oid or 0), again == b"t", (lsn or b"").decode()) for oid, again, lsn in found]
         if not rows:
             return
         self._gone = [self._oids[oid] for oid, _, _ in rows]
@@ -558,4 +559,7 @@ class PostgresSource:
         if now - self._last_heartbeat < self.heartbeat_interval:
             return
         self._last_heartbeat = now
-        self._heartbeat_conn.beat()  # bounded: see heartbeat.py
+        try:
+            self._side.query(b"SELECT pg_logical_emit_message(false, $1, '')", [HEARTBEAT_PREFIX.encode()])
+        except SideError as exc:  # the next one tries again on a new connection
+            log.warning("source %s: heartbeat failed: %s", self.name, exc)
