@@ -5,6 +5,7 @@ over the socket.  Every start must read the whole backlog (it stopped once with
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import psycopg
@@ -80,6 +81,10 @@ def test_start_replication_errors_read_from_the_socket_keep_their_sqlstate(pg_da
     finally:
         holder.close()
         with psycopg.connect(pg_database, autocommit=True) as conn:
+            deadline = time.monotonic() + 30  # the walsender may not have exited yet
+            while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                               (name,)).fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.05)
             conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
 
 
