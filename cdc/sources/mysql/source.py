@@ -54,6 +54,12 @@ _TARGETS = [re.compile(_COMMENTS + p, re.I | re.S) for p in (
     r"LOAD\s+(?:DATA|XML)\b.*?\bINTO\s+TABLE\s+([`\w$.]+)")]
 _TRUNCATE = re.compile(_COMMENTS + r"TRUNCATE\s+(?:TABLE\s+)?([`\w$.\s]+?)\s*;?\s*$", re.I | re.S)
 _RENAME = re.compile(_COMMENTS + r"RENAME\s+TABLES?\s+(.*)$", re.I | re.S)
+# Statements after which a captured table's rows are gone without a row event. TEMPORARY tables
+# do not match: they shadow a table of the same name without touching it.
+_DROP_TABLE = re.compile(_COMMENTS + r"DROP\s+TABLES?\s+(?:IF\s+EXISTS\s+)?(.*)$", re.I | re.S)
+_DROP_DATABASE = re.compile(_COMMENTS + r"DROP\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+EXISTS\s+)?([`\w$]+)", re.I | re.S)
+_REPLACE_TABLE = re.compile(_COMMENTS + r"CREATE\s+OR\s+REPLACE\s+TABLE\s+([`\w$.]+)", re.I | re.S)
+_DROP_OPTIONS = re.compile(r"(?:\s+(?:RESTRICT|CASCADE|NOWAIT|WAIT\s+\d+))+\s*$", re.I)
 _ALTER_RENAME = re.compile(_COMMENTS + r"ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+([`\w$.]+)\s+.*?"
                            r"\bRENAME\s+(?!(?:COLUMN|INDEX|KEY)\b)(?:TO\s+|AS\s+)?([`\w$.]+)", re.I | re.S)
 
@@ -249,6 +255,7 @@ class MySQLSource:
         self._gone: list[str] = []            # configured tables that did not exist at open()
         self._gone_until: tuple = ("", 0)     # ... and the end of the binlog then
         self._renamed: dict[str, str] = {}
+        self._dropped: dict[str, str] = {}    # captured tables dropped in this transaction -> how
         self._seen: set[tuple[str, str]] = set()  # (db, table) of TableMaps read for uncaptured tables
         self._patterns = [(t, re.compile(rf"(?<![\w$`.])`?{re.escape(t.split('.', 1)[0])}`?\s*\.\s*"
                                          rf"`?{re.escape(t.split('.', 1)[1])}`?(?![\w$])", re.I),
@@ -323,6 +330,7 @@ class MySQLSource:
         self.reader = reader
         self._tables = {}
         self._error = None
+        self._dropped = {}
         self._heard_at = time.monotonic()
         if self._tx is not None:  # reopening mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
@@ -497,6 +505,8 @@ class MySQLSource:
                 self._rows(ev, _ROWS[kind], now_ms, out)
             elif kind is XidEvent:
                 self._commit(ev, out)
+                if self._error is not None:  # after a captured table was dropped in the transaction
+                    return
             elif kind is TableMapEvent:
                 self._table_map(ev)
             elif kind is MariadbGtidEvent:
@@ -545,6 +555,10 @@ class MySQLSource:
         if truncate:
             self._truncate(_name(truncate.group(1), schema), ev, now_ms, out)
         renamed = self._ddl(text, schema)
+        for table, how in self._dropped_by(text, schema):
+            self._dropped.setdefault(table, how)
+        if self._in_begin:  # CREATE ... SELECT: its rows follow, the XID ends it (and stops after a drop)
+            return
         self._commit(ev, out)
         if renamed and self._error is None:
             old, new = renamed[0]
@@ -619,6 +633,8 @@ class MySQLSource:
         self._tx = None
         self._skip = (None, 0)
         out.append(Commit(position, ev.packet.timestamp * 1000))
+        if self._dropped and self._error is None:
+            self._error = self._drop_error()
         if self._gone and (self.file, self.pos) >= self._gone_until and self._error is None:
             self._tables_gone()
 
@@ -653,6 +669,50 @@ class MySQLSource:
                     f"rename. (To capture such changes, rename while cdc runs: it stops after the rename, "
                     f"then change tables:.)", source=self.name)
         return renamed
+
+    def _dropped_by(self, text: str, schema: str) -> list[tuple[str, str]]:
+        """The captured tables a DDL statement drops or replaces, with how."""
+        drop = _DROP_TABLE.match(text)
+        if drop:
+            names = _DROP_OPTIONS.sub("", re.sub(r"/\*.*?\*/", " ", drop.group(1)).strip().rstrip(";"))
+            dropped = {_name(n, schema) for n in names.split(",") if n.strip()}
+            return [(t, "dropped") for t in self.tables if t in dropped]
+        database = _DROP_DATABASE.match(text)
+        if database:
+            name = database.group(1).strip("`")
+            return [(t, f"dropped with its database (DROP DATABASE {name})") for t in self.tables
+                    if t.split(".", 1)[0] == name]
+        replace = _REPLACE_TABLE.match(text)
+        if replace and _name(replace.group(1), schema) in self.tables:
+            return [(_name(replace.group(1), schema), "replaced by CREATE OR REPLACE TABLE")]
+        return []
+
+    def _drop_error(self) -> SourceSetupError:
+        """A captured table was dropped (or replaced): its rows stay downstream with no event
+        saying so. Stop after the drop with what is at risk and the fix, as for a rename."""
+        dropped, self._dropped = self._dropped, {}
+        try:
+            missing = set(checks.missing_tables(self.reader._ctl_connection, list(dropped)))
+        except (pymysql.MySQLError, AttributeError):  # cannot tell: say both fixes
+            missing = None
+        lines = []
+        for table, how in dropped.items():
+            copy = f"cdc snapshot CONFIG --source {self.name} --table {table}"
+            if missing is not None and table not in missing:
+                fix = (f"{table} exists again now: start cdc again and it streams the new table from after the "
+                       f"drop (its rows arrive as inserts); for a destination equal to the new table, empty "
+                       f"{table} there first, or copy it again afterwards with {copy}. (Not to capture it any more: "
+                       f"remove it from tables: of source {self.name}.)")
+            else:
+                fix = (f"{table} does not exist now: remove it from tables: of source {self.name} (and from "
+                       f"pipelines' tables: and transforms that name it), then start cdc again; or create "
+                       f"it again, start cdc again, and copy it with {copy}")
+            lines.append(f"table {table} was {how}: the rows it held stay in the sinks (a database mirror "
+                         f"keeps them: a drop sends no delete events); delete them there if they must go. {fix}")
+        return SourceSetupError(
+            f"at GTID {self._tx_gtid or '-'} ({self.file}:{self.pos}) a captured table was dropped; every change "
+            f"before that was delivered and nothing after it was read:\n  - " + "\n  - ".join(lines),
+            source=self.name)
 
     def _tables_gone(self) -> None:
         """Everything the binlog held when we started has been read: say what to change
