@@ -60,6 +60,7 @@ _DROP_TABLE = re.compile(_COMMENTS + r"DROP\s+TABLES?\s+(?:IF\s+EXISTS\s+)?(.*)$
 _DROP_DATABASE = re.compile(_COMMENTS + r"DROP\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+EXISTS\s+)?([`\w$]+)", re.I | re.S)
 _REPLACE_TABLE = re.compile(_COMMENTS + r"CREATE\s+OR\s+REPLACE\s+TABLE\s+([`\w$.]+)", re.I | re.S)
 _DROP_OPTIONS = re.compile(r"(?:\s+(?:RESTRICT|CASCADE|NOWAIT|WAIT\s+\d+))+\s*$", re.I)
+_MARIADB_GTID = re.compile(r"^\d+-\d+-\d+$")
 _ALTER_RENAME = re.compile(_COMMENTS + r"ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+([`\w$.]+)\s+.*?"
                            r"\bRENAME\s+(?!(?:COLUMN|INDEX|KEY)\b)(?:TO\s+|AS\s+)?([`\w$.]+)", re.I | re.S)
 
@@ -256,6 +257,7 @@ class MySQLSource:
         self._gone_until: tuple = ("", 0)     # ... and the end of the binlog then
         self._renamed: dict[str, str] = {}
         self._dropped: dict[str, str] = {}    # captured tables dropped in this transaction -> how
+        self._server: dict = {}               # the server read: server_id, host (recorded in positions)
         self._seen: set[tuple[str, str]] = set()  # (db, table) of TableMaps read for uncaptured tables
         self._patterns = [(t, re.compile(rf"(?<![\w$`.])`?{re.escape(t.split('.', 1)[0])}`?\s*\.\s*"
                                          rf"`?{re.escape(t.split('.', 1)[1])}`?(?![\w$])", re.I),
@@ -301,6 +303,9 @@ class MySQLSource:
             resuming = position is not None or self._position is not None
             checks.require(conn, self.tables, self.server_id, self.name, missing_ok=resuming)
             self.info = checks.server_info(conn)
+            self._server = {"server_id": self.info["server_id"], "host": self.info["host"]}
+            if resuming and self.info["mariadb"]:
+                self._same_binlog(conn, position or self._position)
             self._json = checks.json_columns(conn, self.tables) if self.info["mariadb"] else {}
             self._gone = checks.missing_tables(conn, self.tables) if resuming else []
             if self._gone:
@@ -358,12 +363,75 @@ class MySQLSource:
         with conn.cursor(pymysql.cursors.Cursor) as cur:
             cur.execute("SHOW BINARY LOGS")
             file, size = cur.fetchall()[-1][:2]
-            position = {"file": file, "pos": int(size)}
+            position: dict = {"file": file, "pos": int(size)}
             if self.info["gtid"]:
-                cur.execute("SELECT @@global.gtid_binlog_pos" if self.info["mariadb"]
-                            else "SELECT @@global.gtid_executed")
+                # MariaDB: the GTIDs at that very file and position (a commit in between would
+                # otherwise make the GTIDs ahead of the file position)
+                cur.execute("SELECT BINLOG_GTID_POS(%s, %s)" if self.info["mariadb"]
+                            else "SELECT @@global.gtid_executed", (file, int(size)) if self.info["mariadb"] else None)
                 position["gtid"] = cur.fetchone()[0] or ""
+        position["server"] = self._server
         return position
+
+    def _same_binlog(self, conn: pymysql.Connection, position: dict | None) -> None:
+        """MariaDB: is ``position`` one of this server's binlog? A checkpoint names its binlog
+        file, offset and GTIDs; the server says which GTIDs its file has at that offset
+        (``BINLOG_GTID_POS``), so another server, or this one with its data directory made
+        again, is told apart from the one the checkpoint was read from, whatever its address or
+        server_id. Another binlog is accepted only as a failover: this server holds, replicated,
+        the transactions of the checkpoint (``gtid_binlog_state``) and is not the server_id the
+        checkpoint was read from. A GTID typed with ``cdc checkpoint set`` (no file) and a
+        purged file are left to the server (which says when a position is lost)."""
+        if not isinstance(position, dict):
+            return
+        gtid, file, pos = position.get("gtid"), position.get("file"), position.get("pos")
+        if not isinstance(gtid, str) or not isinstance(file, str) or not isinstance(pos, int):
+            return
+        wanted = {g.split("-", 1)[0]: g for g in gtid.replace(" ", "").split(",") if g}
+        if not all(_MARIADB_GTID.match(g) for g in wanted.values()):
+            return
+        with conn.cursor(pymysql.cursors.Cursor) as cur:
+            cur.execute("SHOW BINARY LOGS")
+            logs = [row[0] for row in cur.fetchall()]
+            there = None
+            if file in logs:
+                cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+                there = cur.fetchone()[0]
+                at = {g.split("-", 1)[0]: g for g in (there or "").split(",") if g}
+                if there is not None and all(at.get(d) == g for d, g in wanted.items()):
+                    return  # the binlog the checkpoint was read from
+            elif logs and file.rsplit(".", 1)[0] == logs[0].rsplit(".", 1)[0] and file < logs[0]:
+                return  # purged: resuming says whether the position is lost
+            cur.execute("SELECT @@server_id, @@gtid_binlog_state")
+            server_id, state = cur.fetchone()
+        saved: dict = position["server"] if isinstance(position.get("server"), dict) else {}
+        have = {tuple(g.split("-")[:2]): int(g.split("-")[2]) for g in (state or "").split(",") if g}
+        missing = [g for g in wanted.values() if have.get(tuple(g.split("-")[:2]), -1) < int(g.split("-")[2])]
+        if saved.get("server_id") is not None:
+            same_id = saved["server_id"] == server_id
+        else:  # a checkpoint from before cdc recorded the server: the GTIDs' own server ids
+            same_id = any(g.split("-")[1] == str(server_id) for g in wanted.values())
+        here = f"{self.info['host']} (server_id {server_id})"
+        read_from = (f"{saved.get('host', '?')} (server_id {saved['server_id']})" if saved.get("server_id") is not None
+                     else "a server that cdc did not record (an older checkpoint)")
+        if not missing and not same_id:
+            log.warning("source %s: the checkpoint %s was read from %s; %s holds its transactions in another "
+                        "binlog: resuming there by GTID, as after a failover", self.name, gtid, read_from, here)
+            return
+        found = (f"has no binlog position {file}:{pos}" if there is None
+                 else f"has {there or 'no GTIDs'} at {file}:{pos}")
+        why = ("it has the server_id of the server the checkpoint was read from, so it is another server with the "
+               "same server_id, or that server with its data directory made again"
+               if same_id else f"it does not hold {', '.join(missing)}, so it is not a replica of that server")
+        raise PositionLostError(
+            f"the checkpoint of source {self.name} ({gtid} at {file}:{pos}) was read from {read_from}, but "
+            f"{here} {found}: {why}. Resuming here from that position would skip this server's changes up to it, "
+            f"or deliver other ones. If the dsn points at the wrong server, point it back. To read this server: "
+            f"cdc checkpoint reset CONFIG --source {self.name} (a first run: snapshot: initial copies the tables "
+            f"again), or cdc checkpoint set CONFIG --source {self.name} --position JSON with a position of this "
+            f"server; or set snapshot: when_needed, and cdc starts over on this server with a full re-copy",
+            source=self.name, position=position,
+            reason=f"the checkpoint was read from another server's binlog ({read_from}), not from {here}")
 
     def start_over(self) -> None:
         """After a lost position (``snapshot: when_needed``): the next ``open(None)`` is a
@@ -629,6 +697,7 @@ class MySQLSource:
         position = {"file": self.file, "pos": self.pos}
         if self.gtids is not None:
             position["gtid"] = str(self.gtids)
+        position["server"] = self._server
         self._position = position
         self._tx = None
         self._skip = (None, 0)
