@@ -369,7 +369,11 @@ class MySQLSource:
                 # otherwise make the GTIDs ahead of the file position)
                 cur.execute("SELECT BINLOG_GTID_POS(%s, %s)" if self.info["mariadb"]
                             else "SELECT @@global.gtid_executed", (file, int(size)) if self.info["mariadb"] else None)
-                position["gtid"] = cur.fetchone()[0] or ""
+                gtid = cur.fetchone()[0]
+                if gtid is None:  # not an event boundary (should not happen): the server's last GTIDs
+                    cur.execute("SELECT @@global.gtid_binlog_pos")
+                    gtid = cur.fetchone()[0]
+                position["gtid"] = gtid or ""
         position["server"] = self._server
         return position
 
