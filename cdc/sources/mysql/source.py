@@ -373,7 +373,8 @@ class MySQLSource:
                 if gtid is None:  # not an event boundary (should not happen): the server's last GTIDs
                     cur.execute("SELECT @@global.gtid_binlog_pos")
                     gtid = cur.fetchone()[0]
-                position["gtid"] = gtid or ""
+                # in domain order, as gtid_binlog_pos and every later position have it (ids use it)
+                position["gtid"] = str(GtidState(gtid or "", True)) if self.info["mariadb"] else gtid or ""
         position["server"] = self._server
         return position
 
