@@ -110,7 +110,9 @@ def test_a_checkpoint_without_the_server_still_resumes_and_records_it(mariadb_se
     finally:
         source.close()
     assert [e.after["id"] for e in events] == [2]
-    assert after["server"] == {"server_id": 1, "host": position["server"]["host"]}
+    recorded = after["server"]
+    assert recorded["server_id"] == 1 and recorded["host"] == position["server"]["host"], recorded
+    assert recorded["gtid"] == events[0].source["gtid"] and recorded["at"] < after["pos"], recorded
 
 
 def test_a_failover_to_a_replica_resumes_by_gtid():

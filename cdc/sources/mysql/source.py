@@ -379,18 +379,22 @@ class MySQLSource:
         return position
 
     def _same_binlog(self, conn: pymysql.Connection, position: dict | None) -> None:
-        """MariaDB: is ``position`` one of this server's binlog? A checkpoint names its binlog
-        file, offset and GTIDs; the server says which GTIDs its file has at that offset
-        (``BINLOG_GTID_POS``), so another server, or this one with its data directory made
-        again, is told apart from the one the checkpoint was read from, whatever its address or
-        server_id. Another binlog is accepted only as a failover: this server holds, replicated,
-        the transactions of the checkpoint (``gtid_binlog_state``) and is not the server_id the
-        checkpoint was read from. A GTID typed with ``cdc checkpoint set`` (no file) and a
-        purged file are left to the server (which says when a position is lost)."""
+        """MariaDB: was ``position`` read from this server's binlog? Each position records (in
+        ``server``) the GTID of the transaction it ends and the offset of that transaction's GTID
+        event in the file: the server's event there must be that GTID. Another server, or this
+        one with its data directory made again, has something else there (or no event), whatever
+        its address or server_id. Another binlog is accepted only as a failover: this server holds,
+        replicated, the transactions of the checkpoint (``gtid_binlog_state``) and is not the
+        server_id the checkpoint was read from. Not checked: a position without that record (saved
+        before cdc recorded it, a first run's start, one typed with ``cdc checkpoint set``: the
+        next save records it), and a purged file (the server says when a position is lost)."""
         if not isinstance(position, dict):
             return
-        gtid, file, pos = position.get("gtid"), position.get("file"), position.get("pos")
-        if not isinstance(gtid, str) or not isinstance(file, str) or not isinstance(pos, int):
+        gtid, file = position.get("gtid"), position.get("file")
+        saved: dict = position["server"] if isinstance(position.get("server"), dict) else {}
+        last, at = saved.get("gtid"), saved.get("at")
+        if (not isinstance(gtid, str) or not isinstance(file, str) or not isinstance(last, str)
+                or not _MARIADB_GTID.match(last) or not isinstance(at, int) or isinstance(at, bool)):
             return
         wanted = {g.split("-", 1)[0]: g for g in gtid.replace(" ", "").split(",") if g}
         if not all(_MARIADB_GTID.match(g) for g in wanted.values()):
@@ -398,43 +402,42 @@ class MySQLSource:
         with conn.cursor(pymysql.cursors.Cursor) as cur:
             cur.execute("SHOW BINARY LOGS")
             logs = [row[0] for row in cur.fetchall()]
-            there = None
             if file in logs:
-                cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
-                there = cur.fetchone()[0]
-                at = {g.split("-", 1)[0]: g for g in (there or "").split(",") if g}
-                if there is not None and all(at.get(d) == g for d, g in wanted.items()):
+                try:
+                    cur.execute("SHOW BINLOG EVENTS IN %s FROM %s LIMIT 1", (file, at))
+                    row = cur.fetchone()
+                except pymysql.MySQLError:  # not the start of an event
+                    row = None
+                if row is not None and row[2] == "Gtid" and last in str(row[5]).split():
                     return  # the binlog the checkpoint was read from
+                found = (f"has {str(row[5]).strip()} at {file}:{at}" if row is not None
+                         else f"has no binlog event at {file}:{at}")
             elif logs and file.rsplit(".", 1)[0] == logs[0].rsplit(".", 1)[0] and file < logs[0]:
                 return  # purged: resuming says whether the position is lost
+            else:
+                found = f"has no binlog {file} (it has {logs[0] if logs else '-'} .. {logs[-1] if logs else '-'})"
             cur.execute("SELECT @@server_id, @@gtid_binlog_state")
             server_id, state = cur.fetchone()
-        saved: dict = position["server"] if isinstance(position.get("server"), dict) else {}
         have = {tuple(g.split("-")[:2]): int(g.split("-")[2]) for g in (state or "").split(",") if g}
         missing = [g for g in wanted.values() if have.get(tuple(g.split("-")[:2]), -1) < int(g.split("-")[2])]
-        if saved.get("server_id") is not None:
-            same_id = saved["server_id"] == server_id
-        else:  # a checkpoint from before cdc recorded the server: the GTIDs' own server ids
-            same_id = any(g.split("-")[1] == str(server_id) for g in wanted.values())
+        same_id = saved.get("server_id") == server_id
         here = f"{self.info['host']} (server_id {server_id})"
-        read_from = (f"{saved.get('host', '?')} (server_id {saved['server_id']})" if saved.get("server_id") is not None
-                     else "a server that cdc did not record (an older checkpoint)")
+        read_from = f"{saved.get('host', '?')} (server_id {saved.get('server_id', '?')})"
         if not missing and not same_id:
             log.warning("source %s: the checkpoint %s was read from %s; %s holds its transactions in another "
                         "binlog: resuming there by GTID, as after a failover", self.name, gtid, read_from, here)
             return
-        found = (f"has no binlog position {file}:{pos}" if there is None
-                 else f"has {there or 'no GTIDs'} at {file}:{pos}")
         why = ("it has the server_id of the server the checkpoint was read from, so it is another server with the "
                "same server_id, or that server with its data directory made again"
                if same_id else f"it does not hold {', '.join(missing)}, so it is not a replica of that server")
         raise PositionLostError(
-            f"the checkpoint of source {self.name} ({gtid} at {file}:{pos}) was read from {read_from}, but "
-            f"{here} {found}: {why}. Resuming here from that position would skip this server's changes up to it, "
-            f"or deliver other ones. If the dsn points at the wrong server, point it back. To read this server: "
-            f"cdc checkpoint reset CONFIG --source {self.name} (a first run: snapshot: initial copies the tables "
-            f"again), or cdc checkpoint set CONFIG --source {self.name} --position JSON with a position of this "
-            f"server; or set snapshot: when_needed, and cdc starts over on this server with a full re-copy",
+            f"the checkpoint of source {self.name} ({gtid} at {file}:{position.get('pos')}, its last transaction "
+            f"{last} at {file}:{at}) was read from {read_from}, but {here} {found}: {why}. Resuming here from that "
+            f"position would skip this server's changes up to it, or deliver other ones. If the dsn points at the "
+            f"wrong server, point it back. To read this server: cdc checkpoint reset CONFIG --source {self.name} "
+            f"(a first run: snapshot: initial copies the tables again), or cdc checkpoint set CONFIG --source "
+            f"{self.name} --position JSON with a position of this server; or set snapshot: when_needed, and cdc "
+            f"starts over on this server with a full re-copy",
             source=self.name, position=position,
             reason=f"the checkpoint was read from another server's binlog ({read_from}), not from {here}")
 
@@ -643,6 +646,7 @@ class MySQLSource:
                 f"tables: and transforms that name it), then start cdc again", source=self.name)
 
     _tx_gtid: str | None = None
+    _tx_at = 0  # where the current transaction's first event (its GTID event) starts
 
     def _captured_in(self, schema: str, text: str) -> str | None:
         """The captured table a statement names, if any (a conservative text match)."""
@@ -690,6 +694,7 @@ class MySQLSource:
     def _start(self, gtid: str | None, pos: int, timestamp: int) -> None:
         key = gtid if gtid is not None else f"{self.file}:{pos}"
         self._tx = (key, f"{key}:", gtid, timestamp * 1000)
+        self._tx_at = pos
         self._index = 0
 
     def _commit(self, ev, out: list) -> None:
@@ -702,7 +707,9 @@ class MySQLSource:
         position = {"file": self.file, "pos": self.pos}
         if self.gtids is not None:
             position["gtid"] = str(self.gtids)
-        position["server"] = self._server
+        # the server, and where this transaction's GTID event is (_same_binlog checks it there)
+        position["server"] = ({**self._server, "gtid": tx[2], "at": self._tx_at} if tx is not None and tx[2]
+                              else self._server)
         self._position = position
         self._tx = None
         self._skip = (None, 0)
