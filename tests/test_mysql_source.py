@@ -60,7 +60,7 @@ def test_insert_update_delete(shop):
     assert src["connector"] == "mysql" and src["db"] == db and src["table"] == "orders"
     assert src["file"].startswith("binlog.") and src["pos"] > 0 and src["row"] == 0
     assert src["server_id"] == 1 and src["ts_ms"] > 0 and src["name"] == "legacy"
-    assert len(commits) == 3 and all(set(c.position) == {"gtid", "file", "pos"} for c in commits)
+    assert len(commits) == 3 and all(set(c.position) == {"gtid", "file", "pos", "server"} for c in commits)
 
 
 def test_resume_from_a_commit_position(shop):

@@ -416,10 +416,11 @@ def test_chunks_are_read_whole_over_tls():
 def test_an_error_in_the_middle_of_a_chunk_is_reported_and_the_next_chunk_is_read_whole(
         mariadb_server, mariadb_database):
     """The server fails a chunk's SELECT after sending part of its rows (here a ``--where``
-    that fails at row 2,500): the reader reports the server's error, as PyMySQL's cursor
-    did (an OperationalError: a connection error, retried by the controller), and the next
-    chunk is read whole on a new connection (the old one's result was cut off)."""
-    from cdc.errors import SourceConnectionError
+    that fails at row 2,500): the reader reports the server's error as an error of the
+    request (not a lost connection: reading again would fail again; see
+    tests/test_mysql_vanish_snapshot.py), and the next chunk is read whole on a new
+    connection (the old one's result was cut off)."""
+    from cdc.snapshot import SnapshotInputError
 
     from mysql_helpers import make_source
     db = db_of(mariadb_database)
@@ -427,7 +428,7 @@ def test_an_error_in_the_middle_of_a_chunk_is_reported_and_the_next_chunk_is_rea
             "INSERT INTO t SELECT seq, REPEAT('n', 90) FROM seq_1_to_5000")
     reader = make_source(mariadb_server, db, [f"{db}.t"]).snapshot_reader()
     try:
-        with pytest.raises(SourceConnectionError, match="Subquery returns more than 1 row"):
+        with pytest.raises(SnapshotInputError, match="Subquery returns more than 1 row"):
             reader.read_chunk(f"{db}.t", None, 4000, "id < 2500 OR (SELECT id UNION SELECT id + 1) > 0")
         chunk = reader.read_chunk(f"{db}.t", None, 4000, None)
     finally:

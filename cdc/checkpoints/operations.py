@@ -70,6 +70,11 @@ def show(cfg: Config, source: str) -> dict[str, Any]:
         store.close()
 
 
+# Kept by a source beside its log position, not part of it (MySQL: the server it was read from);
+# a position typed without them is checked by the source as it is.
+RECORDED = frozenset({"server"})
+
+
 def set_position(cfg: Config, source: str, position: str) -> dict:
     """``position`` is the JSON of a log position, e.g. ``{"lsn": "0/1A2B3C8"}``.  The saved
     snapshot progress (``snapshot``: the tables copied, the copy in progress) is kept unless
@@ -83,8 +88,8 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
     log_position = {k: v for k, v in value.items() if k != POSITION_KEY}
     with _locked_store(cfg, source) as store:
         old = store.load()
-        old_log = {k for k in old if k != POSITION_KEY} if old is not None else None
-        if old_log is not None and old_log != set(log_position):
+        old_log = {k for k in old if k != POSITION_KEY and k not in RECORDED} if old is not None else None
+        if old_log is not None and old_log != set(log_position) - RECORDED:
             raise PositionError(f"the saved position has keys {sorted(old_log)}; "
                                 f"--position has {sorted(log_position)}")
         src = cfg.sources[source].build()

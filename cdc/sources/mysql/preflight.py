@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pymysql
 
 from ...abc import Problem
+from ...errors import PositionLostError
 from . import settings
 
 if TYPE_CHECKING:
@@ -46,6 +47,14 @@ def problems(source: MySQLSource, position: dict | None, checkpoint_age: float |
                         purged = _purged_gtids(cur, gtid, logs[0], info["mariadb"])
                 except pymysql.MySQLError:
                     pass  # no BINLOG MONITOR: reported above as a missing privilege
+        if position and info["mariadb"] and logs:
+            source.info = info
+            try:
+                source._same_binlog(conn, position)  # read from another server's binlog?
+            except PositionLostError as exc:
+                out.append(("warning" if source.snapshot == "when_needed" else "error", str(exc)))
+            except pymysql.MySQLError:
+                pass
     finally:
         conn.close()
     out.extend(_gtid_modes(v, info["mariadb"]))
@@ -84,7 +93,7 @@ _MARIADB_GTID = re.compile(r"^\d+-\d+-\d+$")
 def check_position(source: MySQLSource, position: dict) -> None:
     """A position an operator typed: the keys and types cdc writes, a binlog file the
     server still has, and nothing ahead of what the server has written."""
-    unknown = set(position) - {"gtid", "file", "pos"}
+    unknown = set(position) - {"gtid", "file", "pos", "server"}  # server: recorded by cdc, not checked here
     if unknown or not ({"gtid", "file"} & set(position)):
         raise ValueError('a MySQL position is {"gtid": "0-1-42", "file": "binlog.000003", "pos": 81234} '
                          f"(gtid, or file and pos), not {sorted(position)}")

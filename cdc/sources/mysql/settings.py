@@ -42,14 +42,15 @@ def parse_dsn(dsn: str) -> dict:
 
 def server_info(conn: pymysql.Connection) -> dict:
     with conn.cursor(pymysql.cursors.Cursor) as cur:
-        cur.execute("SELECT @@version, @@server_id")
-        version, server_id = cur.fetchone()
+        cur.execute("SELECT @@version, @@server_id, @@hostname, @@port")
+        version, server_id, hostname, port = cur.fetchone()
         mariadb = "mariadb" in version.lower()
         gtid = True
         if not mariadb:
             cur.execute("SELECT @@global.gtid_mode")
             gtid = cur.fetchone()[0].upper() == "ON"
-    return {"version": version, "mariadb": mariadb, "gtid": gtid, "server_id": int(server_id)}
+    return {"version": version, "mariadb": mariadb, "gtid": gtid, "server_id": int(server_id),
+            "host": f"{hostname}:{port}"}
 
 
 def _variable(cur, name: str) -> str | None:

@@ -302,6 +302,30 @@ def _read_rows(conn: pymysql.Connection, t: _Table, query: str) -> tuple[list, d
         result.unbuffered_active = False
 
 
+# Server errors of the connection or of the moment, not of the query: read the chunk again on a
+# new connection. Too many connections, shutdown, network errors, lock wait timeout, deadlock,
+# query killed (KILL QUERY), connection killed (MariaDB), disconnected for inactivity (MySQL).
+_CONNECTION_ERRORS = frozenset({1040, 1053, 1077, 1152, 1154, 1155, 1156, 1157, 1158, 1159, 1160, 1161,
+                                1205, 1213, 1317, 1927, 4031})
+_TIMEOUTS = frozenset({1969, 3024})  # max_statement_time (MariaDB), max_execution_time (MySQL)
+
+
+def connection_lost(exc: pymysql.MySQLError) -> bool:
+    """Is ``exc`` a lost connection (client errors 2000-2999, PyMySQL's InterfaceError) or a
+    passing server state, rather than an error of the query itself?"""
+    if isinstance(exc, pymysql.InterfaceError):
+        return True
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    return 2000 <= code < 3000 or code in _CONNECTION_ERRORS
+
+
+def _hint(exc: pymysql.MySQLError) -> str:
+    if exc.args and exc.args[0] in _TIMEOUTS:
+        return (" (a chunk took longer than the server's max_statement_time / max_execution_time for the "
+                "cdc user: lower snapshot_chunk_size, or raise that limit for the cdc user)")
+    return ""
+
+
 def _long_payload(rfile, buf: bytes) -> tuple[bytes, bytes]:
     """A row sent in several packets (the first at the start of ``buf``): its payload,
     and the bytes after its last packet."""
@@ -468,11 +492,14 @@ class MySQLSnapshotReader:
             # the columns were read; read them and the chunk again
             if exc.args and exc.args[0] in (1054, 1412) and self._retry_after_ddl(t, exc.args[0]):
                 return None
-            if isinstance(exc, pymysql.OperationalError) and exc.args and exc.args[0] != 1054:
+            if connection_lost(exc):
                 self.close()
                 raise SourceConnectionError(f"snapshot read of {table}: {exc.args[-1]}",
                                             source=self.source_name) from exc
-            raise SnapshotInputError(f"cannot read {table}: {exc.args[-1]}", source=self.source_name) from None
+            # the query's own error (PyMySQL calls most server errors OperationalError): reading
+            # again would fail again, so the copy is dropped with it
+            raise SnapshotInputError(f"cannot read {table}: {exc.args[-1]}{_hint(exc)}",
+                                     source=self.source_name) from None
         except (ValueError, UnicodeDecodeError):  # a value the cached columns' converters do not take
             if self._retry_after_ddl(t, 0):  # a type changed since they were read: read them and the chunk again
                 return None

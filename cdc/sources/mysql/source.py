@@ -54,6 +54,13 @@ _TARGETS = [re.compile(_COMMENTS + p, re.I | re.S) for p in (
     r"LOAD\s+(?:DATA|XML)\b.*?\bINTO\s+TABLE\s+([`\w$.]+)")]
 _TRUNCATE = re.compile(_COMMENTS + r"TRUNCATE\s+(?:TABLE\s+)?([`\w$.\s]+?)\s*;?\s*$", re.I | re.S)
 _RENAME = re.compile(_COMMENTS + r"RENAME\s+TABLES?\s+(.*)$", re.I | re.S)
+# Statements after which a captured table's rows are gone without a row event. TEMPORARY tables
+# do not match: they shadow a table of the same name without touching it.
+_DROP_TABLE = re.compile(_COMMENTS + r"DROP\s+TABLES?\s+(?:IF\s+EXISTS\s+)?(.*)$", re.I | re.S)
+_DROP_DATABASE = re.compile(_COMMENTS + r"DROP\s+(?:DATABASE|SCHEMA)\s+(?:IF\s+EXISTS\s+)?([`\w$]+)", re.I | re.S)
+_REPLACE_TABLE = re.compile(_COMMENTS + r"CREATE\s+OR\s+REPLACE\s+TABLE\s+([`\w$.]+)", re.I | re.S)
+_DROP_OPTIONS = re.compile(r"(?:\s+(?:RESTRICT|CASCADE|NOWAIT|WAIT\s+\d+))+\s*$", re.I)
+_MARIADB_GTID = re.compile(r"^\d+-\d+-\d+$")
 _ALTER_RENAME = re.compile(_COMMENTS + r"ALTER\s+(?:ONLINE\s+|IGNORE\s+)*TABLE\s+([`\w$.]+)\s+.*?"
                            r"\bRENAME\s+(?!(?:COLUMN|INDEX|KEY)\b)(?:TO\s+|AS\s+)?([`\w$.]+)", re.I | re.S)
 
@@ -249,6 +256,8 @@ class MySQLSource:
         self._gone: list[str] = []            # configured tables that did not exist at open()
         self._gone_until: tuple = ("", 0)     # ... and the end of the binlog then
         self._renamed: dict[str, str] = {}
+        self._dropped: dict[str, str] = {}    # captured tables dropped in this transaction -> how
+        self._server: dict = {}               # the server read: server_id, host (recorded in positions)
         self._seen: set[tuple[str, str]] = set()  # (db, table) of TableMaps read for uncaptured tables
         self._patterns = [(t, re.compile(rf"(?<![\w$`.])`?{re.escape(t.split('.', 1)[0])}`?\s*\.\s*"
                                          rf"`?{re.escape(t.split('.', 1)[1])}`?(?![\w$])", re.I),
@@ -294,6 +303,9 @@ class MySQLSource:
             resuming = position is not None or self._position is not None
             checks.require(conn, self.tables, self.server_id, self.name, missing_ok=resuming)
             self.info = checks.server_info(conn)
+            self._server = {"server_id": self.info["server_id"], "host": self.info["host"]}
+            if resuming and self.info["mariadb"]:
+                self._same_binlog(conn, position or self._position)
             self._json = checks.json_columns(conn, self.tables) if self.info["mariadb"] else {}
             self._gone = checks.missing_tables(conn, self.tables) if resuming else []
             if self._gone:
@@ -323,6 +335,7 @@ class MySQLSource:
         self.reader = reader
         self._tables = {}
         self._error = None
+        self._dropped = {}
         self._heard_at = time.monotonic()
         if self._tx is not None:  # reopening mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
@@ -350,12 +363,83 @@ class MySQLSource:
         with conn.cursor(pymysql.cursors.Cursor) as cur:
             cur.execute("SHOW BINARY LOGS")
             file, size = cur.fetchall()[-1][:2]
-            position = {"file": file, "pos": int(size)}
+            position: dict = {"file": file, "pos": int(size)}
             if self.info["gtid"]:
-                cur.execute("SELECT @@global.gtid_binlog_pos" if self.info["mariadb"]
-                            else "SELECT @@global.gtid_executed")
-                position["gtid"] = cur.fetchone()[0] or ""
+                # MariaDB: the GTIDs at that very file and position (a commit in between would
+                # otherwise make the GTIDs ahead of the file position)
+                cur.execute("SELECT BINLOG_GTID_POS(%s, %s)" if self.info["mariadb"]
+                            else "SELECT @@global.gtid_executed", (file, int(size)) if self.info["mariadb"] else None)
+                gtid = cur.fetchone()[0]
+                if gtid is None:  # not an event boundary (should not happen): the server's last GTIDs
+                    cur.execute("SELECT @@global.gtid_binlog_pos")
+                    gtid = cur.fetchone()[0]
+                # in domain order, as gtid_binlog_pos and every later position have it (ids use it)
+                position["gtid"] = str(GtidState(gtid or "", True)) if self.info["mariadb"] else gtid or ""
+        position["server"] = self._server
         return position
+
+    def _same_binlog(self, conn: pymysql.Connection, position: dict | None) -> None:
+        """MariaDB: was ``position`` read from this server's binlog? Each position records (in
+        ``server``) the GTID of the transaction it ends and the offset of that transaction's GTID
+        event in the file: the server's event there must be that GTID. Another server, or this
+        one with its data directory made again, has something else there (or no event), whatever
+        its address or server_id. Another binlog is accepted only as a failover: this server holds,
+        replicated, the transactions of the checkpoint (``gtid_binlog_state``) and is not the
+        server_id the checkpoint was read from. Not checked: a position without that record (saved
+        before cdc recorded it, a first run's start, one typed with ``cdc checkpoint set``: the
+        next save records it), and a purged file (the server says when a position is lost)."""
+        if not isinstance(position, dict):
+            return
+        gtid, file = position.get("gtid"), position.get("file")
+        saved: dict = position["server"] if isinstance(position.get("server"), dict) else {}
+        last, at = saved.get("gtid"), saved.get("at")
+        if (not isinstance(gtid, str) or not isinstance(file, str) or not isinstance(last, str)
+                or not _MARIADB_GTID.match(last) or not isinstance(at, int) or isinstance(at, bool)):
+            return
+        wanted = {g.split("-", 1)[0]: g for g in gtid.replace(" ", "").split(",") if g}
+        if not all(_MARIADB_GTID.match(g) for g in wanted.values()):
+            return
+        with conn.cursor(pymysql.cursors.Cursor) as cur:
+            cur.execute("SHOW BINARY LOGS")
+            logs = [row[0] for row in cur.fetchall()]
+            if file in logs:
+                try:
+                    cur.execute("SHOW BINLOG EVENTS IN %s FROM %s LIMIT 1", (file, at))
+                    row = cur.fetchone()
+                except pymysql.MySQLError:  # not the start of an event
+                    row = None
+                if row is not None and row[2] == "Gtid" and last in str(row[5]).split():
+                    return  # the binlog the checkpoint was read from
+                found = (f"has {str(row[5]).strip()} at {file}:{at}" if row is not None
+                         else f"has no binlog event at {file}:{at}")
+            elif logs and file.rsplit(".", 1)[0] == logs[0].rsplit(".", 1)[0] and file < logs[0]:
+                return  # purged: resuming says whether the position is lost
+            else:
+                found = f"has no binlog {file} (it has {logs[0] if logs else '-'} .. {logs[-1] if logs else '-'})"
+            cur.execute("SELECT @@server_id, @@gtid_binlog_state")
+            server_id, state = cur.fetchone()
+        have = {tuple(g.split("-")[:2]): int(g.split("-")[2]) for g in (state or "").split(",") if g}
+        missing = [g for g in wanted.values() if have.get(tuple(g.split("-")[:2]), -1) < int(g.split("-")[2])]
+        same_id = saved.get("server_id") == server_id
+        here = f"{self.info['host']} (server_id {server_id})"
+        read_from = f"{saved.get('host', '?')} (server_id {saved.get('server_id', '?')})"
+        if not missing and not same_id:
+            log.warning("source %s: the checkpoint %s was read from %s; %s holds its transactions in another "
+                        "binlog: resuming there by GTID, as after a failover", self.name, gtid, read_from, here)
+            return
+        why = ("it has the server_id of the server the checkpoint was read from, so it is another server with the "
+               "same server_id, or that server with its data directory made again"
+               if same_id else f"it does not hold {', '.join(missing)}, so it is not a replica of that server")
+        raise PositionLostError(
+            f"the checkpoint of source {self.name} ({gtid} at {file}:{position.get('pos')}, its last transaction "
+            f"{last} at {file}:{at}) was read from {read_from}, but {here} {found}: {why}. Resuming here from that "
+            f"position would skip this server's changes up to it, or deliver other ones. If the dsn points at the "
+            f"wrong server, point it back. To read this server: cdc checkpoint reset CONFIG --source {self.name} "
+            f"(a first run: snapshot: initial copies the tables again), or cdc checkpoint set CONFIG --source "
+            f"{self.name} --position JSON with a position of this server; or set snapshot: when_needed, and cdc "
+            f"starts over on this server with a full re-copy",
+            source=self.name, position=position,
+            reason=f"the checkpoint was read from another server's binlog ({read_from}), not from {here}")
 
     def start_over(self) -> None:
         """After a lost position (``snapshot: when_needed``): the next ``open(None)`` is a
@@ -497,6 +581,8 @@ class MySQLSource:
                 self._rows(ev, _ROWS[kind], now_ms, out)
             elif kind is XidEvent:
                 self._commit(ev, out)
+                if self._error is not None:  # after a captured table was dropped in the transaction
+                    return
             elif kind is TableMapEvent:
                 self._table_map(ev)
             elif kind is MariadbGtidEvent:
@@ -545,6 +631,10 @@ class MySQLSource:
         if truncate:
             self._truncate(_name(truncate.group(1), schema), ev, now_ms, out)
         renamed = self._ddl(text, schema)
+        for table, how in self._dropped_by(text, schema):
+            self._dropped.setdefault(table, how)
+        if self._in_begin:  # CREATE ... SELECT: its rows follow, the XID ends it (and stops after a drop)
+            return
         self._commit(ev, out)
         if renamed and self._error is None:
             old, new = renamed[0]
@@ -556,6 +646,7 @@ class MySQLSource:
                 f"tables: and transforms that name it), then start cdc again", source=self.name)
 
     _tx_gtid: str | None = None
+    _tx_at = 0  # where the current transaction's first event (its GTID event) starts
 
     def _captured_in(self, schema: str, text: str) -> str | None:
         """The captured table a statement names, if any (a conservative text match)."""
@@ -603,6 +694,7 @@ class MySQLSource:
     def _start(self, gtid: str | None, pos: int, timestamp: int) -> None:
         key = gtid if gtid is not None else f"{self.file}:{pos}"
         self._tx = (key, f"{key}:", gtid, timestamp * 1000)
+        self._tx_at = pos
         self._index = 0
 
     def _commit(self, ev, out: list) -> None:
@@ -615,10 +707,15 @@ class MySQLSource:
         position = {"file": self.file, "pos": self.pos}
         if self.gtids is not None:
             position["gtid"] = str(self.gtids)
+        # the server, and where this transaction's GTID event is (_same_binlog checks it there)
+        position["server"] = ({**self._server, "gtid": tx[2], "at": self._tx_at} if tx is not None and tx[2]
+                              else self._server)
         self._position = position
         self._tx = None
         self._skip = (None, 0)
         out.append(Commit(position, ev.packet.timestamp * 1000))
+        if self._dropped and self._error is None:
+            self._error = self._drop_error()
         if self._gone and (self.file, self.pos) >= self._gone_until and self._error is None:
             self._tables_gone()
 
@@ -653,6 +750,50 @@ class MySQLSource:
                     f"rename. (To capture such changes, rename while cdc runs: it stops after the rename, "
                     f"then change tables:.)", source=self.name)
         return renamed
+
+    def _dropped_by(self, text: str, schema: str) -> list[tuple[str, str]]:
+        """The captured tables a DDL statement drops or replaces, with how."""
+        drop = _DROP_TABLE.match(text)
+        if drop:
+            names = _DROP_OPTIONS.sub("", re.sub(r"/\*.*?\*/", " ", drop.group(1)).strip().rstrip(";"))
+            dropped = {_name(n, schema) for n in names.split(",") if n.strip()}
+            return [(t, "dropped") for t in self.tables if t in dropped]
+        database = _DROP_DATABASE.match(text)
+        if database:
+            name = database.group(1).strip("`")
+            return [(t, f"dropped with its database (DROP DATABASE {name})") for t in self.tables
+                    if t.split(".", 1)[0] == name]
+        replace = _REPLACE_TABLE.match(text)
+        if replace and _name(replace.group(1), schema) in self.tables:
+            return [(_name(replace.group(1), schema), "replaced by CREATE OR REPLACE TABLE")]
+        return []
+
+    def _drop_error(self) -> SourceSetupError:
+        """A captured table was dropped (or replaced): its rows stay downstream with no event
+        saying so. Stop after the drop with what is at risk and the fix, as for a rename."""
+        dropped, self._dropped = self._dropped, {}
+        try:
+            missing = set(checks.missing_tables(self.reader._ctl_connection, list(dropped)))
+        except (pymysql.MySQLError, AttributeError):  # cannot tell: say both fixes
+            missing = None
+        lines = []
+        for table, how in dropped.items():
+            copy = f"cdc snapshot CONFIG --source {self.name} --table {table}"
+            if missing is not None and table not in missing:
+                fix = (f"{table} exists again now: start cdc again and it streams the new table from after the "
+                       f"drop (its rows arrive as inserts); for a destination equal to the new table, empty "
+                       f"{table} there first, or copy it again afterwards with {copy}. (Not to capture it any more: "
+                       f"remove it from tables: of source {self.name}.)")
+            else:
+                fix = (f"{table} does not exist now: remove it from tables: of source {self.name} (and from "
+                       f"pipelines' tables: and transforms that name it), then start cdc again; or create "
+                       f"it again, start cdc again, and copy it with {copy}")
+            lines.append(f"table {table} was {how}: the rows it held stay in the sinks (a database mirror "
+                         f"keeps them: a drop sends no delete events); delete them there if they must go. {fix}")
+        return SourceSetupError(
+            f"at GTID {self._tx_gtid or '-'} ({self.file}:{self.pos}) a captured table was dropped; every change "
+            f"before that was delivered and nothing after it was read:\n  - " + "\n  - ".join(lines),
+            source=self.name)
 
     def _tables_gone(self) -> None:
         """Everything the binlog held when we started has been read: say what to change
