@@ -14,9 +14,11 @@ from typing import Any
 
 from ..abc import PositionCheck, SlotOwner, Timestamped
 from ..config.model import Config
+from ..errors import CheckpointError
 from ..observe.state import LockHeld, SourceLock
 from ..snapshot.controller import POSITION_KEY
-from . import UnreadableCheckpoint, build_store
+from . import ForeignCheckpoint, UnreadableCheckpoint, build_store
+from .file import FileCheckpointStore
 
 __all__ = ["show", "set_position", "reset", "drop_slot", "PositionError"]
 
@@ -99,13 +101,50 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
         return new
 
 
-def reset(cfg: Config, source: str) -> dict | str | None:
-    """Forget the position; returns what it was (an unreadable file's text, as it was)."""
+class Refused(str):
+    """What a checkpoint that ``load`` refuses holds, as it was, and ``why`` it was refused."""
+
+    why: str
+
+
+def _refused(content: str, why: str) -> Refused:
+    text = Refused(content)
+    text.why = why
+    return text
+
+
+def _another_database(store: Any) -> Refused | None:
+    """A file checkpoint of this source saved reading another database: its text, else None.
+    (A file saved by another source is not this source's to forget.)"""
+    if not isinstance(store, FileCheckpointStore) or not store.database:
+        return None
+    try:
+        text = store.path.read_text()
+        data = json.loads(text)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("source") not in (None, "", store.source):
+        return None
+    saved_in = data.get("database")
+    if not saved_in or saved_in == store.database:
+        return None
+    return _refused(text, f"saved reading database {saved_in}")
+
+
+def reset(cfg: Config, source: str) -> dict | Refused | None:
+    """Forget the position; returns what it was (a refused checkpoint's content, as it was:
+    unreadable, or saved reading another database)."""
     with _locked_store(cfg, source) as store:
         try:
-            old: dict | str | None = store.load()
+            old: dict | Refused | None = store.load()
         except UnreadableCheckpoint as exc:  # forgetting it is the way out
-            old = exc.content
+            old = _refused(exc.content, "unreadable")
+        except ForeignCheckpoint as exc:
+            old = _refused(exc.content, f"saved reading database {exc.saved_in}")
+        except CheckpointError:
+            old = _another_database(store)
+            if old is None:
+                raise
         store.reset()
         return old
 

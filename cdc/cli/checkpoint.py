@@ -61,8 +61,8 @@ def checkpoint_reset(config: str, source_name: str | None, drop_slot: bool | Non
     if not yes:
         click.confirm(f"Forget the position of source {source_name}?", abort=True)
     old = _positions_call(positions.reset, cfg, source_name)
-    if isinstance(old, str):
-        click.echo(f"source {source_name}: unreadable checkpoint forgotten; it held: {old!r}")
+    if isinstance(old, positions.Refused):
+        click.echo(f"source {source_name}: checkpoint forgotten ({old.why}); it held: {str(old)!r}")
     else:
         click.echo(f"source {source_name}: position {json.dumps(old)} forgotten")
     slot = _positions_call(positions.slot_of, cfg, source_name)

@@ -1,0 +1,169 @@
+"""The operator's tools used as a new user paged at night would: every `cdc` command against
+real servers (PostgreSQL, MariaDB), on a running and on a stopped pipeline.  Each test names
+what must not happen: a traceback, exit 0 after a failure, a password printed, a command that
+silently does nothing, a hang."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from cdc.checkpoints.postgres import PostgresCheckpointStore
+from cdc.config import Context
+from cdc.errors import CheckpointError
+
+from _ops_helpers import ROOT, CdcProcess, basic_config, insert, make_orders, read_jsonl, slot_lsn, wait_for
+
+
+def cdc(config: Path, *args: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """A `cdc` command other than `run` in the foreground, as an operator types it."""
+    words = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))  # the command, then CONFIG
+    return subprocess.run([sys.executable, "-m", "cdc", *args[:words], str(config), *args[words:]],
+                          capture_output=True, text=True, timeout=timeout, cwd=config.parent, input=stdin,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def streaming(config: Path, dsn: str) -> CdcProcess:
+    """`cdc run CONFIG`, once its slot exists (rows written before it would not be seen)."""
+    run = CdcProcess(config)
+    wait_for(lambda: slot_lsn(dsn) or run.proc.poll() is not None, 60, "the slot")
+    return run
+
+
+def ids(path: Path) -> list[int]:
+    return [e["after"]["id"] for e in read_jsonl(path)]
+
+
+def stop(run: CdcProcess) -> None:
+    try:
+        run.signal(signal.SIGTERM)
+        assert run.wait(60) == 0, run.text()
+    finally:
+        run.stop()
+
+
+# ---- the postgres checkpoint store records the database its positions belong to ----------
+
+
+def postgres_store_config(tmp_path: Path, dsn: str, store_dsn: str) -> Path:
+    config = basic_config(tmp_path, dsn)
+    config.write_text(config.read_text().replace(
+        "{type: file, path: state/shop.json}", f'{{type: postgres, dsn: "{store_dsn}"}}'))
+    return config
+
+
+def test_a_postgres_checkpoint_saved_reading_another_database_is_refused(pg_server, pg_database, tmp_path):
+    """Two deployments both name their source `shop`; B is moved to the checkpoint table A
+    uses (one ops database for both).  Resuming B from A's LSN skipped, silently, every change
+    of B up to it; it must stop, naming both databases, as the file store does."""
+    a, b = (pg_server.create_database(f"{n}_{os.urandom(4).hex()}") for n in "ab")
+    for dsn, name in ((a, "A"), (b, "B")):
+        make_orders(dsn)
+        (tmp_path / name).mkdir()
+    out_b = tmp_path / "B/out/orders.jsonl"
+    run = streaming(basic_config(tmp_path / "B", b), b)  # B on its own file store first
+    try:
+        insert(b, 1, 2)
+        wait_for(lambda: len(ids(out_b)) == 2, what="B's first rows")
+    finally:
+        stop(run)
+    insert(b, 3, 5)  # while B's cdc is stopped
+    run = streaming(postgres_store_config(tmp_path / "A", a, pg_database), a)
+    try:
+        insert(a, 100, 5)  # A's checkpoint moves past B's rows 3..7 in the WAL
+        wait_for(lambda: len(ids(tmp_path / "A/out/orders.jsonl")) == 5, what="A's rows")
+    finally:
+        stop(run)
+    config_b = postgres_store_config(tmp_path / "B", b, pg_database)  # same source name, same table
+    run = CdcProcess(config_b)
+    try:
+        code = run.wait(60)
+    finally:
+        run.stop()
+    names = a.rsplit("/", 1)[1], b.rsplit("/", 1)[1]
+    assert code == 1, run.text()
+    assert all(name in run.text() for name in names) and "Traceback" not in run.text(), run.text()
+    assert "cdc checkpoint reset" in run.text()
+    assert ids(out_b) == [1, 2]
+    shown = cdc(config_b, "checkpoint", "show")
+    assert shown.returncode == 1 and all(name in shown.stderr for name in names), shown.stderr
+    assert "Traceback" not in shown.stderr
+
+
+def test_a_postgres_checkpoint_row_without_a_database_is_accepted_and_then_records_it(pg_database):
+    """A row saved before the store recorded databases (no database column, or NULL in it)
+    is taken as it is; the next save records the database."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:  # the table as older versions made it
+        conn.execute("CREATE TABLE cdc_checkpoints (source text PRIMARY KEY, position jsonb NOT NULL,"
+                     " saved_at timestamptz NOT NULL DEFAULT now())")
+        conn.execute("""INSERT INTO cdc_checkpoints (source, position) VALUES ('shop', '{"lsn": "0/10"}')""")
+    store = PostgresCheckpointStore(pg_database, context=Context(".", source="shop"))
+    store.bind_database("a")
+    try:
+        assert store.load() == {"lsn": "0/10"}
+        store.save({"lsn": "0/20"})
+        other = PostgresCheckpointStore(pg_database, context=Context(".", source="shop"))
+        other.bind_database("b")
+        try:
+            with pytest.raises(CheckpointError, match="saved reading database a, but source shop now reads "
+                                                      "database b"):
+                other.load()
+            with pytest.raises(CheckpointError, match="database a"):
+                other.save({"lsn": "0/99"})  # nor overwrites it, even without a load first
+        finally:
+            other.close()
+        assert store.load() == {"lsn": "0/20"}
+    finally:
+        store.close()
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT database FROM cdc_checkpoints").fetchall() == [("a",)]
+
+
+def test_checkpoint_reset_forgets_a_position_saved_reading_another_database(pg_database, tmp_path):
+    """The refusal says `cdc checkpoint reset` starts over; reset itself refused the position
+    it was meant to forget (it loads it first, to print it).  It works, for both stores, and
+    says what it forgot; a file owned by another source is still refused (it is that source's)."""
+    config = tmp_path / "p.yaml"
+    dsn_b = pg_database.rsplit("/", 1)[0] + "/bdb"
+    config.write_text(f"""
+sources:
+  shop:
+    type: postgres
+    dsn: "{dsn_b}"
+    tables: [orders]
+    checkpoint: {{type: file, path: state/shop.json}}
+pipelines:
+  p: {{source: shop, sinks: [{{type: stdout}}]}}
+""")
+    (tmp_path / "state").mkdir()
+    saved = {"source": "shop", "database": "adb", "position": {"lsn": "0/10"}, "saved_at": 1}
+    (tmp_path / "state/shop.json").write_text(json.dumps(saved))
+    reset = cdc(config, "checkpoint", "reset", "--yes", "--keep-slot")
+    assert reset.returncode == 0, reset.stderr
+    assert "0/10" in reset.stdout and "adb" in reset.stdout, reset.stdout
+    assert not (tmp_path / "state/shop.json").exists()
+
+    (tmp_path / "state/shop.json").write_text(json.dumps({**saved, "source": "legacy"}))
+    reset = cdc(config, "checkpoint", "reset", "--yes", "--keep-slot")
+    assert reset.returncode == 1 and "legacy" in reset.stderr and "Traceback" not in reset.stderr
+    assert (tmp_path / "state/shop.json").exists()
+
+    store = PostgresCheckpointStore(pg_database, context=Context(".", source="shop"))
+    store.bind_database("adb")
+    store.save({"lsn": "0/20"})
+    store.close()
+    config.write_text(config.read_text().replace("{type: file, path: state/shop.json}",
+                                                 f'{{type: postgres, dsn: "{pg_database}"}}'))
+    assert cdc(config, "checkpoint", "show").returncode == 1
+    reset = cdc(config, "checkpoint", "reset", "--yes", "--keep-slot")
+    assert reset.returncode == 0, reset.stderr
+    assert "0/20" in reset.stdout and "adb" in reset.stdout, reset.stdout
+    shown = cdc(config, "checkpoint", "show")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["position"] is None, shown.stderr
