@@ -167,3 +167,29 @@ pipelines:
     assert "0/20" in reset.stdout and "adb" in reset.stdout, reset.stdout
     shown = cdc(config, "checkpoint", "show")
     assert shown.returncode == 0 and json.loads(shown.stdout)["position"] is None, shown.stderr
+
+
+# ---- cdc checkpoint set ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("progress", ['"junk"', '{"tables": "public.orders"}', '{"queue": [1]}',
+                                      '{"tables": [], "queue": [{"table": "public.orders"}]}'])
+def test_checkpoint_set_refuses_a_snapshot_progress_that_is_not_one(pg_database, tmp_path, progress):
+    """`--position` may give the snapshot progress beside the log position.  Anything was
+    saved, and the next `cdc run` died on it with a traceback (AttributeError)."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    run = streaming(config, pg_database)
+    try:
+        insert(pg_database, 1, 1)
+        wait_for((tmp_path / "state/shop.json").exists, what="the checkpoint")
+    finally:
+        stop(run)
+    before = (tmp_path / "state/shop.json").read_text()
+    lsn = json.loads(before)["position"]["lsn"]
+    result = cdc(config, "checkpoint", "set", "--position", f'{{"lsn": "{lsn}", "snapshot": {progress}}}')
+    assert result.returncode == 1 and "snapshot" in result.stderr and "Traceback" not in result.stderr, result
+    assert (tmp_path / "state/shop.json").read_text() == before
+    shown = json.loads(cdc(config, "checkpoint", "show").stdout)["position"]
+    good = cdc(config, "checkpoint", "set", "--position", json.dumps({"lsn": lsn, "snapshot": shown["snapshot"]}))
+    assert good.returncode == 0, good.stderr  # what `show` prints is accepted back

@@ -83,6 +83,11 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
     if not isinstance(value, dict) or not value:
         raise PositionError('--position must be a JSON object such as \'{"lsn": "0/1A2B3C8"}\'')
     log_position = {k: v for k, v in value.items() if k != POSITION_KEY}
+    if POSITION_KEY in value:
+        problem = _progress_problem(value[POSITION_KEY])
+        if problem:
+            raise PositionError(f"--position's {POSITION_KEY!r} is not a snapshot progress ({problem}): give it "
+                                f"as `cdc checkpoint show` prints it, or leave it out to keep the saved one")
     with _locked_store(cfg, source) as store:
         old = store.load()
         old_log = {k for k in old if k != POSITION_KEY} if old is not None else None
@@ -129,6 +134,25 @@ def _another_database(store: Any) -> Refused | None:
     if not saved_in or saved_in == store.database:
         return None
     return _refused(text, f"saved reading database {saved_in}")
+
+
+def _progress_problem(progress: object) -> str | None:
+    """What makes ``progress`` unusable as the saved snapshot progress, else None."""
+    if not isinstance(progress, dict):
+        return "not an object"
+    tables, queue, skipped = progress.get("tables", []), progress.get("queue", []), progress.get("skipped", {})
+    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+        return '"tables" is not a list of table names'
+    if not isinstance(skipped, dict) or not all(isinstance(v, str) for v in skipped.values()):
+        return '"skipped" is not an object of table names and reasons'
+    if not isinstance(queue, list):
+        return '"queue" is not a list'
+    for entry in queue:
+        if not (isinstance(entry, dict) and isinstance(entry.get("id"), str) and isinstance(entry.get("table"), str)
+                and isinstance(entry.get("after"), (list, type(None))) and isinstance(entry.get("rows"), int)
+                and isinstance(entry.get("where"), (str, type(None)))):
+            return f'"queue" holds {json.dumps(entry)}, not a copy with "id", "table", "after" and "rows"'
+    return None
 
 
 def reset(cfg: Config, source: str) -> dict | Refused | None:
