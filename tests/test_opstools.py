@@ -193,3 +193,56 @@ def test_checkpoint_set_refuses_a_snapshot_progress_that_is_not_one(pg_database,
     shown = json.loads(cdc(config, "checkpoint", "show").stdout)["position"]
     good = cdc(config, "checkpoint", "set", "--position", json.dumps({"lsn": lsn, "snapshot": shown["snapshot"]}))
     assert good.returncode == 0, good.stderr  # what `show` prints is accepted back
+
+
+# ---- the postgres checkpoint store while cdc runs ----------------------------------------
+
+
+@pytest.mark.parametrize("fault, repair", [
+    ("REVOKE ALL ON cdc_checkpoints FROM ckpt_user", "GRANT ALL ON cdc_checkpoints TO ckpt_user"),
+    ("DROP TABLE cdc_checkpoints", None),  # made again by cdc at its next save
+])
+def test_a_postgres_checkpoint_table_revoked_or_dropped_while_running_is_retried(pg_database, tmp_path,
+                                                                                   fault, repair):
+    """A DBA revokes cdc's rights on the checkpoint table (or drops it) while cdc runs.  The
+    save died with a psycopg traceback (InsufficientPrivilege, UndefinedTable), stopping
+    delivery; a disk fault of the file store is a WARNING, delivery goes on and the checkpoint
+    catches up once it is fixed.  The postgres store must do the same."""
+    make_orders(pg_database)
+    user = f"ckpt_user_{os.urandom(3).hex()}"
+    fault, repair = fault.replace("ckpt_user", user), repair and repair.replace("ckpt_user", user)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {user} LOGIN")
+        conn.execute(f"GRANT CREATE, USAGE ON SCHEMA public TO {user}")
+    store_dsn = pg_database.replace("postgres@", f"{user}@")
+    config = postgres_store_config(tmp_path, pg_database, store_dsn)
+    out = tmp_path / "out/orders.jsonl"
+
+    def saved() -> str | None:
+        with psycopg.connect(pg_database) as conn:
+            try:
+                row = conn.execute("SELECT position->>'lsn' FROM cdc_checkpoints WHERE source = 'shop'").fetchone()
+            except psycopg.errors.UndefinedTable:
+                return None
+        return row[0] if row else None
+
+    run = streaming(config, pg_database)
+    try:
+        insert(pg_database, 1, 2)
+        wait_for(saved, what="the first checkpoint")
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(fault)
+        insert(pg_database, 3, 3)
+        wait_for(lambda: len(ids(out)) == 5, what="rows 3..5 delivered while the checkpoint fails")
+        wait_for(lambda: "retrying" in run.text(), what="the WARNING")
+        assert run.proc.poll() is None, run.text()
+        if repair:
+            with psycopg.connect(pg_database, autocommit=True) as conn:
+                conn.execute(repair)
+        wait_for(lambda: saved() == slot_lsn(pg_database), what="the checkpoint to catch up", timeout=30)
+    finally:
+        stop(run)
+        with psycopg.connect(pg_database, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {user}")
+            conn.execute(f"DROP ROLE {user}")
+    assert "Traceback" not in run.text(), run.text()

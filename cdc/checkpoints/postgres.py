@@ -81,8 +81,8 @@ class PostgresCheckpointStore:
         try:
             cur = self._connection().execute(query, params)
             return cur.fetchall() if cur.description else []
-        except psycopg.OperationalError as exc:  # statement_timeout and lock_timeout included
-            self.close()  # reconnect next time
+        except psycopg.Error as exc:  # timeouts, a lost connection, rights revoked, the table dropped
+            self.close()  # reconnect (and create the table if it is gone) next time
             raise CheckpointError(f"checkpoint database: {exc}".strip()) from exc
 
     def load(self) -> dict | None:
