@@ -246,3 +246,36 @@ def test_a_postgres_checkpoint_table_revoked_or_dropped_while_running_is_retried
             conn.execute(f"DROP OWNED BY {user}")
             conn.execute(f"DROP ROLE {user}")
     assert "Traceback" not in run.text(), run.text()
+
+
+def test_checkpoint_set_and_reset_are_refused_while_cdc_runs_on_another_machine(pg_database, tmp_path):
+    """The lock in state_dir only sees a `cdc run` of the same machine.  With a postgres
+    checkpoint store, an operator on another machine could `set` or `reset` the position of a
+    running cdc: both said they did it (exit 0), and the running process overwrote the change
+    at its next checkpoint.  The source's slot in use tells that it runs: refused."""
+    make_orders(pg_database)
+    (tmp_path / "server").mkdir()
+    (tmp_path / "laptop").mkdir()
+    config = postgres_store_config(tmp_path / "server", pg_database, pg_database)
+    elsewhere = postgres_store_config(tmp_path / "laptop", pg_database, pg_database)  # its own state_dir
+
+    def saved() -> dict | None:
+        with psycopg.connect(pg_database) as conn:
+            row = conn.execute("SELECT position FROM cdc_checkpoints WHERE source = 'shop'").fetchone()
+        return row[0] if row else None
+
+    run = streaming(config, pg_database)
+    try:
+        insert(pg_database, 1, 2)
+        wait_for(lambda: saved() and saved()["lsn"] == slot_lsn(pg_database), what="the checkpoint")
+        with psycopg.connect(pg_database) as conn:  # never before the slot, which moves on while idle
+            now = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+        moved = cdc(elsewhere, "checkpoint", "set", "--position", json.dumps({"lsn": now}))
+        assert moved.returncode == 1 and "in use" in moved.stderr and "stop it first" in moved.stderr, moved
+        reset = cdc(elsewhere, "checkpoint", "reset", "--yes", "--drop-slot")
+        assert reset.returncode == 1 and "in use" in reset.stderr and "forgotten" not in reset.stdout, reset
+        assert slot_lsn(pg_database)  # not dropped
+    finally:
+        stop(run)
+    moved = cdc(elsewhere, "checkpoint", "set", "--position", json.dumps({"lsn": saved()["lsn"]}))
+    assert moved.returncode == 0, moved.stderr  # stopped: allowed

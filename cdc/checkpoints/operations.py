@@ -1,7 +1,8 @@
 """``cdc checkpoint show|set|reset CONFIG --source NAME``: an operator moves a position.
 
-Refused while the source's ``cdc run`` process holds its lock (``state_dir``), so a
-running pipeline never has its checkpoint changed under it.
+Refused while the source's ``cdc run`` process holds its lock (``state_dir``), or, for a
+PostgreSQL source, while its slot is in use on the server (a ``cdc run`` on another machine
+sharing a ``postgres`` store), so a running pipeline never has its checkpoint changed under it.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..abc import PositionCheck, SlotOwner, Timestamped
+import psycopg
+
+from ..abc import Describable, PositionCheck, SlotOwner, Timestamped
 from ..config.model import Config
-from ..errors import CheckpointError
+from ..errors import CdcError, CheckpointError
 from ..observe.state import LockHeld, SourceLock
 from ..snapshot.controller import POSITION_KEY
 from . import ForeignCheckpoint, UnreadableCheckpoint, build_store
@@ -50,10 +53,31 @@ def _locked(cfg: Config, source: str) -> Iterator[None]:
         lock.release()
 
 
+def _refuse_if_reading(cfg: Config, source: str) -> None:
+    """The lock only sees a ``cdc run`` of this machine (its ``state_dir``): a slot in use on
+    the server is a ``cdc run`` of this source elsewhere (a shared ``postgres`` store), which
+    would overwrite a changed position at its next checkpoint.  An unreachable server says
+    nothing: the lock decides alone."""
+    src = cfg.sources[source].build()
+    if not (isinstance(src, SlotOwner) and isinstance(src, Describable)):
+        return
+    try:
+        active = src.describe().get("slot_active")
+    except (CdcError, psycopg.Error):
+        return
+    if active:
+        raise PositionError(
+            f"source {source} is running: its replication slot {src.slot} is in use on the server (by a cdc "
+            f"run of this source, perhaps on another machine, or another replication client): stop it first "
+            f"(a position changed now would be overwritten at its next checkpoint)")
+
+
 @contextmanager
 def _locked_store(cfg: Config, source: str) -> Iterator[Any]:
-    """The source's checkpoint store, with the source's lock held."""
+    """The source's checkpoint store, with the source's lock held, and refused while the
+    source is read elsewhere."""
     with _locked(cfg, source):
+        _refuse_if_reading(cfg, source)
         store = _store(cfg, source)
         try:
             yield store
