@@ -279,3 +279,28 @@ def test_checkpoint_set_and_reset_are_refused_while_cdc_runs_on_another_machine(
         stop(run)
     moved = cdc(elsewhere, "checkpoint", "set", "--position", json.dumps({"lsn": saved()["lsn"]}))
     assert moved.returncode == 0, moved.stderr  # stopped: allowed
+
+
+def test_checkpoint_reset_help_says_what_the_next_run_does(pg_database, tmp_path):
+    """`cdc checkpoint reset --help` said the next run starts from the source's current
+    position.  With the slot kept, a PostgreSQL source streams from the slot (a change made
+    while stopped is delivered), and copies its tables again: the help says so."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    out = tmp_path / "out/orders.jsonl"
+    run = streaming(config, pg_database)
+    try:
+        insert(pg_database, 1, 1)
+        wait_for(lambda: ids(out) == [1], what="row 1")
+    finally:
+        stop(run)
+    reset = cdc(config, "checkpoint", "reset", "--yes", "--keep-slot")
+    assert reset.returncode == 0, reset.stderr
+    insert(pg_database, 2, 1)  # while stopped, after the reset
+    run = CdcProcess(config)
+    try:
+        wait_for(lambda: 2 in ids(out), what="row 2, from the kept slot")
+    finally:
+        stop(run)
+    text = cdc(config, "checkpoint", "reset", "--help").stdout
+    assert "current position" not in text and "slot" in text and "copies" in text, text

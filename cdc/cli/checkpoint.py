@@ -55,7 +55,12 @@ def checkpoint_set(config: str, source_name: str | None, position: str) -> None:
               help="PostgreSQL: also drop the replication slot (asked when not given).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def checkpoint_reset(config: str, source_name: str | None, drop_slot: bool | None, yes: bool) -> None:
-    """Forget the position: the next run starts from the source's current position."""
+    """Forget the position: the next run is a first run.
+
+    It copies the tables again (unless snapshot: never), then streams: a PostgreSQL
+    source from its slot when the slot is kept (--keep-slot: nothing written since
+    the slot's position is skipped), from now when it is dropped; a MySQL source from
+    the end of the binlog (what was written since the position is not delivered)."""
     cfg = load_or_exit(config)
     source_name = pick_source(cfg, source_name, config)
     if not yes:
