@@ -304,3 +304,58 @@ def test_checkpoint_reset_help_says_what_the_next_run_does(pg_database, tmp_path
         stop(run)
     text = cdc(config, "checkpoint", "reset", "--help").stdout
     assert "current position" not in text and "slot" in text and "copies" in text, text
+
+
+# ---- cdc dlq -----------------------------------------------------------------------------
+
+
+def parked_config(tmp_path: Path) -> Path:
+    """A file sink with a file dead-letter queue holding two parked events (no server needed)."""
+    from cdc.config import load_config
+    from cdc.engine.deadletters import DeadLetterWriter
+    from cdc.errors import PermanentSinkError
+    from cdc.event import ChangeEvent
+
+    config = tmp_path / "p.yaml"
+    config.write_text("""
+sources:
+  shop: {type: postgres, dsn: "postgresql://x@127.0.0.1:1/x", tables: [orders], checkpoint: {type: memory}}
+pipelines:
+  orders:
+    source: shop
+    sinks:
+      - {type: file, name: copy, path: out/copy.jsonl, on_error: dead_letter, dead_letter: {type: file, path: dlq.jsonl}}
+      - {type: stdout}
+""")
+    spec = load_config(config).pipelines["orders"].sinks[0]
+    writer = DeadLetterWriter(spec.dead_letter.build(), "orders")
+    for n in (1, 2):
+        writer.park(ChangeEvent(f"0/AB:{n}", "c", None, {"id": n}, {"id": n}, {"table": "orders"}, 5,
+                                "public.orders"), "copy", PermanentSinkError("refused"), 1, None)
+    writer.close()
+    return config
+
+
+def test_dlq_with_an_unknown_sink_or_id_says_so_and_fails(tmp_path):
+    """A mistyped --sink or --id matched nothing: `replayed 0, superseded 0, failed 0`, exit 0,
+    and `dlq list --sink` printed `0 dead letter(s)`: as if the queue were empty, or the event
+    sent.  Each now names what it did not find and what there is, exit 1."""
+    config = parked_config(tmp_path)
+    listed = cdc(config, "dlq", "list", "--sink", "cpy")
+    assert listed.returncode == 1 and "cpy" in listed.stderr and "copy" in listed.stderr, listed
+    replayed = cdc(config, "dlq", "replay", "--sink", "cpy")
+    assert replayed.returncode == 1 and "cpy" in replayed.stderr and "copy" in replayed.stderr, replayed
+    no_queue = cdc(config, "dlq", "list", "--sink", "orders.sinks[1]:stdout")
+    assert no_queue.returncode == 1 and "no dead-letter queue" in no_queue.stderr, no_queue
+    replayed = cdc(config, "dlq", "replay", "--id", "0/AB:9")
+    assert replayed.returncode == 1 and "0/AB:9" in replayed.stderr and "dlq list" in replayed.stderr, replayed
+    assert cdc(config, "dlq", "replay", "--id", "0/AB:1").returncode == 0
+    again = cdc(config, "dlq", "replay", "--id", "0/AB:1")  # replayed already: no longer parked
+    assert again.returncode == 1 and "0/AB:1" in again.stderr, again
+    listed = cdc(config, "dlq", "list", "--sink", "copy")
+    assert listed.returncode == 0 and "0/AB:2" in listed.stdout and "0/AB:1" not in listed.stdout
+    assert all("Traceback" not in r.stderr for r in (listed, replayed, again, no_queue))
+    config.write_text(config.read_text().replace(", on_error: dead_letter, dead_letter: {type: file, path: dlq.jsonl}",
+                                                 ""))
+    listed = cdc(config, "dlq", "list")
+    assert listed.returncode == 0 and "no sink of CONFIG has a dead-letter queue" in listed.stderr, listed

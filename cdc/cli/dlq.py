@@ -19,7 +19,7 @@ from ..abc import ReportsSkipped
 from ..config import Component, Config, PipelineSpec
 from ..deadletter import TRANSFORMS_SINK, DeadLetter, DeadLetterStore, UnsupportedStore, store_for
 from ..observe.secrets import redact
-from .common import CONFIG, load_or_exit
+from .common import CONFIG, fail, load_or_exit
 
 __all__ = ["dlq"]
 
@@ -50,6 +50,22 @@ def _queues(cfg: Config, sink: str | None) -> list[_Queue]:
     return list(found.values())
 
 
+def _queues_or_exit(cfg: Config, sink: str | None) -> list[_Queue]:
+    """The dead-letter queues (of ``sink``); a ``sink`` that has none exits 1 saying so."""
+    queues = _queues(cfg, sink)
+    if sink and not queues:
+        with_queue = sorted({q.sink for q in _queues(cfg, None)})
+        have = f"sinks with a dead-letter queue: {', '.join(with_queue)}" if with_queue else \
+            "no sink of CONFIG has one (on_error: dead_letter with dead_letter: {...})"
+        names = {s.context.name for p in cfg.pipelines.values() for s in p.sinks}
+        what = f"sink {sink} has no dead-letter queue" if sink in names else f"no sink named {sink!r}"
+        fail(f"{what} ({have})")
+    if not queues:
+        click.echo("no sink of CONFIG has a dead-letter queue (on_error: dead_letter with dead_letter: {...})",
+                   err=True)
+    return queues
+
+
 def _entries(q: _Queue, entry_id: str | None) -> list[DeadLetter]:
     entries = [e for e in q.store.list() if e.sink == q.sink and e.pipeline in ("", q.pipeline.name)]
     if entry_id:
@@ -72,7 +88,7 @@ def list_(config: str, sink: str | None, as_json: bool) -> None:
 
     cfg = load_or_exit(config)
     total = failed = 0
-    for q in _queues(cfg, sink):
+    for q in _queues_or_exit(cfg, sink):
         if q.store is None:
             click.echo(f"{q.pipeline.name} / {q.sink}: {q.problem}", err=True)
             continue
@@ -109,7 +125,8 @@ def replay(config: str, sink: str | None, entry_id: str | None) -> None:
     already holds a newer change of its table, so it was not applied), else 0."""
     cfg = load_or_exit(config)
     total = _Counts()
-    for q in _queues(cfg, sink):
+    found = 0
+    for q in _queues_or_exit(cfg, sink):
         if q.store is None:
             click.echo(f"{q.pipeline.name} / {q.sink}: {q.problem}", err=True)
             total.failed += 1
@@ -120,8 +137,12 @@ def replay(config: str, sink: str | None, entry_id: str | None) -> None:
             click.echo(f"{q.pipeline.name} / {q.sink}: cannot read: {redact(str(exc))}", err=True)
             total.failed += 1
             continue
+        found += len(entries)
         if entries:
             _replay(q, entries, total)
+    if entry_id and not found and not total.failed:
+        fail(f"no dead letter {entry_id} is parked{' for sink ' + sink if sink else ''} (replayed already, "
+             f"or never parked): `cdc dlq list {config}` shows the ids")
     click.echo(f"replayed {total.sent}, superseded {total.superseded}, failed {total.failed}")
     sys.exit(1 if total.failed else 3 if total.superseded else 0)
 
