@@ -359,3 +359,21 @@ def test_dlq_with_an_unknown_sink_or_id_says_so_and_fails(tmp_path):
                                                  ""))
     listed = cdc(config, "dlq", "list")
     assert listed.returncode == 0 and "no sink of CONFIG has a dead-letter queue" in listed.stderr, listed
+
+
+# ---- numbers on the command line -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [("run", "--grace-period", "-5"), ("demo", "--rate", "0"), ("demo", "--rate", "-1"),
+                                  ("demo", "--duration", "-1")])
+def test_a_number_option_out_of_range_is_refused_before_anything_starts(tmp_path, args):
+    """`cdc run --grace-period -5` ran and drained for "up to -5s" (nothing) at SIGTERM;
+    `cdc demo --rate 0` started a PostgreSQL and its writer died with ZeroDivisionError,
+    `--rate -1` wrote as fast as it could.  Click refuses them, exit 2, nothing started."""
+    config = tmp_path / "p.yaml"
+    config.write_text("sources: {}\npipelines: {}\n")
+    command = [sys.executable, "-m", "cdc", args[0], *([str(config)] if args[0] == "run" else []), *args[1:]]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and args[1] in result.stderr and "Traceback" not in result.stderr, result
+    assert "started a throwaway PostgreSQL" not in result.stderr

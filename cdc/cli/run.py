@@ -22,7 +22,7 @@ log = logging.getLogger("cdc")
 @click.command()
 @CONFIG
 @click.option("--source", "source_name", help="Run only this source (one process per source).")
-@click.option("--grace-period", default=30.0, show_default=True,
+@click.option("--grace-period", default=30.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to drain in-flight events on SIGTERM.")
 def run(config: str, source_name: str | None, grace_period: float) -> None:
     """Run the pipelines of CONFIG."""
