@@ -377,3 +377,32 @@ def test_a_number_option_out_of_range_is_refused_before_anything_starts(tmp_path
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2 and args[1] in result.stderr and "Traceback" not in result.stderr, result
     assert "started a throwaway PostgreSQL" not in result.stderr
+
+
+# ---- cdc snapshot --------------------------------------------------------------------------
+
+
+def test_a_snapshot_requested_while_stopped_says_when_it_runs(pg_database, tmp_path):
+    """`cdc snapshot --table` on a stopped source printed `snapshot ID of T requested`, as on a
+    running one: an operator waited for a copy that nothing was making.  It says the copy
+    starts with the next `cdc run`, which makes it."""
+    make_orders(pg_database)
+    insert(pg_database, 1, 3)
+    config = basic_config(tmp_path, pg_database)
+    out = tmp_path / "out/orders.jsonl"
+    run = streaming(config, pg_database)
+    try:
+        wait_for((tmp_path / "state/shop.json").exists, what="the checkpoint")
+        running = cdc(config, "snapshot", "--table", "orders", "--where", "id = 1")
+        assert running.returncode == 0 and "not running" not in running.stdout, running
+        wait_for(lambda: [e["after"]["id"] for e in read_jsonl(out) if e["op"] == "r"] == [1], what="the copy")
+    finally:
+        stop(run)
+    stopped = cdc(config, "snapshot", "--table", "orders")
+    assert stopped.returncode == 0 and "not running" in stopped.stdout and "cdc run" in stopped.stdout, stopped
+    run = CdcProcess(config)
+    try:
+        wait_for(lambda: [e["after"]["id"] for e in read_jsonl(out) if e["op"] == "r"] == [1, 1, 2, 3],
+                 what="the copy requested while stopped")
+    finally:
+        stop(run)
