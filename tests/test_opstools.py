@@ -406,3 +406,39 @@ def test_a_snapshot_requested_while_stopped_says_when_it_runs(pg_database, tmp_p
                  what="the copy requested while stopped")
     finally:
         stop(run)
+
+
+# ---- secrets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dsn", ["cdc:hunter2@127.0.0.1:1/shop", "user=cdc password=hunter2 host=127.0.0.1 port=1 x"])
+def test_a_dsn_without_its_scheme_never_prints_its_password(tmp_path, dsn):
+    """`cdc:hunter2@host/db` (the `postgresql://` forgotten): libpq's error quotes the whole
+    string, and every command printed the password in its config error."""
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+sources:
+  shop: {{type: postgres, dsn: "{dsn}", tables: [orders], checkpoint: {{type: file, path: state/shop.json}}}}
+pipelines:
+  p: {{source: shop, sinks: [{{type: stdout}}]}}
+""")
+    for args in (("validate",), ("check",), ("status", "--json"), ("checkpoint", "show"), ("snapshot", "--list")):
+        result = cdc(config, *args)
+        assert "hunter2" not in result.stdout + result.stderr and "Traceback" not in result.stderr, (args, result)
+        assert result.returncode in (1, 2), (args, result)
+    run = CdcProcess(config)
+    try:
+        assert run.wait(60) in (1, 2)
+    finally:
+        run.stop()
+    assert "hunter2" not in run.text(), run.text()
+
+
+def test_redact_catches_a_password_before_an_at_sign_without_a_scheme():
+    from cdc.observe.secrets import redact
+
+    assert redact('missing "=" after "cdc:hunter2@127.0.0.1:5432/shop" in') == \
+        'missing "=" after "cdc:***@127.0.0.1:5432/shop" in'
+    assert redact("postgresql://cdc:hunter2@db/shop") == "postgresql://cdc:***@db/shop"
+    for text in ("at 12:30:45 on 2026-12-01", "mail ann@example.com", "0/1A2B3C8:0", "shop:orders", "a:b @c"):
+        assert redact(text) == text
