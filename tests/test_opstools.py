@@ -442,3 +442,30 @@ def test_redact_catches_a_password_before_an_at_sign_without_a_scheme():
     assert redact("postgresql://cdc:hunter2@db/shop") == "postgresql://cdc:***@db/shop"
     for text in ("at 12:30:45 on 2026-12-01", "mail ann@example.com", "0/1A2B3C8:0", "shop:orders", "a:b @c"):
         assert redact(text) == text
+
+
+def test_checkpoint_set_with_the_mysql_server_down_or_refusing_says_so(mariadb_database, tmp_path):
+    """`cdc checkpoint set` checks the position against the server: with a MariaDB source whose
+    server is down (or refuses the password) it died with a pymysql traceback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    host_port = mariadb_database.split("@", 1)[1].split("/", 1)[0]
+    for dsn in (mariadb_database.replace(host_port, f"127.0.0.1:{dead_port}"),
+                mariadb_database.replace(":root@", ":wrong_password@")):
+        config = tmp_path / "p.yaml"
+        config.write_text(f"""
+sources:
+  m: {{type: mysql, dsn: "{dsn}", tables: [orders], checkpoint: {{type: file, path: state/m.json}}}}
+pipelines:
+  p: {{source: m, sinks: [{{type: stdout}}]}}
+""")
+        (tmp_path / "state").mkdir(exist_ok=True)
+        saved = json.dumps({"source": "m", "position": {"file": "binlog.000001", "pos": 4}, "saved_at": 1})
+        (tmp_path / "state/m.json").write_text(saved)
+        result = cdc(config, "checkpoint", "set", "--position", '{"file": "binlog.000001", "pos": 100}')
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "nothing was changed" in result.stderr and "root@" not in result.stderr, result.stderr
+        assert (tmp_path / "state/m.json").read_text() == saved

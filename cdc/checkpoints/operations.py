@@ -124,6 +124,9 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
                 src.check_position(log_position)
             except ValueError as exc:
                 raise PositionError(f"--position refused: {exc}") from None
+            except Exception as exc:  # the server is down, the database gone: a driver's error
+                raise PositionError(f"--position cannot be checked against source {source}'s server: "
+                                    f"{type(exc).__name__}: {str(exc).strip()}; nothing was changed") from None
         progress = value.get(POSITION_KEY, (old or {}).get(POSITION_KEY))
         new = {**log_position, POSITION_KEY: progress} if progress is not None else log_position
         store.save(new)
