@@ -469,3 +469,28 @@ pipelines:
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "nothing was changed" in result.stderr and "root@" not in result.stderr, result.stderr
         assert (tmp_path / "state/m.json").read_text() == saved
+
+
+def test_checkpoint_reset_drop_slot_with_the_server_down_says_what_was_done(tmp_path):
+    """`reset --drop-slot` with PostgreSQL down forgot the position, then failed on the slot
+    with only `cannot connect`: the operator did not know the position was gone already nor
+    how to finish.  It says the slot is still there and the command that drops it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+sources:
+  shop: {{type: postgres, dsn: "postgresql://cdc@127.0.0.1:{dead_port}/shop", tables: [orders], slot: cdc_shop,
+         checkpoint: {{type: file, path: state/shop.json}}}}
+pipelines:
+  p: {{source: shop, sinks: [{{type: stdout}}]}}
+""")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/shop.json").write_text(json.dumps({"source": "shop", "position": {"lsn": "0/10"}}))
+    result = cdc(config, "checkpoint", "reset", "--yes", "--drop-slot")
+    assert result.returncode == 1 and "forgotten" in result.stdout, result
+    assert "cdc_shop was not dropped" in result.stderr and "--drop-slot" in result.stderr, result.stderr
+    assert not (tmp_path / "state/shop.json").exists()

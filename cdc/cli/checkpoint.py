@@ -52,7 +52,7 @@ def checkpoint_set(config: str, source_name: str | None, position: str) -> None:
 @CONFIG
 @SOURCE
 @click.option("--drop-slot/--keep-slot", default=None,
-              help="PostgreSQL: also drop the replication slot (asked when not given).")
+              help="PostgreSQL: also drop the replication slot (asked when not given; kept with --yes).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def checkpoint_reset(config: str, source_name: str | None, drop_slot: bool | None, yes: bool) -> None:
     """Forget the position: the next run is a first run.
@@ -77,5 +77,10 @@ def checkpoint_reset(config: str, source_name: str | None, drop_slot: bool | Non
         drop_slot = (not yes) and click.confirm(f"Also drop replication slot {slot} (its WAL is released)?",
                                                 default=False)
     if drop_slot:
-        dropped = _positions_call(positions.drop_slot, cfg, source_name)
+        try:
+            dropped = positions.drop_slot(cfg, source_name)
+        except (PositionError, CdcError) as exc:
+            fail(f"the position is forgotten, but slot {slot} was not dropped: {exc}. It still holds WAL on the "
+                 f"server: once it can be reached, run `cdc checkpoint reset {config} --source {source_name} "
+                 f"--drop-slot --yes`")
         click.echo(f"slot {slot} {'dropped' if dropped else 'did not exist'}")
