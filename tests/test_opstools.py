@@ -494,3 +494,26 @@ pipelines:
     assert result.returncode == 1 and "forgotten" in result.stdout, result
     assert "cdc_shop was not dropped" in result.stderr and "--drop-slot" in result.stderr, result.stderr
     assert not (tmp_path / "state/shop.json").exists()
+
+
+# ---- cdc run twice -------------------------------------------------------------------------
+
+
+def test_a_second_cdc_run_of_a_config_with_several_sources_is_refused(tmp_path, pg_server, pg_database):
+    """`cdc run CONFIG` typed again while it runs: the second supervisor's children found
+    their sources locked, exited 1, and were restarted with backoff for ever (an ERROR every
+    30-60 s, never an exit).  It is refused at once, naming the running sources."""
+    from test_ops_supervisor import _kill_leftovers, _start
+
+    config, supervisor, pids, first, _ = _start(tmp_path, pg_server, pg_database)
+    try:
+        second = subprocess.run([sys.executable, "-m", "cdc", "run", str(config)], capture_output=True, text=True,
+                                timeout=30, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert second.returncode == 1, second
+        assert "source a is running" in second.stderr and "source b is running" in second.stderr, second.stderr
+        assert pids() == first  # the first one's children are untouched
+        supervisor.signal(signal.SIGTERM)
+        assert supervisor.wait(60) == 0
+    finally:
+        supervisor.stop()
+        _kill_leftovers(pids())

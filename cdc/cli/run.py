@@ -29,12 +29,25 @@ def run(config: str, source_name: str | None, grace_period: float) -> None:
     cfg = load_or_exit(config)
     if source_name is None and len(cfg.sources) > 1:
         from ..engine.supervisor import supervise
+        _refuse_running(cfg)
         sys.exit(supervise(config, list(cfg.sources), grace_period))
     if source_name is None:
         source_name = next(iter(cfg.sources))
     if source_name not in cfg.sources:
         fail(f"no source named {source_name!r} in {config} (sources: {', '.join(cfg.sources)})", 2)
     sys.exit(run_source(cfg, source_name, grace_period))
+
+
+def _refuse_running(cfg: Config) -> None:
+    """A supervisor whose sources already run: its children would find them locked and be
+    restarted for ever.  Refused at once."""
+    from ..observe import SourceLock
+    running = [SourceLock(cfg.state_dir, name) for name in cfg.sources]
+    running = [lock for lock in running if lock.held()]
+    if running:
+        fail("; ".join(f"source {lock.source} is running (pid {lock.holder() or '?'})" for lock in running)
+             + ": stop it first" + ("" if len(running) == len(cfg.sources) else
+                                    " (or run the others, each with --source NAME)"))
 
 
 def metrics_listen(cfg: Config, source_name: str) -> str | None:
