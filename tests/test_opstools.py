@@ -517,3 +517,64 @@ def test_a_second_cdc_run_of_a_config_with_several_sources_is_refused(tmp_path, 
     finally:
         supervisor.stop()
         _kill_leftovers(pids())
+
+
+# ---- a server that accepts connections and never answers -----------------------------------
+
+
+@pytest.fixture
+def silent_server():
+    """A port that accepts TCP connections and never sends a byte (a hung or overloaded
+    server, a half-open firewall): connection timeouts do not fire."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(50)
+    held: list = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                pass
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_commands_against_a_mysql_server_that_never_answers_give_up(silent_server, tmp_path):
+    """`cdc check`, `cdc checkpoint set` and `cdc snapshot --table` against a MariaDB that
+    accepts the connection and never answers waited for ever (pymysql has no read timeout
+    by default).  They give up after CDC_COMMAND_TIMEOUT seconds, saying so."""
+    config = tmp_path / "p.yaml"
+    config.write_text(f"""
+sources:
+  m: {{type: mysql, dsn: "mysql://root:secretpw@127.0.0.1:{silent_server}/shop", tables: [orders],
+      checkpoint: {{type: file, path: state/m.json}}}}
+pipelines:
+  p: {{source: m, sinks: [{{type: stdout}}]}}
+""")
+    (tmp_path / "state").mkdir()
+    saved = json.dumps({"source": "m", "position": {"file": "binlog.000001", "pos": 4}})
+    (tmp_path / "state/m.json").write_text(saved)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CDC_COMMAND_TIMEOUT": "3"}
+    for args in (["check"], ["checkpoint", "set", "--position", '{"file": "binlog.000001", "pos": 100}'],
+                 ["snapshot", "--table", "orders"]):
+        words = 2 if args[0] == "checkpoint" else 1
+        result = subprocess.run([sys.executable, "-m", "cdc", *args[:words], str(config), *args[words:]],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+        assert result.returncode == 1, (args, result)
+        assert "no answer within 3 s" in result.stdout + result.stderr, (args, result)
+        assert "Traceback" not in result.stderr and "secretpw" not in result.stdout + result.stderr
+    assert (tmp_path / "state/m.json").read_text() == saved
+    assert not list((tmp_path / "state").glob("m.snapshots/*"))

@@ -9,7 +9,7 @@ import click
 from ..checkpoints import operations as positions
 from ..checkpoints.operations import PositionError
 from ..errors import CdcError
-from .common import CONFIG, SOURCE, fail, load_or_exit, pick_source
+from .common import CONFIG, SOURCE, NoAnswer, answer_within, command_timeout, fail, load_or_exit, pick_source
 
 __all__ = ["checkpoint"]
 
@@ -21,9 +21,14 @@ def checkpoint() -> None:
 
 def _positions_call(fn, *args):
     try:
-        return fn(*args)
+        with answer_within():
+            return fn(*args)
     except (PositionError, CdcError) as exc:
         fail(str(exc))
+    except NoAnswer:
+        fail(f"no answer within {command_timeout():.0f} s from a server of source {args[1]} (it accepts the "
+             f"connection but does not answer: hung, overloaded, or not the server expected); nothing was "
+             f"changed")
 
 
 @checkpoint.command("show")

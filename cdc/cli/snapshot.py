@@ -20,7 +20,7 @@ from ..errors import CdcError
 from ..observe.state import SourceLock, read_status
 from ..snapshot import requests
 from ..snapshot.progress import alive
-from .common import SOURCE, fail, load_or_exit, pick_source
+from .common import SOURCE, NoAnswer, answer_within, command_timeout, fail, load_or_exit, pick_source
 
 __all__ = ["snapshot"]
 
@@ -60,9 +60,13 @@ def snapshot(config: str, source_name: str | None, table: str | None, where: str
         fail(f"source {source_name} ({spec.type}) cannot take snapshots", 2)
     reader = source.snapshot_reader()
     try:  # the table (a primary key) and the condition, before the request reaches the pipeline
-        reader.check_where(table, where if where is not None else "true")
+        with answer_within():
+            reader.check_where(table, where if where is not None else "true")
     except CdcError as exc:
         fail(str(exc), 2)
+    except NoAnswer:
+        fail(f"no answer within {command_timeout():.0f} s from source {source_name}'s server (it accepts the "
+             f"connection but does not answer: hung, overloaded, or not the server expected); nothing was requested")
     finally:
         reader.close()
     snapshot_id = _request(requests.submit, cfg.state_dir, source_name, table, where)
