@@ -578,3 +578,19 @@ pipelines:
         assert "Traceback" not in result.stderr and "secretpw" not in result.stdout + result.stderr
     assert (tmp_path / "state/m.json").read_text() == saved
     assert not list((tmp_path / "state").glob("m.snapshots/*"))
+
+
+def test_dlq_replay_to_a_mysql_mirror_that_never_answers_gives_up(silent_server, tmp_path):
+    """`cdc dlq replay` to a MariaDB mirror that accepts the connection and never answers
+    waited for ever; it keeps the dead letters and says so."""
+    config = parked_config(tmp_path)
+    body = config.read_text().replace(
+        "{type: file, name: copy, path: out/copy.jsonl,",
+        f'{{type: mysql, name: copy, dsn: "mysql://root:secretpw@127.0.0.1:{silent_server}/shop",')
+    config.write_text(body)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CDC_COMMAND_TIMEOUT": "3"}
+    result = subprocess.run([sys.executable, "-m", "cdc", "dlq", "replay", str(config)], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path, env=env)
+    assert result.returncode == 1 and "no answer within 3 s" in result.stderr, result
+    assert "2 dead letter(s) kept" in result.stderr and "secretpw" not in result.stderr
+    assert len(read_jsonl(tmp_path / "dlq.jsonl")) == 2

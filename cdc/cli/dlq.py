@@ -19,7 +19,7 @@ from ..abc import ReportsSkipped
 from ..config import Component, Config, PipelineSpec
 from ..deadletter import TRANSFORMS_SINK, DeadLetter, DeadLetterStore, UnsupportedStore, store_for
 from ..observe.secrets import redact
-from .common import CONFIG, fail, load_or_exit
+from .common import CONFIG, NoAnswer, answer_within, command_timeout, fail, load_or_exit
 
 __all__ = ["dlq"]
 
@@ -162,25 +162,34 @@ def _replay(q: _Queue, entries: list[DeadLetter], counts: _Counts) -> None:
     sinks: list = []
     try:
         try:
-            chain = TransformChain(q.pipeline.name, [(f"transforms[{i}]:{t.type}", t.build())
-                                                     for i, t in enumerate(q.pipeline.transforms)])
-            for spec in specs:
-                sinks.append(spec.build())
-                sinks[-1].open()
-        except Exception as exc:  # the destination is down, a plugin fails to load...
-            click.echo(f"{where}: cannot open: {redact(f'{type(exc).__name__}: {exc}')}; "
-                       f"{len(entries)} dead letter(s) kept", err=True)
+            with answer_within():
+                chain = TransformChain(q.pipeline.name, [(f"transforms[{i}]:{t.type}", t.build())
+                                                         for i, t in enumerate(q.pipeline.transforms)])
+                for spec in specs:
+                    sinks.append(spec.build())
+                    sinks[-1].open()
+        except (Exception, NoAnswer) as exc:  # the destination is down or silent, a plugin fails to load...
+            why = (f"no answer within {command_timeout():.0f} s (the server accepts the connection but does not "
+                   f"answer)" if isinstance(exc, NoAnswer) else f"{type(exc).__name__}: {exc}")
+            click.echo(f"{where}: cannot open: {redact(why)}; {len(entries)} dead letter(s) kept", err=True)
             counts.failed += len(entries)
             return
         for entry in entries:
             try:
-                events = chain.apply([entry.event]) if q.sink == TRANSFORMS_SINK else [entry.event]
-                superseded = []
-                for s in sinks:
-                    if events:
-                        s.write(events)
-                        if _skipped(s, events):
-                            superseded.append(s)
+                with answer_within():
+                    events = chain.apply([entry.event]) if q.sink == TRANSFORMS_SINK else [entry.event]
+                    superseded = []
+                    for s in sinks:
+                        if events:
+                            s.write(events)
+                            if _skipped(s, events):
+                                superseded.append(s)
+            except NoAnswer:
+                counts.failed += len(entries) - entries.index(entry)
+                click.echo(f"{entry.id}: no answer from {where} within {command_timeout():.0f} s; this and the "
+                           f"next dead letter(s) of {where} kept (the event may have been applied: a next replay "
+                           f"sends it again)", err=True)
+                return
             except Exception as exc:
                 counts.failed += 1
                 click.echo(f"{entry.id}: still failing: {redact(f'{type(exc).__name__}: {exc}')}", err=True)
