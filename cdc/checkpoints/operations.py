@@ -116,8 +116,8 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
         old = store.load()
         old_log = {k for k in old if k != POSITION_KEY} if old is not None else None
         if old_log is not None and old_log != set(log_position):
-            raise PositionError(f"the saved position has keys {sorted(old_log)}; "
-                                f"--position has {sorted(log_position)}")
+            raise PositionError(f"the saved position has keys {sorted(old_log)}; --position has "
+                                f"{sorted(log_position)}: give the same keys (`cdc checkpoint show` prints them)")
         src = cfg.sources[source].build()
         if isinstance(src, PositionCheck):
             try:
