@@ -594,3 +594,22 @@ def test_dlq_replay_to_a_mysql_mirror_that_never_answers_gives_up(silent_server,
     assert result.returncode == 1 and "no answer within 3 s" in result.stderr, result
     assert "2 dead letter(s) kept" in result.stderr and "secretpw" not in result.stderr
     assert len(read_jsonl(tmp_path / "dlq.jsonl")) == 2
+
+
+def test_cdc_check_on_a_running_pipeline_says_it_runs(pg_database, tmp_path):
+    """`cdc check` while the source runs warned that its slot is in use ("is cdc already
+    running?") and ended with "ready to run", although a `cdc run` would be refused.
+    It says the source runs, with its pid."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    run = streaming(config, pg_database)
+    try:
+        wait_for((tmp_path / "state/shop.lock").exists, what="the lock")
+        checked = cdc(config, "check")
+        assert checked.returncode == 0, checked
+        assert f"source shop is running (pid {run.proc.pid})" in checked.stdout, checked.stdout
+        assert "ready to run" not in checked.stdout, checked.stdout
+    finally:
+        stop(run)
+    checked = cdc(config, "check")
+    assert checked.returncode == 0 and "ready to run" in checked.stdout and "is running" not in checked.stdout

@@ -92,6 +92,13 @@ def _sink(name: str, spec) -> Finding:
     return Finding(area, "ok", "reachable")
 
 
+def _running(cfg: Config) -> dict[str, int | None]:
+    """The sources whose ``cdc run`` holds their lock here, with its pid."""
+    from ..observe.state import SourceLock
+    locks = {name: SourceLock(cfg.state_dir, name) for name in cfg.sources}
+    return {name: lock.holder() for name, lock in locks.items() if lock.held()}
+
+
 def _text(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {exc}".strip() if not str(exc) else str(exc).strip())
 
@@ -114,5 +121,9 @@ def check(config: str, as_json: bool) -> None:
     errors = sum(f.level == "error" for f in findings)
     if not as_json:
         warnings = sum(f.level == "warning" for f in findings)
-        click.echo(f"{errors} error(s), {warnings} warning(s)" + ("" if errors else ": ready to run"))
+        running = _running(cfg)
+        for name, pid in running.items():
+            click.echo(f"note  source {name} is running (pid {pid or '?'}): this checked it as it runs")
+        ready = "" if errors or running else ": ready to run"
+        click.echo(f"{errors} error(s), {warnings} warning(s){ready}")
     sys.exit(1 if errors else 0)
