@@ -167,6 +167,8 @@ pipelines:
     assert "0/20" in reset.stdout and "adb" in reset.stdout, reset.stdout
     shown = cdc(config, "checkpoint", "show")
     assert shown.returncode == 0 and json.loads(shown.stdout)["position"] is None, shown.stderr
+    again = cdc(config, "checkpoint", "reset", "--yes", "--keep-slot")  # printed "position null forgotten"
+    assert again.returncode == 0 and "no position was saved" in again.stdout, again
 
 
 # ---- cdc checkpoint set ------------------------------------------------------------------

@@ -73,6 +73,8 @@ def checkpoint_reset(config: str, source_name: str | None, drop_slot: bool | Non
     old = _positions_call(positions.reset, cfg, source_name)
     if isinstance(old, positions.Refused):
         click.echo(f"source {source_name}: checkpoint forgotten ({old.why}); it held: {str(old)!r}")
+    elif old is None:
+        click.echo(f"source {source_name}: no position was saved (nothing to forget)")
     else:
         click.echo(f"source {source_name}: position {json.dumps(old)} forgotten")
     slot = _positions_call(positions.slot_of, cfg, source_name)
