@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import NoReturn
@@ -78,6 +79,9 @@ def answer_within(seconds: float | None = None) -> Iterator[None]:
     connection and never answers (hung, overloaded, not the server expected), which some
     drivers wait for without end."""
     seconds = command_timeout() if seconds is None else seconds
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
 
     def expired(signum: int, frame: object) -> None:
         raise NoAnswer(seconds)
