@@ -7,7 +7,7 @@ from typing import Any
 from ..abc import RecordsDatabase
 from ..errors import CheckpointError
 
-__all__ = ["CHECKPOINTS", "build_store", "database_of", "UnreadableCheckpoint"]
+__all__ = ["CHECKPOINTS", "build_store", "database_of", "UnreadableCheckpoint", "ForeignCheckpoint"]
 
 CHECKPOINTS = {
     "file": "cdc.checkpoints.file:FileCheckpointStore",
@@ -52,3 +52,12 @@ class UnreadableCheckpoint(CheckpointError):
             f"JSON`, or forget it with `cdc checkpoint reset CONFIG --source {name}` (the next run starts "
             f"as a first run: a snapshot copies the tables again, or with snapshot: never the changes "
             f"since the lost position are not delivered)")
+
+
+class ForeignCheckpoint(CheckpointError):
+    """The checkpoint holds a position saved reading another database: refused.  ``content``
+    is the position, for ``cdc checkpoint reset`` to show what it forgets."""
+
+    def __init__(self, message: str, content: str, saved_in: str) -> None:
+        self.content, self.saved_in = content, saved_in
+        super().__init__(message)

@@ -1,7 +1,8 @@
 """``cdc checkpoint show|set|reset CONFIG --source NAME``: an operator moves a position.
 
-Refused while the source's ``cdc run`` process holds its lock (``state_dir``), so a
-running pipeline never has its checkpoint changed under it.
+Refused while the source's ``cdc run`` process holds its lock (``state_dir``), or, for a
+PostgreSQL source, while its slot is in use on the server (a ``cdc run`` on another machine
+sharing a ``postgres`` store), so a running pipeline never has its checkpoint changed under it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..abc import PositionCheck, SlotOwner, Timestamped
+import psycopg
+
+from ..abc import Describable, PositionCheck, SlotOwner, Timestamped
 from ..config.model import Config
+from ..errors import CdcError, CheckpointError
 from ..observe.state import LockHeld, SourceLock
 from ..snapshot.controller import POSITION_KEY
-from . import UnreadableCheckpoint, build_store
+from . import ForeignCheckpoint, UnreadableCheckpoint, build_store
+from .file import FileCheckpointStore
 
 __all__ = ["show", "set_position", "reset", "drop_slot", "PositionError"]
 
@@ -48,10 +53,31 @@ def _locked(cfg: Config, source: str) -> Iterator[None]:
         lock.release()
 
 
+def _refuse_if_reading(cfg: Config, source: str) -> None:
+    """The lock only sees a ``cdc run`` of this machine (its ``state_dir``): a slot in use on
+    the server is a ``cdc run`` of this source elsewhere (a shared ``postgres`` store), which
+    would overwrite a changed position at its next checkpoint.  An unreachable server says
+    nothing: the lock decides alone."""
+    src = cfg.sources[source].build()
+    if not (isinstance(src, SlotOwner) and isinstance(src, Describable)):
+        return
+    try:
+        active = src.describe().get("slot_active")
+    except (CdcError, psycopg.Error):
+        return
+    if active:
+        raise PositionError(
+            f"source {source} is running: its replication slot {src.slot} is in use on the server (by a cdc "
+            f"run of this source, perhaps on another machine, or another replication client): stop it first "
+            f"(a position changed now would be overwritten at its next checkpoint)")
+
+
 @contextmanager
 def _locked_store(cfg: Config, source: str) -> Iterator[Any]:
-    """The source's checkpoint store, with the source's lock held."""
+    """The source's checkpoint store, with the source's lock held, and refused while the
+    source is read elsewhere."""
     with _locked(cfg, source):
+        _refuse_if_reading(cfg, source)
         store = _store(cfg, source)
         try:
             yield store
@@ -86,31 +112,95 @@ def set_position(cfg: Config, source: str, position: str) -> dict:
     if not isinstance(value, dict) or not value:
         raise PositionError('--position must be a JSON object such as \'{"lsn": "0/1A2B3C8"}\'')
     log_position = {k: v for k, v in value.items() if k != POSITION_KEY}
+    if POSITION_KEY in value:
+        problem = _progress_problem(value[POSITION_KEY])
+        if problem:
+            raise PositionError(f"--position's {POSITION_KEY!r} is not a snapshot progress ({problem}): give it "
+                                f"as `cdc checkpoint show` prints it, or leave it out to keep the saved one")
     with _locked_store(cfg, source) as store:
         old = store.load()
         old_log = {k for k in old if k != POSITION_KEY and k not in RECORDED} if old is not None else None
         if old_log is not None and old_log != set(log_position) - RECORDED:
-            raise PositionError(f"the saved position has keys {sorted(old_log)}; "
-                                f"--position has {sorted(log_position)}")
+            raise PositionError(f"the saved position has keys {sorted(old_log)}; --position has "
+                                f"{sorted(log_position)}: give the same keys (`cdc checkpoint show` prints them)")
         src = cfg.sources[source].build()
         if isinstance(src, PositionCheck):
             try:
                 src.check_position(log_position)
             except ValueError as exc:
                 raise PositionError(f"--position refused: {exc}") from None
+            except Exception as exc:  # the server is down, the database gone: a driver's error
+                raise PositionError(f"--position cannot be checked against source {source}'s server: "
+                                    f"{type(exc).__name__}: {str(exc).strip()}; nothing was changed") from None
         progress = value.get(POSITION_KEY, (old or {}).get(POSITION_KEY))
         new = {**log_position, POSITION_KEY: progress} if progress is not None else log_position
         store.save(new)
         return new
 
 
-def reset(cfg: Config, source: str) -> dict | str | None:
-    """Forget the position; returns what it was (an unreadable file's text, as it was)."""
+class Refused(str):
+    """What a checkpoint that ``load`` refuses holds, as it was, and ``why`` it was refused."""
+
+    why: str
+
+
+def _refused(content: str, why: str) -> Refused:
+    text = Refused(content)
+    text.why = why
+    return text
+
+
+def _another_database(store: Any) -> Refused | None:
+    """A file checkpoint of this source saved reading another database: its text, else None.
+    (A file saved by another source is not this source's to forget.)"""
+    if not isinstance(store, FileCheckpointStore) or not store.database:
+        return None
+    try:
+        text = store.path.read_text()
+        data = json.loads(text)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("source") not in (None, "", store.source):
+        return None
+    saved_in = data.get("database")
+    if not saved_in or saved_in == store.database:
+        return None
+    return _refused(text, f"saved reading database {saved_in}")
+
+
+def _progress_problem(progress: object) -> str | None:
+    """What makes ``progress`` unusable as the saved snapshot progress, else None."""
+    if not isinstance(progress, dict):
+        return "not an object"
+    tables, queue, skipped = progress.get("tables", []), progress.get("queue", []), progress.get("skipped", {})
+    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+        return '"tables" is not a list of table names'
+    if not isinstance(skipped, dict) or not all(isinstance(v, str) for v in skipped.values()):
+        return '"skipped" is not an object of table names and reasons'
+    if not isinstance(queue, list):
+        return '"queue" is not a list'
+    for entry in queue:
+        if not (isinstance(entry, dict) and isinstance(entry.get("id"), str) and isinstance(entry.get("table"), str)
+                and isinstance(entry.get("after"), (list, type(None))) and isinstance(entry.get("rows"), int)
+                and isinstance(entry.get("where"), (str, type(None)))):
+            return f'"queue" holds {json.dumps(entry)}, not a copy with "id", "table", "after" and "rows"'
+    return None
+
+
+def reset(cfg: Config, source: str) -> dict | Refused | None:
+    """Forget the position; returns what it was (a refused checkpoint's content, as it was:
+    unreadable, or saved reading another database)."""
     with _locked_store(cfg, source) as store:
         try:
-            old: dict | str | None = store.load()
+            old: dict | Refused | None = store.load()
         except UnreadableCheckpoint as exc:  # forgetting it is the way out
-            old = exc.content
+            old = _refused(exc.content, "unreadable")
+        except ForeignCheckpoint as exc:
+            old = _refused(exc.content, f"saved reading database {exc.saved_in}")
+        except CheckpointError:
+            old = _another_database(store)
+            if old is None:
+                raise
         store.reset()
         return old
 

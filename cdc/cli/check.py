@@ -14,7 +14,7 @@ from ..abc import Checkable, Preflight, Timestamped
 from ..checkpoints import build_store
 from ..config import Config, SourceSpec
 from ..observe.secrets import redact
-from .common import CONFIG, load_or_exit
+from .common import CONFIG, NoAnswer, answer_within, command_timeout, load_or_exit
 
 __all__ = ["Finding", "check_config", "check"]
 
@@ -32,13 +32,26 @@ class Finding:
 def check_config(cfg: Config) -> list[Finding]:
     out: list[Finding] = []
     for name, spec in cfg.sources.items():
-        out.extend(_source(name, spec))
+        out.extend(_answered(f"source {name} ({spec.type})", _source, name, spec))
         for pipeline in cfg.pipelines_of(name):
             for sink in pipeline.sinks:
-                out.append(_sink(sink.context.name, sink))
+                out.extend(_answered(f"sink {sink.context.name} ({sink.type})", _sink, sink.context.name, sink))
                 if sink.dead_letter is not None:
-                    out.append(_sink(sink.dead_letter.context.name, sink.dead_letter))
+                    dead = sink.dead_letter
+                    out.extend(_answered(f"sink {dead.context.name} ({dead.type})", _sink, dead.context.name, dead))
     return out
+
+
+def _answered(area: str, check_one, *args) -> list[Finding]:
+    """One part's findings, or an error when its server does not answer in time."""
+    try:
+        with answer_within():
+            found = check_one(*args)
+    except NoAnswer:
+        return [Finding(area, "error", f"no answer within {command_timeout():.0f} s: the server accepts the "
+                                       f"connection but does not answer (hung, overloaded, or not the server "
+                                       f"expected at that address)")]
+    return found if isinstance(found, list) else [found]
 
 
 def _source(name: str, spec: SourceSpec) -> list[Finding]:
@@ -79,6 +92,13 @@ def _sink(name: str, spec) -> Finding:
     return Finding(area, "ok", "reachable")
 
 
+def _running(cfg: Config) -> dict[str, int | None]:
+    """The sources whose ``cdc run`` holds their lock here, with its pid."""
+    from ..observe.state import SourceLock
+    locks = {name: SourceLock(cfg.state_dir, name) for name in cfg.sources}
+    return {name: lock.holder() for name, lock in locks.items() if lock.held()}
+
+
 def _text(exc: BaseException) -> str:
     return redact(f"{type(exc).__name__}: {exc}".strip() if not str(exc) else str(exc).strip())
 
@@ -101,5 +121,9 @@ def check(config: str, as_json: bool) -> None:
     errors = sum(f.level == "error" for f in findings)
     if not as_json:
         warnings = sum(f.level == "warning" for f in findings)
-        click.echo(f"{errors} error(s), {warnings} warning(s)" + ("" if errors else ": ready to run"))
+        running = _running(cfg)
+        for name, pid in running.items():
+            click.echo(f"note  source {name} is running (pid {pid or '?'}): this checked it as it runs")
+        ready = "" if errors or running else ": ready to run"
+        click.echo(f"{errors} error(s), {warnings} warning(s){ready}")
     sys.exit(1 if errors else 0)

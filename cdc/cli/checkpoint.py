@@ -9,7 +9,7 @@ import click
 from ..checkpoints import operations as positions
 from ..checkpoints.operations import PositionError
 from ..errors import CdcError
-from .common import CONFIG, SOURCE, fail, load_or_exit, pick_source
+from .common import CONFIG, SOURCE, NoAnswer, answer_within, command_timeout, fail, load_or_exit, pick_source
 
 __all__ = ["checkpoint"]
 
@@ -21,9 +21,14 @@ def checkpoint() -> None:
 
 def _positions_call(fn, *args):
     try:
-        return fn(*args)
+        with answer_within():
+            return fn(*args)
     except (PositionError, CdcError) as exc:
         fail(str(exc))
+    except NoAnswer:
+        fail(f"no answer within {command_timeout():.0f} s from a server of source {args[1]} (it accepts the "
+             f"connection but does not answer: hung, overloaded, or not the server expected); nothing was "
+             f"changed")
 
 
 @checkpoint.command("show")
@@ -52,17 +57,24 @@ def checkpoint_set(config: str, source_name: str | None, position: str) -> None:
 @CONFIG
 @SOURCE
 @click.option("--drop-slot/--keep-slot", default=None,
-              help="PostgreSQL: also drop the replication slot (asked when not given).")
+              help="PostgreSQL: also drop the replication slot (asked when not given; kept with --yes).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def checkpoint_reset(config: str, source_name: str | None, drop_slot: bool | None, yes: bool) -> None:
-    """Forget the position: the next run starts from the source's current position."""
+    """Forget the position: the next run is a first run.
+
+    It copies the tables again (unless snapshot: never), then streams: a PostgreSQL
+    source from its slot when the slot is kept (--keep-slot: nothing written since
+    the slot's position is skipped), from now when it is dropped; a MySQL source from
+    the end of the binlog (what was written since the position is not delivered)."""
     cfg = load_or_exit(config)
     source_name = pick_source(cfg, source_name, config)
     if not yes:
         click.confirm(f"Forget the position of source {source_name}?", abort=True)
     old = _positions_call(positions.reset, cfg, source_name)
-    if isinstance(old, str):
-        click.echo(f"source {source_name}: unreadable checkpoint forgotten; it held: {old!r}")
+    if isinstance(old, positions.Refused):
+        click.echo(f"source {source_name}: checkpoint forgotten ({old.why}); it held: {str(old)!r}")
+    elif old is None:
+        click.echo(f"source {source_name}: no position was saved (nothing to forget)")
     else:
         click.echo(f"source {source_name}: position {json.dumps(old)} forgotten")
     slot = _positions_call(positions.slot_of, cfg, source_name)
@@ -72,5 +84,10 @@ def checkpoint_reset(config: str, source_name: str | None, drop_slot: bool | Non
         drop_slot = (not yes) and click.confirm(f"Also drop replication slot {slot} (its WAL is released)?",
                                                 default=False)
     if drop_slot:
-        dropped = _positions_call(positions.drop_slot, cfg, source_name)
+        try:
+            dropped = positions.drop_slot(cfg, source_name)
+        except (PositionError, CdcError) as exc:
+            fail(f"the position is forgotten, but slot {slot} was not dropped: {exc}. It still holds WAL on the "
+                 f"server: once it can be reached, run `cdc checkpoint reset {config} --source {source_name} "
+                 f"--drop-slot --yes`")
         click.echo(f"slot {slot} {'dropped' if dropped else 'did not exist'}")

@@ -10,8 +10,9 @@ __all__ = ["demo"]
 
 
 @click.command()
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds.")
-@click.option("--rate", type=float, default=2.0, show_default=True, help="Orders written per second.")
+@click.option("--duration", type=click.FloatRange(min=0), default=None, help="Stop after this many seconds.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              help="Orders written per second.")
 def demo(duration: float | None, rate: float) -> None:
     """Start a throwaway PostgreSQL, write orders, and print the change events."""
     from ..demo import run_demo

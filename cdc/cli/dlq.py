@@ -19,7 +19,7 @@ from ..abc import ReportsSkipped
 from ..config import Component, Config, PipelineSpec
 from ..deadletter import TRANSFORMS_SINK, DeadLetter, DeadLetterStore, UnsupportedStore, store_for
 from ..observe.secrets import redact
-from .common import CONFIG, load_or_exit
+from .common import CONFIG, NoAnswer, answer_within, command_timeout, fail, load_or_exit
 
 __all__ = ["dlq"]
 
@@ -50,6 +50,22 @@ def _queues(cfg: Config, sink: str | None) -> list[_Queue]:
     return list(found.values())
 
 
+def _queues_or_exit(cfg: Config, sink: str | None) -> list[_Queue]:
+    """The dead-letter queues (of ``sink``); a ``sink`` that has none exits 1 saying so."""
+    queues = _queues(cfg, sink)
+    if sink and not queues:
+        with_queue = sorted({q.sink for q in _queues(cfg, None)})
+        have = f"sinks with a dead-letter queue: {', '.join(with_queue)}" if with_queue else \
+            "no sink of CONFIG has one (on_error: dead_letter with dead_letter: {...})"
+        names = {s.context.name for p in cfg.pipelines.values() for s in p.sinks}
+        what = f"sink {sink} has no dead-letter queue" if sink in names else f"no sink named {sink!r}"
+        fail(f"{what} ({have})")
+    if not queues:
+        click.echo("no sink of CONFIG has a dead-letter queue (on_error: dead_letter with dead_letter: {...})",
+                   err=True)
+    return queues
+
+
 def _entries(q: _Queue, entry_id: str | None) -> list[DeadLetter]:
     entries = [e for e in q.store.list() if e.sink == q.sink and e.pipeline in ("", q.pipeline.name)]
     if entry_id:
@@ -72,7 +88,7 @@ def list_(config: str, sink: str | None, as_json: bool) -> None:
 
     cfg = load_or_exit(config)
     total = failed = 0
-    for q in _queues(cfg, sink):
+    for q in _queues_or_exit(cfg, sink):
         if q.store is None:
             click.echo(f"{q.pipeline.name} / {q.sink}: {q.problem}", err=True)
             continue
@@ -109,7 +125,8 @@ def replay(config: str, sink: str | None, entry_id: str | None) -> None:
     already holds a newer change of its table, so it was not applied), else 0."""
     cfg = load_or_exit(config)
     total = _Counts()
-    for q in _queues(cfg, sink):
+    found = 0
+    for q in _queues_or_exit(cfg, sink):
         if q.store is None:
             click.echo(f"{q.pipeline.name} / {q.sink}: {q.problem}", err=True)
             total.failed += 1
@@ -120,8 +137,12 @@ def replay(config: str, sink: str | None, entry_id: str | None) -> None:
             click.echo(f"{q.pipeline.name} / {q.sink}: cannot read: {redact(str(exc))}", err=True)
             total.failed += 1
             continue
+        found += len(entries)
         if entries:
             _replay(q, entries, total)
+    if entry_id and not found and not total.failed:
+        fail(f"no dead letter {entry_id} is parked{' for sink ' + sink if sink else ''} (replayed already, "
+             f"or never parked): `cdc dlq list {config}` shows the ids")
     click.echo(f"replayed {total.sent}, superseded {total.superseded}, failed {total.failed}")
     sys.exit(1 if total.failed else 3 if total.superseded else 0)
 
@@ -141,25 +162,34 @@ def _replay(q: _Queue, entries: list[DeadLetter], counts: _Counts) -> None:
     sinks: list = []
     try:
         try:
-            chain = TransformChain(q.pipeline.name, [(f"transforms[{i}]:{t.type}", t.build())
-                                                     for i, t in enumerate(q.pipeline.transforms)])
-            for spec in specs:
-                sinks.append(spec.build())
-                sinks[-1].open()
-        except Exception as exc:  # the destination is down, a plugin fails to load...
-            click.echo(f"{where}: cannot open: {redact(f'{type(exc).__name__}: {exc}')}; "
-                       f"{len(entries)} dead letter(s) kept", err=True)
+            with answer_within():
+                chain = TransformChain(q.pipeline.name, [(f"transforms[{i}]:{t.type}", t.build())
+                                                         for i, t in enumerate(q.pipeline.transforms)])
+                for spec in specs:
+                    sinks.append(spec.build())
+                    sinks[-1].open()
+        except (Exception, NoAnswer) as exc:  # the destination is down or silent, a plugin fails to load...
+            why = (f"no answer within {command_timeout():.0f} s (the server accepts the connection but does not "
+                   f"answer)" if isinstance(exc, NoAnswer) else f"{type(exc).__name__}: {exc}")
+            click.echo(f"{where}: cannot open: {redact(why)}; {len(entries)} dead letter(s) kept", err=True)
             counts.failed += len(entries)
             return
         for entry in entries:
             try:
-                events = chain.apply([entry.event]) if q.sink == TRANSFORMS_SINK else [entry.event]
-                superseded = []
-                for s in sinks:
-                    if events:
-                        s.write(events)
-                        if _skipped(s, events):
-                            superseded.append(s)
+                with answer_within():
+                    events = chain.apply([entry.event]) if q.sink == TRANSFORMS_SINK else [entry.event]
+                    superseded = []
+                    for s in sinks:
+                        if events:
+                            s.write(events)
+                            if _skipped(s, events):
+                                superseded.append(s)
+            except NoAnswer:
+                counts.failed += len(entries) - entries.index(entry)
+                click.echo(f"{entry.id}: no answer from {where} within {command_timeout():.0f} s; this and the "
+                           f"next dead letter(s) of {where} kept (the event may have been applied: a next replay "
+                           f"sends it again)", err=True)
+                return
             except Exception as exc:
                 counts.failed += 1
                 click.echo(f"{entry.id}: still failing: {redact(f'{type(exc).__name__}: {exc}')}", err=True)

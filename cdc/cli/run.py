@@ -22,19 +22,32 @@ log = logging.getLogger("cdc")
 @click.command()
 @CONFIG
 @click.option("--source", "source_name", help="Run only this source (one process per source).")
-@click.option("--grace-period", default=30.0, show_default=True,
+@click.option("--grace-period", default=30.0, show_default=True, type=click.FloatRange(min=0),
               help="Seconds to drain in-flight events on SIGTERM.")
 def run(config: str, source_name: str | None, grace_period: float) -> None:
     """Run the pipelines of CONFIG."""
     cfg = load_or_exit(config)
     if source_name is None and len(cfg.sources) > 1:
         from ..engine.supervisor import supervise
+        _refuse_running(cfg)
         sys.exit(supervise(config, list(cfg.sources), grace_period))
     if source_name is None:
         source_name = next(iter(cfg.sources))
     if source_name not in cfg.sources:
         fail(f"no source named {source_name!r} in {config} (sources: {', '.join(cfg.sources)})", 2)
     sys.exit(run_source(cfg, source_name, grace_period))
+
+
+def _refuse_running(cfg: Config) -> None:
+    """A supervisor whose sources already run: its children would find them locked and be
+    restarted for ever.  Refused at once."""
+    from ..observe import SourceLock
+    running = [SourceLock(cfg.state_dir, name) for name in cfg.sources]
+    running = [lock for lock in running if lock.held()]
+    if running:
+        fail("; ".join(f"source {lock.source} is running (pid {lock.holder() or '?'})" for lock in running)
+             + ": stop it first" + ("" if len(running) == len(cfg.sources) else
+                                    " (or run the others, each with --source NAME)"))
 
 
 def metrics_listen(cfg: Config, source_name: str) -> str | None:

@@ -17,10 +17,10 @@ import click
 from ..abc import Snapshottable
 from ..config.layout import qualified
 from ..errors import CdcError
-from ..observe.state import read_status
+from ..observe.state import SourceLock, read_status
 from ..snapshot import requests
 from ..snapshot.progress import alive
-from .common import SOURCE, fail, load_or_exit, pick_source
+from .common import SOURCE, NoAnswer, answer_within, command_timeout, fail, load_or_exit, pick_source
 
 __all__ = ["snapshot"]
 
@@ -49,7 +49,7 @@ def snapshot(config: str, source_name: str | None, table: str | None, where: str
             fail(f"source {source_name}: no snapshot {cancel_id} is queued or running (finished, cancelled or "
                  f"never requested; --list shows them; a request made a second ago may not show yet: retry)", 2)
         _request(requests.cancel, cfg.state_dir, source_name, cancel_id)
-        click.echo(f"source {source_name}: cancel of snapshot {cancel_id} requested")
+        click.echo(f"source {source_name}: cancel of snapshot {cancel_id} requested{_when(cfg, source_name)}")
         return
     assert table is not None  # exactly one of --table, --list, --cancel
     table = qualified(spec.factory, table, spec.options)
@@ -60,14 +60,26 @@ def snapshot(config: str, source_name: str | None, table: str | None, where: str
         fail(f"source {source_name} ({spec.type}) cannot take snapshots", 2)
     reader = source.snapshot_reader()
     try:  # the table (a primary key) and the condition, before the request reaches the pipeline
-        reader.check_where(table, where if where is not None else "true")
+        with answer_within():
+            reader.check_where(table, where if where is not None else "true")
     except CdcError as exc:
         fail(str(exc), 2)
+    except NoAnswer:
+        fail(f"no answer within {command_timeout():.0f} s from source {source_name}'s server (it accepts the "
+             f"connection but does not answer: hung, overloaded, or not the server expected); nothing was requested")
     finally:
         reader.close()
     snapshot_id = _request(requests.submit, cfg.state_dir, source_name, table, where)
     click.echo(f"source {source_name}: snapshot {snapshot_id} of {table} requested"
-               f"{' where ' + where if where else ''}")
+               f"{' where ' + where if where else ''}{_when(cfg, source_name)}")
+
+
+def _when(cfg, source_name: str) -> str:
+    """Nothing while the source runs here; else when the request is carried out."""
+    if SourceLock(cfg.state_dir, source_name).held():
+        return ""
+    return (f"; source {source_name} is not running (on this machine, state_dir {cfg.state_dir}): the request "
+            f"is carried out when `cdc run` starts it")
 
 
 def _list(cfg, source_name: str, as_json: bool) -> None:

@@ -8,6 +8,8 @@ import re
 __all__ = ["redact", "secrets_in", "RedactingFilter"]
 
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?=@)")
+# ``user:password@host`` without its ``scheme://`` (libpq quotes such a DSN in its error)
+_BARE_PASSWORD = re.compile(r"(?<![\w/:@.%+-])(?P<head>[\w.%+-]+:)(?P<secret>[^@\s/'\"]+)(?=@[\w\[])")
 _KEY_VALUE = re.compile(r"(?P<head>\b(?:password|passwd|pwd|secret|token|api_key|sasl\.password)\s*[=:]\s*['\"]?)"
                         r"(?P<secret>[^\s'\",;&]+)", re.IGNORECASE)
 
@@ -16,7 +18,7 @@ _SECRET_KEY = re.compile(r"password|passwd|secret|token|api_key", re.IGNORECASE)
 
 
 def redact(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
-    """``postgresql://u:pw@h`` -> ``postgresql://u:***@h``; ``password=pw`` -> ``password=***``;
+    """``postgresql://u:pw@h`` -> ``postgresql://u:***@h`` (``u:pw@h`` too); ``password=pw`` -> ``password=***``;
     and every value in ``secrets`` (e.g. from ``secrets_in(options)``) -> ``***``."""
     if not text:
         return text
@@ -24,6 +26,7 @@ def redact(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
         if len(secret) >= 3:
             text = text.replace(secret, "***")
     text = _URL_PASSWORD.sub(r"\g<head>***", text)
+    text = _BARE_PASSWORD.sub(r"\g<head>***", text)
     return _KEY_VALUE.sub(r"\g<head>***", text)
 
 
