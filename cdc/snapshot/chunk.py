@@ -10,7 +10,7 @@ from ..errors import PermanentError, SourceError
 from ..event import ChangeEvent
 from ..lsn import format_lsn
 
-__all__ = ["Chunk", "SnapshotInputError", "MODES", "emit_events", "place", "key_changed"]
+__all__ = ["Chunk", "SnapshotInputError", "MODES", "emit_events", "place", "key_changed", "no_key_warning"]
 
 #: ``snapshot:`` modes, with Debezium's meanings
 MODES = ("initial", "never", "initial_only", "when_needed")
@@ -48,6 +48,13 @@ def key_changed(table: str, was: str, key: list[str], after: list, source: str) 
     return (f"the primary key of {table} changed {was}to ({', '.join(key)}) while it was copied: its rows after"
             f" key {list(after)} are not copied (the copy goes in key order); copy the table again:"
             f" cdc snapshot CONFIG --source {source} --table {table}")
+
+
+def no_key_warning(table: str) -> str:
+    """``cdc check``'s warning for a captured table without a primary key (both sources)."""
+    return (f"{table} has no primary key: its changes are captured, but a snapshot reads tables in key order, "
+            f"so its existing rows are not copied (the initial copy and cdc snapshot --table drop it with an "
+            f"ERROR). Add a primary key, or set snapshot: never on this source if only changes matter")
 
 
 def emit_events(rows: list, copy_uid: str, place_prefix: str, first: int, base: dict, now: int,

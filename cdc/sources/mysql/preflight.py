@@ -14,6 +14,7 @@ import pymysql
 
 from ...abc import Problem
 from ...errors import PositionLostError
+from ...snapshot.chunk import no_key_warning
 from . import settings
 
 if TYPE_CHECKING:
@@ -30,6 +31,9 @@ def problems(source: MySQLSource, position: dict | None, checkpoint_age: float |
     conn = pymysql.connect(**params, connect_timeout=10)
     try:
         out: list[Problem] = [("error", p) for p in settings.check(conn, source.tables, source.server_id)]
+        if source.snapshot != "never":
+            out += [("warning", no_key_warning(table))
+                    for table in settings.tables_without_key(conn, source.tables)]
         info = settings.server_info(conn)
         with conn.cursor() as cur:
             cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'gtid_mode', "

@@ -100,6 +100,20 @@ def missing_tables(conn: pymysql.Connection, tables: list[str]) -> list[str]:
     return out
 
 
+def tables_without_key(conn: pymysql.Connection, tables: list[str]) -> list[str]:
+    """The existing captured tables without a primary key: a snapshot cannot copy them (it
+    reads in key order).  For a ``cdc check`` warning."""
+    out = []
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
+        for table in tables:
+            db, name = table.split(".", 1)
+            cur.execute("SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = %s"
+                        " AND TABLE_NAME = %s AND INDEX_NAME = 'PRIMARY'", (db, name))  # as the snapshot reads it
+            if cur.fetchone()[0] == 0 and table not in missing_tables(conn, [table]):
+                out.append(table)
+    return out
+
+
 def require(conn: pymysql.Connection, tables: list[str], server_id: int, source: str,
             missing_ok: bool = False) -> None:
     problems = check(conn, tables, server_id, missing_ok)

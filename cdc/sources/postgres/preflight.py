@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...abc import Problem
+from ...snapshot.chunk import no_key_warning
 from . import setup
 from .setup import quoted
 
@@ -50,6 +51,9 @@ def problems(source: PostgresSource, position: dict | None = None) -> list[Probl
         elif lost:
             out.append(("error", lost[1]))
         out += setup.publication_problems(conn, source.publication, source.tables)
+        if source.snapshot != "never":
+            out += [("warning", no_key_warning(table))
+                    for table in setup.tables_without_key(conn, source.tables)]
         for table, columns in setup.generated_columns(conn, source.tables).items():
             out.append(("warning", f"{table} has generated columns ({', '.join(columns)}): pgoutput does not "
                                    f"send them before PostgreSQL 18, so events lack them"))

@@ -246,6 +246,15 @@ def generated_columns(conn: psycopg.Connection, tables: list[str]) -> dict[str, 
     return out
 
 
+def tables_without_key(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """The captured tables without a primary key: a snapshot cannot copy them (it reads in
+    key order).  For a ``cdc check`` warning."""
+    oids = captured_oids(conn, tables)
+    keyed = {oid for (oid,) in conn.execute("SELECT indrelid FROM pg_index WHERE indisprimary AND indrelid = ANY(%s)",
+                                             (list(oids.values()),))}
+    return [table for table, oid in oids.items() if oid not in keyed]
+
+
 def publication_problems(conn: psycopg.Connection, publication: str, tables: list[str]) -> list[tuple[str, str]]:
     """What ``cdc run`` would refuse (``error``) or change (``warning``) about an existing
     publication, as (level, text); empty when it matches ``tables`` (or does not exist yet:
