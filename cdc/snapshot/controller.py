@@ -70,6 +70,7 @@ class SnapshotController:
         self._not_before = 0.0
         self._next_request_look = 0.0
         self._chunks_retried = 0
+        self._unsaved = False                # the copies changed since the last commit handed on
         self.chunks_read = 0
         self.chunks_emitted = 0              # chunks whose rows were handed on (the crash point)
 
@@ -241,7 +242,20 @@ class SnapshotController:
 
     def tick(self, room: bool, in_tx: bool) -> list:
         """Read the next chunk when nothing is open and the sinks have room; items to
-        dispatch now (a chunk that can be placed at once, or the end of a copy)."""
+        dispatch now (a chunk that can be placed at once, or the end of a copy), and a
+        commit that carries a change of the copies made without one (a request taken, a
+        copy cancelled or dropped) into the checkpoint, also when the database is idle."""
+        items = self._tick(room, in_tx)
+        if self._unsaved and not in_tx:
+            if not any(item.__class__ is Commit for item in items):
+                position = self.source.snapshot_position()
+                if position is None:  # nothing read yet: the next commit carries it
+                    return items
+                items.append(Commit(position))
+            self._unsaved = False
+        return items
+
+    def _tick(self, room: bool, in_tx: bool) -> list:
         now = time.monotonic()
         if self.state_dir is not None and now >= self._next_request_look:
             self._next_request_look = now + REQUEST_POLL
@@ -263,9 +277,15 @@ class SnapshotController:
             chunk = reader.read_chunk(entry["table"], after, self.chunk_size, entry.get("where"))
         except SnapshotInputError as exc:
             # mid-copy (e.g. the table renamed or dropped): what is missing, and the way back
-            lost = (f"; its rows after key {entry['after']} are not copied (those before were); once the table can"
-                    f" be read, copy it again: cdc snapshot CONFIG --source {self.name} --table {entry['table']}"
-                    if entry["after"] is not None and "cdc snapshot CONFIG" not in str(exc) else "")
+            again = f"cdc snapshot CONFIG --source {self.name} --table {entry['table']}"
+            lost = ""
+            if "cdc snapshot CONFIG" in str(exc):
+                pass
+            elif entry["after"] is not None:
+                lost = (f"; its rows after key {entry['after']} are not copied (those before were); once the table"
+                        f" can be read, copy it again: {again}")
+            elif entry["id"] == INITIAL:  # e.g. a table without a primary key
+                lost = f"; its existing rows are not copied, its changes are still streamed; once it can be copied: {again}"
             log.error("source %s: snapshot %s of %s dropped: %s%s", self.name, entry["id"], entry["table"], exc, lost)
             self.windows = [w for w in self.windows if w.entry is not entry]
             self.queue.remove(entry)
@@ -273,6 +293,7 @@ class SnapshotController:
                 self.done.append(entry["table"])
                 self.skipped[entry["table"]] = str(exc)
             self._changed()
+            self._unsaved = True
             return []
         except SourceConnectionError as exc:
             log.warning("source %s: snapshot reader: %s; retrying in %.0fs", self.name, exc, ERROR_DELAY)
@@ -347,6 +368,7 @@ class SnapshotController:
                 changed = True
         if changed:
             self._changed()
+            self._unsaved = True
 
     # ---- observation --------------------------------------------------------------------
 
