@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from click.testing import CliRunner
 from test_snapshot_mysql import Running as MariaDBRunning
 from test_snapshot_mysql import _config as mariadb_config
@@ -91,3 +92,71 @@ def test_the_filter_the_docs_give_drops_the_snapshot_rows_and_keeps_the_changes(
         wait_for(lambda: out.exists() and out.read_text().count("\n") >= 4, 30, "the changes")
     ops = [orjson.loads(line)["op"] for line in out.read_text().splitlines()]
     assert ops == ["c", "u", "d", "t"], ops
+
+
+def test_a_request_taken_but_not_checkpointed_survives_kill_9(pg_database, tmp_path):
+    """``cdc run`` takes a request file and queues the copy; the copy is in the checkpoint
+    only after the next save.  Before: the file was deleted when taken, so a ``kill -9`` in
+    between (here: at the copy's first chunk, with a long ``checkpoint_interval``) lost the
+    request, silently: ``--list`` showed nothing and nothing was copied."""
+    import os
+    import subprocess
+    import sys
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, v int)",
+        "INSERT INTO t SELECT g, 0 FROM generate_series(1, 3000) g")
+    config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}, snapshot="never",
+           snapshot_chunk_size=100, snapshot_parallelism=1, checkpoint_interval=30.0)
+    path = str(tmp_path / "pipelines.yaml")
+    out = tmp_path / "out/all.jsonl"
+
+    def start(crash_at: str | None, log_name: str):
+        env = {k: v for k, v in os.environ.items() if k != "CDC_CRASH_AT"}
+        if crash_at:
+            env["CDC_CRASH_AT"] = crash_at
+        log = open(tmp_path / log_name, "wb")
+        return subprocess.Popen([sys.executable, "-m", "cdc", "run", path], stdout=log, stderr=log, env=env)
+
+    first = start("snapshot_chunk:1", "run1.log")
+    try:
+        time.sleep(2.0)
+        sql(pg_database, "UPDATE t SET v = 1 WHERE id = 1")  # the first checkpoint is saved at once
+        wait_for(lambda: (tmp_path / "state/db.json").exists(), 30, "the first checkpoint")
+        code, text = cdc("snapshot", path, "--source", "db", "--table", "t")
+        assert code == 0, text
+        assert first.wait(60) == -9, (tmp_path / "run1.log").read_text()
+    finally:
+        first.kill()
+    assert saved_snapshot(tmp_path)["queue"] == [], "the copy reached the checkpoint: the test proves nothing"
+    second = start(None, "run2.log")
+    try:
+        wait_for(lambda: len({e["after"]["id"] for e in orjson_lines(out) if e["op"] == "r"}) == 3000, 30,
+                 "the copy after the restart")
+    finally:
+        second.terminate()
+        second.wait(30)
+    print((tmp_path / "run2.log").read_text())
+
+
+def orjson_lines(path: Path) -> list[dict]:
+    from snapshot_helpers import read_complete
+    return read_complete(path)
+
+
+@pytest.mark.unit
+def test_taken_requests_and_cancels_are_put_back_unless_the_checkpoint_holds_them(tmp_path):
+    from cdc.snapshot import requests
+    saved_copy = requests.submit(tmp_path, "db", "public.a")
+    lost_copy = requests.submit(tmp_path, "db", "public.b")
+    requests.cancel(tmp_path, "db", saved_copy)
+    requests.cancel(tmp_path, "db", "gone")
+    taken, cancels = requests.take(tmp_path, "db")
+    assert [r["id"] for r in taken] == [saved_copy, lost_copy] and sorted(cancels) == sorted([saved_copy, "gone"])
+    assert requests.take(tmp_path, "db") == ([], [])  # taken once
+    back = requests.retake(tmp_path, "db", {saved_copy})
+    assert sorted(back) == sorted([(lost_copy, "request"), (saved_copy, "cancel")])
+    taken, cancels = requests.take(tmp_path, "db")
+    assert [r["id"] for r in taken] == [lost_copy] and cancels == [saved_copy]
+    requests.ended(tmp_path, "db", saved_copy)
+    requests.ended(tmp_path, "db", lost_copy)
+    assert requests.retake(tmp_path, "db", set()) == []
+    assert not list(requests.request_dir(tmp_path, "db").iterdir())

@@ -105,6 +105,29 @@ class SnapshotController:
         for e in self.queue:
             what = "resuming after key %s" % (e["after"],) if e["after"] is not None else "from the start"
             log.info("source %s: snapshot %s of %s %s", self.name, e["id"], e["table"], what)
+        self._retake({e["id"] for e in (saved or {}).get("queue", [])} if position is not None else set())
+
+    def _retake(self, saved: set[str]) -> None:
+        """Requests and cancels taken by a process that stopped before its checkpoint held them."""
+        if self.state_dir is None:
+            return
+        try:
+            back = signals.retake(self.state_dir, self.name, saved)
+        except OSError as exc:
+            log.warning("source %s: cannot read snapshot requests: %s", self.name, exc)
+            return
+        for snapshot_id, kind in back:
+            log.info("source %s: the %s of snapshot %s was taken by a process that stopped before its checkpoint"
+                     " held it: taken again", self.name, kind, snapshot_id)
+
+    def _ended(self, entry: dict) -> None:
+        """A copy ended (finished, cancelled, dropped): its request file goes."""
+        if self.state_dir is None or entry["id"] == INITIAL:
+            return
+        try:
+            signals.ended(self.state_dir, self.name, entry["id"])
+        except OSError as exc:
+            log.warning("source %s: cannot remove the request of snapshot %s: %s", self.name, entry["id"], exc)
 
     @staticmethod
     def _entry(snapshot_id: str, table: str, where: str | None = None) -> dict:
@@ -222,6 +245,7 @@ class SnapshotController:
 
     def _finish(self, entry: dict) -> None:
         self.queue.remove(entry)
+        self._ended(entry)
         if not entry.get("where"):  # the whole table is copied now
             self.skipped.pop(entry["table"], None)
         if entry["id"] == INITIAL and entry["table"] not in self.done:
@@ -289,6 +313,7 @@ class SnapshotController:
             log.error("source %s: snapshot %s of %s dropped: %s%s", self.name, entry["id"], entry["table"], exc, lost)
             self.windows = [w for w in self.windows if w.entry is not entry]
             self.queue.remove(entry)
+            self._ended(entry)
             if entry["id"] == INITIAL and entry["table"] not in self.done:
                 self.done.append(entry["table"])
                 self.skipped[entry["table"]] = str(exc)
@@ -344,10 +369,15 @@ class SnapshotController:
             return
         changed = False
         for req in requests:
+            if not isinstance(req, dict) or not isinstance(req.get("id"), str):
+                log.error("source %s: snapshot request %r has no id: ignored (make requests with cdc snapshot)",
+                          self.name, req)
+                continue
             table = req.get("table")
             if table not in self.tables:
                 log.error("source %s: snapshot request %s: %s is not a table of this source",
                           self.name, req.get("id"), table)
+                self._ended(req)
                 continue
             log.info("source %s: snapshot %s of %s requested%s", self.name, req["id"], table,
                      f" where {req['where']}" if req.get("where") else "")
@@ -362,6 +392,7 @@ class SnapshotController:
                          e["table"], e["rows"])
                 self.windows = [w for w in self.windows if w.entry is not e]
                 self.queue.remove(e)
+                self._ended(e)
                 if e["id"] == INITIAL and e["table"] not in self.done:
                     self.done.append(e["table"])  # not copied again at the next start
                     self.skipped[e["table"]] = f"initial copy cancelled after {e['rows']} rows"
