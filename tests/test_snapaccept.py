@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from click.testing import CliRunner
 from test_snapshot_mysql import Running as MariaDBRunning
 from test_snapshot_mysql import _config as mariadb_config
@@ -80,7 +81,9 @@ def test_the_filter_the_docs_give_drops_the_snapshot_rows_and_keeps_the_changes(
     text = (DOCS / "snapshots.md").read_text()
     shown = re.search(r"drops them with a filter:\s*`transforms: (\[.*?\])`", text, re.S)
     assert shown, "docs/snapshots.md no longer shows the filter"
-    transforms = __import__("yaml").safe_load(shown.group(1))
+    transforms = yaml.safe_load(shown.group(1))
+    readme = re.search(r"drop the copy with `(\{type: filter.*?\})`", (DOCS.parent / "README.md").read_text(), re.S)
+    assert readme and [yaml.safe_load(readme.group(1))] == transforms, "the README's quick start shows another filter"
     sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, v int)", "INSERT INTO t VALUES (1, 0), (2, 0)")
     cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline(transforms=transforms)},
                  snapshot="initial")
