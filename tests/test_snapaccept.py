@@ -163,3 +163,27 @@ def test_taken_requests_and_cancels_are_put_back_unless_the_checkpoint_holds_the
     requests.ended(tmp_path, "db", lost_copy)
     assert requests.retake(tmp_path, "db", set()) == []
     assert not list(requests.request_dir(tmp_path, "db").iterdir())
+
+
+def test_the_progress_display_stops_when_no_copy_is_left(pg_database, tmp_path):
+    """Before: the rich display of ``cdc run`` on a terminal went on redrawing the finished
+    bars ten times a second for as long as the pipeline streamed (2.6% of a core against
+    0.3% without a terminal, measured with an idle database)."""
+    import io
+
+    from cdc.snapshot.progress import ProgressBars
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t SELECT generate_series(1, 500)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}, snapshot="initial",
+                 snapshot_chunk_size=50, snapshot_parallelism=1)
+    screen = io.StringIO()
+    with Running(cfg) as r:
+        bars = ProgressBars(r.runner, stream=screen)
+        r.runner.on_tick.append(bars)
+        wait_for(lambda: r.runner.snapshots.finished, 30, "the copy")
+        wait_for(lambda: "500/500" in screen.getvalue(), 5, "the display's last lines")
+        assert not bars.showing
+        code, text = cdc("snapshot", str(tmp_path / "pipelines.yaml"), "--source", "db", "--table", "t",
+                         "--where", "id <= 7")
+        assert code == 0, text
+        wait_for(lambda: "7/7" in screen.getvalue(), 30, "a new display for the new copy")
+        wait_for(lambda: not bars.showing, 5, "the display to stop again")
