@@ -163,6 +163,11 @@ def test_taken_requests_and_cancels_are_put_back_unless_the_checkpoint_holds_the
     requests.ended(tmp_path, "db", lost_copy)
     assert requests.retake(tmp_path, "db", set()) == []
     assert not list(requests.request_dir(tmp_path, "db").iterdir())
+    # no checkpoint (reset, or when_needed starting over): the taken files are forgotten with it
+    requests.submit(tmp_path, "db", "public.a")
+    requests.take(tmp_path, "db")
+    assert requests.retake(tmp_path, "db", None) == []
+    assert not list(requests.request_dir(tmp_path, "db").iterdir())
 
 
 def test_the_progress_display_stops_when_no_copy_is_left(pg_database, tmp_path):

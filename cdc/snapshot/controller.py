@@ -105,9 +105,9 @@ class SnapshotController:
         for e in self.queue:
             what = "resuming after key %s" % (e["after"],) if e["after"] is not None else "from the start"
             log.info("source %s: snapshot %s of %s %s", self.name, e["id"], e["table"], what)
-        self._retake({e["id"] for e in (saved or {}).get("queue", [])} if position is not None else set())
+        self._retake({e["id"] for e in (saved or {}).get("queue", [])} if position is not None else None)
 
-    def _retake(self, saved: set[str]) -> None:
+    def _retake(self, saved: set[str] | None) -> None:
         """Requests and cancels taken by a process that stopped before its checkpoint held them."""
         if self.state_dir is None:
             return

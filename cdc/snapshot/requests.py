@@ -78,11 +78,13 @@ def ended(state_dir: Path, source: str, snapshot_id: str) -> None:
     (request_dir(state_dir, source) / f"{snapshot_id}.request{TAKEN}").unlink(missing_ok=True)
 
 
-def retake(state_dir: Path, source: str, saved: set[str]) -> list[tuple[str, str]]:
+def retake(state_dir: Path, source: str, saved: set[str] | None) -> list[tuple[str, str]]:
     """At a start, with ``saved`` the ids of the copies in the checkpoint: the requests
     taken by an earlier process that the checkpoint does not hold are put back to be
     taken again, and so are the cancels of copies it still holds; the other taken files
-    go.  Returns the (id, "request" or "cancel") put back."""
+    go.  ``saved`` None (no checkpoint: reset, or started over with when_needed): every
+    taken file goes, as the copies they were for are forgotten with the checkpoint.
+    Returns the (id, "request" or "cancel") put back."""
     directory = request_dir(state_dir, source)
     if not directory.is_dir():
         return []
@@ -90,7 +92,9 @@ def retake(state_dir: Path, source: str, saved: set[str]) -> list[tuple[str, str
     for path in sorted(directory.glob(f"*{TAKEN}")):
         name = path.name[:-len(TAKEN)]
         snapshot_id, kind = name.rsplit(".", 1) if "." in name else (name, "")
-        if (kind == "request" and snapshot_id not in saved) or (kind == "cancel" and snapshot_id in saved):
+        if saved is None:
+            path.unlink(missing_ok=True)
+        elif (kind == "request" and snapshot_id not in saved) or (kind == "cancel" and snapshot_id in saved):
             os.replace(path, directory / name)
             back.append((snapshot_id, kind))
         elif kind != "request":  # a request the checkpoint holds stays until its copy ends
