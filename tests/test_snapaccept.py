@@ -192,3 +192,17 @@ def test_the_progress_display_stops_when_no_copy_is_left(pg_database, tmp_path):
         assert code == 0, text
         wait_for(lambda: "7/7" in screen.getvalue(), 30, "a new display for the new copy")
         wait_for(lambda: not bars.showing, 5, "the display to stop again")
+
+
+@pytest.mark.unit
+def test_a_request_file_written_by_hand_goes_by_its_name(tmp_path, caplog):
+    from cdc.snapshot import requests
+    directory = requests.request_dir(tmp_path, "db")
+    directory.mkdir()
+    (directory / "mine.request").write_text('{"table": "public.t", "requested_at": "soon"}')
+    (directory / "list.request").write_text("[1, 2]")
+    taken, _ = requests.take(tmp_path, "db")
+    assert [r["id"] for r in taken] == ["mine"]
+    assert "list.request is not a JSON object" in caplog.text
+    requests.ended(tmp_path, "db", "mine")
+    assert not list(directory.iterdir())

@@ -369,10 +369,6 @@ class SnapshotController:
             return
         changed = False
         for req in requests:
-            if not isinstance(req, dict) or not isinstance(req.get("id"), str):
-                log.error("source %s: snapshot request %r has no id: ignored (make requests with cdc snapshot)",
-                          self.name, req)
-                continue
             table = req.get("table")
             if table not in self.tables:
                 log.error("source %s: snapshot request %s: %s is not a table of this source",

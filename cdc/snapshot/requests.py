@@ -49,7 +49,7 @@ def cancel(state_dir: Path, source: str, snapshot_id: str) -> None:
 
 
 def take(state_dir: Path, source: str) -> tuple[list[dict], list[str]]:
-    """The waiting requests (oldest first) and cancellations, removed from the directory."""
+    """The waiting requests (oldest first) and cancellations, renamed ``<name>.taken``."""
     directory = request_dir(state_dir, source)
     if not directory.is_dir():
         return [], []
@@ -58,18 +58,26 @@ def take(state_dir: Path, source: str) -> tuple[list[dict], list[str]]:
         if path.name.startswith("."):
             continue
         if path.suffix == ".request":
+            problem: str | None = None
             try:
-                requests.append(json.loads(path.read_text()))
+                body = json.loads(path.read_text())
             except ValueError as exc:
-                log.error("snapshot request %s is not valid JSON (%s): ignored", path, exc)
+                body, problem = None, f"is not valid JSON ({exc})"
+            if problem is None and not isinstance(body, dict):
+                problem = "is not a JSON object"
+            if problem:
+                log.error("snapshot request %s %s: ignored (make requests with cdc snapshot)", path, problem)
                 path.unlink(missing_ok=True)
                 continue
+            body["id"] = path.stem  # the file's name: the taken file goes by it when the copy ends
+            requests.append(body)
         elif path.suffix == ".cancel":
             cancels.append(path.stem)
         else:
             continue
         os.replace(path, path.with_name(path.name + TAKEN))
-    requests.sort(key=lambda r: r.get("requested_at") or 0)  # ids of the same second sort at random
+    # ids of the same second sort at random
+    requests.sort(key=lambda r: r["requested_at"] if isinstance(r.get("requested_at"), (int, float)) else 0)
     return requests, cancels
 
 
