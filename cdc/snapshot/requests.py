@@ -69,13 +69,18 @@ def take(state_dir: Path, source: str) -> tuple[list[dict], list[str]]:
                 log.error("snapshot request %s %s: ignored (make requests with cdc snapshot)", path, problem)
                 path.unlink(missing_ok=True)
                 continue
-            body["id"] = path.stem  # the file's name: the taken file goes by it when the copy ends
-            requests.append(body)
-        elif path.suffix == ".cancel":
+        elif path.suffix != ".cancel":
+            continue
+        try:
+            os.replace(path, path.with_name(path.name + TAKEN))
+        except OSError as exc:  # e.g. a read-only state_dir: left for the next look
+            log.warning("cannot take snapshot request %s: %s", path, exc)
+            continue
+        if path.suffix == ".cancel":
             cancels.append(path.stem)
         else:
-            continue
-        os.replace(path, path.with_name(path.name + TAKEN))
+            body["id"] = path.stem  # the file's name: the taken file goes by it when the copy ends
+            requests.append(body)
     # ids of the same second sort at random
     requests.sort(key=lambda r: r["requested_at"] if isinstance(r.get("requested_at"), (int, float)) else 0)
     return requests, cancels
