@@ -206,3 +206,23 @@ def test_a_request_file_written_by_hand_goes_by_its_name(tmp_path, caplog):
     assert "list.request is not a JSON object" in caplog.text
     requests.ended(tmp_path, "db", "mine")
     assert not list(directory.iterdir())
+
+
+def test_a_copy_with_a_condition_has_no_estimate_of_the_whole_table(pg_database, tmp_path):
+    """Before: a ``--where`` copy took the table's row estimate as its total, so the bar, ``cdc
+    status`` and ``--list`` showed it far from done (``500 of ~20,000``) and its time left was
+    that of the whole table."""
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t SELECT generate_series(1, 20000)",
+        "ANALYZE t")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}, snapshot="never",
+                 snapshot_chunk_size=5, snapshot_parallelism=1)
+    path = str(tmp_path / "pipelines.yaml")
+    with Running(cfg) as r:
+        code, text = cdc("snapshot", path, "--source", "db", "--table", "t", "--where", "id % 4 = 0")
+        assert code == 0, text
+        wait_for(lambda: r.runner.snapshots.rows_total >= 50, 30, "the copy to start")
+        from cdc.snapshot.progress import status_of
+        figures = status_of(r.runner)
+        assert not r.runner.snapshots.finished, "the copy ended already: make it longer"
+        copy = figures["tables"][0]
+        assert copy["total"] is None and copy["eta_s"] is None, copy

@@ -296,7 +296,9 @@ class SnapshotController:
             if key not in self.progress:
                 self.progress[key] = {"id": entry["id"], "table": entry["table"], "rows": entry["rows"],
                                       "rows_start": entry["rows"],
-                                      "total": reader.estimate(entry["table"]), "started": time.time(),
+                                      # with a condition, how many rows match is not known
+                                      "total": None if entry.get("where") else reader.estimate(entry["table"]),
+                                      "started": time.time(),
                                       "finished": None, "resumed_after": entry["after"]}
             chunk = reader.read_chunk(entry["table"], after, self.chunk_size, entry.get("where"))
         except SnapshotInputError as exc:
