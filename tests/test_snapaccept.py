@@ -226,3 +226,31 @@ def test_a_copy_with_a_condition_has_no_estimate_of_the_whole_table(pg_database,
         assert not r.runner.snapshots.finished, "the copy ended already: make it longer"
         copy = figures["tables"][0]
         assert copy["total"] is None and copy["eta_s"] is None, copy
+
+
+def test_status_does_not_call_a_table_copied_under_snapshot_never(pg_database, tmp_path):
+    """Before: with ``snapshot: never`` (and for a table added later under it) ``cdc status``
+    listed every table's initial copy as ``done``, though no row was copied."""
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t VALUES (1)",
+        "CREATE TABLE later (id int PRIMARY KEY)", "INSERT INTO later VALUES (1)")
+    path = str(tmp_path / "pipelines.yaml")
+
+    def states() -> dict:
+        code, text = cdc("status", path, "--json")
+        assert code == 0, text
+        return {s["table"]: (s["state"], s.get("error")) for s in orjson.loads(text)[0]["snapshots"]}
+
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}, snapshot="never")
+    with Running(cfg):
+        sql(pg_database, "INSERT INTO t VALUES (2)")
+        wait_for(lambda: (tmp_path / "state/db.json").exists(), 30, "the checkpoint")
+    assert states() == {"public.t": ("not copied", "snapshot: never")}
+    cfg = config(tmp_path, pg_database, ["public.t", "public.later"], {"all": file_pipeline()}, snapshot="never")
+    with Running(cfg) as r:
+        wait_for(lambda: "public.later" in r.runner.snapshots.state["tables"], 30, "the table added")
+        sql(pg_database, "INSERT INTO t VALUES (3)")
+        wait_for(lambda: "public.later" in saved_snapshot(tmp_path).get("skipped", {}), 30, "the checkpoint")
+        code, text = cdc("snapshot", path, "--source", "db", "--table", "t")  # a full copy: copied now
+        assert code == 0, text
+        wait_for(lambda: "public.t" not in saved_snapshot(tmp_path).get("skipped", {}), 30, "the copy")
+    assert states() == {"public.t": ("done", None), "public.later": ("not copied", "snapshot: never")}

@@ -37,6 +37,7 @@ POSITION_KEY = "snapshot"  # the copy's progress, saved beside the log position 
 RETRY_DELAY = 0.2          # seconds before reading a chunk again whose snapshot could not be used
 ERROR_DELAY = 5.0          # seconds before reconnecting the snapshot reader after a lost connection
 REQUEST_POLL = 1.0         # seconds between looks at the request directory
+NOT_COPIED_NEVER = "snapshot: never"  # why a table has no initial copy (cdc status: "not copied: ...")
 
 
 @dataclass
@@ -86,6 +87,8 @@ class SnapshotController:
         if position is None:
             self.done = [] if copy else list(self.tables)
             self.queue = [self._entry(INITIAL, t) for t in self.tables] if copy else []
+            if not copy:  # done means "needs no copy": say why it has none
+                self.skipped = {t: NOT_COPIED_NEVER for t in self.tables}
         elif saved is None:  # a checkpoint from before snapshots: its tables were streamed already
             self.done, self.queue = list(self.tables), []
         else:
@@ -101,6 +104,7 @@ class SnapshotController:
                         self.queue.append(self._entry(INITIAL, t))
                     else:
                         self.done.append(t)
+                        self.skipped[t] = NOT_COPIED_NEVER
         self._changed()
         for e in self.queue:
             what = "resuming after key %s" % (e["after"],) if e["after"] is not None else "from the start"
