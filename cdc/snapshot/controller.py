@@ -37,6 +37,7 @@ POSITION_KEY = "snapshot"  # the copy's progress, saved beside the log position 
 RETRY_DELAY = 0.2          # seconds before reading a chunk again whose snapshot could not be used
 ERROR_DELAY = 5.0          # seconds before reconnecting the snapshot reader after a lost connection
 REQUEST_POLL = 1.0         # seconds between looks at the request directory
+NOT_COPIED_NEVER = "snapshot: never"  # why a table has no initial copy (cdc status: "not copied: ...")
 
 
 @dataclass
@@ -70,6 +71,7 @@ class SnapshotController:
         self._not_before = 0.0
         self._next_request_look = 0.0
         self._chunks_retried = 0
+        self._unsaved = False                # the copies changed since the last commit handed on
         self.chunks_read = 0
         self.chunks_emitted = 0              # chunks whose rows were handed on (the crash point)
 
@@ -85,6 +87,8 @@ class SnapshotController:
         if position is None:
             self.done = [] if copy else list(self.tables)
             self.queue = [self._entry(INITIAL, t) for t in self.tables] if copy else []
+            if not copy:  # done means "needs no copy": say why it has none
+                self.skipped = {t: NOT_COPIED_NEVER for t in self.tables}
         elif saved is None:  # a checkpoint from before snapshots: its tables were streamed already
             self.done, self.queue = list(self.tables), []
         else:
@@ -100,10 +104,34 @@ class SnapshotController:
                         self.queue.append(self._entry(INITIAL, t))
                     else:
                         self.done.append(t)
+                        self.skipped[t] = NOT_COPIED_NEVER
         self._changed()
         for e in self.queue:
             what = "resuming after key %s" % (e["after"],) if e["after"] is not None else "from the start"
             log.info("source %s: snapshot %s of %s %s", self.name, e["id"], e["table"], what)
+        self._retake({e["id"] for e in (saved or {}).get("queue", [])} if position is not None else None)
+
+    def _retake(self, saved: set[str] | None) -> None:
+        """Requests and cancels taken by a process that stopped before its checkpoint held them."""
+        if self.state_dir is None:
+            return
+        try:
+            back = signals.retake(self.state_dir, self.name, saved)
+        except OSError as exc:
+            log.warning("source %s: cannot read snapshot requests: %s", self.name, exc)
+            return
+        for snapshot_id, kind in back:
+            log.info("source %s: the %s of snapshot %s was taken by a process that stopped before its checkpoint"
+                     " held it: taken again", self.name, kind, snapshot_id)
+
+    def _ended(self, entry: dict) -> None:
+        """A copy ended (finished, cancelled, dropped): its request file goes."""
+        if self.state_dir is None or entry["id"] == INITIAL:
+            return
+        try:
+            signals.ended(self.state_dir, self.name, entry["id"])
+        except OSError as exc:
+            log.warning("source %s: cannot remove the request of snapshot %s: %s", self.name, entry["id"], exc)
 
     @staticmethod
     def _entry(snapshot_id: str, table: str, where: str | None = None) -> dict:
@@ -221,6 +249,7 @@ class SnapshotController:
 
     def _finish(self, entry: dict) -> None:
         self.queue.remove(entry)
+        self._ended(entry)
         if not entry.get("where"):  # the whole table is copied now
             self.skipped.pop(entry["table"], None)
         if entry["id"] == INITIAL and entry["table"] not in self.done:
@@ -241,7 +270,20 @@ class SnapshotController:
 
     def tick(self, room: bool, in_tx: bool) -> list:
         """Read the next chunk when nothing is open and the sinks have room; items to
-        dispatch now (a chunk that can be placed at once, or the end of a copy)."""
+        dispatch now (a chunk that can be placed at once, or the end of a copy), and a
+        commit that carries a change of the copies made without one (a request taken, a
+        copy cancelled or dropped) into the checkpoint, also when the database is idle."""
+        items = self._tick(room, in_tx)
+        if self._unsaved and not in_tx:
+            if not any(item.__class__ is Commit for item in items):
+                position = self.source.snapshot_position()
+                if position is None:  # nothing read yet: the next commit carries it
+                    return items
+                items.append(Commit(position))
+            self._unsaved = False
+        return items
+
+    def _tick(self, room: bool, in_tx: bool) -> list:
         now = time.monotonic()
         if self.state_dir is not None and now >= self._next_request_look:
             self._next_request_look = now + REQUEST_POLL
@@ -258,21 +300,31 @@ class SnapshotController:
             if key not in self.progress:
                 self.progress[key] = {"id": entry["id"], "table": entry["table"], "rows": entry["rows"],
                                       "rows_start": entry["rows"],
-                                      "total": reader.estimate(entry["table"]), "started": time.time(),
+                                      # with a condition, how many rows match is not known
+                                      "total": None if entry.get("where") else reader.estimate(entry["table"]),
+                                      "started": time.time(),
                                       "finished": None, "resumed_after": entry["after"]}
             chunk = reader.read_chunk(entry["table"], after, self.chunk_size, entry.get("where"))
         except SnapshotInputError as exc:
             # mid-copy (e.g. the table renamed or dropped): what is missing, and the way back
-            lost = (f"; its rows after key {entry['after']} are not copied (those before were); once the table can"
-                    f" be read, copy it again: cdc snapshot CONFIG --source {self.name} --table {entry['table']}"
-                    if entry["after"] is not None and "cdc snapshot CONFIG" not in str(exc) else "")
+            again = f"cdc snapshot CONFIG --source {self.name} --table {entry['table']}"
+            lost = ""
+            if "cdc snapshot CONFIG" in str(exc):
+                pass
+            elif entry["after"] is not None:
+                lost = (f"; its rows after key {entry['after']} are not copied (those before were); once the table"
+                        f" can be read, copy it again: {again}")
+            elif entry["id"] == INITIAL:  # e.g. a table without a primary key
+                lost = f"; its existing rows are not copied, its changes are still streamed; once it can be copied: {again}"
             log.error("source %s: snapshot %s of %s dropped: %s%s", self.name, entry["id"], entry["table"], exc, lost)
             self.windows = [w for w in self.windows if w.entry is not entry]
             self.queue.remove(entry)
+            self._ended(entry)
             if entry["id"] == INITIAL and entry["table"] not in self.done:
                 self.done.append(entry["table"])
                 self.skipped[entry["table"]] = str(exc)
             self._changed()
+            self._unsaved = True
             return []
         except SourceConnectionError as exc:
             log.warning("source %s: snapshot reader: %s; retrying in %.0fs", self.name, exc, ERROR_DELAY)
@@ -327,6 +379,7 @@ class SnapshotController:
             if table not in self.tables:
                 log.error("source %s: snapshot request %s: %s is not a table of this source",
                           self.name, req.get("id"), table)
+                self._ended(req)
                 continue
             log.info("source %s: snapshot %s of %s requested%s", self.name, req["id"], table,
                      f" where {req['where']}" if req.get("where") else "")
@@ -341,12 +394,14 @@ class SnapshotController:
                          e["table"], e["rows"])
                 self.windows = [w for w in self.windows if w.entry is not e]
                 self.queue.remove(e)
+                self._ended(e)
                 if e["id"] == INITIAL and e["table"] not in self.done:
                     self.done.append(e["table"])  # not copied again at the next start
                     self.skipped[e["table"]] = f"initial copy cancelled after {e['rows']} rows"
                 changed = True
         if changed:
             self._changed()
+            self._unsaved = True
 
     # ---- observation --------------------------------------------------------------------
 

@@ -45,22 +45,34 @@ def status_of(runner) -> dict | None:
 
 class ProgressBars:
     """``runner.on_tick`` observer: one rich progress bar per table being copied, with
-    rows done, rows/s and an estimate of the time left.  Only on a terminal."""
+    rows done, rows/s and an estimate of the time left.  Only on a terminal.  The
+    display stops (its last lines stay) when no copy is queued or running, so that a
+    pipeline that streams for days does not redraw it ten times a second; a new copy
+    (``cdc snapshot``) starts another."""
 
     def __init__(self, runner, stream=None) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         self.runner = runner
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]} rows/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=Console(file=stream or sys.stderr), transient=False)
+        self.stream = stream or sys.stderr
+        self.progress = self._new()
         self.tasks: dict[str, int] = {}
+        self.shown: set[str] = set()   # copies shown to their end by a display that stopped
         self._last = 0.0
         self._started = False
+
+    def _new(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]} rows/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=Console(file=self.stream), transient=False)
 
     @staticmethod
     def wanted(stream=None) -> bool:
         return (stream or sys.stderr).isatty()
+
+    @property
+    def showing(self) -> bool:
+        return self._started
 
     def __call__(self, runner) -> None:
         now = time.monotonic()
@@ -71,7 +83,9 @@ class ProgressBars:
         if not status:
             return
         for t in status["tables"]:
-            key = f"{t['id']}:{t['table']}"
+            key = f"{t['id']}:{t['table']}:{t['started']}"  # a copy started over (when_needed) is another
+            if key in self.shown:
+                continue
             if key not in self.tasks:
                 if not self._started:
                     self.progress.start()
@@ -80,12 +94,18 @@ class ProgressBars:
             total = t["total"] if t["total"] and t["total"] >= t["rows"] else None
             if t["finished"]:
                 total = t["rows"]
-            self.progress.update(self.tasks[key], completed=t["rows"], total=total,  # type: ignore[arg-type]
+            self.progress.update(self.tasks[key], completed=t["rows"], total=total,
                                  rate=f"{t['rows_per_s']:,.0f}")
+        if self._started and not status["queue"]:  # every copy ended: leave the last lines, stop redrawing
+            self.close()
+            self.shown.update(self.tasks)
+            self.tasks.clear()
+            self.progress = self._new()
 
     def close(self) -> None:
         if self._started:
             self.progress.stop()
+            self._started = False
 
 
 def status_rows(position: dict | None, live: dict | None) -> list[dict]:

@@ -3,8 +3,11 @@
 ``cdc snapshot`` needs no write access to the source database: it writes
 ``<state_dir>/<source>.snapshots/<id>.request`` (JSON: id, table, where) or
 ``<id>.cancel``; the running ``cdc run`` looks at the directory about once a second,
-takes the files (deletes them) and queues or cancels the copy.  What is queued is
-part of the checkpoint from then on, so a request survives a restart once taken.
+takes the files and queues or cancels the copy.  A taken file is renamed
+``<id>.request.taken`` (``<id>.cancel.taken``), not deleted: the copy is in the
+checkpoint only from its next save, and a process killed before it would lose the
+request.  A copy's file goes when the copy ends (finished, cancelled, dropped); at the
+next start ``retake`` puts back the files the checkpoint does not hold.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["request_dir", "submit", "cancel", "take"]
+__all__ = ["request_dir", "submit", "cancel", "take", "ended", "retake"]
 
 log = logging.getLogger("cdc.snapshot")
+TAKEN = ".taken"
 
 
 def request_dir(state_dir: Path, source: str) -> Path:
@@ -41,11 +45,11 @@ def submit(state_dir: Path, source: str, table: str, where: str | None = None) -
 
 
 def cancel(state_dir: Path, source: str, snapshot_id: str) -> None:
-    _write(request_dir(state_dir, source) / f"{snapshot_id}.cancel", {"id": snapshot_id})
+    _write(request_dir(state_dir, source) / f"{snapshot_id}.cancel", {"id": snapshot_id, "requested_at": time.time()})
 
 
 def take(state_dir: Path, source: str) -> tuple[list[dict], list[str]]:
-    """The waiting requests (oldest first) and cancellations, removed from the directory."""
+    """The waiting requests (oldest first) and cancellations, renamed ``<name>.taken``."""
     directory = request_dir(state_dir, source)
     if not directory.is_dir():
         return [], []
@@ -54,14 +58,58 @@ def take(state_dir: Path, source: str) -> tuple[list[dict], list[str]]:
         if path.name.startswith("."):
             continue
         if path.suffix == ".request":
+            problem: str | None = None
             try:
-                requests.append(json.loads(path.read_text()))
+                body = json.loads(path.read_text())
             except ValueError as exc:
-                log.error("snapshot request %s is not valid JSON (%s): ignored", path, exc)
-        elif path.suffix == ".cancel":
+                body, problem = None, f"is not valid JSON ({exc})"
+            if problem is None and not isinstance(body, dict):
+                problem = "is not a JSON object"
+            if problem:
+                log.error("snapshot request %s %s: ignored (make requests with cdc snapshot)", path, problem)
+                path.unlink(missing_ok=True)
+                continue
+        elif path.suffix != ".cancel":
+            continue
+        try:
+            os.replace(path, path.with_name(path.name + TAKEN))
+        except OSError as exc:  # e.g. a read-only state_dir: left for the next look
+            log.warning("cannot take snapshot request %s: %s", path, exc)
+            continue
+        if path.suffix == ".cancel":
             cancels.append(path.stem)
         else:
-            continue
-        path.unlink(missing_ok=True)
-    requests.sort(key=lambda r: r.get("requested_at") or 0)  # ids of the same second sort at random
+            body["id"] = path.stem  # the file's name: the taken file goes by it when the copy ends
+            requests.append(body)
+    # ids of the same second sort at random
+    requests.sort(key=lambda r: r["requested_at"] if isinstance(r.get("requested_at"), (int, float)) else 0)
     return requests, cancels
+
+
+def ended(state_dir: Path, source: str, snapshot_id: str) -> None:
+    """The copy ``snapshot_id`` ended (finished, cancelled or dropped): its request is done."""
+    (request_dir(state_dir, source) / f"{snapshot_id}.request{TAKEN}").unlink(missing_ok=True)
+
+
+def retake(state_dir: Path, source: str, saved: set[str] | None) -> list[tuple[str, str]]:
+    """At a start, with ``saved`` the ids of the copies in the checkpoint: the requests
+    taken by an earlier process that the checkpoint does not hold are put back to be
+    taken again, and so are the cancels of copies it still holds; the other taken files
+    go.  ``saved`` None (no checkpoint: reset, or started over with when_needed): every
+    taken file goes, as the copies they were for are forgotten with the checkpoint.
+    Returns the (id, "request" or "cancel") put back."""
+    directory = request_dir(state_dir, source)
+    if not directory.is_dir():
+        return []
+    back = []
+    for path in sorted(directory.glob(f"*{TAKEN}")):
+        name = path.name[:-len(TAKEN)]
+        snapshot_id, kind = name.rsplit(".", 1) if "." in name else (name, "")
+        if saved is None:
+            path.unlink(missing_ok=True)
+        elif (kind == "request" and snapshot_id not in saved) or (kind == "cancel" and snapshot_id in saved):
+            os.replace(path, directory / name)
+            back.append((snapshot_id, kind))
+        elif kind != "request":  # a request the checkpoint holds stays until its copy ends
+            path.unlink(missing_ok=True)
+    return back
