@@ -127,3 +127,18 @@ def test_log_lines_that_quote_a_dsn_are_redacted_in_both_formats(pg_database):
                 assert f"event_id=0/16B3748:0 table=public.orders position={event.position_text()}" in text
     finally:
         setup_logging("warning", "text")
+
+
+def test_redaction_keeps_messages_that_only_look_like_a_password():
+    """A table named ``secret`` and MariaDB's ``(using password: YES)`` are not passwords:
+    the ERROR after them was masked (``cannot read public.secret: ***  permission denied``)."""
+    from cdc.observe.secrets import redact
+
+    assert redact("cannot read public.secret: ERROR:  permission denied for table secret") == \
+        "cannot read public.secret: ERROR:  permission denied for table secret"
+    assert redact("Access denied for user 'cdc'@'localhost' (using password: YES)") == \
+        "Access denied for user 'cdc'@'localhost' (using password: YES)"
+    # still redacted
+    assert redact("password=hunter2 host=db") == "password=*** host=db"
+    assert redact("secret: hunter2") == "secret: ***"
+    assert redact("password: YES-it-is)") == "password: ***"

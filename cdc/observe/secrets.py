@@ -10,8 +10,9 @@ __all__ = ["redact", "secrets_in", "RedactingFilter"]
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<secret>[^@\s]+)(?=@)")
 # ``user:password@host`` without its ``scheme://`` (libpq quotes such a DSN in its error)
 _BARE_PASSWORD = re.compile(r"(?<![\w/:@.%+-])(?P<head>[\w.%+-]+:)(?P<secret>[^@\s/'\"]+)(?=@[\w\[])")
-_KEY_VALUE = re.compile(r"(?P<head>\b(?:password|passwd|pwd|secret|token|api_key|sasl\.password)\s*[=:]\s*['\"]?)"
-                        r"(?P<secret>[^\s'\",;&]+)", re.IGNORECASE)
+# not ``public.secret: ...`` (a table's name) nor MariaDB's ``(using password: YES)``
+_KEY_VALUE = re.compile(r"(?P<head>(?<![\w.])(?:password|passwd|pwd|secret|token|api_key|sasl\.password)\s*[=:]\s*"
+                        r"['\"]?)(?P<secret>(?!(?:YES|NO)\))[^\s'\",;&]+)", re.IGNORECASE)
 
 
 _SECRET_KEY = re.compile(r"password|passwd|secret|token|api_key", re.IGNORECASE)
