@@ -615,3 +615,18 @@ def test_cdc_check_on_a_running_pipeline_says_it_runs(pg_database, tmp_path):
         stop(run)
     checked = cdc(config, "check")
     assert checked.returncode == 0 and "ready to run" in checked.stdout and "is running" not in checked.stdout
+
+
+def test_snapshot_options_that_do_not_go_together_and_a_server_down(pg_database, tmp_path):
+    """`--list --where x` listed and ignored --where (exit 0), and so did `--cancel ID --where`
+    and `--table T --json`; a server that is down exited 2, the code of bad input."""
+    make_orders(pg_database)
+    config = basic_config(tmp_path, pg_database)
+    for args in (["--list", "--where", "id = 1"], ["--cancel", "abc", "--where", "id = 1"],
+                 ["--table", "orders", "--json"]):
+        proc = cdc(config, "snapshot", *args)
+        assert proc.returncode == 2 and ("--where" in proc.stderr or "--json" in proc.stderr), (args, proc)
+    down = tmp_path / "down.yaml"
+    down.write_text(config.read_text().replace(pg_database, "postgresql://nobody@127.0.0.1:1/nothing"))
+    proc = cdc(down, "snapshot", "--table", "orders")
+    assert proc.returncode == 1 and "nothing was requested" in proc.stderr, proc

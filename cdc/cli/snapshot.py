@@ -19,6 +19,7 @@ from ..config.layout import qualified
 from ..errors import CdcError
 from ..observe.state import SourceLock, read_status
 from ..snapshot import requests
+from ..snapshot.chunk import SnapshotInputError
 from ..snapshot.progress import alive
 from .common import SOURCE, NoAnswer, answer_within, command_timeout, fail, load_or_exit, pick_source
 
@@ -41,6 +42,10 @@ def snapshot(config: str, source_name: str | None, table: str | None, where: str
     spec = cfg.sources[source_name]
     if sum(bool(x) for x in (table, list_, cancel_id)) != 1:
         fail("give exactly one of --table, --list, --cancel", 2)
+    if where is not None and not table:
+        fail("--where goes with --table (it chooses the rows to copy)", 2)
+    if as_json and not list_:
+        fail("--json goes with --list", 2)
     if list_:
         _list(cfg, source_name, as_json)
         return
@@ -62,8 +67,10 @@ def snapshot(config: str, source_name: str | None, table: str | None, where: str
     try:  # the table (a primary key) and the condition, before the request reaches the pipeline
         with answer_within():
             reader.check_where(table, where if where is not None else "true")
-    except CdcError as exc:
+    except SnapshotInputError as exc:  # the table or the condition
         fail(str(exc), 2)
+    except CdcError as exc:  # the server: down, the password refused
+        fail(f"{exc}; nothing was requested")
     except NoAnswer:
         fail(f"no answer within {command_timeout():.0f} s from source {source_name}'s server (it accepts the "
              f"connection but does not answer: hung, overloaded, or not the server expected); nothing was requested")
