@@ -54,6 +54,25 @@ def test_check_passes_on_a_ready_postgres(tmp_path, pg_database):
     assert code == 0 and {f["level"] for f in findings} == {"ok"}, findings
 
 
+def test_check_warns_about_a_table_the_user_may_not_select(tmp_path, pg_database):
+    """cdc check said "ready" when the user could not SELECT a captured table; the initial
+    copy then dropped that table with "permission denied" (its rows never delivered)."""
+    make_orders(pg_database)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE audit (id int PRIMARY KEY)")
+        role = f"reader_{conn.info.dbname}"  # roles are per server
+        conn.execute(f"CREATE ROLE {role} LOGIN REPLICATION")
+        conn.execute(f"GRANT SELECT ON orders TO {role}")
+        conn.execute(f"ALTER TABLE orders OWNER TO {role}")  # the publication needs an owner or superuser
+    dsn = pg_database.replace("postgres@", f"{role}@")
+    config = write_config(tmp_path, dsn, CONFIG.replace("SINK", "{type: file, path: out/x.jsonl}"))
+    config.write_text(config.read_text().replace(slot_name(dsn), slot_name(pg_database)))
+    code, findings = cdc_check(config)
+    denied = [f for f in findings if "may not SELECT" in f["message"]]
+    assert [f["level"] for f in denied] == ["warning"] and "public.audit" in denied[0]["message"], findings
+    assert "GRANT SELECT ON" in denied[0]["message"], denied
+
+
 def test_check_warns_that_a_mariadb_table_without_a_primary_key_is_not_copied(mariadb_server):
     with mariadb_server.connect() as conn, conn.cursor() as cur:
         cur.execute("CREATE DATABASE IF NOT EXISTS nokey")

@@ -474,4 +474,7 @@ class SourceRunner:
                 closer()
             except Exception as exc:
                 log.warning("source %s: error while closing: %s", self.name, exc)
-        log.info("source %s: stopped at %s", self.name, self.saved_position)
+        if self.saved_position is None:
+            log.info("source %s: stopped before any position was saved", self.name)
+        else:
+            log.info("source %s: stopped at %s", self.name, self.saved_position)

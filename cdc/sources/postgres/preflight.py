@@ -54,6 +54,11 @@ def problems(source: PostgresSource, position: dict | None = None) -> list[Probl
         if source.snapshot != "never":
             out += [("warning", no_key_warning(table))
                     for table in setup.tables_without_key(conn, source.tables)]
+            out += [("warning", f"{table}: the user may not SELECT it, so a snapshot cannot copy its existing rows "
+                                f"(the initial copy and cdc snapshot --table drop it with an ERROR; its changes are "
+                                f"captured): GRANT SELECT ON {quoted(conn, table)} TO {conn.info.user}, or set "
+                                f"snapshot: never on this source if only changes matter")
+                    for table in setup.tables_not_readable(conn, source.tables)]
         for table, columns in setup.generated_columns(conn, source.tables).items():
             out.append(("warning", f"{table} has generated columns ({', '.join(columns)}): pgoutput does not "
                                    f"send them before PostgreSQL 18, so events lack them"))

@@ -255,6 +255,15 @@ def tables_without_key(conn: psycopg.Connection, tables: list[str]) -> list[str]
     return [table for table, oid in oids.items() if oid not in keyed]
 
 
+def tables_not_readable(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """The captured tables the user may not SELECT: a snapshot cannot copy them (pgoutput
+    streams their changes all the same).  For a ``cdc check`` warning."""
+    oids = captured_oids(conn, tables)
+    denied = {oid for (oid,) in conn.execute("SELECT o FROM unnest(%s::oid[]) AS x(o)"
+                                              " WHERE NOT has_table_privilege(o, 'SELECT')", (list(oids.values()),))}
+    return [table for table, oid in oids.items() if oid in denied]
+
+
 def publication_problems(conn: psycopg.Connection, publication: str, tables: list[str]) -> list[tuple[str, str]]:
     """What ``cdc run`` would refuse (``error``) or change (``warning``) about an existing
     publication, as (level, text); empty when it matches ``tables`` (or does not exist yet:
