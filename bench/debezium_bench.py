@@ -299,6 +299,9 @@ def main() -> int:
     parser.add_argument("--min-kafka-vs-discard", type=float, default=0.8,
                         help="fail when cdc -> Kafka is below this fraction of cdc -> discard (default 0.8)")
     args = parser.parse_args()
+    # An installed cdc has its modules byte-compiled (pip compiles them): so do the children here,
+    # rather than compile every module at each start as PYTHONDONTWRITEBYTECODE=1 makes them.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - {"discard", "kafka"}:
         parser.error("--modes takes discard and/or kafka")

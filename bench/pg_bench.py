@@ -100,6 +100,9 @@ def main() -> None:
                         help="exit 1 when the median of the same-run ratios (process start to the last change"
                              " acknowledged / pg_recvlogical) is below this (issue 13: 0.9)")
     args = parser.parse_args()
+    # An installed cdc has its modules byte-compiled (pip compiles them): so do the children here,
+    # rather than compile every module at each start as PYTHONDONTWRITEBYTECODE=1 makes them.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     import psycopg
 
     from servers import PostgresServer

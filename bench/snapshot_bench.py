@@ -228,6 +228,9 @@ def main() -> None:
     parser.add_argument("--min-ratio", type=float, default=0.5)
     parser.add_argument("--debezium", action="store_true", help="PostgreSQL: also time Debezium's initial snapshot")
     args = parser.parse_args()
+    # An installed cdc has its modules byte-compiled (pip compiles them): so do the children here,
+    # rather than compile every module at each start as PYTHONDONTWRITEBYTECODE=1 makes them.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     trees = [t.resolve() for t in (args.tree or [ROOT])]
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
