@@ -124,3 +124,25 @@ def http_get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
     except OSError:
         return 0, b""
+
+
+def cdc_command(config: Path, *args: str, timeout: float = 60, stdin: str | None = None
+                ) -> subprocess.CompletedProcess:
+    """A `cdc` command other than `run` in the foreground, as an operator types it."""
+    words = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))  # the command, then CONFIG
+    return subprocess.run([sys.executable, "-m", "cdc", *args[:words], str(config), *args[words:]],
+                          capture_output=True, text=True, timeout=timeout, cwd=config.parent, input=stdin,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def streaming(config: Path, dsn: str) -> CdcProcess:
+    """`cdc run CONFIG`, once its slot exists (rows written before it would not be seen)."""
+    run = CdcProcess(config)
+    wait_for(lambda: slot_lsn(dsn) or run.proc.poll() is not None, 60, "the slot")
+    return run
+
+
+def ids(path: Path) -> list[int]:
+    """The ``after.id`` of every event in a JSON Lines file, in order."""
+    return [e["after"]["id"] for e in read_jsonl(path)]
+

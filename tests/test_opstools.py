@@ -19,26 +19,8 @@ from cdc.checkpoints.postgres import PostgresCheckpointStore
 from cdc.config import Context
 from cdc.errors import CheckpointError
 
-from _ops_helpers import ROOT, CdcProcess, basic_config, insert, make_orders, read_jsonl, slot_lsn, wait_for
-
-
-def cdc(config: Path, *args: str, timeout: float = 60, stdin: str | None = None) -> subprocess.CompletedProcess:
-    """A `cdc` command other than `run` in the foreground, as an operator types it."""
-    words = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))  # the command, then CONFIG
-    return subprocess.run([sys.executable, "-m", "cdc", *args[:words], str(config), *args[words:]],
-                          capture_output=True, text=True, timeout=timeout, cwd=config.parent, input=stdin,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-def streaming(config: Path, dsn: str) -> CdcProcess:
-    """`cdc run CONFIG`, once its slot exists (rows written before it would not be seen)."""
-    run = CdcProcess(config)
-    wait_for(lambda: slot_lsn(dsn) or run.proc.poll() is not None, 60, "the slot")
-    return run
-
-
-def ids(path: Path) -> list[int]:
-    return [e["after"]["id"] for e in read_jsonl(path)]
+from _ops_helpers import ROOT, CdcProcess, basic_config, ids, insert, make_orders, read_jsonl, slot_lsn, streaming, wait_for
+from _ops_helpers import cdc_command as cdc
 
 
 def stop(run: CdcProcess) -> None:
