@@ -146,3 +146,36 @@ def ids(path: Path) -> list[int]:
     """The ``after.id`` of every event in a JSON Lines file, in order."""
     return [e["after"]["id"] for e in read_jsonl(path)]
 
+
+def idle_broker_lost_and_back(sink_options: dict, tmp_path: Path, caplog, event, stop, start,
+                              back_within: float = 30.0) -> None:
+    """A sink delivers a change, then sits idle while its broker is stopped: ``not_ready``
+    (what /readyz reports) and one 'broker down' WARNING say so without a write; once
+    ``start`` brings it back, 'broker back', and the next change is delivered at the first try."""
+    from cdc.config import parse_config
+    from cdc.engine import AckTracker, SinkWorker
+
+    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["orders"],
+                             "checkpoint": {"type": "memory"}}},
+           "pipelines": {"p": {"source": "s", "sinks": [sink_options]}}}
+    spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
+    sink = spec.build()
+    tracker, fatal = AckTracker(), []
+    worker = SinkWorker(spec, sink, tracker, lambda name, exc: fatal.append(exc))
+    worker.start()
+    try:
+        worker.submit(tracker.add(1, {"batch": 0}, 1, 0), [event("c", 1)])
+        wait_for(lambda: tracker.acked_events == 1, 30, "the first event delivered")
+        assert sink.not_ready() is None
+        stop()
+        wait_for(lambda: sink.not_ready() is not None, 30, "the idle sink to notice the broker is gone")
+        assert "broker down" in caplog.text
+        start()
+        wait_for(lambda: sink.not_ready() is None, back_within, "the idle sink to see the broker back")
+        assert "broker back" in caplog.text
+        worker.submit(tracker.add(1, {"batch": 1}, 1, 0), [event("c", 2)])
+        wait_for(lambda: tracker.acked_events == 2, 30, "the second event delivered")
+    finally:
+        worker.stop(timeout=10)
+    assert not fatal and worker.counts["failed"] == 0, caplog.text[-2000:]  # a working connection at once
+

@@ -17,7 +17,7 @@ from cdc.errors import PermanentSinkError
 from cdc.event import ChangeEvent
 from cdc.sinks.rabbitmq import RabbitMQSink
 
-from _ops_helpers import wait_for
+from _ops_helpers import idle_broker_lost_and_back, wait_for
 
 
 def event(op: str, row_id: int, status: str = "new", seq: int = 0) -> ChangeEvent:
@@ -210,29 +210,6 @@ def test_a_broker_lost_while_idle_is_reported_and_reconnected_without_a_write(ra
     the next change comes; once the broker is back it reconnects by itself ('broker back')."""
     caplog.set_level(logging.INFO, logger="cdc")
     queue = declare_queue(rabbitmq_server.url)
-    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["orders"],
-                             "checkpoint": {"type": "memory"}}},
-           "pipelines": {"p": {"source": "s", "sinks": [{
-               "type": "rabbitmq", "url": rabbitmq_server.url, "routing_key": queue}]}}}
-    spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
-    sink = spec.build()
-    tracker, fatal = AckTracker(), []
-    worker = SinkWorker(spec, sink, tracker, lambda name, exc: fatal.append(exc))
-    worker.start()
-    try:
-        worker.submit(tracker.add(1, {"batch": 0}, 1, 0), [event("c", 1)])
-        wait_for(lambda: tracker.acked_events == 1, 30, "the first event delivered")
-        assert sink.not_ready() is None
-        rabbitmq_server.stop()
-        wait_for(lambda: sink.not_ready() is not None, 30, "the idle sink to notice the broker is gone")
-        assert "broker down" in caplog.text
-        rabbitmq_server.start()
-        wait_for(lambda: sink.not_ready() is None, 90, "the idle sink to reconnect by itself")
-        assert "broker back" in caplog.text
-        worker.submit(tracker.add(1, {"batch": 1}, 1, 0), [event("c", 2)])
-        wait_for(lambda: tracker.acked_events == 2, 30, "the second event delivered")
-    finally:
-        worker.stop(timeout=10)
-    assert not fatal
-    assert worker.counts["failed"] == 0, caplog.text[-2000:]  # the write found a working connection
+    idle_broker_lost_and_back({"type": "rabbitmq", "url": rabbitmq_server.url, "routing_key": queue}, tmp_path,
+                              caplog, event, rabbitmq_server.stop, rabbitmq_server.start, back_within=90)
     assert len(drain(rabbitmq_server.url, queue)) == 2

@@ -10,14 +10,11 @@ import orjson
 import pytest
 import redis
 
-from cdc.config import parse_config
-from cdc.engine.tracker import AckTracker
-from cdc.engine.worker import SinkWorker
 from cdc.errors import PermanentSinkError, TransientSinkError
 from cdc.event import ChangeEvent
 from cdc.sinks.redis import RedisSink
 
-from _ops_helpers import wait_for
+from _ops_helpers import idle_broker_lost_and_back
 from servers import RedisServer
 
 
@@ -118,27 +115,5 @@ def test_a_server_lost_while_idle_is_reported_and_recovered_without_a_write(tmp_
     'broker back' once it answers again, before any change comes."""
     caplog.set_level(logging.INFO, logger="cdc")
     with RedisServer() as server:
-        raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["orders"],
-                                 "checkpoint": {"type": "memory"}}},
-               "pipelines": {"p": {"source": "s", "sinks": [{"type": "redis", "url": server.url, "stream": "s",
-                                                              "timeout": 2}]}}}
-        spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
-        sink = spec.build()
-        tracker, fatal = AckTracker(), []
-        worker = SinkWorker(spec, sink, tracker, lambda name, exc: fatal.append(exc))
-        worker.start()
-        try:
-            worker.submit(tracker.add(1, {"batch": 0}, 1, 0), [event("c", 1)])
-            wait_for(lambda: tracker.acked_events == 1, 30, "the first event delivered")
-            assert sink.not_ready() is None
-            server.kill()
-            wait_for(lambda: sink.not_ready() is not None, 30, "the idle sink to notice Redis is gone")
-            assert "broker down" in caplog.text
-            server.start()
-            wait_for(lambda: sink.not_ready() is None, 30, "the idle sink to see Redis back")
-            assert "broker back" in caplog.text
-            worker.submit(tracker.add(1, {"batch": 1}, 1, 0), [event("c", 2)])
-            wait_for(lambda: tracker.acked_events == 2, 30, "the second event delivered")
-        finally:
-            worker.stop(timeout=10)
-        assert not fatal and worker.counts["failed"] == 0, caplog.text[-2000:]
+        idle_broker_lost_and_back({"type": "redis", "url": server.url, "stream": "s", "timeout": 2}, tmp_path, caplog,
+                                  event, server.kill, server.start)
