@@ -145,10 +145,10 @@ def _read_all(data: bytes, max_polls: int = 10_000) -> list:
                 got = source.poll(0)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-            if not got and not stream._has_frame(stream._tail):
+            if not got and not stream._has_frame(stream._tail, stream._tail_pos):
                 return items
             items += got
-        raise Hang(f"{max_polls} polls and the buffer still holds frames: {stream._tail[:200]!r}")
+        raise Hang(f"{max_polls} polls and the buffer still holds frames: {stream._tail[stream._tail_pos:][:200]!r}")
     finally:
         signal.signal(signal.SIGALRM, previous)
 
@@ -162,6 +162,44 @@ def test_generated_streams_decode_to_what_was_encoded(stream):
     assert [(e.op, e.after, e.source.get("json_null")) for e in events] == expected
     assert all(e.table == "public.t" and e.key == {"c0": e.after["c0"]} for e in events)
     assert sum(isinstance(i, Commit) for i in items) == len({e.id.split(":")[0] for e in events})
+
+
+class ChunkedStream(BytesStream):
+    """The socket delivers ``data`` in the given chunks, one per read."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        super().__init__(b"")
+        self.chunks = chunks
+
+    def _read_libpq(self, timeout: float, wait: bool = True) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.lists(st.integers(1, 400), min_size=1, max_size=40), st.integers(1, 3))
+def test_a_stream_split_anywhere_and_read_a_few_events_per_poll_decodes_the_same(stream, cuts, per_poll):
+    """A buffer is read over several polls without being copied, and a frame cut by the end
+    of one read is joined to the next: both decode exactly what one whole buffer does."""
+    frames, expected = stream
+    data = b"".join(frames)
+    chunks, at = [], 0
+    for size in cuts:
+        chunks.append(data[at:at + size])
+        at += size
+    chunks = [c for c in chunks if c] + ([data[at:]] if at < len(data) else [])
+    source = _source()
+    source.max_poll_events = per_poll
+    source.stream = stream_ = ChunkedStream(chunks)
+    items: list = []
+    for _ in range(10_000):
+        got = source.poll(0)
+        if not got and not stream_.chunks and not stream_._has_frame(stream_._tail, stream_._tail_pos):
+            break
+        items += got
+    events = [i for i in items if not isinstance(i, Commit)]
+    assert [(e.op, e.after, e.source.get("json_null")) for e in events] == expected
+    assert stream_._tail_pos == len(stream_._tail) or not stream_._tail
+    assert source.bytes_read == len(data)
 
 
 def test_json_null_is_told_from_sql_null_by_both_tuple_decoders():

@@ -80,7 +80,8 @@ class ReplicationStream:
                                       application_name=params.get("application_name", "cdc"))
         self.pgconn: pq.abc.PGconn | None = None
         self.received_lsn = 0
-        self._tail = b""
+        self._tail = b""       # the last buffer read, processed up to _tail_pos (kept, not copied)
+        self._tail_pos = 0
         self._raw = False
         self._fd = -1
         self._out = b""
@@ -121,6 +122,7 @@ class ReplicationStream:
         self._raw = raw
         self.last_data = time.monotonic()
         self._tail = tail if raw else self._read_libpq(0, wait=False)  # what libpq already read
+        self._tail_pos = 0
 
     @staticmethod
     def _start_failed(message: str, sqlstate: str | None) -> SourceError:
@@ -183,17 +185,20 @@ class ReplicationStream:
             self.status_interval = min(STATUS_INTERVAL, max(timeout / 3, 0.2))
             self.dead_after = max(2 * timeout, 3 * self.status_interval)
 
-    def receive(self, timeout: float) -> bytes | None:
+    def receive(self, timeout: float) -> tuple[bytes, int] | None:
         """Unprocessed bytes holding whole protocol messages (``d`` CopyData frames:
-        type, int32 length, payload), waiting up to ``timeout`` for more; None when
-        nothing arrived.  Call ``keep(buf, pos)`` with where processing stopped.
+        type, int32 length, payload) from the position returned with them, waiting up to
+        ``timeout`` for more; None when nothing arrived.  Call ``keep(buf, pos)`` with
+        where processing stopped.
 
         Without TLS the socket is read directly, in large chunks, after libpq's own
         buffer is drained: one system call and no Python object per message is what
-        lets a Python reader keep up with the walsender."""
-        tail = self._tail
-        if self._has_frame(tail):
-            return tail
+        lets a Python reader keep up with the walsender.  A buffer is read over several
+        polls without being copied; only an incomplete last frame is joined to the next
+        chunk."""
+        tail, start = self._tail, self._tail_pos
+        if self._has_frame(tail, start):
+            return tail, start
         if self.lost:
             raise SourceConnectionError(self.lost)
         try:
@@ -204,7 +209,7 @@ class ReplicationStream:
         if not chunk:
             return None
         self.last_data = time.monotonic()
-        return tail + chunk if tail else chunk
+        return (tail[start:] + chunk if start < len(tail) else chunk), 0
 
     def keepalive(self, flush_lsn: int) -> None:
         """Per poll and during waits (any thread): a status update when one is due,
@@ -226,7 +231,7 @@ class ReplicationStream:
     def _pending(self) -> bool:
         """Are bytes waiting that nobody read yet (the reader waits for its sinks)?
         Then the server is there."""
-        if self._tail or self.pgconn is None:
+        if self._tail_pos < len(self._tail) or self.pgconn is None:
             return True
         try:
             waiting = bool(select.select([self._fd], [], [], 0)[0])
@@ -237,11 +242,11 @@ class ReplicationStream:
         return waiting
 
     def keep(self, buf: bytes, pos: int) -> None:
-        self._tail = buf[pos:] if pos < len(buf) else b""
+        self._tail, self._tail_pos = (buf, pos) if pos < len(buf) else (b"", 0)
 
     @staticmethod
-    def _has_frame(buf: bytes) -> bool:
-        return len(buf) >= 5 and len(buf) >= 1 + _frame_len(buf, 1)[0]
+    def _has_frame(buf: bytes, pos: int = 0) -> bool:
+        return len(buf) >= pos + 5 and len(buf) >= pos + 1 + _frame_len(buf, pos + 1)[0]
 
     def _read_socket(self, timeout: float) -> bytes:
         try:

@@ -216,16 +216,17 @@ class PostgresSource:
         if self._error is not None:
             raise self._error
         stream = self.stream
-        buf = stream.receive(timeout)
-        if buf is None:
+        received = stream.receive(timeout)
+        if received is None:
             self._idle()
             return []
+        buf, start = received
         tx, index = self._tx, self._index   # the open transaction, kept in locals while reading
         skip_final, skip_count = self._skip
         saved = (tx, index, self._skip, self._last_position)
         try:
             out, pos, lsn, tx, index, skip_final, skip_count = self._read_frames(
-                buf, len(buf), tx, index, skip_final, skip_count, int(time.time() * 1000),
+                buf, start, len(buf), tx, index, skip_final, skip_count, int(time.time() * 1000),
                 self.max_poll_events, [])
         except BaseException as exc:
             # What this poll read is lost with the exception: forget it, so that the
@@ -240,19 +241,18 @@ class PostgresSource:
         if self._gone and tx is None and self._last_position >= self._gone_until:
             self._tables_gone()
         stream.keep(buf, pos)
-        self.bytes_read += pos
+        self.bytes_read += pos - start
         if lsn:
             stream.received_lsn = lsn
         self._idle()
         return out
 
-    def _read_frames(self, buf, size, tx, index, skip_final, skip_count, now_ms, limit, out):
-        """The hot loop of ``poll``: CopyData frames -> events and commits."""
+    def _read_frames(self, buf, pos, size, tx, index, skip_final, skip_count, now_ms, limit, out):
+        """The hot loop of ``poll``: the CopyData frames of ``buf[pos:size]`` -> events and commits."""
         append = out.append
         relations = self.decoder.relations
         decoder = self.decoder
         bases: dict[int, dict] = {}  # relation id -> the source block of this transaction
-        pos = 0
         lsn = 0
         while pos + 5 <= size:
             try:  # frame length, CopyData kind, XLogData start LSN in one read
