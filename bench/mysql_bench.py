@@ -180,7 +180,8 @@ def run_cli(name: str, port: int, start: dict, workdir: Path, run: int, tree: st
     with open(workdir / f"{tag}.log", "wb") as log:
         started = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(path)], stdout=log,
-                                stderr=subprocess.STDOUT, env=tree_env(tree))
+                                stderr=subprocess.STDOUT, env=tree_env(tree),
+                                cwd=tree)  # `-m` puts the working directory first on sys.path
         done, seen = None, 0
         try:
             while time.perf_counter() - started < CLI_TIMEOUT and proc.poll() is None:
