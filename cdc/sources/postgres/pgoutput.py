@@ -12,7 +12,7 @@ import builtins
 import struct
 
 from ...event import UNAVAILABLE
-from .types import _bool, _date, _timestamp, bc, converter_for, is_json
+from .types import _bool, _date, _timestamp, _timestamptz, bc, converter_for, is_json
 
 __all__ = ["Relation", "Decoder", "PG_EPOCH_MS"]
 
@@ -51,6 +51,12 @@ _INLINE = {int: "int({})", _bool: "{} == b't'",
            _timestamp: "({0}.decode() if data[end - 1] != 67 else _bc({0}.decode())).replace(' ', 'T', 1)"}
 
 
+# Date and time values repeat (rows written by one statement with now(), a day's orders):
+# their text is converted once and kept, per relation, up to MEMO_SIZE distinct values.
+_MEMO = frozenset({_date, _timestamp, _timestamptz})
+MEMO_SIZE = 4096
+
+
 def _compile(rel: Relation):
     """``decode(data, pos, old) -> (row, key, pos, json_null)``, unrolled for this
     relation's columns: one branch per column, common conversions inlined, dict literals
@@ -71,7 +77,7 @@ def _compile(rel: Relation):
     env = {"_u16": _u16, "_kl": _kind_len, "_generic": Decoder.tuple, "rel": rel, "_other": _other, "_bc": bc,
            "struct_error": struct.error}
     for i, (name, conv) in enumerate(zip(rel.names, rel.converters)):
-        raw = "data[pos:end]"
+        raw = "data[pos + 5:end]"
         if conv is None:
             value = f"{raw}.decode()"
         elif conv in _INLINE:
@@ -81,10 +87,19 @@ def _compile(rel: Relation):
             value = f"c{i}({raw})"
         lines += ["    kind, size = _kl(data, pos)",
                   "    if kind == 116:",
-                  "        pos += 5",
-                  "        end = pos + size",
-                  f"        v{i} = {value}",
-                  "        pos = end"]
+                  "        end = pos + 5 + size"]
+        if conv in _MEMO:
+            env[f"m{i}"] = {}
+            lines += [f"        k = {raw}",
+                      f"        v{i} = m{i}.get(k)",
+                      f"        if v{i} is None:",
+                      f"            v{i} = {value.replace(raw, 'k')}",
+                      f"            if len(m{i}) >= {MEMO_SIZE}:",
+                      f"                m{i}.clear()",
+                      f"            m{i}[k] = v{i}"]
+        else:
+            lines += [f"        v{i} = {value}"]
+        lines += ["        pos = end"]
         if i in json:  # the text 'null': JSON null, where SQL NULL is kind 'n'
             lines += [f"        if v{i} is None:",
                       f"            json_null = [{name!r}] if json_null is None else json_null + [{name!r}]"]
