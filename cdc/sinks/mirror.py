@@ -50,7 +50,6 @@ import orjson
 from ..config.model import Context
 from ..errors import PermanentSinkError
 from ..event import UNAVAILABLE, ChangeEvent
-from ..lsn import parse_lsn
 from ..snapshot.chunk import place
 from ._db import Target, connect, sink_error
 
@@ -69,7 +68,7 @@ def stream_of(event_id: str) -> tuple[str, tuple]:
     streams (MariaDB GTID domains, MySQL server uuids) are not ordered at all."""
     m = _PG_ID.match(event_id)
     if m:
-        return "", (0, parse_lsn(f"{m[1]}/{m[2]}"), int(m[3]))
+        return "", (0, (int(m[1], 16) << 32) | int(m[2], 16), int(m[3]))
     m = _MARIADB_GTID_ID.match(event_id)
     if m:  # the server id is left out: a failover continues the domain's sequence
         return f"domain {m[1]}", (2, int(m[3]), int(m[4]))
@@ -137,7 +136,7 @@ class _MirrorSink:
         self._upserts: dict[str, tuple[str, list[str], tuple[str, ...]]] = {}  # sql -> table, keys, columns
         self._converters: dict[str, dict[str, Callable[[Any], Any]]] = {}  # target table -> column -> fn
         self._cur: Any = None
-        self._plans: dict[tuple, list[tuple[str, str, Callable[[Any], Any]]]] = {}  # see _row
+        self._plans: dict[tuple, list[tuple[str, str, Callable[[Any], Any], bool]]] = {}  # see _row
         self._temps: dict[tuple, str] = {}     # (table, columns) -> temporary table (PostgreSQL), per connection
         self._used_temps: set[str] = set()     # temporary tables holding rows in this transaction
         #: ids of the last ``write``'s events not applied: at or behind the stored position
@@ -271,14 +270,21 @@ class _MirrorSink:
         plan = self._plans.get(plan_key)
         if plan is None:
             adapt = self.adapt
-            plan = self._plans[plan_key] = [(k, rename.get(k, k), convert.get(rename.get(k, k)) or adapt)
-                                            for k in row]
+            plan = []
+            for k in row:
+                column = rename.get(k, k)
+                fn = convert.get(column) or adapt
+                keeps = fn is _as_text or fn is adapt
+                plan.append((k, column, fn, keeps))
+            self._plans[plan_key] = plan
         out = {}
-        for k, column, fn in plan:
+        for k, column, fn, keeps in plan:
             v = row[k]
-            if v.__class__ is str and v == UNAVAILABLE:
+            c = v.__class__
+            if c is str and v == UNAVAILABLE:
                 continue
-            out[column] = fn(v)
+            # a conversion that only changes dicts and lists is not called for anything else
+            out[column] = v if keeps and c is not dict and c is not list else fn(v)
         return out
 
     def _delete(self, table: str, key_cols: list[str], row: dict) -> tuple[str, list]:
@@ -308,6 +314,8 @@ class _MirrorSink:
     # ---- dialect hooks --------------------------------------------------------------
 
     def adapt(self, value):  # pragma: no cover - overridden
+        """A value for a column without a conversion of its own: only a dict or a list may
+        change (``_row`` does not call it for anything else)."""
         return value
 
     def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:  # pragma: no cover
@@ -366,6 +374,7 @@ def _to_bool(value: Any) -> Any:
 
 def _as_text(value: Any) -> Any:
     return orjson.dumps(value).decode() if isinstance(value, (dict, list)) else value
+
 
 
 def _mysql_datetime(value: Any) -> Any:
