@@ -28,8 +28,9 @@ from pathlib import Path
 import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from through_worker import through_worker  # noqa: E402
+
 from cdc.config import parse_config  # noqa: E402
-from cdc.engine import AckTracker, SinkWorker  # noqa: E402
 from cdc.event import ChangeEvent  # noqa: E402
 
 from servers import RabbitMQServer  # noqa: E402
@@ -131,25 +132,9 @@ def cdc_sink(url: str, events: list[ChangeEvent], workdir: Path) -> float:
                              "checkpoint": {"type": "memory"}}},
            "pipelines": {"p": {"source": "s", "sinks": [{"type": "rabbitmq", "url": url, "routing_key": queue}]}}}
     spec = parse_config(raw, workdir / "c.yaml", {}).pipelines["p"].sinks[0]
-    tracker, fatal = AckTracker(), []
-    worker = SinkWorker(spec, spec.build(), tracker, lambda name, exc: fatal.append(exc))
-    worker.start()
-    deadline = time.monotonic() + 30
-    while not worker.connected and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = time.perf_counter()
-    for i in range(0, len(events), 1000):
-        batch = events[i:i + 1000]
-        worker.submit(tracker.add(1, None, len(batch), 0), batch)
-    deadline = time.monotonic() + 300
-    while tracker.acked_events < len(events):
-        if fatal or time.monotonic() > deadline:
-            raise SystemExit(f"cdc: {tracker.acked_events}/{len(events)} acknowledged: {fatal}")
-        time.sleep(0.002)
-    elapsed = time.perf_counter() - started
-    worker.stop(10)
+    rate = through_worker(spec, events)
     delete_queue(url, queue)
-    return len(events) / elapsed
+    return rate
 
 
 def main() -> int:

@@ -27,8 +27,9 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from through_worker import through_worker  # noqa: E402
+
 from cdc.config import parse_config  # noqa: E402
-from cdc.engine import AckTracker, SinkWorker  # noqa: E402
 from cdc.event import ChangeEvent  # noqa: E402
 from cdc.sinks.http import HttpSink  # noqa: E402
 
@@ -76,24 +77,7 @@ def mirror(dsn: str, workdir: Path) -> float:
                              "checkpoint": {"type": "memory"}}},
            "pipelines": {"p": {"source": "s", "sinks": [{"type": "postgres", "dsn": dsn}]}}}
     spec = parse_config(raw, workdir / "c.yaml", {}).pipelines["p"].sinks[0]
-    tracker, fatal = AckTracker(), []
-    worker = SinkWorker(spec, spec.build(), tracker, lambda name, exc: fatal.append(exc))
-    worker.start()
-    deadline = time.monotonic() + 30
-    while not worker.connected and time.monotonic() < deadline:
-        time.sleep(0.01)
-    started = time.perf_counter()
-    for i in range(0, len(evs), BATCH):
-        batch = evs[i:i + BATCH]
-        worker.submit(tracker.add(1, None, len(batch), 0), batch)
-    deadline = time.monotonic() + 300
-    while tracker.acked_events < len(evs):
-        if fatal or time.monotonic() > deadline:
-            raise SystemExit(f"mirror: {tracker.acked_events}/{len(evs)} acknowledged: {fatal}")
-        time.sleep(0.002)
-    elapsed = time.perf_counter() - started
-    worker.stop(10)
-    return len(evs) / elapsed
+    return through_worker(spec, evs)
 
 
 def bench_mirror(pg: PostgresServer) -> tuple[float, float]:
