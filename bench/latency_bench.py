@@ -205,6 +205,8 @@ def main() -> int:
     places = [p.strip() for p in args.data_on.split(",") if p.strip()]
     if not places or any(p not in DATA_ON for p in places):
         parser.error(f"--data-on: a list of {' and '.join(DATA_ON)}")
+    if "tmpfs" in places and not os.path.isdir(DATA_ON["tmpfs"] or ""):
+        parser.error(f"--data-on tmpfs: no {DATA_ON['tmpfs']} on this machine (try --data-on disk)")
     tune_process()  # as `cdc run` does
     results: dict[str, list[dict]] = {}
     for place in places:
