@@ -119,7 +119,8 @@ def _refuse_if_reading_binlog(source: str, src: Any) -> None:
     raise PositionError(
         f"source {source} seems to be running elsewhere: {why}: stop it first (a position changed now would be "
         f"overwritten at its next checkpoint); if it is not this source (another source on this server, a "
-        f"replica), give source {source} a user of its own")
+        f"replica), give source {source} a user of its own. (A reader that stopped keeps its dump thread until "
+        f"the server has written to it twice, heartbeats or changes: this one was still there after {linger:.0f} s.)")
 
 
 @contextmanager

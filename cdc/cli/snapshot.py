@@ -179,7 +179,7 @@ def _copies(cfg, source_name: str, locked_here: bool = False) -> list[dict]:
         rows.append({**body, "after": None, "rows": 0, "state": "taken" if here else INTERRUPTED, "note": note})
     for body in requests.waiting(cfg.state_dir, source_name):
         rows.append({**body, "after": None, "rows": 0, "state": "requested"})
-    cancels = requests.cancels_asked(cfg.state_dir, source_name)
+    cancels = requests.cancels_asked(cfg.state_dir, source_name, taken=not here)
     totals = {t["id"] + ":" + t["table"]: t for t in live.get("tables", [])}
     for r in rows:
         t = totals.get(f"{r['id']}:{r['table']}")

@@ -146,13 +146,15 @@ def taken_requests(state_dir: Path, source: str) -> list[dict]:
     return _bodies(request_dir(state_dir, source), f".request{TAKEN}")
 
 
-def cancels_asked(state_dir: Path, source: str) -> set[str]:
-    """The ids of the copies whose cancel is waiting (or was taken by a run that stopped)."""
+def cancels_asked(state_dir: Path, source: str, taken: bool) -> set[str]:
+    """The ids of the copies whose cancel waits to be taken, and with ``taken`` (no process
+    runs) those taken by a run that stopped: ``retake`` puts back the ones its checkpoint
+    did not see."""
     directory = request_dir(state_dir, source)
     if not directory.is_dir():
         return set()
     return {p.name[:p.name.rindex(".cancel")] for p in directory.iterdir()
-            if p.name.endswith(".cancel") or p.name.endswith(f".cancel{TAKEN}")}
+            if not p.name.startswith(".") and (p.name.endswith(".cancel") or taken and p.name.endswith(f".cancel{TAKEN}"))}
 
 
 def drop_taken(state_dir: Path, source: str, snapshot_id: str) -> bool:
