@@ -31,7 +31,8 @@ __all__ = ["snapshot"]
 @SOURCE
 @click.option("--table", help="The table to copy (as in the source's tables:).")
 @click.option("--where", help="Only the rows matching this SQL condition.")
-@click.option("--list", "list_", is_flag=True, help="List the queued and running copies.")
+@click.option("--list", "list_", is_flag=True,
+              help="List the copies: running, queued, requested, and taken by a cdc run that stopped.")
 @click.option("--cancel", "cancel_id", help="Cancel the copy with this id.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (--list).")
 def snapshot(config: str, source_name: str | None, table: str | None, where: str | None, list_: bool,
