@@ -7,7 +7,9 @@ takes the files and queues or cancels the copy.  A taken file is renamed
 ``<id>.request.taken`` (``<id>.cancel.taken``), not deleted: the copy is in the
 checkpoint only from its next save, and a process killed before it would lose the
 request.  A copy's file goes when the copy ends (finished, cancelled, dropped); at the
-next start ``retake`` puts back the files the checkpoint does not hold.
+next start ``retake`` puts back the files the checkpoint does not hold.  ``cdc snapshot
+--list`` shows such a request as taken by a run that stopped (``taken_requests``), and
+``--cancel`` removes it (``drop_taken``) while no ``cdc run`` of the source runs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import time
 import uuid
 from pathlib import Path
 
-__all__ = ["request_dir", "submit", "cancel", "take", "ended", "retake"]
+__all__ = ["request_dir", "submit", "cancel", "take", "ended", "retake", "waiting", "taken_requests",
+           "cancels_asked", "drop_taken"]
 
 log = logging.getLogger("cdc.snapshot")
 TAKEN = ".taken"
@@ -113,3 +116,56 @@ def retake(state_dir: Path, source: str, saved: set[str] | None) -> list[tuple[s
         elif kind != "request":  # a request the checkpoint holds stays until its copy ends
             path.unlink(missing_ok=True)
     return back
+
+
+def _bodies(directory: Path, suffix: str) -> list[dict]:
+    """The requests of the files named ``<id><suffix>``, each with its id (oldest first); a
+    file that is not a request is left out (``take`` says so)."""
+    rows = []
+    for path in sorted(directory.glob(f"*{suffix}")) if directory.is_dir() else []:
+        if path.name.startswith("."):
+            continue
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(body, dict):
+            rows.append({**body, "id": path.name[:-len(suffix)]})
+    rows.sort(key=lambda r: r["requested_at"] if isinstance(r.get("requested_at"), (int, float)) else 0)
+    return rows
+
+
+def waiting(state_dir: Path, source: str) -> list[dict]:
+    """The requests not taken yet."""
+    return _bodies(request_dir(state_dir, source), ".request")
+
+
+def taken_requests(state_dir: Path, source: str) -> list[dict]:
+    """The requests taken by a ``cdc run``: until their copy ends, and, when that process was
+    killed before its checkpoint held the copy, until the next start takes them again."""
+    return _bodies(request_dir(state_dir, source), f".request{TAKEN}")
+
+
+def cancels_asked(state_dir: Path, source: str, taken: bool) -> set[str]:
+    """The ids of the copies whose cancel waits to be taken, and with ``taken`` (no process
+    runs) those taken by a run that stopped: ``retake`` puts back the ones its checkpoint
+    did not see."""
+    directory = request_dir(state_dir, source)
+    if not directory.is_dir():
+        return set()
+    return {p.name[:p.name.rindex(".cancel")] for p in directory.iterdir()
+            if not p.name.startswith(".") and (p.name.endswith(".cancel") or taken and p.name.endswith(f".cancel{TAKEN}"))}
+
+
+def drop_taken(state_dir: Path, source: str, snapshot_id: str) -> bool:
+    """Forget a request taken by a run that stopped (the caller holds the source's lock and
+    made sure the checkpoint does not hold its copy): the next start does not take it again.
+    False when there was none."""
+    directory = request_dir(state_dir, source)
+    path = directory / f"{snapshot_id}.request{TAKEN}"
+    if not path.exists():
+        return False
+    path.unlink()
+    for name in (f"{snapshot_id}.cancel", f"{snapshot_id}.cancel{TAKEN}"):
+        (directory / name).unlink(missing_ok=True)
+    return True
