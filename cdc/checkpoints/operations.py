@@ -82,12 +82,15 @@ def _refuse_if_reading(cfg: Config, source: str) -> None:
 def _refuse_if_reading_binlog(source: str, src: Any) -> None:
     import pymysql
 
+    from ..sources.mysql import MySQLSource
     from ..sources.mysql.replicas import binlog_readers
+
+    assert isinstance(src, MySQLSource)
 
     params = {k: v for k, v in src.settings.items() if k != "db"}
     # A reader that stopped a moment ago keeps its dump thread until the server's next write
     # to it fails: up to two heartbeats.  Only a dump still there after that is refused.
-    linger = min(2 * float(getattr(src, "heartbeat_interval", 10.0) or 10.0) + 2.0, 30.0)
+    linger = min(2 * float(src.heartbeat_interval or 10.0) + 2.0, 30.0)
     try:
         conn = pymysql.connect(**params, connect_timeout=10)
     except (pymysql.MySQLError, OSError):
