@@ -22,9 +22,10 @@ from test_snapshot_mysql import Running, wait_for
 from cdc.config import parse_config
 from cdc.errors import SourceConnectionError
 from cdc.snapshot import SnapshotInputError, requests
+from cdc.sources.mysql import preflight as mysql_preflight
 from cdc.sources.mysql import snapshot as mysql_snapshot
 
-from mysql_helpers import db_of, execute, make_source
+from mysql_helpers import db_of, execute, make_source, preflight
 from pgutil import read_jsonl
 from servers import MariaDBServer
 
@@ -116,6 +117,21 @@ def test_a_copy_that_cannot_connect_for_a_passing_reason_is_retried(mariadb_serv
         reader.read_chunk(f"{db}.t", None, 10, None)
 
 
+def test_a_dsn_that_sets_connect_timeout_is_not_a_traceback(mariadb_server, mariadb_database):
+    """dsn options go to PyMySQL; connect_timeout given there was passed twice (TypeError)."""
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t VALUES (1)")
+    dsn = mariadb_server.dsn(db, user="cdc") + "?connect_timeout=5&read_timeout=20&write_timeout=20"
+    assert not [p for p in preflight(dsn, [f"{db}.t"]) if p[0] == "error"]
+    source = make_source(mariadb_server, db, [f"{db}.t"])
+    source.settings.update(connect_timeout=5, read_timeout=20, write_timeout=20)
+    reader = source.snapshot_reader()
+    try:
+        assert len(reader.read_chunk(f"{db}.t", None, 10, None).rows) == 1
+    finally:
+        reader.close()
+
+
 # ---- servers that accept the connection and never answer (SIGSTOP) -------------------------------
 
 
@@ -167,6 +183,8 @@ def _within(seconds: float, call, *args):
 def short_timeouts(monkeypatch):
     monkeypatch.setattr(mysql_snapshot, "READ_TIMEOUT", 1.5, raising=False)
     monkeypatch.setattr(mysql_snapshot, "WRITE_TIMEOUT", 1.5, raising=False)
+    monkeypatch.setattr(mysql_preflight, "READ_TIMEOUT", 1.5, raising=False)
+    monkeypatch.setattr(mysql_preflight, "WRITE_TIMEOUT", 1.5, raising=False)
 
 
 def _table(server, rows: int = 300) -> str:
@@ -214,6 +232,48 @@ def test_snapshot_chunk_on_a_server_stopped_mid_read_times_out(private_mariadb, 
         reader.close()
 
 
+def test_preflight_of_a_stopped_server_times_out_naming_it(private_mariadb, short_timeouts):
+    db = _table(private_mariadb)
+    dsn = private_mariadb.dsn(db, user="cdc")
+    with Stopped(private_mariadb):
+        outcome = _within(15, preflight, dsn, [f"{db}.t"])
+    error = outcome.get("error")
+    assert isinstance(error, SourceConnectionError), outcome
+    assert f"127.0.0.1:{private_mariadb.port}" in str(error) and "did not answer" in str(error)
+    assert "1.5 s" in str(error)
+
+
+def test_cdc_check_of_a_stopped_server_says_so_before_the_command_timeout(private_mariadb, short_timeouts,
+                                                                          tmp_path, monkeypatch):
+    """What ``cdc check`` prints: before, only the command's deadline (CDC_COMMAND_TIMEOUT) ended it."""
+    from click.testing import CliRunner
+
+    from cdc.cli import main
+    db = _table(private_mariadb)
+    _config(tmp_path, private_mariadb.dsn(db, user="cdc"), [f"{db}.t"])
+    monkeypatch.setenv("CDC_COMMAND_TIMEOUT", "20")
+    with Stopped(private_mariadb):
+        started = time.monotonic()
+        result = CliRunner().invoke(main, ["check", str(tmp_path / "pipelines.yaml")])
+        seconds = time.monotonic() - started
+    assert result.exit_code == 1, result.output
+    assert seconds < 15 and "no answer within 20 s" not in result.output, result.output
+    assert f"ERROR source db (mysql): source db: the server 127.0.0.1:{private_mariadb.port} did not answer " \
+           f"within 1.5 s (read_timeout) while connecting" in result.output, result.output
+    assert ":cdc@" not in result.output
+
+
+def test_checkpoint_set_check_of_a_stopped_server_times_out(private_mariadb, short_timeouts):
+    """``cdc checkpoint set`` asks the server whether the position exists."""
+    db = _table(private_mariadb)
+    source = make_source(private_mariadb, db, [f"{db}.t"])
+    with Stopped(private_mariadb):
+        outcome = _within(15, source.check_position, {"gtid": "0-1-1"})
+    error = outcome.get("error")
+    assert isinstance(error, SourceConnectionError), outcome  # not "--position refused"
+    assert f"127.0.0.1:{private_mariadb.port}" in str(error) and "did not answer" in str(error)
+
+
 def test_a_chunk_slower_than_read_timeout_on_a_server_that_answers_drops_the_copy(mariadb_server,
                                                                                    mariadb_database, short_timeouts):
     """Not a hung server but a slow query (here a --where that sleeps): reading it again would
@@ -232,3 +292,16 @@ def test_a_chunk_slower_than_read_timeout_on_a_server_that_answers_drops_the_cop
         cur.execute("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE '%SLEEP(2) = 0%'"
                     " AND ID <> CONNECTION_ID()")
         assert cur.fetchone()[0] == 0  # killed, not left running
+
+
+def test_opening_the_stream_on_a_stopped_server_names_it(private_mariadb):
+    """``cdc run``'s checks before streaming (the library's metadata connection)."""
+    db = _table(private_mariadb)
+    source = make_source(private_mariadb, db, [f"{db}.t"])
+    source.settings["read_timeout"] = 2
+    with Stopped(private_mariadb):
+        outcome = _within(15, source.open, None)
+    source.close()
+    error = outcome.get("error")
+    assert isinstance(error, SourceConnectionError), outcome
+    assert f"127.0.0.1:{private_mariadb.port}" in str(error) and "did not answer within 2 s" in str(error)
