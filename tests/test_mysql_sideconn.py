@@ -85,6 +85,22 @@ def test_access_denied_for_the_copy_drops_it_and_streaming_goes_on(mariadb_serve
     assert not any(e["op"] == "r" for e in read_jsonl(out))
 
 
+def test_cdc_snapshot_refused_by_the_server_is_not_a_bad_table(mariadb_server, mariadb_database, tmp_path):
+    """``cdc snapshot --table`` asks the server first: its refusal is the server's problem (exit 1,
+    nothing requested), not the table's or the condition's (exit 2)."""
+    from click.testing import CliRunner
+
+    from cdc.cli import main
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE t (id int PRIMARY KEY)")
+    user, password = _user(mariadb_server, db)
+    _config(tmp_path, _dsn(mariadb_server, db, user, "wrong-pw"), [f"{db}.t"])
+    result = CliRunner().invoke(main, ["snapshot", str(tmp_path / "pipelines.yaml"), "--table", "t"])
+    assert result.exit_code == 1, result.output
+    assert "Access denied" in result.output and "nothing was requested" in result.output, result.output
+    assert "wrong-pw" not in result.output
+
+
 def test_max_user_connections_reached_drops_the_copy_with_the_fix(mariadb_server, mariadb_database):
     db = db_of(mariadb_database)
     execute(mariadb_server, db, "CREATE TABLE t (id int PRIMARY KEY)")

@@ -25,7 +25,7 @@ import pymysql
 import pymysql.converters
 import pymysql.cursors
 
-from ...errors import SourceConnectionError
+from ...errors import SourceConnectionError, SourceSetupError
 from ...event import ChangeEvent
 from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events, key_changed
 from ...snapshot.where import condition_problem
@@ -513,12 +513,21 @@ class MySQLSnapshotReader:
         return int(row[0]) if row and row[0] is not None else None
 
     def check_where(self, table: str, where: str) -> None:
-        t = self._table(table)
+        """``cdc snapshot``: the table and the condition (SnapshotInputError), or the server's
+        failure (another SourceError)."""
+        try:
+            t = self._table(table)
+        except _Refused as exc:  # the server's refusal, not the table's or the condition's
+            raise SourceSetupError(exc.detail, source=self.source_name) from None
         self._one_condition(table, where)
         try:
             with self._connect().cursor() as cur:
                 cur.execute(f"EXPLAIN SELECT 1 FROM {_q(t.db)}.{_q(t.name)} WHERE ({where})")
         except pymysql.MySQLError as exc:
+            if connection_lost(exc):
+                self.close()
+                raise SourceConnectionError(f"checking --where: {self._failure(exc)}",
+                                            source=self.source_name) from exc
             raise SnapshotInputError(f"--where {where!r} on {table}: {exc.args[-1]}",
                                      source=self.source_name) from None
 
