@@ -410,7 +410,9 @@ class MySQLSource:
                 try:
                     cur.execute("SHOW BINLOG EVENTS IN %s FROM %s LIMIT 1", (file, at))
                     row = cur.fetchone()
-                except pymysql.MySQLError:  # not the start of an event
+                except pymysql.MySQLError as exc:  # not the start of an event
+                    if checks.gone(conn, exc):  # a timeout or a lost connection: not an answer
+                        raise
                     row = None
                 if row is not None and row[2] == "Gtid" and last in str(row[5]).split():
                     return  # the binlog the checkpoint was read from
