@@ -148,6 +148,21 @@ def test_a_dsn_that_sets_connect_timeout_is_not_a_traceback(mariadb_server, mari
         reader.close()
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
+def test_a_dsn_timeout_that_is_not_seconds_is_a_config_error(value):
+    """Before, PyMySQL failed on it with a TypeError (a string compared with 0) or a ValueError."""
+    from cdc.config import Context
+    from cdc.errors import ConfigError
+    from cdc.sources.mysql import MySQLSource
+    with pytest.raises(ConfigError, match=r"sources\.s\.dsn: the dsn option read_timeout is a number of seconds"):
+        MySQLSource(dsn=f"mysql://cdc:pw@127.0.0.1:3306/db?read_timeout={value}", tables=["db.t"],
+                    context=Context(config_dir=None, source="s", name="s"))
+    source = MySQLSource(dsn="mysql://cdc:pw@127.0.0.1:3306/db?read_timeout=2.5&connect_timeout=3", tables=["db.t"],
+                         context=Context(config_dir=None, source="s", name="s"))
+    assert source.settings["read_timeout"] == 2.5 and source.settings["connect_timeout"] == 3
+
+
 # ---- servers that accept the connection and never answer (SIGSTOP) -------------------------------
 
 

@@ -38,7 +38,17 @@ def parse_dsn(dsn: str) -> dict:
                 "db": url.path.lstrip("/") or None}
     for key, values in parse_qs(url.query).items():
         settings[key] = int(values[-1]) if values[-1].isdigit() else values[-1]
+        if key in _SECONDS:  # PyMySQL would fail on them with a TypeError or ValueError
+            try:
+                settings[key] = seconds = float(values[-1])
+            except ValueError:
+                seconds = 0
+            if not 0 < seconds < 1e9:  # nor NaN, nor infinite
+                raise ValueError(f"the dsn option {key} is a number of seconds above 0, not {values[-1]!r}")
     return settings
+
+
+_SECONDS = ("connect_timeout", "read_timeout", "write_timeout")
 
 
 def address(settings: dict) -> str:
