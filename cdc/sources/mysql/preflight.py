@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pymysql
 
 from ...abc import Problem
-from ...errors import PositionLostError
+from ...errors import PositionLostError, SourceConnectionError
 from ...snapshot.chunk import no_key_warning
 from . import settings
 
@@ -24,43 +24,76 @@ __all__ = ["problems", "check_position"]
 
 _FILE_KEYS = ("file", "log_file", "binlog_file", "log_name")
 
+#: seconds the checks' connection waits to connect, and for each answer and send; the dsn's
+#: connect_timeout, read_timeout, write_timeout win
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
+WRITE_TIMEOUT = 30.0
+
+
+def _connect(source: MySQLSource) -> pymysql.Connection:
+    try:
+        return settings.connect(source.settings, CONNECT_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT)
+    except pymysql.MySQLError as exc:
+        raise _unanswered(source, exc, "while connecting") or exc
+
+
+def _unanswered(source: MySQLSource, exc: BaseException, what: str) -> SourceConnectionError | None:
+    """A timeout of the checks' connection, as an error naming the server and how long it waited."""
+    within = settings.no_answer(exc, settings.timeouts(source.settings, CONNECT_TIMEOUT, READ_TIMEOUT,
+                                                       WRITE_TIMEOUT))
+    if within is None:
+        return None
+    return SourceConnectionError(f"the server {settings.address(source.settings)} did not answer {within} {what}: "
+                                 f"it accepts connections but does not answer (stopped, hung or overloaded); "
+                                 f"nothing was checked", source=source.name)
+
 
 def problems(source: MySQLSource, position: dict | None, checkpoint_age: float | None) -> list[Problem]:
     """``[(level, message)]``; level ``error`` blocks a run, ``warning`` does not."""
-    params = {k: v for k, v in source.settings.items() if k != "db"}
-    conn = pymysql.connect(**params, connect_timeout=10)
+    conn = _connect(source)
     try:
-        out: list[Problem] = [("error", p) for p in settings.check(conn, source.tables, source.server_id)]
-        if source.snapshot != "never":
-            out += [("warning", no_key_warning(table))
-                    for table in settings.tables_without_key(conn, source.tables)]
-        info = settings.server_info(conn)
-        with conn.cursor() as cur:
-            cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'gtid_mode', "
-                        "'enforce_gtid_consistency', 'gtid_strict_mode', 'binlog_expire_logs_seconds', "
-                        "'expire_logs_days')")
-            v = {name.lower(): str(value) for name, value in cur.fetchall()}
-            logs = []
-            purged = None
-            if v.get("log_bin", "").upper() in ("ON", "1"):
-                try:
-                    cur.execute("SHOW BINARY LOGS")
-                    logs = [row[0] for row in cur.fetchall()]
-                    gtid = (position or {}).get("gtid")
-                    if logs and isinstance(gtid, str) and gtid:
-                        purged = _purged_gtids(cur, gtid, logs[0], info["mariadb"])
-                except pymysql.MySQLError:
-                    pass  # no BINLOG MONITOR: reported above as a missing privilege
-        if position and info["mariadb"] and logs:
-            source.info = info
-            try:
-                source._same_binlog(conn, position)  # read from another server's binlog?
-            except PositionLostError as exc:
-                out.append(("warning" if source.snapshot == "when_needed" else "error", str(exc)))
-            except pymysql.MySQLError:
-                pass
+        return _problems(source, conn, position, checkpoint_age)
+    except pymysql.MySQLError as exc:
+        raise _unanswered(source, exc, "during the checks") or exc
     finally:
         conn.close()
+
+
+def _problems(source: MySQLSource, conn: pymysql.Connection, position: dict | None,
+              checkpoint_age: float | None) -> list[Problem]:
+    out: list[Problem] = [("error", p) for p in settings.check(conn, source.tables, source.server_id)]
+    if source.snapshot != "never":
+        out += [("warning", no_key_warning(table))
+                for table in settings.tables_without_key(conn, source.tables)]
+    info = settings.server_info(conn)
+    with conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL VARIABLES WHERE Variable_name IN ('log_bin', 'gtid_mode', "
+                    "'enforce_gtid_consistency', 'gtid_strict_mode', 'binlog_expire_logs_seconds', "
+                    "'expire_logs_days')")
+        v = {name.lower(): str(value) for name, value in cur.fetchall()}
+        logs = []
+        purged = None
+        if v.get("log_bin", "").upper() in ("ON", "1"):
+            try:
+                cur.execute("SHOW BINARY LOGS")
+                logs = [row[0] for row in cur.fetchall()]
+                gtid = (position or {}).get("gtid")
+                if logs and isinstance(gtid, str) and gtid:
+                    purged = _purged_gtids(cur, gtid, logs[0], info["mariadb"])
+            except pymysql.MySQLError as exc:
+                if settings.gone(conn, exc):  # a timeout: not a missing privilege
+                    raise
+                # no BINLOG MONITOR: reported above as a missing privilege
+    if position and info["mariadb"] and logs:
+        source.info = info
+        try:
+            source._same_binlog(conn, position)  # read from another server's binlog?
+        except PositionLostError as exc:
+            out.append(("warning" if source.snapshot == "when_needed" else "error", str(exc)))
+        except pymysql.MySQLError as exc:
+            if settings.gone(conn, exc):
+                raise
     out.extend(_gtid_modes(v, info["mariadb"]))
     out.extend(_retention(v, checkpoint_age, position, logs, purged, source.snapshot == "when_needed"))
     return out
@@ -107,8 +140,7 @@ def check_position(source: MySQLSource, position: dict) -> None:
     if file is not None and (not isinstance(file, str) or not isinstance(pos, int) or isinstance(pos, bool)
                              or pos < 4):
         raise ValueError(f"file must be a binlog name and pos a byte offset of at least 4, not {file!r}, {pos!r}")
-    params = {k: v for k, v in source.settings.items() if k != "db"}
-    conn = pymysql.connect(**params, connect_timeout=10)
+    conn = _connect(source)
     try:
         info = settings.server_info(conn)
         with conn.cursor() as cur:
@@ -123,6 +155,11 @@ def check_position(source: MySQLSource, position: dict) -> None:
                     raise ValueError(f"gtid {gtid} is not a subset of the server's executed GTIDs: it is ahead "
                                      f"of the server, or from another server")
     except pymysql.MySQLError as exc:
+        unanswered = _unanswered(source, exc, "while checking the position")
+        if unanswered is not None or settings.gone(conn, exc):  # not an answer about the position
+            raise unanswered or SourceConnectionError(f"checking the position: {exc.args[-1]} (server "
+                                                      f"{settings.address(source.settings)})",
+                                                      source=source.name) from None
         raise ValueError(f"the server refused to check it: {exc.args[-1]}") from None
     finally:
         conn.close()

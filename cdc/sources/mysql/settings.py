@@ -13,7 +13,8 @@ import pymysql.cursors
 
 from ...errors import SourceSetupError
 
-__all__ = ["parse_dsn", "check", "require", "server_info", "json_columns", "missing_tables"]
+__all__ = ["parse_dsn", "check", "require", "server_info", "json_columns", "missing_tables", "connect",
+           "address", "no_answer", "gone"]
 
 _REQUIRED = [  # (variable, wanted, how to set it)
     ("log_bin", "ON", "start the server with log_bin (log-bin=binlog in my.cnf)"),
@@ -37,7 +38,59 @@ def parse_dsn(dsn: str) -> dict:
                 "db": url.path.lstrip("/") or None}
     for key, values in parse_qs(url.query).items():
         settings[key] = int(values[-1]) if values[-1].isdigit() else values[-1]
+        if key in _SECONDS:  # PyMySQL would fail on them with a TypeError or ValueError
+            try:
+                settings[key] = seconds = float(values[-1])
+            except ValueError:
+                seconds = 0
+            if not 0 < seconds < 1e9:  # nor NaN, nor infinite
+                raise ValueError(f"the dsn option {key} is a number of seconds above 0, not {values[-1]!r}")
     return settings
+
+
+_SECONDS = ("connect_timeout", "read_timeout", "write_timeout")
+
+
+def address(settings: dict) -> str:
+    """``host:port`` of the server the settings point at (never the user or password)."""
+    return f"{settings.get('host') or '127.0.0.1'}:{settings.get('port') or 3306}"
+
+
+def connect(settings: dict, connect_timeout: float, read_timeout: float, write_timeout: float,
+            **options) -> pymysql.Connection:
+    """A side connection (not the binlog stream) whose every wait is bounded: a server that
+    accepts the connection and never answers is an error after ``read_timeout``, not a wait
+    for ever.  The dsn's own ``connect_timeout``, ``read_timeout`` and ``write_timeout``
+    (query options) win over these."""
+    params = {"connect_timeout": connect_timeout, "read_timeout": read_timeout, "write_timeout": write_timeout,
+              **{k: v for k, v in settings.items() if k != "db"}, **options}
+    return pymysql.connect(**params)
+
+
+def timeouts(settings: dict, connect_timeout: float, read_timeout: float, write_timeout: float) -> dict:
+    """The timeouts ``connect`` uses with these settings."""
+    return {"connect_timeout": settings.get("connect_timeout", connect_timeout),
+            "read_timeout": settings.get("read_timeout", read_timeout),
+            "write_timeout": settings.get("write_timeout", write_timeout)}
+
+
+def no_answer(exc: BaseException, limits: dict) -> str | None:
+    """For an error of a connection made by ``connect``: ``"within N s (option)"`` when it is
+    one of its timeouts (the server did not answer), else None."""
+    if not isinstance(exc, pymysql.OperationalError) or not exc.args or "timed out" not in str(exc.args[-1]):
+        return None
+    option = {2003: "connect_timeout", 2013: "read_timeout", 2006: "write_timeout"}.get(exc.args[0])
+    if option is None:
+        return None
+    return f"within {limits[option]:g} s ({option})"
+
+
+def gone(conn: pymysql.Connection, exc: BaseException) -> bool:
+    """Did ``exc`` end the connection (a timeout, a lost connection), rather than fail one
+    statement? A check that goes on after it would only see more errors."""
+    return isinstance(exc, pymysql.InterfaceError) or not conn.open or \
+        isinstance(exc, pymysql.OperationalError) and bool(exc.args) and isinstance(exc.args[0], int) \
+        and 2000 <= exc.args[0] < 3000
 
 
 def server_info(conn: pymysql.Connection) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import shlex
 import struct
 import time
 
@@ -24,7 +25,7 @@ import pymysql
 import pymysql.converters
 import pymysql.cursors
 
-from ...errors import SourceConnectionError
+from ...errors import SourceConnectionError, SourceSetupError
 from ...event import ChangeEvent
 from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events, key_changed
 from ...snapshot.where import condition_problem
@@ -319,6 +320,33 @@ def connection_lost(exc: pymysql.MySQLError) -> bool:
     return 2000 <= code < 3000 or code in _CONNECTION_ERRORS
 
 
+#: seconds the copy's connection waits to connect, and for each answer of the server (a chunk's
+#: next rows) and each send; the dsn's connect_timeout, read_timeout, write_timeout win
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+WRITE_TIMEOUT = 60.0
+
+_PASSWORD = (": the dsn's user or password is not (or no longer) accepted; the binlog stream, connected "
+             "before, goes on until it reconnects")
+_CONNECTIONS = (": the copy needs a connection of its own besides the binlog stream's two: raise the cdc user's "
+                "limit (ALTER USER ... WITH MAX_USER_CONNECTIONS n) or max_user_connections")
+# The server refuses the copy's connection, and will go on refusing it until someone acts: the
+# copy is dropped (a passing refusal, e.g. 1040 too many connections, is retried).
+_REFUSED = {1044: "", 1045: _PASSWORD, 1698: _PASSWORD, 1049: "", 1130: "", 1251: "", 2059: "",
+            1129: ": the server blocked this host after too many connection errors: FLUSH HOSTS",
+            1203: _CONNECTIONS, 1226: _CONNECTIONS,
+            1820: ": the user's password expired", 1862: ": the user's password expired",
+            4151: ": the user's account is locked (ALTER USER ... ACCOUNT UNLOCK)"}
+
+
+class _Refused(SnapshotInputError):
+    """The server refused the copy's connection for a reason that does not pass by itself."""
+
+    def __init__(self, detail: str, source: str) -> None:
+        self.detail = detail
+        super().__init__(detail, source=source)
+
+
 def _hint(exc: pymysql.MySQLError) -> str:
     if exc.args and exc.args[0] in _TIMEOUTS:
         return (" (a chunk took longer than the server's max_statement_time / max_execution_time for the "
@@ -371,9 +399,10 @@ class MySQLSnapshotReader:
 
     def _connect(self) -> pymysql.Connection:
         if self.conn is None or not self.conn.open:
+            conn = None
             try:
-                conn = pymysql.connect(**{k: v for k, v in self.settings.items() if k != "db"},
-                                       connect_timeout=10, conv={}, autocommit=True)
+                conn = checks.connect(self.settings, CONNECT_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT,
+                                      conv={}, autocommit=True)
                 with conn.cursor() as cur:
                     cur.execute("SET time_zone = '+00:00'")
                     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -383,10 +412,47 @@ class MySQLSnapshotReader:
                         raise SnapshotInputError("snapshots need MariaDB's binlog_snapshot_position "
                                                  "(MySQL is not supported yet)", source=self.source_name)
             except pymysql.MySQLError as exc:
-                raise SourceConnectionError(f"snapshot connection: {exc.args[-1]}",
+                if conn is not None:
+                    conn._force_close()
+                code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+                if code in _REFUSED:
+                    raise _Refused(f"the server {checks.address(self.settings)} refuses the copy's connection: "
+                                   f"{exc.args[-1]}{_REFUSED[code]}", source=self.source_name) from None
+                raise SourceConnectionError(f"snapshot connection: {self._failure(exc)}",
                                             source=self.source_name) from exc
             self.conn = conn
         return self.conn
+
+    def _limits(self) -> dict:
+        return checks.timeouts(self.settings, CONNECT_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT)
+
+    def _failure(self, exc: pymysql.MySQLError) -> str:
+        """What went wrong with the copy's connection, naming the server."""
+        server = checks.address(self.settings)
+        within = checks.no_answer(exc, self._limits())
+        if within:
+            return (f"the server {server} did not answer {within}: it accepts connections but does not answer "
+                    f"(stopped, hung or overloaded)")
+        return f"{exc.args[-1]} (server {server})"
+
+    def _answers(self, thread_id: int | None) -> bool:
+        """Does the server answer a new connection? It ends the query of ``thread_id`` (KILL
+        QUERY), which a timeout left running there."""
+        try:
+            probe = checks.connect(self.settings, CONNECT_TIMEOUT, READ_TIMEOUT, WRITE_TIMEOUT, autocommit=True)
+        except pymysql.MySQLError:
+            return False
+        try:
+            with probe.cursor() as cur:
+                if thread_id:
+                    cur.execute(f"KILL QUERY {int(thread_id)}")
+                else:
+                    cur.execute("SELECT 1")
+            return True
+        except pymysql.MySQLError as exc:
+            return not checks.gone(probe, exc)  # e.g. 1094: the query had ended; the server answered
+        finally:
+            probe._force_close()
 
     def close(self) -> None:
         if self.conn is not None:
@@ -442,17 +508,26 @@ class MySQLSnapshotReader:
                 cur.execute("SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
                             " AND TABLE_NAME = %s", (db, name))
                 row = cur.fetchone()
-        except pymysql.MySQLError:
+        except (pymysql.MySQLError, _Refused):  # refused: read_chunk says it, with the way back
             return None
         return int(row[0]) if row and row[0] is not None else None
 
     def check_where(self, table: str, where: str) -> None:
-        t = self._table(table)
+        """``cdc snapshot``: the table and the condition (SnapshotInputError), or the server's
+        failure (another SourceError)."""
+        try:
+            t = self._table(table)
+        except _Refused as exc:  # the server's refusal, not the table's or the condition's
+            raise SourceSetupError(exc.detail, source=self.source_name) from None
         self._one_condition(table, where)
         try:
             with self._connect().cursor() as cur:
                 cur.execute(f"EXPLAIN SELECT 1 FROM {_q(t.db)}.{_q(t.name)} WHERE ({where})")
         except pymysql.MySQLError as exc:
+            if connection_lost(exc):
+                self.close()
+                raise SourceConnectionError(f"checking --where: {self._failure(exc)}",
+                                            source=self.source_name) from exc
             raise SnapshotInputError(f"--where {where!r} on {table}: {exc.args[-1]}",
                                      source=self.source_name) from None
 
@@ -464,6 +539,19 @@ class MySQLSnapshotReader:
             raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
 
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+        try:
+            return self._read_chunk(table, after, limit, where)
+        except _Refused as exc:
+            again = f"cdc snapshot CONFIG --source {self.source_name} --table {table}"
+            if where:
+                again += f" --where {shlex.quote(where)}"
+            rows = (f"its rows after key {after} are not copied (those before were)" if after is not None
+                    else "its rows are not copied")
+            raise SnapshotInputError(f"{exc.detail}; {rows}, its changes are still streamed; once "
+                                     f"the server accepts the connection, copy it again: {again}",
+                                     source=self.source_name) from None
+
+    def _read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         t = self._table(table, after)
         self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
@@ -493,8 +581,16 @@ class MySQLSnapshotReader:
             if exc.args and exc.args[0] in (1054, 1412) and self._retry_after_ddl(t, exc.args[0]):
                 return None
             if connection_lost(exc):
+                thread_id = (getattr(conn, "server_thread_id", None) or [None])[0]
                 self.close()
-                raise SourceConnectionError(f"snapshot read of {table}: {exc.args[-1]}",
+                within = checks.no_answer(exc, self._limits())
+                if within and self._answers(thread_id):  # the server answers: this chunk is too slow
+                    raise SnapshotInputError(
+                        f"a chunk of {table} got no row {within} from the server {checks.address(self.settings)}, "
+                        f"which answers other connections: the chunk's query is slower than that (a --where no "
+                        f"index helps, a large snapshot_chunk_size); lower snapshot_chunk_size, or raise "
+                        f"read_timeout in the dsn (e.g. ?read_timeout=600)", source=self.source_name) from None
+                raise SourceConnectionError(f"snapshot read of {table}: {self._failure(exc)}",
                                             source=self.source_name) from exc
             # the query's own error (PyMySQL calls most server errors OperationalError): reading
             # again would fail again, so the copy is dropped with it

@@ -289,6 +289,7 @@ class MySQLSource:
         # A read waits at most this long: inside a transaction the rest of it is already in the
         # binlog, and an idle server sends heartbeats; silence means the server is gone.
         stream.setdefault("read_timeout", max(30, int(3 * self.heartbeat_interval)))
+        stream.setdefault("write_timeout", stream["read_timeout"])
         reader = _Reader(
             stream, self.server_id, blocking=True, resume_stream=True,
             # every event comes back to poll(): fetchone() would block on a filtered last event
@@ -327,8 +328,11 @@ class MySQLSource:
             reader.connect_stream()
         except pymysql.MySQLError as exc:
             reader.close()
-            raise SourceConnectionError(f"cannot start the binlog stream: {exc.args[-1]}",
-                                        source=self.name) from exc
+            within = checks.no_answer(exc, stream)
+            why = (f"the server {checks.address(self.settings)} did not answer {within}: it accepts connections "
+                   f"but does not answer (stopped, hung or overloaded)" if within
+                   else f"{exc.args[-1]} (server {checks.address(self.settings)})")
+            raise SourceConnectionError(f"cannot start the binlog stream: {why}", source=self.name) from exc
         except BaseException:
             reader.close()
             raise
@@ -406,7 +410,9 @@ class MySQLSource:
                 try:
                     cur.execute("SHOW BINLOG EVENTS IN %s FROM %s LIMIT 1", (file, at))
                     row = cur.fetchone()
-                except pymysql.MySQLError:  # not the start of an event
+                except pymysql.MySQLError as exc:  # not the start of an event
+                    if checks.gone(conn, exc):  # a timeout or a lost connection: not an answer
+                        raise
                     row = None
                 if row is not None and row[2] == "Gtid" and last in str(row[5]).split():
                     return  # the binlog the checkpoint was read from
