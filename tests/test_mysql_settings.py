@@ -51,9 +51,17 @@ def test_the_cdc_user_passes(mariadb_server, mariadb_database):
 
 
 def test_a_bad_dsn_is_a_config_error_with_its_key_path():
-    from cdc.config import Context
+    """As ``cdc validate`` prints it: the key path once (it read ``sources.legacy.sources.legacy.dsn``)."""
+    from pathlib import Path
+
+    from cdc.config import parse_config
     from cdc.errors import ConfigError
 
-    with pytest.raises(ConfigError) as info:
-        MySQLSource(dsn="postgresql://u@h/db", tables=["db.t"], context=Context(None, source="legacy"))
-    assert "sources.legacy.dsn" in str(info.value)
+    for dsn, says in (("postgresql://u@h/db", "mysql://"), ("mysql://u@h:notaport/db", "notaport"),
+                      ("mysql://u@h/db?read_timeout=soon", "read_timeout")):
+        raw = {"sources": {"legacy": {"type": "mysql", "dsn": dsn, "tables": ["db.t"], "checkpoint": {"type": "memory"}}},
+               "pipelines": {"p": {"source": "legacy", "sinks": [{"type": "stdout"}]}}}
+        with pytest.raises(ConfigError) as info:
+            parse_config(raw, Path("c.yaml"), {})
+        assert [p.path for p in info.value.problems] == ["sources.legacy.dsn"], (dsn, info.value.problems)
+        assert says in info.value.problems[0].message

@@ -227,7 +227,7 @@ class MySQLSource:
         try:
             self.settings = checks.parse_dsn(dsn)
         except ValueError as exc:
-            raise ConfigError([ConfigProblem(f"sources.{self.name}.dsn", str(exc))]) from None
+            raise ConfigError([ConfigProblem("dsn", str(exc))]) from None  # the caller adds sources.NAME
         self.db = self.settings.get("db") or ""
         self.tables = tables
         self.server_id = server_id or _default_server_id(self.name)
