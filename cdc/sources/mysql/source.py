@@ -502,6 +502,16 @@ class MySQLSource:
     def _failed(self, exc: pymysql.MySQLError) -> SourceError:
         if isinstance(exc, pymysql.OperationalError):
             code = exc.args[0] if exc.args else 0
+            if code == 4052 or "same server_uuid/server_id" in str(exc.args[-1]):
+                # MariaDB's ER_SLAVE_SAME_ID; MySQL says it with 1236, which is not a lost position
+                server = f"{self.settings.get('host')}:{self.settings.get('port')}"
+                return SourceSetupError(
+                    f"another binlog reader with server_id {self.server_id} connected to {server}, and the server "
+                    f"keeps only the newest: a second cdc run of this source, or another source or replica with "
+                    f"server_id {self.server_id}. cdc stopped rather than take turns with it (nothing read is "
+                    f"lost: the checkpoint is where this run stopped). Stop the other one, or give each its own "
+                    f"server_id: (sources.{self.name}.server_id, unique among the server's replicas)",
+                    source=self.name)
             if code == 1236:  # the binlog at our position is gone
                 return PositionLostError(f"cannot resume from {self._position}: {exc.args[-1]}. The changes "
                                          f"after it that cdc had not delivered are lost to cdc. To start over "
