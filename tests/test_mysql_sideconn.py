@@ -152,12 +152,16 @@ def test_a_dsn_that_sets_connect_timeout_is_not_a_traceback(mariadb_server, mari
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
 def test_a_dsn_timeout_that_is_not_seconds_is_a_config_error(value):
     """Before, PyMySQL failed on it with a TypeError (a string compared with 0) or a ValueError."""
-    from cdc.config import Context
+    from pathlib import Path
+
+    from cdc.config import Context, parse_config
     from cdc.errors import ConfigError
     from cdc.sources.mysql import MySQLSource
+    raw = {"sources": {"s": {"type": "mysql", "dsn": f"mysql://cdc:pw@127.0.0.1:3306/db?read_timeout={value}",
+                             "tables": ["db.t"], "checkpoint": {"type": "memory"}}},
+           "pipelines": {"p": {"source": "s", "sinks": [{"type": "stdout"}]}}}
     with pytest.raises(ConfigError, match=r"sources\.s\.dsn: the dsn option read_timeout is a number of seconds"):
-        MySQLSource(dsn=f"mysql://cdc:pw@127.0.0.1:3306/db?read_timeout={value}", tables=["db.t"],
-                    context=Context(config_dir=None, source="s", name="s"))
+        parse_config(raw, Path("c.yaml"), {})  # as cdc validate reads it
     source = MySQLSource(dsn="mysql://cdc:pw@127.0.0.1:3306/db?read_timeout=2.5&connect_timeout=3", tables=["db.t"],
                          context=Context(config_dir=None, source="s", name="s"))
     assert source.settings["read_timeout"] == 2.5 and source.settings["connect_timeout"] == 3
