@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,9 @@ log = logging.getLogger("cdc.snapshot")
 INITIAL = "initial"
 POSITION_KEY = "snapshot"  # the copy's progress, saved beside the log position in a checkpoint
 RETRY_DELAY = 0.2          # seconds before reading a chunk again whose snapshot could not be used
-ERROR_DELAY = 5.0          # seconds before reconnecting the snapshot reader after a lost connection
+ERROR_DELAY = 5.0          # seconds before reconnecting the snapshot reader after a lost connection,
+MAX_ERROR_DELAY = 60.0     # doubled after each failure in a row up to this
+ESCALATE_AFTER = 300.0     # seconds of failures in a row after which each one is an ERROR, not a WARNING
 REQUEST_POLL = 1.0         # seconds between looks at the request directory
 NOT_COPIED_NEVER = "snapshot: never"  # why a table has no initial copy (cdc status: "not copied: ...")
 
@@ -71,6 +74,8 @@ class SnapshotController:
         self._not_before = 0.0
         self._next_request_look = 0.0
         self._chunks_retried = 0
+        self._failures = 0                   # reader failures in a row (SourceConnectionError)
+        self._failing_since = 0.0            # time.monotonic() of the first of them
         self._unsaved = False                # the copies changed since the last commit handed on
         self.chunks_read = 0
         self.chunks_emitted = 0              # chunks whose rows were handed on (the crash point)
@@ -307,30 +312,33 @@ class SnapshotController:
             chunk = reader.read_chunk(entry["table"], after, self.chunk_size, entry.get("where"))
         except SnapshotInputError as exc:
             # mid-copy (e.g. the table renamed or dropped): what is missing, and the way back
+            self._failures = 0  # the server answered, with a refusal or an error of the table
             again = f"cdc snapshot CONFIG --source {self.name} --table {entry['table']}"
+            if entry.get("where"):
+                again += f" --where {shlex.quote(entry['where'])}"
             lost = ""
             if "cdc snapshot CONFIG" in str(exc):
                 pass
             elif entry["after"] is not None:
                 lost = (f"; its rows after key {entry['after']} are not copied (those before were); once the table"
                         f" can be read, copy it again: {again}")
-            elif entry["id"] == INITIAL:  # e.g. a table without a primary key
+            else:  # at its start (e.g. a table without a primary key), an initial or a requested copy
                 lost = f"; its existing rows are not copied, its changes are still streamed; once it can be copied: {again}"
-            log.error("source %s: snapshot %s of %s dropped: %s%s", self.name, entry["id"], entry["table"], exc, lost)
+            log.error("source %s: snapshot %s of %s dropped: %s%s", self.name, entry["id"], entry["table"],
+                      self._detail(exc), lost)
             self.windows = [w for w in self.windows if w.entry is not entry]
             self.queue.remove(entry)
             self._ended(entry)
             if entry["id"] == INITIAL and entry["table"] not in self.done:
                 self.done.append(entry["table"])
-                self.skipped[entry["table"]] = str(exc)
+                self.skipped[entry["table"]] = self._detail(exc)
             self._changed()
             self._unsaved = True
             return []
         except SourceConnectionError as exc:
-            log.warning("source %s: snapshot reader: %s; retrying in %.0fs", self.name, exc, ERROR_DELAY)
-            self._close_reader()
-            self._not_before = now + ERROR_DELAY
+            self._failed(entry, exc, now)
             return []
+        self._recovered(entry)
         if chunk is None:  # the snapshot could not be used: read again a moment later
             self._chunks_retried += 1
             self._not_before = now + RETRY_DELAY
@@ -339,6 +347,34 @@ class SnapshotController:
         self.chunks_read += 1
         log.debug("source %s: chunk of %s after %s: %d rows", self.name, entry["table"], after, len(chunk.rows))
         return self._emit_reached(self.source.snapshot_position())
+
+    def _detail(self, exc: BaseException) -> str:
+        """The error's text without the ``source NAME:`` its class puts first (the log line has it)."""
+        text = str(exc)
+        prefix = f"source {self.name}: "
+        return text[len(prefix):] if text.startswith(prefix) else text
+
+    def _failed(self, entry: dict, exc: SourceConnectionError, now: float) -> None:
+        """The reader failed in a way that may pass: retried, ever later (up to MAX_ERROR_DELAY);
+        each line says how many times and for how long; past ESCALATE_AFTER, as an ERROR."""
+        if not self._failures:
+            self._failing_since = now
+        self._failures += 1
+        delay = min(ERROR_DELAY * 2 ** (self._failures - 1), MAX_ERROR_DELAY)
+        failing = now - self._failing_since
+        level = logging.ERROR if failing >= ESCALATE_AFTER else logging.WARNING
+        since = f"; failed {self._failures} times in a row over {failing:.0f}s" if self._failures > 1 else ""
+        log.log(level, "source %s: snapshot %s of %s: %s%s (the stream goes on; the copy waits); retrying in %.0fs",
+                self.name, entry["id"], entry["table"], self._detail(exc), since, delay)
+        self._close_reader()
+        self._not_before = now + delay
+
+    def _recovered(self, entry: dict) -> None:
+        if self._failures:
+            log.warning("source %s: snapshot %s of %s: the snapshot reader works again after %d failures over %.0fs",
+                        self.name, entry["id"], entry["table"], self._failures,
+                        time.monotonic() - self._failing_since)
+            self._failures = 0
 
     def _emit_reached(self, position: dict | None) -> list:
         """The open chunks whose watermark the stream has passed at ``position``."""
