@@ -14,7 +14,11 @@ from __future__ import annotations
 import hashlib
 import re
 import select
+import shlex
+import socket
+import threading
 import time
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -48,6 +52,46 @@ def _unescape(field: bytes) -> bytes:
         return _SIMPLE.get(c, c)
     return _ESCAPE.sub(sub, field)
 
+
+
+#: seconds the copy's connection waits to connect (a ``connect_timeout`` in the dsn wins), the
+#: server's ``statement_timeout`` for its statements, and how long cdc waits for an answer to one
+#: round trip before it takes the server for hung (longer: a live server ends a slow statement first)
+CONNECT_TIMEOUT = 10
+STATEMENT_TIMEOUT = 60.0
+READ_TIMEOUT = 90.0
+
+# The server refuses the copy's connection and will go on refusing until someone acts: the copy
+# is dropped.  Other refusals (starting up, too many clients overall, nothing listening) are retried.
+_REFUSED = [
+    ("password authentication failed", ": the dsn's user or password is not (or no longer) accepted; the "
+                                       "replication stream, connected before, goes on until it reconnects"),
+    ("too many connections for role", ": the copy needs a connection of its own besides the replication "
+                                      "stream's: raise the role's limit (ALTER ROLE ... CONNECTION LIMIT n)"),
+    ("no pg_hba.conf entry", ": allow the connection in pg_hba.conf (a replication entry is not enough)"),
+    ("pg_hba.conf rejects connection", ": allow the connection in pg_hba.conf"),
+    ("is not permitted to log in", ": ALTER ROLE ... LOGIN"),
+    ("authentication failed", ""),
+    ("permission denied for database", ": GRANT CONNECT ON DATABASE ... TO the dsn's user"),
+    ("does not exist", ""),
+]
+
+
+class _Refused(SnapshotInputError):
+    """The server refused the copy's connection for a reason that does not pass by itself."""
+
+    def __init__(self, detail: str, source: str) -> None:
+        self.detail = detail
+        super().__init__(detail, source=source)
+
+
+def _server_message(exc: psycopg.OperationalError) -> str:
+    """The server's (or libpq's) reason in a failed connection's error, on one line."""
+    text = "; ".join(" ".join(line.split()) for line in str(exc).splitlines() if line.strip())
+    for prefix in ("FATAL: ", "failed: "):
+        if prefix in text:
+            text = text.rsplit(prefix, 1)[1]
+    return text
 
 
 def _wait_readable(pgconn) -> None:
@@ -211,6 +255,8 @@ class PostgresSnapshotReader:
         options = " ".join(filter(None, [params.pop("options", ""), SESSION_OPTIONS]))
         self.conninfo = make_conninfo(**params, options=options,
                                       application_name=params.get("application_name", "cdc") + "_snapshot")
+        self.params = params
+        self.server = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
         self.conn: psycopg.Connection | None = None
         self._tables: dict[str, _Table] = {}
         self._noted: set[int] = set()        # xids of changes of copied tables handed on
@@ -221,12 +267,68 @@ class PostgresSnapshotReader:
 
     def _connect(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
+            conninfo = self.conninfo if "connect_timeout" in self.params else \
+                make_conninfo(self.conninfo, connect_timeout=CONNECT_TIMEOUT)  # the dsn's wins
             try:
-                self.conn = psycopg.connect(self.conninfo, autocommit=True, connect_timeout=10)
+                conn = psycopg.connect(conninfo, autocommit=True)
             except psycopg.OperationalError as exc:
-                raise SourceConnectionError(f"snapshot connection: {str(exc).strip()}",
+                message = _server_message(exc)
+                for pattern, hint in _REFUSED:
+                    if pattern in message:
+                        raise _Refused(f"the server {self.server} refuses the copy's connection: {message}{hint}",
+                                       source=self.source_name) from None
+                if "timeout expired" in message:
+                    message = (f"the server {self.server} did not answer within "
+                               f"{self.params.get('connect_timeout', CONNECT_TIMEOUT)} s (connect_timeout): it "
+                               f"accepts connections but does not answer (stopped, hung or overloaded)")
+                raise SourceConnectionError(f"snapshot connection to {self.server}: {message}",
                                             source=self.source_name) from exc
+            self.conn = conn
+            if "statement_timeout" not in self.conninfo:  # the dsn's options win
+                try:
+                    with self._answer("the copy's session settings"):
+                        conn.execute(f"SET statement_timeout = {int(STATEMENT_TIMEOUT * 1000)}")
+                except psycopg.Error as exc:
+                    self.close()
+                    raise SourceConnectionError(f"snapshot connection to {self.server}: {str(exc).strip()}",
+                                                source=self.source_name) from exc
         return self.conn
+
+    @contextmanager
+    def _answer(self, what: str):
+        """The server must answer within READ_TIMEOUT: past it, the connection's socket is shut
+        (a server that accepts and never answers would hold this thread, and the stream, for
+        ever) and the error names the server, ``what`` it did not answer and for how long."""
+        conn = self.conn
+        assert conn is not None
+        fired = threading.Event()
+
+        def shut() -> None:
+            fired.set()
+            try:
+                sock = socket.socket(fileno=conn.pgconn.socket)
+            except (OSError, psycopg.Error):
+                return
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the waiting thread sees the connection end
+            except OSError:
+                pass
+            finally:
+                sock.detach()  # the descriptor stays libpq's
+        timer = threading.Timer(READ_TIMEOUT, shut)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except psycopg.Error as exc:
+            if not fired.is_set():
+                raise
+            self.close()
+            raise SourceConnectionError(
+                f"the server {self.server} did not answer {what} within {READ_TIMEOUT:g} s: it accepts "
+                f"connections but does not answer (stopped, hung or overloaded)", source=self.source_name) from exc
+        finally:
+            timer.cancel()
 
     def close(self) -> None:
         if self.conn is not None:
@@ -239,10 +341,11 @@ class PostgresSnapshotReader:
             return t
         conn = self._connect()
         try:
-            columns, key, shape = self._metadata(conn, table)
+            with self._answer(f"the query of the columns of {table}"):
+                columns, key, shape = self._metadata(conn, table)
         except psycopg.OperationalError as exc:
             self.close()
-            raise SourceConnectionError(f"snapshot: columns of {table}: {str(exc).strip()}",
+            raise SourceConnectionError(f"snapshot: columns of {table} (server {self.server}): {str(exc).strip()}",
                                         source=self.source_name) from exc
         except psycopg.Error as exc:  # e.g. the table was dropped
             raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}", source=self.source_name) from None
@@ -296,23 +399,36 @@ class PostgresSnapshotReader:
 
     def estimate(self, table: str) -> int | None:
         try:
-            row = self._connect().execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                                          (sql.Identifier(*table.split(".", 1)).as_string(self._connect()),)
-                                          ).fetchone()
+            conn = self._connect()
+        except _Refused:  # read_chunk says it, with the way back
+            return None
+        try:
+            with self._answer(f"the row estimate of {table}"):
+                row = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                                   (sql.Identifier(*table.split(".", 1)).as_string(conn),)).fetchone()
         except psycopg.Error:
             return None
         return int(row[0]) if row and row[0] >= 0 else None
 
     def check_where(self, table: str, where: str) -> None:
-        self._table(table)  # a table without a primary key is refused here
+        """``cdc snapshot``: the table and the condition (SnapshotInputError), or the server's
+        failure (another SourceError)."""
+        try:
+            self._table(table)  # a table without a primary key is refused here
+        except _Refused as exc:  # the server's refusal, not the table's or the condition's
+            raise SourceSetupError(exc.detail, source=self.source_name) from None
         self._one_condition(table, where)
         conn = self._connect()
         query = sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE ({})").format(
             sql.Identifier(*table.split(".", 1)), sql.SQL(where))
         try:
-            with conn.transaction():
+            with self._answer("the check of --where"), conn.transaction():
                 conn.execute("SET TRANSACTION READ ONLY")
                 conn.execute(query)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise SourceConnectionError(f"checking --where (server {self.server}): {str(exc).strip()}",
+                                        source=self.source_name) from exc
         except psycopg.Error as exc:
             raise SnapshotInputError(f"--where {where!r} on {table}: {str(exc).strip()}",
                                      source=self.source_name) from None
@@ -325,38 +441,52 @@ class PostgresSnapshotReader:
             raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
 
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+        try:
+            return self._read_chunk(table, after, limit, where)
+        except _Refused as exc:
+            again = f"cdc snapshot CONFIG --source {self.source_name} --table {table}"
+            if where:
+                again += f" --where {shlex.quote(where)}"
+            rows = (f"its rows after key {after} are not copied (those before were)" if after is not None
+                    else "its rows are not copied")
+            raise SnapshotInputError(f"{exc.detail}; {rows}, its changes are still streamed; once "
+                                     f"the server accepts the connection, copy it again: {again}",
+                                     source=self.source_name) from None
+
+    def _read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         t = self._table(table, after)
         self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
         try:
-            if table not in self._floor:
-                # every transaction committed before now is visible to the snapshots we
-                # accept (see docs/snapshots.md): remember an xid taken now
-                with conn.transaction(force_rollback=True):
-                    self._floor[table] = int(one(conn, "SELECT pg_current_xact_id()::text")[0])
-            query = self._query(t, after, limit + 1, where).as_bytes(conn)
-            # Two round trips in the simple query protocol.  The high watermark message is
-            # written after the snapshot was taken; the xid makes the commit flush the WAL
-            # (the message alone would wait for the WAL writer).  And: a transaction
-            # committed before this copy started but not visible in the snapshot makes the
-            # snapshot unusable for now (see docs/snapshots.md).
-            try:
-                text, lines = self._copy(conn, b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
-                                               b" SELECT pg_current_snapshot()::text; " + query)
-                ident = sql.Literal(sql.Identifier(t.schema, t.name).as_string(conn)).as_string(conn)
-                high, racy, shape = self._simple(conn, (
-                    f"SELECT pg_logical_emit_message(false, '{WATERMARK_PREFIX}', '')::text, pg_current_xact_id(),"
-                    f" (SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x"
-                    f"  WHERE x < '{int(self._floor[table])}'::xid8 AND pg_xact_status(x) = 'committed'); COMMIT;"
-                    f" {_SHAPE.format(ident)}"
-                ).encode())
-            except BaseException:
-                if conn.pgconn.status == pq.ConnStatus.OK:
-                    conn.pgconn.exec_(b"ROLLBACK")
-                raise
+            with self._answer(f"a chunk of {table}"):
+                if table not in self._floor:
+                    # every transaction committed before now is visible to the snapshots we
+                    # accept (see docs/snapshots.md): remember an xid taken now
+                    with conn.transaction(force_rollback=True):
+                        self._floor[table] = int(one(conn, "SELECT pg_current_xact_id()::text")[0])
+                query = self._query(t, after, limit + 1, where).as_bytes(conn)
+                # Two round trips in the simple query protocol.  The high watermark message is
+                # written after the snapshot was taken; the xid makes the commit flush the WAL
+                # (the message alone would wait for the WAL writer).  And: a transaction
+                # committed before this copy started but not visible in the snapshot makes the
+                # snapshot unusable for now (see docs/snapshots.md).
+                try:
+                    text, lines = self._copy(conn, b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
+                                                   b" SELECT pg_current_snapshot()::text; " + query)
+                    ident = sql.Literal(sql.Identifier(t.schema, t.name).as_string(conn)).as_string(conn)
+                    high, racy, shape = self._simple(conn, (
+                        f"SELECT pg_logical_emit_message(false, '{WATERMARK_PREFIX}', '')::text, pg_current_xact_id(),"
+                        f" (SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x"
+                        f"  WHERE x < '{int(self._floor[table])}'::xid8 AND pg_xact_status(x) = 'committed'); COMMIT;"
+                        f" {_SHAPE.format(ident)}"
+                    ).encode())
+                except BaseException:
+                    if conn.pgconn.status == pq.ConnStatus.OK:
+                        conn.pgconn.exec_(b"ROLLBACK")
+                    raise
         except psycopg.OperationalError as exc:
             self.close()
-            raise SourceConnectionError(f"snapshot read of {table}: {str(exc).strip()}",
+            raise SourceConnectionError(f"snapshot read of {table} (server {self.server}): {str(exc).strip()}",
                                         source=self.source_name) from exc
         except psycopg.Error as exc:
             try:  # e.g. a column renamed since the columns were read: read with the new ones
@@ -364,7 +494,13 @@ class PostgresSnapshotReader:
                     return None
             except psycopg.Error:
                 pass
-            raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}", source=self.source_name) from None
+            hint = ""
+            if isinstance(exc, psycopg.errors.QueryCanceled) or "statement timeout" in str(exc):
+                hint = (f" (a chunk's query took longer than the copy's statement_timeout, {STATEMENT_TIMEOUT:g} s"
+                        f" unless the dsn's options set it: a --where no index helps, a large snapshot_chunk_size;"
+                        f" lower snapshot_chunk_size, or set a longer one: ?options=-c%20statement_timeout=600s)")
+            raise SnapshotInputError(f"cannot read {table}: {str(exc).strip()}{hint}",
+                                     source=self.source_name) from None
         if shape != t.shape:
             # DDL since the columns were read, or since the chunk's snapshot (a table-rewriting
             # ALTER TABLE is not MVCC-safe: the snapshot sees the table empty): read again
