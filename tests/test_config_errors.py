@@ -106,3 +106,16 @@ def test_sources_may_share_a_postgres_checkpoint_table(tmp_path):
               "    checkpoint: {type: postgres, dsn: 'postgresql://u@127.0.0.1/state'}\n")
     code, out = validate(tmp_path, text.replace("pipelines:\n", second + "pipelines:\n", 1))
     assert code == 0, out
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", ["&ashop", "123", "~"])
+def test_a_source_or_pipeline_named_by_something_not_text_is_a_config_error(tmp_path, name):
+    """A YAML anchor written as a key (``&ashop:``) makes the name null: that was a TypeError
+    (found by tests/test_fuzz_config.py)."""
+    text = ("sources:\n  " + name + ":\n    type: postgres\n    dsn: postgresql://u@127.0.0.1/shop\n"
+            "    tables: [public.orders]\n    checkpoint: {type: memory}\n"
+            "pipelines:\n  " + name.replace("&ashop", "&apipe") + ": {source: shop, sinks: [{type: stdout}]}\n")
+    code, out = validate(tmp_path, text)
+    assert code == 2 and "Traceback" not in out, out
+    assert "sources: a name must be text" in out and "pipelines: a name must be text" in out, out

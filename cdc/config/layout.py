@@ -113,7 +113,12 @@ def _mapping(raw: dict, key: str, path: str, problems: list[ConfigProblem]) -> d
     if not isinstance(value, dict) or not value:
         problems.append(ConfigProblem(sub, "expected a mapping of names to definitions"))
         return {}
-    return value
+    named = {name: spec for name, spec in value.items() if isinstance(name, str) and name}
+    for name in value:
+        if name not in named:  # e.g. a YAML anchor written as a key (`&a:`) names it null
+            problems.append(ConfigProblem(sub, f"a name must be text, got {name!r} (quote it, or remove the "
+                                               f"& or * in front of it)"))
+    return named
 
 
 def _unknown(raw: dict, known: Any, path: str, problems: list[ConfigProblem]) -> None:
