@@ -3,6 +3,7 @@ built from it."""
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,7 +11,7 @@ from ..errors import PermanentError, SourceError
 from ..event import ChangeEvent
 from ..lsn import format_lsn
 
-__all__ = ["Chunk", "SnapshotInputError", "MODES", "emit_events", "place", "key_changed", "no_key_warning"]
+__all__ = ["Chunk", "SnapshotInputError", "CopyRefused", "MODES", "emit_events", "place", "key_changed", "no_key_warning"]
 
 #: ``snapshot:`` modes, with Debezium's meanings
 MODES = ("initial", "never", "initial_only", "when_needed")
@@ -19,6 +20,24 @@ MODES = ("initial", "never", "initial_only", "when_needed")
 class SnapshotInputError(SourceError, PermanentError):
     """A snapshot that cannot run as asked (no primary key, a bad ``where``): the
     snapshot is dropped, the pipeline goes on streaming."""
+
+
+class CopyRefused(SnapshotInputError):
+    """The server refused the copy's connection for a reason that does not pass by itself."""
+
+    def __init__(self, detail: str, source: str) -> None:
+        self.detail = detail
+        super().__init__(detail, source=source)
+
+    def dropped(self, table: str, after: list | None, where: str | None) -> SnapshotInputError:
+        """The copy of ``table`` is dropped: what was not copied, and the command that copies it later."""
+        again = f"cdc snapshot CONFIG --source {self.source} --table {table}"
+        if where:
+            again += f" --where {shlex.quote(where)}"
+        rows = (f"its rows after key {after} are not copied (those before were)" if after is not None
+                else "its rows are not copied")
+        return SnapshotInputError(f"{self.detail}; {rows}, its changes are still streamed; once the server "
+                                  f"accepts the connection, copy it again: {again}", source=self.source)
 
 
 @dataclass

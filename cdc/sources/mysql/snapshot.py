@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import shlex
 import struct
 import time
 
@@ -27,7 +26,7 @@ import pymysql.cursors
 
 from ...errors import SourceConnectionError, SourceSetupError
 from ...event import ChangeEvent
-from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events, key_changed
+from ...snapshot.chunk import Chunk, CopyRefused, SnapshotInputError, emit_events, key_changed
 from ...snapshot.where import condition_problem
 from . import settings as checks
 from .types import float32
@@ -339,14 +338,6 @@ _REFUSED = {1044: "", 1045: _PASSWORD, 1698: _PASSWORD, 1049: "", 1130: "", 1251
             4151: ": the user's account is locked (ALTER USER ... ACCOUNT UNLOCK)"}
 
 
-class _Refused(SnapshotInputError):
-    """The server refused the copy's connection for a reason that does not pass by itself."""
-
-    def __init__(self, detail: str, source: str) -> None:
-        self.detail = detail
-        super().__init__(detail, source=source)
-
-
 def _hint(exc: pymysql.MySQLError) -> str:
     if exc.args and exc.args[0] in _TIMEOUTS:
         return (" (a chunk took longer than the server's max_statement_time / max_execution_time for the "
@@ -416,7 +407,7 @@ class MySQLSnapshotReader:
                     conn._force_close()
                 code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
                 if code in _REFUSED:
-                    raise _Refused(f"the server {checks.address(self.settings)} refuses the copy's connection: "
+                    raise CopyRefused(f"the server {checks.address(self.settings)} refuses the copy's connection: "
                                    f"{exc.args[-1]}{_REFUSED[code]}", source=self.source_name) from None
                 raise SourceConnectionError(f"snapshot connection: {self._failure(exc)}",
                                             source=self.source_name) from exc
@@ -508,7 +499,7 @@ class MySQLSnapshotReader:
                 cur.execute("SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
                             " AND TABLE_NAME = %s", (db, name))
                 row = cur.fetchone()
-        except (pymysql.MySQLError, _Refused):  # refused: read_chunk says it, with the way back
+        except (pymysql.MySQLError, CopyRefused):  # refused: read_chunk says it, with the way back
             return None
         return int(row[0]) if row and row[0] is not None else None
 
@@ -517,7 +508,7 @@ class MySQLSnapshotReader:
         failure (another SourceError)."""
         try:
             t = self._table(table)
-        except _Refused as exc:  # the server's refusal, not the table's or the condition's
+        except CopyRefused as exc:  # the server's refusal, not the table's or the condition's
             raise SourceSetupError(exc.detail, source=self.source_name) from None
         self._one_condition(table, where)
         try:
@@ -541,15 +532,8 @@ class MySQLSnapshotReader:
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         try:
             return self._read_chunk(table, after, limit, where)
-        except _Refused as exc:
-            again = f"cdc snapshot CONFIG --source {self.source_name} --table {table}"
-            if where:
-                again += f" --where {shlex.quote(where)}"
-            rows = (f"its rows after key {after} are not copied (those before were)" if after is not None
-                    else "its rows are not copied")
-            raise SnapshotInputError(f"{exc.detail}; {rows}, its changes are still streamed; once "
-                                     f"the server accepts the connection, copy it again: {again}",
-                                     source=self.source_name) from None
+        except CopyRefused as exc:
+            raise exc.dropped(table, after, where) from None
 
     def _read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         t = self._table(table, after)

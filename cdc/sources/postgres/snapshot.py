@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import re
 import select
-import shlex
 import socket
 import threading
 import time
@@ -28,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ...errors import SourceConnectionError, SourceSetupError
 from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
-from ...snapshot.chunk import Chunk, SnapshotInputError, emit_events, key_changed
+from ...snapshot.chunk import Chunk, CopyRefused, SnapshotInputError, emit_events, key_changed
 from ...snapshot.where import condition_problem
 from .replication import SESSION_OPTIONS
 from .types import _bool, _timestamp, converter_for, is_json
@@ -75,14 +74,6 @@ _REFUSED = [
     ("permission denied for database", ": GRANT CONNECT ON DATABASE ... TO the dsn's user"),
     ("does not exist", ""),
 ]
-
-
-class _Refused(SnapshotInputError):
-    """The server refused the copy's connection for a reason that does not pass by itself."""
-
-    def __init__(self, detail: str, source: str) -> None:
-        self.detail = detail
-        super().__init__(detail, source=source)
 
 
 def _server_message(exc: psycopg.OperationalError) -> str:
@@ -275,7 +266,7 @@ class PostgresSnapshotReader:
                 message = _server_message(exc)
                 for pattern, hint in _REFUSED:
                     if pattern in message:
-                        raise _Refused(f"the server {self.server} refuses the copy's connection: {message}{hint}",
+                        raise CopyRefused(f"the server {self.server} refuses the copy's connection: {message}{hint}",
                                        source=self.source_name) from None
                 if "timeout expired" in message:
                     message = (f"the server {self.server} did not answer within "
@@ -400,7 +391,7 @@ class PostgresSnapshotReader:
     def estimate(self, table: str) -> int | None:
         try:
             conn = self._connect()
-        except _Refused:  # read_chunk says it, with the way back
+        except CopyRefused:  # read_chunk says it, with the way back
             return None
         try:
             with self._answer(f"the row estimate of {table}"):
@@ -415,7 +406,7 @@ class PostgresSnapshotReader:
         failure (another SourceError)."""
         try:
             self._table(table)  # a table without a primary key is refused here
-        except _Refused as exc:  # the server's refusal, not the table's or the condition's
+        except CopyRefused as exc:  # the server's refusal, not the table's or the condition's
             raise SourceSetupError(exc.detail, source=self.source_name) from None
         self._one_condition(table, where)
         conn = self._connect()
@@ -443,15 +434,8 @@ class PostgresSnapshotReader:
     def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         try:
             return self._read_chunk(table, after, limit, where)
-        except _Refused as exc:
-            again = f"cdc snapshot CONFIG --source {self.source_name} --table {table}"
-            if where:
-                again += f" --where {shlex.quote(where)}"
-            rows = (f"its rows after key {after} are not copied (those before were)" if after is not None
-                    else "its rows are not copied")
-            raise SnapshotInputError(f"{exc.detail}; {rows}, its changes are still streamed; once "
-                                     f"the server accepts the connection, copy it again: {again}",
-                                     source=self.source_name) from None
+        except CopyRefused as exc:
+            raise exc.dropped(table, after, where) from None
 
     def _read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         t = self._table(table, after)
