@@ -1,4 +1,5 @@
-"""Helpers for the operations tests: a table to change, a config, a ``cdc run`` child."""
+"""Helpers for the operations tests: a table to change, a config, a ``cdc run`` child, a call
+that must end in time."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -179,3 +181,21 @@ def idle_broker_lost_and_back(sink_options: dict, tmp_path: Path, caplog, event,
         worker.stop(timeout=10)
     assert not fatal and worker.counts["failed"] == 0, caplog.text[-2000:]  # a working connection at once
 
+
+def within(seconds: float, call, *args):
+    """``call(*args)`` in a thread: what it raised or returned, or a failure if it still waits
+    after ``seconds`` (before the fix it waited for ever)."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    outcome["seconds"] = time.monotonic() - started
+    return outcome

@@ -25,6 +25,7 @@ from cdc.snapshot import SnapshotInputError, requests
 from cdc.sources.mysql import preflight as mysql_preflight
 from cdc.sources.mysql import snapshot as mysql_snapshot
 
+from _ops_helpers import within
 from mysql_helpers import db_of, execute, make_source, preflight
 from pgutil import read_jsonl
 from servers import MariaDBServer
@@ -195,25 +196,6 @@ class Stopped:
         os.kill(self.server.pid, signal.SIGCONT)
 
 
-def _within(seconds: float, call, *args):
-    """``call(*args)`` in a thread: what it raised or returned, or a failure if it still waits
-    after ``seconds`` (before the fix it waited for ever)."""
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = call(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            outcome["error"] = exc
-    thread = threading.Thread(target=run, daemon=True)
-    started = time.monotonic()
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still waiting after {seconds} s"
-    outcome["seconds"] = time.monotonic() - started
-    return outcome
-
-
 @pytest.fixture
 def short_timeouts(monkeypatch):
     monkeypatch.setattr(mysql_snapshot, "READ_TIMEOUT", 1.5, raising=False)
@@ -234,7 +216,7 @@ def test_snapshot_connection_to_a_stopped_server_times_out_naming_it(private_mar
     reader = make_source(private_mariadb, db, [f"{db}.t"]).snapshot_reader()
     try:
         with Stopped(private_mariadb):
-            outcome = _within(15, reader.read_chunk, f"{db}.t", None, 10, None)
+            outcome = within(15, reader.read_chunk, f"{db}.t", None, 10, None)
         error = outcome.get("error")
         assert isinstance(error, SourceConnectionError), outcome
         assert f"127.0.0.1:{private_mariadb.port}" in str(error) and "did not answer" in str(error)
@@ -253,7 +235,7 @@ def test_snapshot_chunk_on_a_server_stopped_mid_read_times_out(private_mariadb, 
         stop = threading.Timer(0.5, os.kill, (private_mariadb.pid, signal.SIGSTOP))
         stop.start()
         try:
-            outcome = _within(15, reader.read_chunk, f"{db}.t", None, 1000, "SLEEP(0.01) = 0")
+            outcome = within(15, reader.read_chunk, f"{db}.t", None, 1000, "SLEEP(0.01) = 0")
         finally:
             stop.join()
             os.kill(private_mariadb.pid, signal.SIGCONT)
@@ -271,7 +253,7 @@ def test_preflight_of_a_stopped_server_times_out_naming_it(private_mariadb, shor
     db = _table(private_mariadb)
     dsn = private_mariadb.dsn(db, user="cdc")
     with Stopped(private_mariadb):
-        outcome = _within(15, preflight, dsn, [f"{db}.t"])
+        outcome = within(15, preflight, dsn, [f"{db}.t"])
     error = outcome.get("error")
     assert isinstance(error, SourceConnectionError), outcome
     assert f"127.0.0.1:{private_mariadb.port}" in str(error) and "did not answer" in str(error)
@@ -303,7 +285,7 @@ def test_checkpoint_set_check_of_a_stopped_server_times_out(private_mariadb, sho
     db = _table(private_mariadb)
     source = make_source(private_mariadb, db, [f"{db}.t"])
     with Stopped(private_mariadb):
-        outcome = _within(15, source.check_position, {"gtid": "0-1-1"})
+        outcome = within(15, source.check_position, {"gtid": "0-1-1"})
     error = outcome.get("error")
     assert isinstance(error, SourceConnectionError), outcome  # not "--position refused"
     assert f"127.0.0.1:{private_mariadb.port}" in str(error) and "did not answer" in str(error)
@@ -335,7 +317,7 @@ def test_opening_the_stream_on_a_stopped_server_names_it(private_mariadb):
     source = make_source(private_mariadb, db, [f"{db}.t"])
     source.settings["read_timeout"] = 2
     with Stopped(private_mariadb):
-        outcome = _within(15, source.open, None)
+        outcome = within(15, source.open, None)
     source.close()
     error = outcome.get("error")
     assert isinstance(error, SourceConnectionError), outcome

@@ -10,8 +10,6 @@ import logging
 import os
 import signal
 import socket
-import threading
-import time
 import uuid
 
 import psycopg
@@ -23,6 +21,7 @@ from cdc.snapshot import SnapshotInputError, requests
 from cdc.sources.postgres import snapshot as pg_snapshot
 from cdc.sources.postgres.snapshot import PostgresSnapshotReader
 
+from _ops_helpers import within
 from pgutil import Running, config, file_pipeline, read_jsonl, sql
 from servers import PostgresServer
 
@@ -146,25 +145,6 @@ def test_a_copy_that_cannot_connect_for_a_passing_reason_is_retried_naming_the_s
 # ---- servers that accept the connection and never answer (SIGSTOP) -------------------------------
 
 
-def _within(seconds: float, call, *args):
-    """``call(*args)`` in a thread: what it raised or returned, or a failure if it still waits
-    after ``seconds`` (before the fix it waited for ever)."""
-    outcome: dict = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = call(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            outcome["error"] = exc
-    thread = threading.Thread(target=run, daemon=True)
-    started = time.monotonic()
-    thread.start()
-    thread.join(seconds)
-    assert not thread.is_alive(), f"still waiting after {seconds} s"
-    outcome["seconds"] = time.monotonic() - started
-    return outcome
-
-
 @pytest.fixture
 def short_timeouts(monkeypatch):
     monkeypatch.setattr(pg_snapshot, "READ_TIMEOUT", 1.5, raising=False)
@@ -196,7 +176,7 @@ def test_a_stopped_backend_times_out_naming_the_server(pg_database, short_timeou
     try:
         reader.read_chunk("public.t", None, 10, None)  # connected, the columns of t read
         with _StoppedBackend(reader):
-            outcome = _within(15, reader.read_chunk, table, None, 1000, None)
+            outcome = within(15, reader.read_chunk, table, None, 1000, None)
         error = outcome.get("error")
         assert isinstance(error, SourceConnectionError), outcome
         assert f"127.0.0.1:{_port(pg_database)} did not answer" in str(error), error
@@ -213,7 +193,7 @@ def test_connecting_to_a_stopped_server_times_out_naming_it(private_pg, short_ti
     reader = _reader(private_pg.dsn(db))
     os.kill(private_pg.pid, signal.SIGSTOP)
     try:
-        outcome = _within(15, reader.read_chunk, "public.t", None, 10, None)
+        outcome = within(15, reader.read_chunk, "public.t", None, 10, None)
     finally:
         os.kill(private_pg.pid, signal.SIGCONT)
     error = outcome.get("error")
