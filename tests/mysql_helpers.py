@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import time
 
-from cdc.config import Context
+import yaml
+
+from cdc.config import Context, parse_config
 from cdc.event import ChangeEvent, Commit
 from cdc.sources.mysql import MySQLSource
 
-__all__ = ["make_source", "collect", "db_of", "execute", "preflight"]
+__all__ = ["make_source", "collect", "db_of", "execute", "preflight", "mysql_config"]
 
 
 def db_of(dsn: str) -> str:
@@ -55,3 +58,16 @@ def collect(source, count: int, timeout: float = 60.0, commits: list | None = No
                 last_commit = False
     assert len(events) >= count, f"got {len(events)} of {count} events"
     return events
+
+
+def mysql_config(tmp_path, dsn: str, tables: list[str], **options):
+    """A config of one MySQL source ``db`` (a random server_id, a file checkpoint saved at every
+    commit) into a file sink, written to ``tmp_path`` and parsed."""
+    raw = {"sources": {"db": {"type": "mysql", "dsn": dsn, "tables": tables,
+                              "server_id": random.randint(5000, 90000),
+                              "checkpoint": {"type": "file", "path": "state/db.json"},
+                              "checkpoint_interval": 0.0, **options}},
+           "pipelines": {"all": {"source": "db", "sinks": [{"type": "file", "path": "out/all.jsonl"}]}}}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return parse_config(raw, path, {})

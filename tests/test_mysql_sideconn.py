@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import socket
 import threading
@@ -16,7 +15,6 @@ import time
 import uuid
 
 import pytest
-import yaml
 from test_snapshot_mysql import Running, wait_for
 
 from cdc.config import parse_config
@@ -26,7 +24,7 @@ from cdc.sources.mysql import preflight as mysql_preflight
 from cdc.sources.mysql import snapshot as mysql_snapshot
 
 from _ops_helpers import within
-from mysql_helpers import db_of, execute, make_source, preflight
+from mysql_helpers import db_of, execute, make_source, mysql_config, preflight
 from pgutil import read_jsonl
 from servers import MariaDBServer
 
@@ -45,14 +43,7 @@ def _dsn(server, db: str, user: str, password: str, query: str = "") -> str:
 
 
 def _config(tmp_path, dsn: str, tables: list[str], **options):
-    raw = {"sources": {"db": {"type": "mysql", "dsn": dsn, "tables": tables,
-                              "server_id": random.randint(5000, 90000),
-                              "checkpoint": {"type": "file", "path": "state/db.json"},
-                              "checkpoint_interval": 0.0, **options}},
-           "pipelines": {"all": {"source": "db", "sinks": [{"type": "file", "path": "out/all.jsonl"}]}}}
-    path = tmp_path / "pipelines.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return parse_config(raw, path, {})
+    return mysql_config(tmp_path, dsn, tables, **options)
 
 
 # ---- connections refused ------------------------------------------------------------------------
@@ -155,7 +146,7 @@ def test_a_dsn_timeout_that_is_not_seconds_is_a_config_error(value):
     """Before, PyMySQL failed on it with a TypeError (a string compared with 0) or a ValueError."""
     from pathlib import Path
 
-    from cdc.config import Context, parse_config
+    from cdc.config import Context
     from cdc.errors import ConfigError
     from cdc.sources.mysql import MySQLSource
     raw = {"sources": {"s": {"type": "mysql", "dsn": f"mysql://cdc:pw@127.0.0.1:3306/db?read_timeout={value}",

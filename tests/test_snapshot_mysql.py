@@ -9,13 +9,11 @@ import threading
 import time
 
 import pytest
-import yaml
 from snapshot_helpers import ChunkHitter, CopyUnderKills, read_complete, rebuild, same_ids_same_content
 
-from cdc.config import parse_config
 from cdc.engine import SourceRunner
 
-from mysql_helpers import db_of, execute
+from mysql_helpers import db_of, execute, mysql_config
 
 ROWS = 200_000
 
@@ -33,14 +31,7 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def _config(tmp_path, server, db: str, tables: list[str], **options):
-    raw = {"sources": {"db": {"type": "mysql", "dsn": server.dsn(db, user="cdc"), "tables": tables,
-                              "server_id": random.randint(5000, 90000),
-                              "checkpoint": {"type": "file", "path": "state/db.json"},
-                              "checkpoint_interval": 0.0, **options}},
-           "pipelines": {"all": {"source": "db", "sinks": [{"type": "file", "path": "out/all.jsonl"}]}}}
-    path = tmp_path / "pipelines.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return parse_config(raw, path, {})
+    return mysql_config(tmp_path, server.dsn(db, user="cdc"), tables, **options)
 
 
 class Running:

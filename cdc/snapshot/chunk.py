@@ -11,7 +11,8 @@ from ..errors import PermanentError, SourceError
 from ..event import ChangeEvent
 from ..lsn import format_lsn
 
-__all__ = ["Chunk", "SnapshotInputError", "CopyRefused", "MODES", "emit_events", "place", "key_changed", "no_key_warning"]
+__all__ = ["Chunk", "SnapshotInputError", "CopyRefused", "copy_again", "MODES", "emit_events", "place", "key_changed",
+           "no_key_warning"]
 
 #: ``snapshot:`` modes, with Debezium's meanings
 MODES = ("initial", "never", "initial_only", "when_needed")
@@ -20,6 +21,12 @@ MODES = ("initial", "never", "initial_only", "when_needed")
 class SnapshotInputError(SourceError, PermanentError):
     """A snapshot that cannot run as asked (no primary key, a bad ``where``): the
     snapshot is dropped, the pipeline goes on streaming."""
+
+
+def copy_again(source: str, table: str, where: str | None = None) -> str:
+    """The command that copies ``table`` again (a dropped or refused copy's way back)."""
+    command = f"cdc snapshot CONFIG --source {source} --table {table}"
+    return f"{command} --where {shlex.quote(where)}" if where else command
 
 
 class CopyRefused(SnapshotInputError):
@@ -31,9 +38,7 @@ class CopyRefused(SnapshotInputError):
 
     def dropped(self, table: str, after: list | None, where: str | None) -> SnapshotInputError:
         """The copy of ``table`` is dropped: what was not copied, and the command that copies it later."""
-        again = f"cdc snapshot CONFIG --source {self.source} --table {table}"
-        if where:
-            again += f" --where {shlex.quote(where)}"
+        again = copy_again(self.source or "", table, where)
         rows = (f"its rows after key {after} are not copied (those before were)" if after is not None
                 else "its rows are not copied")
         return SnapshotInputError(f"{self.detail}; {rows}, its changes are still streamed; once the server "

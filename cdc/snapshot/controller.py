@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 from ..errors import CdcError, SourceConnectionError
 from ..event import ChangeEvent, Commit
 from . import requests as signals
-from .chunk import Chunk, SnapshotInputError
+from .chunk import Chunk, SnapshotInputError, copy_again
 
 __all__ = ["SnapshotController", "INITIAL", "POSITION_KEY"]
 
@@ -313,9 +312,7 @@ class SnapshotController:
         except SnapshotInputError as exc:
             # mid-copy (e.g. the table renamed or dropped): what is missing, and the way back
             self._failures = 0  # the server answered, with a refusal or an error of the table
-            again = f"cdc snapshot CONFIG --source {self.name} --table {entry['table']}"
-            if entry.get("where"):
-                again += f" --where {shlex.quote(entry['where'])}"
+            again = copy_again(self.name, entry["table"], entry.get("where"))
             lost = ""
             if "cdc snapshot CONFIG" in str(exc):
                 pass
