@@ -5,6 +5,7 @@ fix, as for a rename.  Against a real MariaDB 10.11; see docs/guarantees.md."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -12,6 +13,7 @@ from test_mysql_guarantees import Run, _config
 
 from cdc.errors import SourceError, SourceSetupError
 from cdc.event import ChangeEvent
+from cdc.sources.mysql import settings as mysql_settings
 
 from mysql_helpers import db_of, execute, make_source
 from pgutil import read_jsonl, wait_for_lines
@@ -98,18 +100,29 @@ def test_drop_of_another_table_does_not_stop(shop, drop):
     assert [e.after["id"] for e in got] == [1, 2]
 
 
-def test_table_dropped_and_created_again_while_running_then_started_again(shop, tmp_path):
+def test_table_dropped_and_created_again_while_running_then_started_again(shop, tmp_path, monkeypatch):
     """Through cdc run: the stop comes after the drop, nothing of the new table is read; started
     again (the table is in tables: and exists), cdc goes on after the drop with the new table."""
     server, db = shop
     execute(server, db, "CREATE TABLE t (id int PRIMARY KEY)")
     out = tmp_path / "out/all.jsonl"
     cfg = _config(tmp_path, server, db, [f"{db}.t"], {"type": "file", "path": "out/all.jsonl"})
+    # cdc asks the server whether t exists when it reads the DROP: that answer must come after
+    # the CREATE below (the reader may read the DROP before the CREATE is run).
+    created_again = threading.Event()
+    real_check = mysql_settings.missing_tables
+
+    def check_after_the_create(conn, tables):
+        assert created_again.wait(20), "the test did not create t again"
+        return real_check(conn, tables)
+
     run = Run(cfg)
     with run:
         execute(server, db, "INSERT INTO t VALUES (1), (2)")
         wait_for_lines(out, 2)
+        monkeypatch.setattr(mysql_settings, "missing_tables", check_after_the_create)
         execute(server, db, "DROP TABLE t", "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t VALUES (3)")
+        created_again.set()
         run.thread.join(30)
         assert not run.thread.is_alive(), "cdc did not stop after the drop"
     error = str(run.raised or run.runner.error)
