@@ -17,6 +17,7 @@ import pytest
 from test_snapshot_mysql import Running as MyRunning
 
 from cdc.config import Context, parse_config
+from cdc.event import ChangeEvent
 from cdc.sinks.mirror import MySQLMirrorSink, PostgresMirrorSink
 
 from mysql_helpers import collect, db_of, execute, make_source
@@ -132,6 +133,65 @@ def test_mariadb_to_postgres_every_type(mariadb_server, mariadb_database, pg_dat
                            ).fetchone()
     assert row[-2:] == (True, "null")  # JSON null, not SQL NULL
     assert row[:-2] == PG_EXPECTED
+
+
+def test_mariadb_to_postgres_every_type_in_a_run(mariadb_server, mariadb_database, pg_database):
+    """A batch of upserts into one table goes as one statement of the rows as JSON (each value
+    converted by the server) or, when a value has no JSON form that converts the same (JSON null
+    into the NOT NULL jsonb column), by COPY: both hold what one row's INSERT holds."""
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, MY_SOURCE)
+    sql(pg_database, PG_TARGET)
+    source = make_source(mariadb_server, db, [f"{db}.every_type"])
+    source.open(None)
+    try:
+        execute(mariadb_server, db, MY_ROW)
+        [event] = collect(source, 1)
+    finally:
+        source.close()
+    gtid = event.id.rsplit(":", 1)[0]
+    runs = []
+    for first, json_null in ((1, None), (13, {"k": [1, None]})):
+        runs.append([ChangeEvent(f"{gtid}:{n}", "c", None, {**event.after, "id": n, "c_json_null": json_null},
+                                 {"id": n}, event.source, event.ts_ms, event.table) for n in range(first, first + 12)])
+    sink = PostgresMirrorSink(pg_database, context=Context(None, name="copy"))
+    sink.open()
+    sink.write(runs[0])
+    assert sink._temps, "JSON null into a NOT NULL jsonb column goes by COPY"
+    sink._temps.clear()
+    sink.write(runs[1])
+    assert not sink._temps, "the run without JSON null goes as JSON rows"
+    sink.close()
+    with psycopg.connect(pg_database) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        rows = conn.execute("SELECT * FROM every_type ORDER BY id").fetchall()
+    assert [r[:1] + r[1:-3] + r[-2:] for r in rows] == [(n,) + PG_EXPECTED[1:-3] + PG_EXPECTED[-2:]
+                                                        for n in range(1, 25)]
+    assert [r[-3] for r in rows] == [None] * 12 + [{"k": [1, None]}] * 12  # JSON null, then the object
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT count(*) FROM every_type WHERE jsonb_typeof(c_json_null) = 'null'"
+                            ).fetchone()[0] == 12
+
+
+def test_postgres_run_keeps_nan_infinities_big_numbers_and_the_last_change_of_a_key(pg_database):
+    """Values JSON has no form for, in a run of upserts: NaN and infinities keep their value,
+    an integer beyond 64 bits goes by COPY; the last change of a key in the batch wins."""
+    sql(pg_database, "CREATE TABLE f (id int PRIMARY KEY, d float8, r real, n numeric, t text)")
+    src = {"name": "shop", "schema": "public", "table": "f"}
+    values = [(float("nan"), float("inf"), float("-inf"), float("nan")), (1.5, float("-inf"), 2**70, "x")]
+    sink = PostgresMirrorSink(pg_database, context=Context(None, name="copy"))
+    sink.open()
+    for batch, (d, r, n, t) in enumerate(values):
+        events = [ChangeEvent(f"0/{batch + 1:X}:{i}", "u", None, {"id": i % 10, "d": d, "r": r, "n": n, "t": t},
+                              {"id": i % 10}, src, 1, "public.f") for i in range(20)]
+        events[-1].after = {**events[-1].after, "t": "last"}  # key 9, the second change of it in the batch
+        sink.write(events)
+        assert bool(sink._temps) == (batch == 1), "a number beyond 64 bits goes by COPY, the rest as JSON"
+        with psycopg.connect(pg_database) as conn:
+            rows = conn.execute("SELECT id, d::text, r::text, n::text, t FROM f ORDER BY id").fetchall()
+        want = {0: ("NaN", "Infinity", "-Infinity", "NaN"), 1: ("1.5", "-Infinity", str(2**70), "x")}[batch]
+        assert rows == [(i, *want[:3], "last" if i == 9 else want[3]) for i in range(10)]
+    sink.close()
 
 
 def test_mysql_dsn_options_reach_the_session(mariadb_database):

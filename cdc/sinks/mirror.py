@@ -52,6 +52,7 @@ from ..errors import PermanentSinkError
 from ..event import UNAVAILABLE, ChangeEvent
 from ..snapshot.chunk import place
 from ._db import Target, connect, sink_error
+from ._pg_async import Statement
 
 __all__ = ["PostgresMirrorSink", "MySQLMirrorSink", "TableMapping", "order_key", "stream_of"]
 
@@ -85,6 +86,10 @@ def stream_of(event_id: str) -> tuple[str, tuple]:
 def order_key(event_id: str) -> tuple:
     """A sortable key for an event id within its stream (see ``stream_of``)."""
     return stream_of(event_id)[1]
+
+
+def _position_text(ids: dict[str, tuple[tuple, str]]) -> str:
+    return ",".join(ids[s][1] for s in sorted(ids))
 
 
 def _last_ids(stored: str) -> dict[str, tuple[tuple, str]]:
@@ -141,6 +146,9 @@ class _MirrorSink:
         self._used_temps: set[str] = set()     # temporary tables holding rows in this transaction
         #: ids of the last ``write``'s events not applied: at or behind the stored position
         self.skipped: list[str] = []
+        self._sent: Statement | None = None  # PostgreSQL: the statement in flight (``send``)
+        # PostgreSQL: (parsed, stored) positions as every statement sent leaves them (``send``)
+        self._known: tuple[dict[str, dict[str, tuple[tuple, str]]], dict[str, str]] | None = None
 
     # ---- connection ------------------------------------------------------------
 
@@ -157,6 +165,8 @@ class _MirrorSink:
             raise sink_error(exc, f"cannot create {self.position_table}") from exc
 
     def _reset(self) -> None:
+        self._sent = None   # closing the connection abandons it (if it committed, its position says so)
+        self._known = None
         self._converters.clear()
         self._temps.clear()  # a failed batch may be a changed table: read the catalog again
         if self.target is not None:
@@ -173,41 +183,57 @@ class _MirrorSink:
             self.open()
         t = self.target
         self.skipped = []
-        self._used_temps.clear()
-        skipped: list[str] = []
         try:
+            self._settle()
             with t.conn.cursor() as cur:
                 self._cur = cur
-                applied = self._positions(cur)
+                stored = self._positions(cur)
                 positions: dict[str, dict[str, tuple[tuple, str]]] = {}
-                changed: set[str] = set()
-                statements: list[tuple[str, list]] = []
-                for e in events:
-                    if e.op not in ("c", "u", "d", "r", "t"):
-                        continue
-                    last_ids = positions.get(e.table)
-                    if last_ids is None:
-                        stored = applied.get(e.table)
-                        last_ids = positions[e.table] = _last_ids(stored) if stored else {}
-                    order_id = place(e) if e.op == "r" else e.id  # a snapshot row's id is not a position
-                    stream, key = stream_of(order_id)
-                    last = last_ids.get(stream)
-                    if last is not None and key <= last[0]:
-                        skipped.append(e.id)  # applied before (a redelivery) or superseded
-                        continue
-                    self._statements(e, statements)
-                    last_ids[stream] = (key, order_id)
-                    changed.add(e.table)
-                self._execute(cur, statements)
-                for source_table in changed:
-                    ids = positions[source_table]
-                    self._save_position(cur, source_table, ",".join(ids[s][1] for s in sorted(ids)))
+                statements, changed, skipped = self._prepare(events, positions, stored)
+                self._apply(cur, statements, positions, changed)
             t.conn.commit()
         except Exception as exc:
             err = sink_error(exc, "cannot apply batch")
             self._reset()  # rolls back; the next write reconnects
             raise err from exc
         self.skipped = skipped
+
+    def _settle(self) -> None:
+        """Wait for what an asynchronous send left in flight (PostgreSQL); raise its error."""
+
+    def _prepare(self, events: Sequence[ChangeEvent], positions: dict[str, dict[str, tuple[tuple, str]]],
+                 stored: dict[str, str]) -> tuple[list[tuple[str, list]], set[str], list[str]]:
+        """The statements that apply ``events``, the source tables they change, and the ids
+        skipped (at or behind the position ``stored`` for their table).  ``positions``
+        (source table -> stream -> (key, id)), parsed from ``stored`` where missing, is
+        moved past every event applied."""
+        changed: set[str] = set()
+        skipped: list[str] = []
+        statements: list[tuple[str, list]] = []
+        self._used_temps.clear()
+        for e in events:
+            if e.op not in ("c", "u", "d", "r", "t"):
+                continue
+            last_ids = positions.get(e.table)
+            if last_ids is None:
+                ids = stored.get(e.table)
+                last_ids = positions[e.table] = _last_ids(ids) if ids else {}
+            order_id = place(e) if e.op == "r" else e.id  # a snapshot row's id is not a position
+            stream, key = stream_of(order_id)
+            last = last_ids.get(stream)
+            if last is not None and key <= last[0]:
+                skipped.append(e.id)  # applied before (a redelivery) or superseded
+                continue
+            self._statements(e, statements)
+            last_ids[stream] = (key, order_id)
+            changed.add(e.table)
+        return statements, changed, skipped
+
+    def _apply(self, cur, statements: list[tuple[str, list]], positions: dict[str, dict[str, tuple[tuple, str]]],
+               changed: set[str]) -> None:
+        self._execute(cur, statements)
+        for source_table in changed:
+            self._save_position(cur, source_table, _position_text(positions[source_table]))
 
     def _execute(self, cur, statements: list[tuple[str, list]]) -> None:
         """Runs of the same statement go together (``execute_run``), in order."""
@@ -392,6 +418,53 @@ def _bits(value: Any) -> Any:
     return int(value, 2) if isinstance(value, str) and value and set(value) <= {"0", "1"} else value
 
 
+class _NoJsonForm(Exception):
+    pass
+
+
+def _json_value(value: Any) -> Any:
+    """orjson's ``default``: the JSON form of a value that PostgreSQL converts back the same."""
+    from psycopg.types.json import Jsonb
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()  # bytea's input form
+    if isinstance(value, Jsonb) and value.obj is not None:  # JSON null would become SQL NULL
+        return value.obj
+    raise _NoJsonForm
+
+
+def _not_finite(value: float) -> str:
+    return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
+
+
+def _json_rows(cols: tuple[str, ...], rows: list[list]) -> bytes | None:
+    """Rows (values as the ``COPY`` path binds them) as a JSON array of objects, or None when
+    a value has no JSON form that converts the same."""
+    objects = []
+    for row in rows:
+        for v in row:
+            if v.__class__ is float and v - v != 0.0:  # NaN and infinities: as their input text
+                row = [_not_finite(v) if v.__class__ is float and v - v != 0.0 else v for v in row]
+                break
+        objects.append(dict(zip(cols, row)))
+    try:
+        return orjson.dumps(objects, default=_json_value)
+    except (orjson.JSONEncodeError, _NoJsonForm):
+        return None
+
+
+def _last_of_each_key(upsert: tuple[str, list[str], tuple[str, ...]], rows: list[list]) -> list[list] | None:
+    """The last of the rows of each key, in order (None for an unhashable key value)."""
+    _, key_cols, cols = upsert
+    try:
+        if len(key_cols) == 1:
+            at = cols.index(key_cols[0])
+            return list({r[at]: r for r in rows}.values())
+        ats = [cols.index(k) for k in key_cols]
+        return list({tuple(r[i] for i in ats): r for r in rows}.values())
+    except TypeError:
+        return None
+
+
 class PostgresMirrorSink(_MirrorSink):
     """``type: postgres`` sink: ``dsn: postgresql://...``, ``tables``, ``position_table``."""
 
@@ -405,6 +478,7 @@ class PostgresMirrorSink(_MirrorSink):
 
     def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:
         from psycopg.types.json import Jsonb
+        self._settle()  # the connection is free for the catalog
         cur.execute("SELECT a.attname, t.typname, t.typcategory, a.attnotnull FROM pg_attribute a"
                     " JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s)"
                     " AND a.attnum > 0 AND NOT a.attisdropped", (self.target.quote(table),))
@@ -421,36 +495,128 @@ class PostgresMirrorSink(_MirrorSink):
         return out
 
     def execute_run(self, cur, sql: str, rows: list[list]) -> None:
-        """A run of upserts as ``COPY`` into a temporary table of the same column types,
-        then one ``INSERT ... SELECT ... ON CONFLICT``; the last row of each key wins."""
+        """A run of upserts as one ``INSERT ... SELECT ... FROM json_populate_recordset(...)
+        ON CONFLICT`` of the rows as a JSON array (the server converts each value by its
+        column's type), or, when a value has no JSON form that converts the same (JSON null
+        into a json column, a number beyond 64 bits), by ``COPY`` into a temporary table of
+        the same column types; the last row of each key wins."""
         upsert = self._upserts.get(sql)
-        if upsert is None or len(rows) < 8:
+        last = _last_of_each_key(upsert, rows) if upsert is not None and len(rows) >= 8 else None
+        if upsert is None or last is None:
             cur.executemany(sql, rows)
             return
         table, key_cols, cols = upsert
-        at = [cols.index(k) for k in key_cols]
-        try:
-            last = {tuple(r[i] for i in at): r for r in rows}
-        except TypeError:  # an unhashable key value
-            cur.executemany(sql, rows)
+        doc = _json_rows(cols, last)
+        if doc is not None:
+            cur.execute(self._json_upsert(table, key_cols, cols) + " %s::json " + self._conflict(table, key_cols, cols),
+                        (doc.decode(),))
             return
         q = self.target.quote_column
+        qt = self.target.quote(table)
         names = ", ".join(q(c) for c in cols)
         temp = self._temps.get((table, cols))
         if temp is None:
             temp = self._temps[(table, cols)] = f"cdc_upsert_{len(self._temps)}"
             # the target's column types (CREATE ... AS keeps them), none of its constraints
-            cur.execute(f"CREATE TEMPORARY TABLE {temp} ON COMMIT DELETE ROWS AS"
-                        f" SELECT {names} FROM {self.target.quote(table)} WITH NO DATA")
+            cur.execute(f"CREATE TEMPORARY TABLE {temp} ON COMMIT DELETE ROWS AS SELECT {names} FROM {qt} WITH NO DATA")
         elif temp in self._used_temps:
             cur.execute(f"TRUNCATE {temp}")
         self._used_temps.add(temp)
         with cur.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
             write_row = copy.write_row
-            for row in last.values():
+            for row in last:
                 write_row(row)
-        cur.execute(f"INSERT INTO {self.target.quote(table)} ({names}) SELECT {names} FROM {temp} "
+        cur.execute(f"INSERT INTO {qt} ({names}) SELECT {names} FROM {temp} "
                     + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
+
+    def _json_upsert(self, table: str, key_cols: list[str], cols: tuple[str, ...]) -> str:
+        """``INSERT ... SELECT ... FROM json_populate_recordset(NULL::table,``: the JSON rows follow."""
+        q = self.target.quote_column
+        qt = self.target.quote(table)
+        names = ", ".join(q(c) for c in cols)
+        return f"INSERT INTO {qt} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{qt},"
+
+    def _conflict(self, table: str, key_cols: list[str], cols: tuple[str, ...]) -> str:
+        return ") " + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols])
+
+    # ---- the asynchronous form (``Pipelined``): a batch that is one run of upserts --------
+
+    def send(self, events: Sequence[ChangeEvent]) -> Statement | None:
+        """Apply ``events`` after every batch sent before.  A batch that is one run of upserts
+        into one table (the bulk of a snapshot or a load) goes as one statement, its position
+        included, that runs while the next batch is prepared; any other batch is applied here,
+        once the statement in flight has ended.  Returns the statement, or None when applied."""
+        if self.target is None:
+            self.open()
+        conn = self.target.conn
+        try:
+            if self._known is None:  # the positions every statement sent so far leaves stored
+                self._settle()
+                with conn.cursor() as cur:
+                    self._known = ({}, self._positions(cur))
+                conn.commit()
+            positions, stored = self._known
+            with conn.cursor() as cur:
+                self._cur = cur
+                statements, changed, self.skipped = self._prepare(events, positions, stored)
+                one = self._one_statement(statements, positions, changed)
+                if one is None:
+                    self._settle()
+                    self._apply(cur, statements, positions, changed)
+            if one is None:
+                conn.commit()
+                return None
+            self._settle()
+            if conn.info.transaction_status:  # a catalog read (a table's first batch) left one open
+                conn.commit()
+            self._sent = Statement(conn, *one)
+            return self._sent
+        except Exception as exc:
+            err = sink_error(exc, "cannot apply batch")
+            self._reset()
+            raise err from exc
+
+    def wait(self, handle: Statement | None, timeout: float) -> bool:
+        if handle is None or handle is not self._sent:  # applied, or ended well before a later send
+            return True
+        try:
+            if not handle.done(timeout):
+                return False
+        except Exception as exc:
+            err = sink_error(exc, "cannot apply batch")
+            self._reset()
+            raise err from exc
+        self._sent = None
+        return True
+
+    def _settle(self) -> None:
+        sent, self._sent = self._sent, None
+        if sent is not None:
+            while not sent.done(1.0):
+                pass
+
+    def _one_statement(self, statements: list[tuple[str, list]], positions: dict[str, dict[str, tuple[tuple, str]]],
+                       changed: set[str]) -> tuple[str, list[bytes]] | None:
+        """The batch as one statement (rows and position) with its parameters, when it is a
+        run of upserts into one table from one source table with a JSON form, else None."""
+        if len(statements) < 8 or len(changed) != 1:
+            return None
+        sql = statements[0][0]
+        upsert = self._upserts.get(sql)
+        if upsert is None or any(s[0] is not sql for s in statements):
+            return None
+        last = _last_of_each_key(upsert, [params for _, params in statements])
+        doc = _json_rows(upsert[2], last) if last is not None else None
+        if doc is None:
+            return None
+        [source_table] = changed
+        position = _position_text(positions[source_table])
+        table, key_cols, cols = upsert
+        one = (f"WITH applied AS ({self._json_upsert(table, key_cols, cols)} $1::json {self._conflict(table, key_cols, cols)})"
+               f" INSERT INTO {self.target.quote(self.position_table)} (sink, source_table, event_id)"
+               " VALUES ($2, $3, $4) ON CONFLICT (sink, source_table)"
+               " DO UPDATE SET event_id = EXCLUDED.event_id, updated_at = now()")
+        return one, [doc, self.sink_name.encode(), source_table.encode(), position.encode()]
 
     def truncate_sql(self, qt: str) -> str:
         return f"TRUNCATE {qt}"

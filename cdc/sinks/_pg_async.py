@@ -1,0 +1,50 @@
+"""One PostgreSQL statement in flight on a psycopg connection, sent with libpq's
+asynchronous calls: the caller builds the next batch while the server runs this one.
+
+The statement runs in its own implicit transaction (one statement, sent outside
+psycopg's transaction handling), so it is applied whole or not at all.  The
+connection must be idle when it is sent, and nothing else may use it until
+``done`` has returned True or raised."""
+
+from __future__ import annotations
+
+import select
+from typing import Any
+
+__all__ = ["Statement"]
+
+
+class Statement:
+    """A statement sent, not yet known to have ended.  ``done(timeout)``: True once it
+    ended well, False while it runs; raises the driver's error when it failed."""
+
+    def __init__(self, conn: Any, sql: str, params: list[bytes]) -> None:
+        self._conn = conn
+        self._pgconn = pgconn = conn.pgconn
+        self._ended = False
+        pgconn.send_query_params(sql.encode(), params)
+        self._flushed = pgconn.flush() == 0
+
+    def done(self, timeout: float) -> bool:
+        if self._ended:
+            return True
+        pgconn = self._pgconn
+        fd = pgconn.socket
+        while not self._flushed:  # the rest of a large statement
+            if not select.select([fd], [fd], [], timeout)[1]:
+                return False
+            self._flushed = pgconn.flush() == 0
+        if pgconn.is_busy():
+            if select.select([fd], [], [], timeout)[0]:
+                pgconn.consume_input()
+            if pgconn.is_busy():
+                return False
+        error = None
+        while (result := pgconn.get_result()) is not None:
+            if error is None and result.error_message:
+                from psycopg import errors
+                error = errors.error_from_result(result, encoding=self._conn.info.encoding)
+        self._ended = True
+        if error is not None:
+            raise error
+        return True
