@@ -115,6 +115,14 @@ class TableMapping:
     key: list[str] | None = None                   # target key columns; default: the event's key
 
 
+_UNMAPPED = TableMapping()
+
+
+def _values(params: list | dict) -> list:
+    """A statement's parameters: an upsert's row (a dict) as its values."""
+    return list(params.values()) if isinstance(params, dict) else params
+
+
 _POSITION_DDL = {
     "postgres": "CREATE TABLE IF NOT EXISTS {t} (sink text NOT NULL, source_table text NOT NULL,"
                 " event_id text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(),"
@@ -202,14 +210,14 @@ class _MirrorSink:
         """Wait for what an asynchronous send left in flight (PostgreSQL); raise its error."""
 
     def _prepare(self, events: Sequence[ChangeEvent], positions: dict[str, dict[str, tuple[tuple, str]]],
-                 stored: dict[str, str]) -> tuple[list[tuple[str, list]], set[str], list[str]]:
+                 stored: dict[str, str]) -> tuple[list[tuple[str, Any]], set[str], list[str]]:
         """The statements that apply ``events``, the source tables they change, and the ids
         skipped (at or behind the position ``stored`` for their table).  ``positions``
         (source table -> stream -> (key, id)), parsed from ``stored`` where missing, is
         moved past every event applied."""
         changed: set[str] = set()
         skipped: list[str] = []
-        statements: list[tuple[str, list]] = []
+        statements: list[tuple[str, Any]] = []
         self._used_temps.clear()
         for e in events:
             if e.op not in ("c", "u", "d", "r", "t"):
@@ -229,13 +237,13 @@ class _MirrorSink:
             changed.add(e.table)
         return statements, changed, skipped
 
-    def _apply(self, cur, statements: list[tuple[str, list]], positions: dict[str, dict[str, tuple[tuple, str]]],
+    def _apply(self, cur, statements: list[tuple[str, Any]], positions: dict[str, dict[str, tuple[tuple, str]]],
                changed: set[str]) -> None:
         self._execute(cur, statements)
         for source_table in changed:
             self._save_position(cur, source_table, _position_text(positions[source_table]))
 
-    def _execute(self, cur, statements: list[tuple[str, list]]) -> None:
+    def _execute(self, cur, statements: list[tuple[str, Any]]) -> None:
         """Runs of the same statement go together (``execute_run``), in order."""
         i = 0
         while i < len(statements):
@@ -244,14 +252,14 @@ class _MirrorSink:
             while j < len(statements) and statements[j][0] == sql:
                 j += 1
             if j - i == 1:
-                cur.execute(sql, statements[i][1])
+                cur.execute(sql, _values(statements[i][1]))
             else:
                 self.execute_run(cur, sql, [params for _, params in statements[i:j]])
             i = j
 
-    def execute_run(self, cur, sql: str, rows: list[list]) -> None:
+    def execute_run(self, cur, sql: str, rows: list) -> None:
         """Several executions of one statement: ``executemany`` (pipelined)."""
-        cur.executemany(sql, rows)
+        cur.executemany(sql, [_values(r) for r in rows])
 
     def _positions(self, cur) -> dict[str, str]:
         q = self.target.quote(self.position_table)
@@ -261,10 +269,10 @@ class _MirrorSink:
     # ---- applying one event --------------------------------------------------------
 
     def _mapping(self, e: ChangeEvent) -> tuple[str, TableMapping]:
-        m = self.mappings.get(e.table) or self.mappings.get(e.source.get("table", "")) or TableMapping()
+        m = self.mappings.get(e.table) or self.mappings.get(e.source.get("table", "")) or _UNMAPPED
         return m.table or e.source.get("table") or e.table, m
 
-    def _statements(self, e: ChangeEvent, out: list[tuple[str, list]]) -> None:
+    def _statements(self, e: ChangeEvent, out: list[tuple[str, Any]]) -> None:
         """Append the statements (SQL, parameters) that apply ``e``."""
         table, m = self._mapping(e)
         if e.op == "t":
@@ -324,7 +332,8 @@ class _MirrorSink:
                 f"DELETE FROM {self.target.quote(table)} WHERE {where}"
         return sql, [row[k] for k in key_cols]
 
-    def _upsert(self, table: str, key_cols: list[str], row: dict) -> tuple[str, list]:
+    def _upsert(self, table: str, key_cols: list[str], row: dict) -> tuple[str, dict]:
+        """The statement and the row (its values in the statement's column order)."""
         cols = tuple(row)
         cache_key = ("u", table, tuple(key_cols), cols)
         sql = self._sql_cache.get(cache_key)
@@ -335,7 +344,7 @@ class _MirrorSink:
                 f" VALUES ({', '.join(['%s'] * len(cols))}) "
                 + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
             self._upserts[sql] = (table, key_cols, cols)
-        return sql, list(row.values())
+        return sql, row
 
     # ---- dialect hooks --------------------------------------------------------------
 
@@ -436,31 +445,25 @@ def _not_finite(value: float) -> str:
     return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
 
 
-def _json_rows(cols: tuple[str, ...], rows: list[list]) -> bytes | None:
+def _json_rows(rows: list[dict]) -> bytes | None:
     """Rows (values as the ``COPY`` path binds them) as a JSON array of objects, or None when
     a value has no JSON form that converts the same."""
-    objects = []
-    for row in rows:
-        for v in row:
-            if v.__class__ is float and v - v != 0.0:  # NaN and infinities: as their input text
-                row = [_not_finite(v) if v.__class__ is float and v - v != 0.0 else v for v in row]
-                break
-        objects.append(dict(zip(cols, row)))
+    for i, row in enumerate(rows):
+        if float in map(type, row.values()):  # NaN and infinities: as their input text
+            rows[i] = {k: _not_finite(v) if v.__class__ is float and v - v != 0.0 else v for k, v in row.items()}
     try:
-        return orjson.dumps(objects, default=_json_value)
+        return orjson.dumps(rows, default=_json_value)
     except (orjson.JSONEncodeError, _NoJsonForm):
         return None
 
 
-def _last_of_each_key(upsert: tuple[str, list[str], tuple[str, ...]], rows: list[list]) -> list[list] | None:
+def _last_of_each_key(key_cols: list[str], rows: list[dict]) -> list[dict] | None:
     """The last of the rows of each key, in order (None for an unhashable key value)."""
-    _, key_cols, cols = upsert
     try:
         if len(key_cols) == 1:
-            at = cols.index(key_cols[0])
-            return list({r[at]: r for r in rows}.values())
-        ats = [cols.index(k) for k in key_cols]
-        return list({tuple(r[i] for i in ats): r for r in rows}.values())
+            [key] = key_cols
+            return list({r[key]: r for r in rows}.values())
+        return list({tuple(r[k] for k in key_cols): r for r in rows}.values())
     except TypeError:
         return None
 
@@ -494,19 +497,19 @@ class PostgresMirrorSink(_MirrorSink):
                 out[name] = _as_text
         return out
 
-    def execute_run(self, cur, sql: str, rows: list[list]) -> None:
+    def execute_run(self, cur, sql: str, rows: list) -> None:
         """A run of upserts as one ``INSERT ... SELECT ... FROM json_populate_recordset(...)
         ON CONFLICT`` of the rows as a JSON array (the server converts each value by its
         column's type), or, when a value has no JSON form that converts the same (JSON null
         into a json column, a number beyond 64 bits), by ``COPY`` into a temporary table of
         the same column types; the last row of each key wins."""
         upsert = self._upserts.get(sql)
-        last = _last_of_each_key(upsert, rows) if upsert is not None and len(rows) >= 8 else None
+        last = _last_of_each_key(upsert[1], rows) if upsert is not None and len(rows) >= 8 else None
         if upsert is None or last is None:
-            cur.executemany(sql, rows)
+            cur.executemany(sql, [_values(r) for r in rows])
             return
         table, key_cols, cols = upsert
-        doc = _json_rows(cols, last)
+        doc = _json_rows(last)
         if doc is not None:
             cur.execute(self._json_upsert(table, key_cols, cols) + " %s::json " + self._conflict(table, key_cols, cols),
                         (doc.decode(),))
@@ -525,7 +528,7 @@ class PostgresMirrorSink(_MirrorSink):
         with cur.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
             write_row = copy.write_row
             for row in last:
-                write_row(row)
+                write_row(list(row.values()))
         cur.execute(f"INSERT INTO {qt} ({names}) SELECT {names} FROM {temp} "
                     + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
 
@@ -595,7 +598,7 @@ class PostgresMirrorSink(_MirrorSink):
             while not sent.done(1.0):
                 pass
 
-    def _one_statement(self, statements: list[tuple[str, list]], positions: dict[str, dict[str, tuple[tuple, str]]],
+    def _one_statement(self, statements: list[tuple[str, Any]], positions: dict[str, dict[str, tuple[tuple, str]]],
                        changed: set[str]) -> tuple[str, list[bytes]] | None:
         """The batch as one statement (rows and position) with its parameters, when it is a
         run of upserts into one table from one source table with a JSON form, else None."""
@@ -605,8 +608,8 @@ class PostgresMirrorSink(_MirrorSink):
         upsert = self._upserts.get(sql)
         if upsert is None or any(s[0] is not sql for s in statements):
             return None
-        last = _last_of_each_key(upsert, [params for _, params in statements])
-        doc = _json_rows(upsert[2], last) if last is not None else None
+        last = _last_of_each_key(upsert[1], [params for _, params in statements])
+        doc = _json_rows(last) if last is not None else None
         if doc is None:
             return None
         [source_table] = changed
