@@ -29,12 +29,13 @@
   ids of that form), not by its id, which is a hash of its values.  With several GTID
   domains or uuids the stored id is one id per domain, comma-separated.
 - Identifiers are always quoted; values are always bound parameters.
-- PostgreSQL: a run of upserts into one table with the same columns goes by
-  ``COPY`` into a temporary table with the target's column types, then one
-  ``INSERT ... SELECT ... ON CONFLICT`` (the last change of a key in the run wins,
-  as applying them in turn would give); the temporary table lives in the same
-  transaction as the position row.  Other statements, and runs on MySQL, go as
-  ``executemany``.
+- PostgreSQL: a run of upserts into one table with the same columns goes as one
+  ``INSERT ... SELECT ... FROM json_populate_recordset(...) ON CONFLICT`` of the rows
+  as JSON (the last change of a key in the run wins, as applying them in turn would
+  give), or, for values with no JSON form, by ``COPY`` into a temporary table.  The sink
+  is ``Pipelined``: a batch that is one such run is one statement with its position,
+  run by the server while the next batch is prepared (``_pg_async.Statement``).  Other
+  statements, and runs on MySQL, go as ``executemany``.
 """
 
 from __future__ import annotations
