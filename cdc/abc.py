@@ -29,6 +29,7 @@ capability             implemented by              used by
 ``CountsBytes``        a source                    the engine: ``max_in_flight_bytes``
 ``SlotOwner``          a source                    ``cdc checkpoint reset --drop-slot``
 ``PositionCheck``      a source                    ``cdc checkpoint set``: refuse a bad position
+``ReadersSeen``        a source                    ``cdc checkpoint set|reset``: refuse while it runs elsewhere
 ``Timestamped``        a checkpoint store          ``cdc status``, ``cdc check``: checkpoint age
 ``RecordsDatabase``    a checkpoint store          refuse a position saved reading another database
 ``DeadLetterStore``    a dead-letter queue         ``cdc dlq list|replay``
@@ -40,7 +41,7 @@ capability             implemented by              used by
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .event import ChangeEvent, Commit
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", "Commit",
            "Checkable", "DefaultBatchSize", "Pipelined",
            "ReportsSkipped", "ReportsReadiness", "KeepsAlive", "Preflight", "Describable", "TableNaming",
-           "CountsBytes", "SlotOwner", "PositionCheck", "Timestamped", "DeadLetterStore", "Countable", "Problem",
+           "CountsBytes", "SlotOwner", "PositionCheck", "ReadersSeen", "Timestamped", "DeadLetterStore", "Countable", "Problem",
            "RecordsDatabase", "Snapshottable", "SnapshotReader", "StartsOver"]
 
 TransformResult = ChangeEvent | None | Iterable[ChangeEvent]
@@ -301,6 +302,16 @@ class SlotOwner(Protocol):
 
     def drop_slot(self) -> bool:
         """Drop the slot; False when there was none.  Raise if it is in use."""
+
+
+@runtime_checkable
+class ReadersSeen(Protocol):
+    """A source whose server shows who reads its log now: a ``cdc run`` of it that the
+    local lock cannot see (another machine sharing the checkpoint store)."""
+
+    def reader_elsewhere(self, say: Callable[[str], None]) -> str | None:
+        """What reads the source's log on the server now, in words for the operator, or
+        None (nobody, or the server cannot be asked).  ``say``: progress while it waits."""
 
 
 @runtime_checkable

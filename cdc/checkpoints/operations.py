@@ -16,11 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
-
-from ..abc import Describable, PositionCheck, SlotOwner, Timestamped
+from ..abc import PositionCheck, ReadersSeen, SlotOwner, Timestamped
 from ..config.model import Config
-from ..errors import CdcError, CheckpointError
+from ..errors import CheckpointError
 from ..observe.state import LockHeld, SourceLock
 from ..snapshot.controller import POSITION_KEY
 from . import ForeignCheckpoint, UnreadableCheckpoint, build_store
@@ -57,73 +55,18 @@ def _locked(cfg: Config, source: str) -> Iterator[None]:
 
 
 def _refuse_if_reading(cfg: Config, source: str) -> None:
-    """The lock only sees a ``cdc run`` of this machine (its ``state_dir``): a slot in use on
-    the server (PostgreSQL), a binlog dump of the source's user or server_id (MySQL/MariaDB)
-    is a ``cdc run`` of this source elsewhere (a shared checkpoint store), which would
-    overwrite a changed position at its next checkpoint.  An unreachable server says
-    nothing: the lock decides alone."""
+    """The lock only sees a ``cdc run`` of this machine (its ``state_dir``): a reader the
+    server shows (``ReadersSeen``: a PostgreSQL slot in use, a MySQL/MariaDB binlog dump of
+    the source's user or server_id) is a ``cdc run`` of this source elsewhere (a shared
+    checkpoint store), which would overwrite a changed position at its next checkpoint.  An
+    unreachable server says nothing: the lock decides alone."""
     src = cfg.sources[source].build()
-    if cfg.sources[source].type == "mysql":
-        _refuse_if_reading_binlog(source, src)
+    if not isinstance(src, ReadersSeen):
         return
-    if not (isinstance(src, SlotOwner) and isinstance(src, Describable)):
-        return
-    try:
-        active = src.describe().get("slot_active")
-    except (CdcError, psycopg.Error):
-        return
-    if active:
-        raise PositionError(
-            f"source {source} is running: its replication slot {src.slot} is in use on the server (by a cdc "
-            f"run of this source, perhaps on another machine, or another replication client): stop it first "
-            f"(a position changed now would be overwritten at its next checkpoint)")
-
-
-def _refuse_if_reading_binlog(source: str, src: Any) -> None:
-    import pymysql
-
-    from ..sources.mysql import MySQLSource
-    from ..sources.mysql.replicas import binlog_readers
-
-    assert isinstance(src, MySQLSource)
-
-    params = {k: v for k, v in src.settings.items() if k != "db"}
-    # A reader that stopped a moment ago keeps its dump thread until the server's next write
-    # to it fails: up to two heartbeats.  Only a dump still there after that is refused.
-    linger = min(2 * float(src.heartbeat_interval or 10.0) + 2.0, 30.0)
-    try:
-        conn = pymysql.connect(**params, connect_timeout=10)
-    except (pymysql.MySQLError, OSError):
-        return
-    try:
-        readers = binlog_readers(conn, params.get("user") or "", src.server_id)
-        deadline = time.monotonic() + linger
-        if readers:
-            print(f"source {source}: the server sends its binlog to a client at {readers[0]}; waiting up to {linger:.0f} s "
-                  f"to see whether it is a reader that just stopped", file=sys.stderr, flush=True)
-        while readers and time.monotonic() < deadline:
-            time.sleep(0.5)
-            readers = binlog_readers(conn, params.get("user") or "", src.server_id)
-    except (pymysql.MySQLError, OSError):
-        return
-    finally:
-        conn.close()
-    if not readers:
-        return
-    server = f"{params.get('host')}:{params.get('port')}"
-    registered = [r for r in readers if r.server_id is not None]
-    if registered:
-        why = f"a replica registered with its server_id {src.server_id} reads the binlog of {server}: {registered[0]}"
-    else:
-        why = (f"the server {server} sends its binlog to a client at {'; '.join(str(r) for r in readers)}, "
-               f"opened by the source's user. cdc's reader does not tell the server its server_id, so this is a cdc "
-               f"run of this source, perhaps on another machine, or another client reading the binlog as "
-               f"{readers[0].user}")
-    raise PositionError(
-        f"source {source} seems to be running elsewhere: {why}: stop it first (a position changed now would be "
-        f"overwritten at its next checkpoint); if it is not this source (another source on this server, a "
-        f"replica), give source {source} a user of its own. (A reader that stopped keeps its dump thread until "
-        f"the server has written to it twice, heartbeats or changes: this one was still there after {linger:.0f} s.)")
+    reader = src.reader_elsewhere(lambda text: print(f"source {source}: {text}", file=sys.stderr, flush=True))
+    if reader:
+        raise PositionError(f"source {source} is running, perhaps on another machine: stop it first (a position "
+                            f"changed now would be overwritten at its next checkpoint). What shows it: {reader}")
 
 
 @contextmanager

@@ -14,11 +14,14 @@ source's user (this source elsewhere, or another client reading the binlog as th
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pymysql
 
-__all__ = ["BinlogReader", "binlog_readers"]
+__all__ = ["BinlogReader", "binlog_readers", "reader_elsewhere"]
 
 DUMP_COMMANDS = ("Binlog Dump", "Binlog Dump GTID")
 
@@ -64,3 +67,42 @@ def binlog_readers(conn: pymysql.connections.Connection, user: str, server_id: i
         for thread, host, seconds in cur.fetchall():
             found.append(BinlogReader(str(host), user, int(thread), int(seconds or 0), None))
     return found
+
+
+def reader_elsewhere(src: Any, say: Callable[[str], None]) -> str | None:
+    """The sign, in words, that ``src`` (a MySQLSource) is read now by a ``cdc run`` the local
+    lock cannot see; None when there is none or the server cannot be asked.  A reader that
+    stopped a moment ago keeps its dump thread until the server's next write to it fails (up
+    to two heartbeats): only a dump still there after that counts."""
+    params = {k: v for k, v in src.settings.items() if k != "db"}
+    user = params.get("user") or ""
+    linger = min(2 * float(src.heartbeat_interval or 10.0) + 2.0, 30.0)
+    try:
+        conn = pymysql.connect(**params, connect_timeout=10)
+    except (pymysql.MySQLError, OSError):
+        return None
+    try:
+        readers = binlog_readers(conn, user, src.server_id)
+        deadline = time.monotonic() + linger
+        if readers:
+            say(f"the server sends its binlog to a client at {readers[0]}; waiting up to {linger:.0f} s to see "
+                f"whether it is a reader that just stopped")
+        while readers and time.monotonic() < deadline:
+            time.sleep(0.5)
+            readers = binlog_readers(conn, user, src.server_id)
+    except (pymysql.MySQLError, OSError):
+        return None
+    finally:
+        conn.close()
+    if not readers:
+        return None
+    server = f"{params.get('host')}:{params.get('port')}"
+    registered = [r for r in readers if r.server_id is not None]
+    if registered:
+        return f"a replica registered with its server_id {src.server_id} reads the binlog of {server}: {registered[0]}"
+    return (f"the server {server} sends its binlog to a client at {'; '.join(str(r) for r in readers)}, opened by "
+            f"the source's user, still there after {linger:.0f} s (a reader that stopped keeps its dump thread "
+            f"until the server has written to it twice). cdc's reader does not tell the server its server_id, so "
+            f"this is a cdc run of this source, or another client reading the binlog as {readers[0].user}: if it "
+            f"is not this source (another source on this server, a replica), give source {src.name} a user of "
+            f"its own")

@@ -29,7 +29,7 @@ from ...abc import Problem
 from ...config.model import Context
 from ...errors import ConfigError, ConfigProblem, PositionLostError, SourceConnectionError, SourceError, SourceSetupError
 from ...event import ChangeEvent, Commit
-from . import preflight
+from . import preflight, replicas
 from . import settings as checks
 from .decoder import TableDecoder
 from .position import GtidState
@@ -266,6 +266,10 @@ class MySQLSource:
 
     def preflight(self, position: dict | None, checkpoint_age: float | None) -> list[Problem]:
         return preflight.problems(self, position, checkpoint_age)
+
+    def reader_elsewhere(self, say) -> str | None:
+        """A binlog dump of this source's user or server_id (``ReadersSeen``)."""
+        return replicas.reader_elsewhere(self, say)
 
     def check_position(self, position: dict) -> None:
         preflight.check_position(self, position)

@@ -106,6 +106,15 @@ class PostgresSource:
     def check_position(self, position: dict) -> None:
         slots.check_position(self.dsn, self.slot, self.name, position)
 
+    def reader_elsewhere(self, say) -> str | None:
+        """The slot in use on the server (``ReadersSeen``)."""
+        try:
+            active = self.describe().get("slot_active")
+        except (CdcError, psycopg.Error):
+            return None
+        return (f"its replication slot {self.slot} is in use on the server (by a cdc run of this source, or "
+                f"another replication client)") if active else None
+
     def describe(self) -> dict:
         """The slot's confirmed position and how many WAL bytes it is behind."""
         source = self
