@@ -22,7 +22,8 @@ capability             implemented by              used by
 ``ReportsSkipped``     a sink (database mirrors)   ``cdc dlq replay``: entries superseded
 ``ReportsReadiness``   a sink (brokers)            ``/readyz``: down between deliveries
 ``KeepsAlive``         a sink (RabbitMQ)           AMQP heartbeats served while idle
-``Pipelined``          a sink (Kafka, RabbitMQ)    the worker: several batches in flight
+``Pipelined``          a sink (Kafka, RabbitMQ,    the worker: several batches in flight
+                       PostgreSQL mirror)
 ``Preflight``          a source                    ``cdc check``: settings, rights, retention
 ``Describable``        a source                    ``cdc status``, metrics: slot lag, retained WAL
 ``TableNaming``        a source class              the config: ``orders`` -> ``public.orders``
