@@ -112,7 +112,8 @@ PG_EXPECTED = (1, -128, True, -32768, 8388607, -2147483648, 9223372036854775807,
                -dt.timedelta(hours=12, minutes=30, seconds=0.5), 2026, {"a": [1, 2.5, None]}, None, "10101", None)
 
 
-def test_mariadb_to_postgres_every_type(mariadb_server, mariadb_database, pg_database):
+def _every_type_event(mariadb_server, mariadb_database, pg_database) -> ChangeEvent:
+    """MY_ROW as the MariaDB source reads it; PG_TARGET created in ``pg_database``."""
     db = db_of(mariadb_database)
     execute(mariadb_server, db, MY_SOURCE)
     sql(pg_database, PG_TARGET)
@@ -120,9 +121,14 @@ def test_mariadb_to_postgres_every_type(mariadb_server, mariadb_database, pg_dat
     source.open(None)
     try:
         execute(mariadb_server, db, MY_ROW)
-        events = collect(source, 1)
+        [event] = collect(source, 1)
     finally:
         source.close()
+    return event
+
+
+def test_mariadb_to_postgres_every_type(mariadb_server, mariadb_database, pg_database):
+    events = [_every_type_event(mariadb_server, mariadb_database, pg_database)]
     sink = PostgresMirrorSink(pg_database, context=Context(None, name="copy"))
     sink.open()
     sink.write(events)
@@ -139,16 +145,7 @@ def test_mariadb_to_postgres_every_type_in_a_run(mariadb_server, mariadb_databas
     """A batch of upserts into one table goes as one statement of the rows as JSON (each value
     converted by the server) or, when a value has no JSON form that converts the same (JSON null
     into the NOT NULL jsonb column), by COPY: both hold what one row's INSERT holds."""
-    db = db_of(mariadb_database)
-    execute(mariadb_server, db, MY_SOURCE)
-    sql(pg_database, PG_TARGET)
-    source = make_source(mariadb_server, db, [f"{db}.every_type"])
-    source.open(None)
-    try:
-        execute(mariadb_server, db, MY_ROW)
-        [event] = collect(source, 1)
-    finally:
-        source.close()
+    event = _every_type_event(mariadb_server, mariadb_database, pg_database)
     gtid = event.id.rsplit(":", 1)[0]
     runs = []
     for first, json_null in ((1, None), (13, {"k": [1, None]})):
