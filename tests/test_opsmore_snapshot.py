@@ -82,6 +82,17 @@ def listed(tmp_path: Path) -> tuple[str, list[dict]]:
     return text, json.loads(as_json)
 
 
+def restart_for_a_while(tmp_path) -> None:
+    """``cdc run`` again, streaming for 3 s, then stopped (exit 0)."""
+    run = start(tmp_path, "run2.log")
+    try:
+        wait_for(lambda: "streaming slot" in (tmp_path / "run2.log").read_text(), 30, "the restart")
+        time.sleep(3.0)
+    finally:
+        run.terminate()
+        assert run.wait(30) == 0, (tmp_path / "run2.log").read_text()
+
+
 def test_list_shows_a_request_taken_by_a_run_that_was_killed_and_cancel_works_on_it(pg_database, tmp_path):
     """Before: `--list` showed only the checkpoint's copies and the requests not taken yet, so
     after the crash it said "no snapshot queued or running" though the next start would copy
@@ -100,13 +111,7 @@ def test_list_shows_a_request_taken_by_a_run_that_was_killed_and_cancel_works_on
     assert rows == [] and "no snapshot queued or running" in text, text
     before = copied(tmp_path)
     assert len(before) < 3000
-    run = start(tmp_path, "run2.log")
-    try:
-        wait_for(lambda: "streaming slot" in (tmp_path / "run2.log").read_text(), 30, "the restart")
-        time.sleep(3.0)
-    finally:
-        run.terminate()
-        assert run.wait(30) == 0, (tmp_path / "run2.log").read_text()
+    restart_for_a_while(tmp_path)
     assert copied(tmp_path) == before, "the cancelled copy was made"
     assert "snapshot " + snapshot_id not in (tmp_path / "run2.log").read_text()
 
@@ -123,13 +128,7 @@ def test_after_a_reset_list_says_the_next_start_forgets_the_interrupted_request(
     assert row["state"] == "interrupted" and "forgets it" in row["note"], row
     assert "forgets it" in text and "takes it again" not in text, text
     before = copied(tmp_path)
-    run = start(tmp_path, "run2.log")
-    try:
-        wait_for(lambda: "streaming slot" in (tmp_path / "run2.log").read_text(), 30, "the restart")
-        time.sleep(3.0)
-    finally:
-        run.terminate()
-        assert run.wait(30) == 0, (tmp_path / "run2.log").read_text()
+    restart_for_a_while(tmp_path)
     assert copied(tmp_path) == before
     assert listed(tmp_path)[1] == []
 
