@@ -9,10 +9,13 @@ import threading
 import time
 
 import psycopg
+import pytest
 
-from cdc.config import parse_config
+from cdc.config import Context, parse_config
 from cdc.engine import AckTracker, SinkWorker
+from cdc.errors import TransientSinkError
 from cdc.event import ChangeEvent
+from cdc.sinks.mirror import PostgresMirrorSink
 
 SRC = {"name": "shop", "schema": "public", "table": "items"}
 BATCHES, ROWS = 40, 500
@@ -122,3 +125,22 @@ def test_a_statement_that_fails_in_flight_is_delivered_again_and_only_its_bad_ro
     with psycopg.connect(pg_database) as conn:
         got = dict(conn.execute("SELECT id, v FROM items").fetchall())
     assert got == {e.after["id"]: e.after["v"] for batch in batches for e in batch if e is not bad}
+
+
+def test_a_statement_in_flight_when_the_sink_closes_is_not_reported_applied(pg_database):
+    """Closing the connection abandons the statement in flight: its outcome is unknown, so
+    waiting for it fails (the batch is delivered again) rather than saying it was applied."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, note text)")
+    sink = PostgresMirrorSink(pg_database, context=Context(None, name="mirror"))
+    sink.open()
+    handle = sink.send(_batches()[0])
+    assert handle is not None, "a run of upserts into one table goes as one statement in flight"
+    sink.close()
+    with pytest.raises(TransientSinkError, match="in flight"):
+        sink.wait(handle, 5.0)
+    sink = PostgresMirrorSink(pg_database, context=Context(None, name="mirror"))
+    assert sink.wait(sink.send(_batches()[0]), 10.0)
+    sink.close()
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (ROWS,)

@@ -22,11 +22,20 @@ class Statement:
         self._conn = conn
         self._pgconn = pgconn = conn.pgconn
         self._ended = False
+        self._error: BaseException | None = None
         pgconn.send_query_params(sql.encode(), params)
         self._flushed = pgconn.flush() == 0
 
+    def abandon(self) -> None:
+        """The connection is being closed: unless it has ended, its outcome is unknown."""
+        if not self._ended:
+            self._ended = True
+            self._error = ConnectionError("the connection was closed with the statement in flight")
+
     def done(self, timeout: float) -> bool:
         if self._ended:
+            if self._error is not None:
+                raise self._error
             return True
         pgconn = self._pgconn
         fd = pgconn.socket
@@ -46,5 +55,6 @@ class Statement:
                 error = errors.error_from_result(result, encoding=self._conn.info.encoding)
         self._ended = True
         if error is not None:
+            self._error = error
             raise error
         return True

@@ -174,7 +174,9 @@ class _MirrorSink:
             raise sink_error(exc, f"cannot create {self.position_table}") from exc
 
     def _reset(self) -> None:
-        self._sent = None   # closing the connection abandons it (if it committed, its position says so)
+        if self._sent is not None:  # its outcome unknown: waited for, it fails (if it committed, its position says so)
+            self._sent.abandon()
+            self._sent = None
         self._known = None
         self._converters.clear()
         self._temps.clear()  # a failed batch may be a changed table: read the catalog again
@@ -581,16 +583,18 @@ class PostgresMirrorSink(_MirrorSink):
             raise err from exc
 
     def wait(self, handle: Statement | None, timeout: float) -> bool:
-        if handle is None or handle is not self._sent:  # applied, or ended well before a later send
+        if handle is None:  # applied in send
             return True
         try:
             if not handle.done(timeout):
                 return False
         except Exception as exc:
             err = sink_error(exc, "cannot apply batch")
-            self._reset()
+            if handle is self._sent:
+                self._reset()
             raise err from exc
-        self._sent = None
+        if handle is self._sent:
+            self._sent = None
         return True
 
     def _settle(self) -> None:
