@@ -88,3 +88,6 @@ def test_checkpoint_set_and_reset_are_refused_while_a_mariadb_source_streams_on_
     moved = cdc(laptop, "checkpoint", "set", "--position", json.dumps(
         {k: v for k, v in saved(store).items() if k != "server"}))
     assert moved.returncode == 0, moved.stderr  # stopped: allowed
+    # at once: the stopped reader ended its binlog dump on the server (it did not linger until
+    # the server's next two writes to it, heartbeats 10 s apart)
+    assert "waiting" not in moved.stderr, moved.stderr

@@ -202,6 +202,22 @@ def _default_server_id(name: str) -> int:
 MAX_POLL_BYTES = 1 << 20  # binlog bytes per poll (one larger event may exceed it)
 
 
+def _end_dump(reader: _Reader) -> None:
+    """End the server's binlog dump thread of ``reader``: closing the socket alone leaves it
+    until the server's next two writes to it fail (heartbeats apart), and until then the
+    server shows the source as read (``cdc checkpoint set`` waits for it).  The stream's own
+    session, so no privilege is needed; two seconds at most, and any failure is ignored."""
+    stream, ctl = reader._stream_connection, reader._ctl_connection
+    if stream is None or ctl is None or not stream.open or not ctl.open:
+        return
+    try:
+        ctl._sock.settimeout(2.0)
+        with ctl.cursor() as cur:
+            cur.execute("KILL CONNECTION %s", (stream.thread_id(),))
+    except Exception as exc:  # gone already, a server not answering: the socket's close will do
+        log.debug("binlog dump not ended: %s", exc)
+
+
 class MySQLSource:
     """Options: ``dsn`` (``mysql://user:pass@host:3306/db``), ``tables`` (``db.table``),
     ``server_id`` (unique among the server's replicas; default: derived from the source
@@ -466,6 +482,7 @@ class MySQLSource:
 
     def close(self) -> None:
         if self.reader is not None:
+            _end_dump(self.reader)
             try:
                 self.reader.close()
             except Exception:  # the socket may already be gone
