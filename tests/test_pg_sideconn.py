@@ -10,6 +10,9 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
+import time
 import uuid
 
 import psycopg
@@ -213,3 +216,22 @@ def test_a_chunk_slower_than_the_statement_timeout_drops_the_copy_with_the_fix(p
             reader.read_chunk("public.t", None, 10, "pg_sleep(2) IS NOT NULL")
     finally:
         reader.close()
+
+
+def test_cdc_check_keeps_the_connect_timeout_of_the_dsn(private_pg, tmp_path):
+    """`cdc check` of a server that accepts connections and never answers (its postmaster
+    stopped): the DSN's connect_timeout (2 s) bounds the wait.  cdc's own default of 10 s
+    replaced it."""
+    db = _database(private_pg, "CREATE TABLE t (id int PRIMARY KEY)")
+    config(tmp_path, private_pg.dsn(db) + "?connect_timeout=2", ["public.t"], {"p": file_pipeline()})
+    os.kill(private_pg.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        checked = subprocess.run([sys.executable, "-m", "cdc", "check", str(tmp_path / "pipelines.yaml")],
+                                 capture_output=True, text=True, timeout=60)
+        seconds = time.monotonic() - started
+    finally:
+        os.kill(private_pg.pid, signal.SIGCONT)
+    assert checked.returncode != 0, checked.stdout
+    assert "timeout" in (checked.stdout + checked.stderr).lower(), (checked.stdout, checked.stderr)
+    assert seconds < 8, (seconds, checked.stdout, checked.stderr)

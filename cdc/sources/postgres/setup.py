@@ -6,9 +6,11 @@ Each problem is a ``SourceSetupError`` that says what to change.
 from __future__ import annotations
 
 import logging
+import os
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ...errors import PositionLostError, SourceConnectionError, SourceSetupError
 
@@ -19,11 +21,20 @@ log = logging.getLogger("cdc.source.postgres")
 _RESET = "cdc checkpoint reset <config> --source {source}"
 
 
+CONNECT_TIMEOUT = 10  # seconds, unless the DSN (or PGCONNECT_TIMEOUT) says otherwise
+
+
 def connect(dsn: str, source: str) -> psycopg.Connection:
+    params = conninfo_to_dict(dsn)
+    if "connect_timeout" not in params and not os.environ.get("PGCONNECT_TIMEOUT"):
+        dsn = make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT)
     try:
-        return psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        return psycopg.connect(dsn, autocommit=True)
     except psycopg.OperationalError as exc:
-        raise SourceConnectionError(f"cannot connect: {str(exc).strip()}", source=source) from exc
+        where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
+        within = params.get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT") or CONNECT_TIMEOUT
+        raise SourceConnectionError(f"cannot connect to {where}: {str(exc).strip()} (connect_timeout {within} s)",
+                                    source=source) from exc
 
 
 def quoted(conn: psycopg.Connection, name: str) -> str:
