@@ -39,7 +39,7 @@ def _kill_in_flight(dsn: str, stop: threading.Event, killed: list[int]) -> None:
         while not stop.is_set() and len(killed) < 3:
             rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname ="
                                 " current_database() AND pid <> pg_backend_pid() AND state = 'active'"
-                                " AND query LIKE 'WITH applied AS%'").fetchall()
+                                " AND query LIKE 'WITH %json_populate_recordset%'").fetchall()
             if any(r[0] for r in rows):
                 killed.append(1)
                 time.sleep(0.05)
@@ -144,3 +144,90 @@ def test_a_statement_in_flight_when_the_sink_closes_is_not_reported_applied(pg_d
     sink.close()
     with psycopg.connect(pg_database) as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (ROWS,)
+
+
+SMALL = {"name": "shop", "schema": "public", "table": "t"}
+
+
+def _ev(lsn: int, i: int, after: dict, op: str = "c") -> ChangeEvent:
+    return ChangeEvent(f"0/{lsn:X}:{i}", op, None, after, {"id": after["id"]}, SMALL, 1, "public.t")
+
+
+def _sent_and_waited(sink: PostgresMirrorSink, events: list[ChangeEvent]) -> None:
+    """As the worker does: send, wait; after a failure, deliver again with write."""
+    try:
+        handle = sink.send(events)
+        while not sink.wait(handle, 1.0):
+            pass
+    except TransientSinkError:
+        sink.write(events)
+
+
+def test_text_keeps_its_characters_with_a_latin1_client_encoding(pg_database):
+    """Found by review: the one statement went as UTF-8 bytes whatever the session's
+    client_encoding, so with latin1 'café' was stored as 'cafÃ©', without an error."""
+    dsn = pg_database + "?client_encoding=latin1"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, name text)")
+    sink = PostgresMirrorSink(dsn, context=Context(None, name="m"))
+    sink.write([_ev(1, 0, {"id": 0, "name": "café"})])
+    _sent_and_waited(sink, [_ev(2, i, {"id": i, "name": "café"}) for i in range(10, 20)])
+    sink.write([_ev(3, i, {"id": i, "name": "café"}) for i in range(20, 30)])
+    sink.close()
+    with psycopg.connect(pg_database) as conn:
+        names = [n for (n,) in conn.execute("SELECT name FROM t ORDER BY id")]
+    assert names == ["café"] * 21
+
+
+def test_a_statement_left_running_by_a_stopped_sink_never_moves_the_next_one_backwards(pg_database):
+    """Found by review: a statement still running when its sink's process ends (kill -9, the
+    grace period over) commits on its own.  The next process, which read the position before
+    that, applied older changes over its newer ones and moved the position back.  The stored
+    position is now compared and set: a batch whose position moved under it applies nothing
+    and is delivered again from the position stored."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)")
+        conn.execute("CREATE TABLE applied (n bigserial PRIMARY KEY, id int, v int)")
+        conn.execute("CREATE FUNCTION log_applied() RETURNS trigger LANGUAGE plpgsql AS"
+                     " $$ BEGIN INSERT INTO applied (id, v) VALUES (NEW.id, NEW.v); RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER log_applied AFTER INSERT OR UPDATE ON t FOR EACH ROW"
+                     " EXECUTE FUNCTION log_applied()")
+        conn.execute("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS"  # a long statement
+                     " $$ BEGIN IF NEW.id = 9 AND NEW.v = 2 THEN PERFORM pg_sleep(2); END IF; RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION slow()")
+    first_changes = [_ev(0x10, i, {"id": i, "v": 1}) for i in range(10)]
+    second_changes = [_ev(0x20, i, {"id": i, "v": 2}, "u") for i in range(10)]
+    first = PostgresMirrorSink(pg_database, context=Context(None, name="m"))
+    assert first.send(first_changes + second_changes) is not None
+    time.sleep(0.5)
+    first.close()  # its statement goes on in the server
+    second = PostgresMirrorSink(pg_database, context=Context(None, name="m"))
+    _sent_and_waited(second, first_changes)
+    _sent_and_waited(second, second_changes)
+    second.close()
+    with psycopg.connect(pg_database) as conn:
+        logs = {}
+        for key, v in conn.execute("SELECT id, v FROM applied ORDER BY n"):
+            logs.setdefault(key, []).append(v)
+        position = conn.execute("SELECT event_id FROM cdc_mirror_position").fetchall()
+    assert all(log in ([2], [1, 2]) for log in logs.values()), logs
+    assert position == [("0/20:9",)]
+
+
+def test_a_run_too_large_for_one_message_goes_by_copy(pg_database, monkeypatch):
+    """Found by review: a run whose JSON was over 1 GB (100 rows of 12 MB) was refused by the
+    server ('invalid message length'), retried for ever, and its copies filled the memory.
+    A run over JSON_ROWS_LIMIT (64 MiB; here lowered to 10 kB) goes by COPY instead."""
+    from cdc.sinks import mirror
+    monkeypatch.setattr(mirror, "JSON_ROWS_LIMIT", 10_000)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, name text)")
+    wide = [_ev(1, i, {"id": i, "name": "x" * 2000}) for i in range(10)]
+    narrow = [_ev(2, i, {"id": 100 + i, "name": "y"}) for i in range(10)]
+    sink = PostgresMirrorSink(pg_database, context=Context(None, name="m"))
+    assert sink.send(wide) is None, "applied at once, by COPY"
+    assert sink._temps
+    assert sink.wait(sink.send(narrow), 10.0)  # small enough: one statement in flight
+    sink.close()
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT count(*), sum(length(name)) FROM t").fetchone() == (20, 20_010)

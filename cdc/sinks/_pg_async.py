@@ -16,14 +16,17 @@ __all__ = ["Statement"]
 
 class Statement:
     """A statement sent, not yet known to have ended.  ``done(timeout)``: True once it
-    ended well, False while it runs; raises the driver's error when it failed."""
+    ended well, False while it runs; raises the driver's error when it failed.  ``value``:
+    the first column of its first row, as text (None for none); ``about``: the caller's."""
 
-    def __init__(self, conn: Any, sql: str, params: list[bytes]) -> None:
+    def __init__(self, conn: Any, sql: str, params: list[bytes | None], about: str = "") -> None:
         self._conn = conn
         self._pgconn = pgconn = conn.pgconn
         self._ended = False
         self._error: BaseException | None = None
-        pgconn.send_query_params(sql.encode(), params)
+        self.value: bytes | None = None
+        self.about = about
+        pgconn.send_query_params(sql.encode(conn.info.encoding), params)
         self._flushed = pgconn.flush() == 0
 
     def abandon(self) -> None:
@@ -53,6 +56,8 @@ class Statement:
             if error is None and result.error_message:
                 from psycopg import errors
                 error = errors.error_from_result(result, encoding=self._conn.info.encoding)
+            elif result.ntuples and self.value is None:
+                self.value = result.get_value(0, 0)
         self._ended = True
         if error is not None:
             self._error = error

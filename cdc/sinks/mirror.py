@@ -49,7 +49,7 @@ from typing import Any
 import orjson
 
 from ..config.model import Context
-from ..errors import PermanentSinkError
+from ..errors import PermanentSinkError, TransientSinkError
 from ..event import UNAVAILABLE, ChangeEvent
 from ..snapshot.chunk import place
 from ._db import Target, connect, sink_error
@@ -117,6 +117,13 @@ class TableMapping:
 
 
 _UNMAPPED = TableMapping()
+
+
+def _moved(source_table: str, sink: str) -> TransientSinkError:
+    return TransientSinkError(
+        f"the stored position of {source_table} moved while this batch was applied, so it applied nothing: "
+        f"another writer of sink {sink} (a statement of a cdc run stopped a moment ago that was still running in "
+        f"the server, or a second cdc with the same sink name); delivered again from the position stored")
 
 
 def _values(params: list | dict) -> list:
@@ -201,7 +208,7 @@ class _MirrorSink:
                 stored = self._positions(cur)
                 positions: dict[str, dict[str, tuple[tuple, str]]] = {}
                 statements, changed, skipped = self._prepare(events, positions, stored)
-                self._apply(cur, statements, positions, changed)
+                self._apply(cur, statements, positions, changed, stored)
             t.conn.commit()
         except Exception as exc:
             err = sink_error(exc, "cannot apply batch")
@@ -241,10 +248,14 @@ class _MirrorSink:
         return statements, changed, skipped
 
     def _apply(self, cur, statements: list[tuple[str, Any]], positions: dict[str, dict[str, tuple[tuple, str]]],
-               changed: set[str]) -> None:
+               changed: set[str], stored: dict[str, str]) -> None:
+        """Run the statements and store each changed table's position (compared with the one
+        read, ``stored``, which it then holds)."""
         self._execute(cur, statements)
         for source_table in changed:
-            self._save_position(cur, source_table, _position_text(positions[source_table]))
+            position = _position_text(positions[source_table])
+            self._save_position(cur, source_table, position, stored.get(source_table))
+            stored[source_table] = position
 
     def _execute(self, cur, statements: list[tuple[str, Any]]) -> None:
         """Runs of the same statement go together (``execute_run``), in order."""
@@ -366,7 +377,8 @@ class _MirrorSink:
     def conflict_sql(self, key_cols: list[str], other_cols: list[str]) -> str:  # pragma: no cover
         raise NotImplementedError
 
-    def _save_position(self, cur, source_table: str, event_id: str) -> None:  # pragma: no cover
+    def _save_position(self, cur, source_table: str, event_id: str, expected: str | None) -> None:  # pragma: no cover
+        """Store ``event_id`` as the table's position; ``expected``: the position read before."""
         raise NotImplementedError
 
 
@@ -448,16 +460,20 @@ def _not_finite(value: float) -> str:
     return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
 
 
+JSON_ROWS_LIMIT = 64 << 20  # bytes: a larger run goes by COPY (a message is at most 1 GB)
+
+
 def _json_rows(rows: list[dict]) -> bytes | None:
     """Rows (values as the ``COPY`` path binds them) as a JSON array of objects, or None when
-    a value has no JSON form that converts the same."""
+    a value has no JSON form that converts the same, or the array is over JSON_ROWS_LIMIT."""
     for i, row in enumerate(rows):
         if float in map(type, row.values()):  # NaN and infinities: as their input text
             rows[i] = {k: _not_finite(v) if v.__class__ is float and v - v != 0.0 else v for k, v in row.items()}
     try:
-        return orjson.dumps(rows, default=_json_value)
+        doc = orjson.dumps(rows, default=_json_value)
     except (orjson.JSONEncodeError, _NoJsonForm):
         return None
+    return doc if len(doc) <= JSON_ROWS_LIMIT else None
 
 
 def _last_of_each_key(key_cols: list[str], rows: list[dict]) -> list[dict] | None:
@@ -514,8 +530,7 @@ class PostgresMirrorSink(_MirrorSink):
         table, key_cols, cols = upsert
         doc = _json_rows(last)
         if doc is not None:
-            cur.execute(self._json_upsert(table, key_cols, cols) + " %s::json " + self._conflict(table, key_cols, cols),
-                        (doc.decode(),))
+            cur.execute(self._json_upsert(table, key_cols, cols, "%s"), (doc.decode(),))
             return
         q = self.target.quote_column
         qt = self.target.quote(table)
@@ -535,15 +550,13 @@ class PostgresMirrorSink(_MirrorSink):
         cur.execute(f"INSERT INTO {qt} ({names}) SELECT {names} FROM {temp} "
                     + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
 
-    def _json_upsert(self, table: str, key_cols: list[str], cols: tuple[str, ...]) -> str:
-        """``INSERT ... SELECT ... FROM json_populate_recordset(NULL::table,``: the JSON rows follow."""
+    def _json_upsert(self, table: str, key_cols: list[str], cols: tuple[str, ...], rows: str, where: str = "") -> str:
+        """The upsert of the JSON array of rows (parameter ``rows``) into ``table``."""
         q = self.target.quote_column
         qt = self.target.quote(table)
         names = ", ".join(q(c) for c in cols)
-        return f"INSERT INTO {qt} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{qt},"
-
-    def _conflict(self, table: str, key_cols: list[str], cols: tuple[str, ...]) -> str:
-        return ") " + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols])
+        return (f"INSERT INTO {qt} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{qt}, {rows}::json)"
+                f"{where} " + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
 
     # ---- the asynchronous form (``Pipelined``): a batch that is one run of upserts --------
 
@@ -565,10 +578,10 @@ class PostgresMirrorSink(_MirrorSink):
             with conn.cursor() as cur:
                 self._cur = cur
                 statements, changed, self.skipped = self._prepare(events, positions, stored)
-                one = self._one_statement(statements, positions, changed)
+                one = self._one_statement(statements, positions, changed, stored)
                 if one is None:
                     self._settle()
-                    self._apply(cur, statements, positions, changed)
+                    self._apply(cur, statements, positions, changed, stored)
             if one is None:
                 conn.commit()
                 return None
@@ -586,7 +599,7 @@ class PostgresMirrorSink(_MirrorSink):
         if handle is None:  # applied in send
             return True
         try:
-            if not handle.done(timeout):
+            if not self._ended(handle, timeout):
                 return False
         except Exception as exc:
             err = sink_error(exc, "cannot apply batch")
@@ -600,13 +613,23 @@ class PostgresMirrorSink(_MirrorSink):
     def _settle(self) -> None:
         sent, self._sent = self._sent, None
         if sent is not None:
-            while not sent.done(1.0):
+            while not self._ended(sent, 1.0):
                 pass
 
+    def _ended(self, sent: Statement, timeout: float) -> bool:
+        """``sent`` ended within ``timeout``; raises when it failed or applied nothing (the
+        position it compared with had moved)."""
+        if not sent.done(timeout):
+            return False
+        if sent.value != b"1":
+            raise _moved(sent.about, self.sink_name)
+        return True
+
     def _one_statement(self, statements: list[tuple[str, Any]], positions: dict[str, dict[str, tuple[tuple, str]]],
-                       changed: set[str]) -> tuple[str, list[bytes]] | None:
-        """The batch as one statement (rows and position) with its parameters, when it is a
-        run of upserts into one table from one source table with a JSON form, else None."""
+                       changed: set[str], stored: dict[str, str]) -> tuple[str, list[bytes | None], str] | None:
+        """The batch as one statement (the rows, and the position compared and set: without
+        it, no row) with its parameters, when it is a run of upserts into one table from one
+        source table with a JSON form, else None.  ``stored`` then holds its position."""
         if len(statements) < 8 or len(changed) != 1:
             return None
         sql = statements[0][0]
@@ -619,12 +642,17 @@ class PostgresMirrorSink(_MirrorSink):
             return None
         [source_table] = changed
         position = _position_text(positions[source_table])
+        expected = stored.get(source_table)
         table, key_cols, cols = upsert
-        one = (f"WITH applied AS ({self._json_upsert(table, key_cols, cols)} $1::json {self._conflict(table, key_cols, cols)})"
-               f" INSERT INTO {self.target.quote(self.position_table)} (sink, source_table, event_id)"
-               " VALUES ($2, $3, $4) ON CONFLICT (sink, source_table)"
-               " DO UPDATE SET event_id = EXCLUDED.event_id, updated_at = now()")
-        return one, [doc, self.sink_name.encode(), source_table.encode(), position.encode()]
+        one = (f"WITH moved AS ({self._position_sql('$2', '$3', '$4', '$5')} RETURNING 1),"
+               f" applied AS ({self._json_upsert(table, key_cols, cols, '$1', ' WHERE EXISTS (SELECT 1 FROM moved)')})"
+               f" SELECT count(*) FROM moved")
+        encoding = self.target.conn.info.encoding
+        if encoding != "utf-8":  # orjson writes UTF-8
+            doc = doc.decode().encode(encoding)
+        stored[source_table] = position
+        return one, [doc, *(None if v is None else v.encode(encoding)
+                            for v in (self.sink_name, source_table, position, expected))], source_table
 
     def truncate_sql(self, qt: str) -> str:
         return f"TRUNCATE {qt}"
@@ -636,11 +664,19 @@ class PostgresMirrorSink(_MirrorSink):
             return f"ON CONFLICT ({keys}) DO NOTHING"
         return f"ON CONFLICT ({keys}) DO UPDATE SET " + ", ".join(f"{q(c)} = EXCLUDED.{q(c)}" for c in other_cols)
 
-    def _save_position(self, cur, source_table: str, event_id: str) -> None:
-        cur.execute(f"INSERT INTO {self.target.quote(self.position_table)} (sink, source_table, event_id)"
-                    " VALUES (%s, %s, %s) ON CONFLICT (sink, source_table)"
-                    " DO UPDATE SET event_id = EXCLUDED.event_id, updated_at = now()",
-                    (self.sink_name, source_table, event_id))
+    def _save_position(self, cur, source_table: str, event_id: str, expected: str | None) -> None:
+        """Compare and set: a statement of a stopped sink may still run in the server and
+        commit after this batch read the position (a statement in flight when its process
+        ended); this batch then applies nothing and is delivered again from there."""
+        cur.execute(self._position_sql("%s", "%s", "%s", "%s"), (self.sink_name, source_table, event_id, expected))
+        if cur.rowcount != 1:
+            raise _moved(source_table, self.sink_name)
+
+    def _position_sql(self, sink: str, source_table: str, event_id: str, expected: str) -> str:
+        return (f"INSERT INTO {self.target.quote(self.position_table)} AS p (sink, source_table, event_id)"
+                f" VALUES ({sink}, {source_table}, {event_id}) ON CONFLICT (sink, source_table)"
+                f" DO UPDATE SET event_id = EXCLUDED.event_id, updated_at = now()"
+                f" WHERE p.event_id IS NOT DISTINCT FROM {expected}::text")
 
 
 class MySQLMirrorSink(_MirrorSink):
@@ -683,7 +719,8 @@ class MySQLMirrorSink(_MirrorSink):
         cols = other_cols or key_cols[:1]
         return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{q(c)} = VALUES({q(c)})" for c in cols)
 
-    def _save_position(self, cur, source_table: str, event_id: str) -> None:
+    def _save_position(self, cur, source_table: str, event_id: str, expected: str | None) -> None:
+        # one explicit transaction per batch: nothing commits once its connection is gone
         cur.execute(f"INSERT INTO {self.target.quote(self.position_table)} (sink, source_table, event_id)"
                     " VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE event_id = VALUES(event_id)",
                     (self.sink_name, source_table, event_id))
