@@ -231,3 +231,36 @@ def test_a_run_too_large_for_one_message_goes_by_copy(pg_database, monkeypatch):
     sink.close()
     with psycopg.connect(pg_database) as conn:
         assert conn.execute("SELECT count(*), sum(length(name)) FROM t").fetchone() == (20, 20_010)
+
+
+def test_two_keys_swapping_a_unique_value_in_one_batch_are_applied(pg_database, tmp_path):
+    """Found by review: a run keeps the last change of each key, in one statement; when two
+    keys swap the value of another unique column (through a third value, as the source had
+    to), that statement breaks the constraint, and every retry failed the same way.  The
+    run's changes now go in turn, as the source made them."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL UNIQUE)")
+    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["public.t"],
+                             "checkpoint": {"type": "memory"}}},
+           "pipelines": {"p": {"source": "s", "sinks": [{"type": "postgres", "dsn": pg_database,
+                                                         "on_error": "stop"}]}}}
+    spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
+    tracker, fatal = AckTracker(), []
+    worker = SinkWorker(spec, spec.build(), tracker, lambda name, exc: fatal.append(exc))
+    first = [_ev(1, i, {"id": i, "v": i}) for i in range(10)]
+    swap = [_ev(2, 0, {"id": 0, "v": 100}, "u"), _ev(2, 1, {"id": 1, "v": 0}, "u"),
+            _ev(2, 2, {"id": 0, "v": 1}, "u")] + [_ev(2, 3 + i, {"id": i, "v": i}, "u") for i in range(2, 10)]
+    worker.start()
+    try:
+        for batch in (first, swap):  # one after the other: two batches
+            worker.submit(tracker.add(1, None, len(batch), 0), batch)
+            deadline, acked = time.monotonic() + 30, tracker.acked_events + len(batch)
+            while tracker.acked_events < acked and not fatal:
+                assert time.monotonic() < deadline, f"{tracker.acked_events} events acknowledged"
+                time.sleep(0.01)
+    finally:
+        worker.stop(10)
+    assert not fatal, fatal
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [(0, 1), (1, 0)] + \
+            [(i, i) for i in range(2, 10)]

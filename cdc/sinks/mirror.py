@@ -521,12 +521,26 @@ class PostgresMirrorSink(_MirrorSink):
         ON CONFLICT`` of the rows as a JSON array (the server converts each value by its
         column's type), or, when a value has no JSON form that converts the same (JSON null
         into a json column, a number beyond 64 bits), by ``COPY`` into a temporary table of
-        the same column types; the last row of each key wins."""
+        the same column types; the last row of each key wins.  When that breaks another unique
+        key of the target (two keys swapping a unique value), the run's changes go in turn."""
         upsert = self._upserts.get(sql)
         last = _last_of_each_key(upsert[1], rows) if upsert is not None and len(rows) >= 8 else None
         if upsert is None or last is None:
             cur.executemany(sql, [_values(r) for r in rows])
             return
+        from psycopg import errors
+        temps = dict(self._temps)
+        cur.execute("SAVEPOINT cdc_run")
+        try:
+            self._upsert_last(cur, upsert, last)
+        except errors.UniqueViolation:  # another unique key: only the changes in turn keep it at each step
+            cur.execute("ROLLBACK TO SAVEPOINT cdc_run")
+            self._temps = temps  # a temporary table made in the savepoint is gone
+            cur.executemany(sql, [_values(r) for r in rows])
+        else:
+            cur.execute("RELEASE SAVEPOINT cdc_run")
+
+    def _upsert_last(self, cur, upsert: tuple[str, list[str], tuple[str, ...]], last: list[dict]) -> None:
         table, key_cols, cols = upsert
         doc = _json_rows(last)
         if doc is not None:
