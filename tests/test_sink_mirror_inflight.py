@@ -264,3 +264,30 @@ def test_two_keys_swapping_a_unique_value_in_one_batch_are_applied(pg_database, 
     with psycopg.connect(pg_database) as conn:
         assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [(0, 1), (1, 0)] + \
             [(i, i) for i in range(2, 10)]
+
+
+def test_names_with_a_percent_sign(pg_database):
+    """Found by review: a column (or table) whose name holds '%' (``discount_%``) failed every
+    statement built for psycopg ("only '%s', '%b', '%t' are allowed as placeholders"): single
+    rows, deletes, truncates, and runs applied in a transaction."""
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute('CREATE TABLE "t%" (id int PRIMARY KEY, "discount_%" int, doc jsonb NOT NULL)')
+    src = {"name": "shop", "schema": "public", "table": "t%"}
+
+    def ev(lsn: int, i: int, op: str, row: dict) -> ChangeEvent:
+        return ChangeEvent(f"0/{lsn:X}:{i}", op, None if op != "d" else row, row if op != "d" else None,
+                           {"id": row["id"]}, src, 1, "public.t%")
+
+    sink = PostgresMirrorSink(pg_database, position_table="pos%", context=Context(None, name="m%"))
+    sink.write([ev(1, 0, "c", {"id": 0, "discount_%": 5, "doc": {}})])  # one row
+    sink.write([ev(2, i, "c", {"id": i, "discount_%": i, "doc": None}) for i in range(1, 11)])  # by COPY
+    _sent_and_waited(sink, [ev(3, i, "u", {"id": i, "discount_%": 2 * i, "doc": {"a": i}}) for i in range(1, 11)])
+    sink.write([ev(4, 0, "d", {"id": 1}), ev(4, 1, "c", {"id": 20, "discount_%": 1, "doc": []})])
+    with psycopg.connect(pg_database) as conn:
+        rows = conn.execute('SELECT id, "discount_%" FROM "t%" ORDER BY id').fetchall()
+    assert rows == [(0, 5)] + [(i, 2 * i) for i in range(2, 11)] + [(20, 1)]
+    sink.write([ChangeEvent("0/5:0", "t", None, None, None, src, 1, "public.t%")])
+    sink.close()
+    with psycopg.connect(pg_database) as conn:
+        assert conn.execute('SELECT count(*) FROM "t%"').fetchone() == (0,)
+        assert conn.execute('SELECT event_id FROM "pos%"').fetchall() == [("0/5:0",)]

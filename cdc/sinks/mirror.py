@@ -144,6 +144,7 @@ _POSITION_DDL = {
 class _MirrorSink:
     dialect = ""
     default_batch_size = 1000
+    percent = "%"  # '%' in a name, in a statement with parameters (psycopg: '%%')
 
     def __init__(self, dsn: str, tables: dict[str, str | TableMapping] | None = None,
                  position_table: str = "cdc_mirror_position", context: Context | None = None) -> None:
@@ -166,6 +167,13 @@ class _MirrorSink:
         # PostgreSQL: (parsed, stored) positions as every statement sent leaves them (``send``)
         self._known: tuple[dict[str, dict[str, tuple[tuple, str]]], dict[str, str]] | None = None
 
+    def _name(self, table: str) -> str:
+        """``table`` quoted, for a statement with parameters."""
+        return self.target.quote(table).replace("%", self.percent)
+
+    def _column(self, column: str) -> str:
+        return self.target.quote_column(column).replace("%", self.percent)
+
     # ---- connection ------------------------------------------------------------
 
     def open(self) -> None:
@@ -174,7 +182,7 @@ class _MirrorSink:
             raise PermanentSinkError(f"type {self.dialect} needs a {self.dialect} DSN")
         try:
             with self.target.conn.cursor() as cur:
-                cur.execute(_POSITION_DDL[self.dialect].format(t=self.target.quote(self.position_table)))
+                cur.execute(_POSITION_DDL[self.dialect].format(t=self._name(self.position_table)), ())
             self.target.conn.commit()
         except Exception as exc:
             self._reset()
@@ -276,8 +284,8 @@ class _MirrorSink:
         cur.executemany(sql, [_values(r) for r in rows])
 
     def _positions(self, cur) -> dict[str, str]:
-        q = self.target.quote(self.position_table)
-        cur.execute(f"SELECT source_table, event_id FROM {q} WHERE sink = %s", (self.sink_name,))
+        cur.execute(f"SELECT source_table, event_id FROM {self._name(self.position_table)} WHERE sink = %s",
+                    (self.sink_name,))
         return dict(cur.fetchall())
 
     # ---- applying one event --------------------------------------------------------
@@ -290,7 +298,7 @@ class _MirrorSink:
         """Append the statements (SQL, parameters) that apply ``e``."""
         table, m = self._mapping(e)
         if e.op == "t":
-            out.append((self.truncate_sql(self.target.quote(table)), []))
+            out.append((self.truncate_sql(self._name(table)), []))
             return
         rename = m.columns
         key_cols = m.key or [rename.get(k, k) for k in (e.key or {})]
@@ -341,9 +349,8 @@ class _MirrorSink:
             raise PermanentSinkError(f"cannot delete from {table}: key column(s) {missing} not in the event")
         sql = self._sql_cache.get(("d", table, tuple(key_cols)))
         if sql is None:
-            where = " AND ".join(f"{self.target.quote_column(k)} = %s" for k in key_cols)
-            sql = self._sql_cache[("d", table, tuple(key_cols))] = \
-                f"DELETE FROM {self.target.quote(table)} WHERE {where}"
+            where = " AND ".join(f"{self._column(k)} = %s" for k in key_cols)
+            sql = self._sql_cache[("d", table, tuple(key_cols))] = f"DELETE FROM {self._name(table)} WHERE {where}"
         return sql, [row[k] for k in key_cols]
 
     def _upsert(self, table: str, key_cols: list[str], row: dict) -> tuple[str, dict]:
@@ -352,9 +359,9 @@ class _MirrorSink:
         cache_key = ("u", table, tuple(key_cols), cols)
         sql = self._sql_cache.get(cache_key)
         if sql is None:
-            q = self.target.quote_column
+            q = self._column
             sql = self._sql_cache[cache_key] = (
-                f"INSERT INTO {self.target.quote(table)} ({', '.join(q(c) for c in cols)})"
+                f"INSERT INTO {self._name(table)} ({', '.join(q(c) for c in cols)})"
                 f" VALUES ({', '.join(['%s'] * len(cols))}) "
                 + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
             self._upserts[sql] = (table, key_cols, cols)
@@ -491,6 +498,7 @@ class PostgresMirrorSink(_MirrorSink):
     """``type: postgres`` sink: ``dsn: postgresql://...``, ``tables``, ``position_table``."""
 
     dialect = "postgres"
+    percent = "%%"
 
     def adapt(self, value):
         if isinstance(value, dict):
@@ -546,28 +554,30 @@ class PostgresMirrorSink(_MirrorSink):
         if doc is not None:
             cur.execute(self._json_upsert(table, key_cols, cols, "%s"), (doc.decode(),))
             return
-        q = self.target.quote_column
-        qt = self.target.quote(table)
+        q = self._column
+        qt = self._name(table)
         names = ", ".join(q(c) for c in cols)
         temp = self._temps.get((table, cols))
         if temp is None:
             temp = self._temps[(table, cols)] = f"cdc_upsert_{len(self._temps)}"
             # the target's column types (CREATE ... AS keeps them), none of its constraints
-            cur.execute(f"CREATE TEMPORARY TABLE {temp} ON COMMIT DELETE ROWS AS SELECT {names} FROM {qt} WITH NO DATA")
+            cur.execute(f"CREATE TEMPORARY TABLE {temp} ON COMMIT DELETE ROWS AS SELECT {names} FROM {qt} WITH NO DATA",
+                        ())
         elif temp in self._used_temps:
             cur.execute(f"TRUNCATE {temp}")
         self._used_temps.add(temp)
-        with cur.copy(f"COPY {temp} ({names}) FROM STDIN") as copy:
+        # psycopg reads no parameters in a COPY statement without any: its names as they are
+        with cur.copy(f"COPY {temp} ({names.replace('%%', '%')}) FROM STDIN") as copy:
             write_row = copy.write_row
             for row in last:
                 write_row(list(row.values()))
         cur.execute(f"INSERT INTO {qt} ({names}) SELECT {names} FROM {temp} "
-                    + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
+                    + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]), ())
 
     def _json_upsert(self, table: str, key_cols: list[str], cols: tuple[str, ...], rows: str, where: str = "") -> str:
         """The upsert of the JSON array of rows (parameter ``rows``) into ``table``."""
-        q = self.target.quote_column
-        qt = self.target.quote(table)
+        q = self._column
+        qt = self._name(table)
         names = ", ".join(q(c) for c in cols)
         return (f"INSERT INTO {qt} ({names}) SELECT {names} FROM json_populate_recordset(NULL::{qt}, {rows}::json)"
                 f"{where} " + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
@@ -660,7 +670,7 @@ class PostgresMirrorSink(_MirrorSink):
         table, key_cols, cols = upsert
         one = (f"WITH moved AS ({self._position_sql('$2', '$3', '$4', '$5')} RETURNING 1),"
                f" applied AS ({self._json_upsert(table, key_cols, cols, '$1', ' WHERE EXISTS (SELECT 1 FROM moved)')})"
-               f" SELECT count(*) FROM moved")
+               f" SELECT count(*) FROM moved").replace("%%", "%")  # sent as it is: no '%' placeholders
         encoding = self.target.conn.info.encoding
         if encoding != "utf-8":  # orjson writes UTF-8
             doc = doc.decode().encode(encoding)
@@ -672,7 +682,7 @@ class PostgresMirrorSink(_MirrorSink):
         return f"TRUNCATE {qt}"
 
     def conflict_sql(self, key_cols: list[str], other_cols: list[str]) -> str:
-        q = self.target.quote_column
+        q = self._column
         keys = ", ".join(q(k) for k in key_cols)
         if not other_cols:
             return f"ON CONFLICT ({keys}) DO NOTHING"
@@ -687,7 +697,7 @@ class PostgresMirrorSink(_MirrorSink):
             raise _moved(source_table, self.sink_name)
 
     def _position_sql(self, sink: str, source_table: str, event_id: str, expected: str) -> str:
-        return (f"INSERT INTO {self.target.quote(self.position_table)} AS p (sink, source_table, event_id)"
+        return (f"INSERT INTO {self._name(self.position_table)} AS p (sink, source_table, event_id)"
                 f" VALUES ({sink}, {source_table}, {event_id}) ON CONFLICT (sink, source_table)"
                 f" DO UPDATE SET event_id = EXCLUDED.event_id, updated_at = now()"
                 f" WHERE p.event_id IS NOT DISTINCT FROM {expected}::text")
