@@ -181,12 +181,23 @@ class _MirrorSink:
         if self.target.dialect != self.dialect:
             raise PermanentSinkError(f"type {self.dialect} needs a {self.dialect} DSN")
         try:
+            self.session()
             with self.target.conn.cursor() as cur:
                 cur.execute(_POSITION_DDL[self.dialect].format(t=self._name(self.position_table)), ())
             self.target.conn.commit()
         except Exception as exc:
+            if self.created_meanwhile(exc):  # by another sink opening at the same moment
+                self.target.conn.rollback()
+                return
             self._reset()
             raise sink_error(exc, f"cannot create {self.position_table}") from exc
+
+    def session(self) -> None:
+        """Settings of the sink's session, once connected."""
+
+    def created_meanwhile(self, exc: Exception) -> bool:
+        """``exc``, from creating the position table, says another session created it."""
+        return False
 
     def _reset(self) -> None:
         if self._sent is not None:  # its outcome unknown: waited for, it fails (if it committed, its position says so)
@@ -209,6 +220,7 @@ class _MirrorSink:
             self.open()
         t = self.target
         self.skipped = []
+        self._known = None  # read here, and again by the next send
         try:
             self._settle()
             with t.conn.cursor() as cur:
@@ -499,6 +511,17 @@ class PostgresMirrorSink(_MirrorSink):
 
     dialect = "postgres"
     percent = "%%"
+
+    def session(self) -> None:
+        # UTF8 whatever the database's encoding: on SQL_ASCII psycopg returns text as bytes
+        # (positions and column names no longer match), and the one statement goes as UTF-8
+        self.target.conn.execute("SET client_encoding TO 'UTF8'")
+        self.target.conn.commit()
+
+    def created_meanwhile(self, exc: Exception) -> bool:
+        # CREATE TABLE IF NOT EXISTS run by two sessions at once: one of them fails
+        from psycopg import errors
+        return isinstance(exc, (errors.UniqueViolation, errors.DuplicateTable))
 
     def adapt(self, value):
         if isinstance(value, dict):
