@@ -313,3 +313,38 @@ def test_opening_the_stream_on_a_stopped_server_names_it(private_mariadb):
     error = outcome.get("error")
     assert isinstance(error, SourceConnectionError), outcome
     assert f"127.0.0.1:{private_mariadb.port}" in str(error) and "did not answer within 2 s" in str(error)
+
+
+def test_closing_the_reader_of_a_stopped_server_takes_two_seconds_whatever_the_dsn_says(private_mariadb):
+    """Found by review: ending the binlog dump at close was bounded by 2 s only when the DSN's
+    read_timeout and write_timeout were equal (PyMySQL sets the socket's timeout from them at
+    each read and write): with ?write_timeout=10 a stop took the full read_timeout, 30 s."""
+    db = _table(private_mariadb)
+    source = make_source(private_mariadb, db, [f"{db}.t"])
+    source.settings["write_timeout"] = 10
+    source.open(None)
+    with Stopped(private_mariadb):
+        outcome = within(20, source.close)
+    assert "error" not in outcome, outcome
+    assert outcome["seconds"] < 5, outcome
+
+
+def test_the_read_elsewhere_check_of_checkpoint_set_on_a_stopped_server_goes_on(private_mariadb):
+    """Found by review: the check that the source is not read elsewhere connected with no
+    read_timeout: on a stopped server `cdc checkpoint set` waited for CDC_COMMAND_TIMEOUT (60 s).
+    An unreachable server says nothing (the lock decides alone): within the 10 s default."""
+    db = _table(private_mariadb)
+    source = make_source(private_mariadb, db, [f"{db}.t"])
+    with Stopped(private_mariadb):
+        outcome = within(30, source.reader_elsewhere, print)
+    assert outcome.get("value", "missing") is None and outcome["seconds"] < 25, outcome
+
+
+def test_the_read_elsewhere_check_keeps_the_dsn_connect_timeout(mariadb_server, mariadb_database):
+    """Found by review: `?connect_timeout=3` in the DSN made `cdc checkpoint set` and `reset`
+    fail with a TypeError (connect_timeout given twice)."""
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE t (id int PRIMARY KEY)")
+    source = make_source(mariadb_server, db, [f"{db}.t"])
+    source.settings["connect_timeout"] = 3
+    assert source.reader_elsewhere(print) is None  # nothing reads its binlog

@@ -77,8 +77,8 @@ def reader_elsewhere(src: Any, say: Callable[[str], None]) -> str | None:
     params = {k: v for k, v in src.settings.items() if k != "db"}
     user = params.get("user") or ""
     linger = min(2 * float(src.heartbeat_interval or 10.0) + 2.0, 30.0)
-    try:
-        conn = pymysql.connect(**params, connect_timeout=10)
+    try:  # a server that does not answer says nothing (the DSN's timeouts win)
+        conn = pymysql.connect(**{"connect_timeout": 10, "read_timeout": 10, "write_timeout": 10, **params})
     except (pymysql.MySQLError, OSError):
         return None
     try:

@@ -211,7 +211,7 @@ def _end_dump(reader: _Reader) -> None:
     if stream is None or ctl is None or not stream.open or not ctl.open:
         return
     try:
-        ctl._sock.settimeout(2.0)
+        ctl._read_timeout = ctl._write_timeout = 2.0  # PyMySQL sets the socket's from these
         with ctl.cursor() as cur:
             cur.execute("KILL CONNECTION %s", (stream.thread_id(),))
     except Exception as exc:  # gone already, a server not answering: the socket's close will do

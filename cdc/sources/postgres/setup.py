@@ -33,6 +33,7 @@ def connect(dsn: str, source: str) -> psycopg.Connection:
     except psycopg.OperationalError as exc:
         where = f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}"
         within = params.get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT") or CONNECT_TIMEOUT
+        within = max(int(within), 2) if str(within).isdigit() and int(within) > 0 else within  # libpq: 2 s at least
         raise SourceConnectionError(f"cannot connect to {where}: {str(exc).strip()} (connect_timeout {within} s)",
                                     source=source) from exc
 
