@@ -322,7 +322,7 @@ def test_mirror_sinks_opened_at_once_on_a_new_target(pg_database):
     """Found by review: two mirror sinks of one `cdc run` opening at once on a target without
     the position table: CREATE TABLE IF NOT EXISTS raced, one failed with a UniqueViolation
     (permanent, not retried) and `cdc run` stopped."""
-    for attempt in range(5):
+    for attempt in range(20):
         table = f"pos_{attempt}"
         errors: list[BaseException] = []
         sinks = [PostgresMirrorSink(pg_database, position_table=table, context=Context(None, name=f"m{i}"))

@@ -521,7 +521,7 @@ class PostgresMirrorSink(_MirrorSink):
     def created_meanwhile(self, exc: Exception) -> bool:
         # CREATE TABLE IF NOT EXISTS run by two sessions at once: one of them fails
         from psycopg import errors
-        return isinstance(exc, (errors.UniqueViolation, errors.DuplicateTable))
+        return isinstance(exc, (errors.UniqueViolation, errors.DuplicateTable, errors.DuplicateObject))
 
     def adapt(self, value):
         if isinstance(value, dict):
