@@ -34,6 +34,18 @@ def _batches() -> list[list[ChangeEvent]]:
     return out
 
 
+def _worker(tmp_path, table: str, **sink) -> tuple[SinkWorker, AckTracker, list[BaseException]]:
+    """A postgres mirror sink (options ``sink``) run by a SinkWorker, as ``cdc run`` runs it:
+    the worker (not started), its tracker, and the fatal errors it reports."""
+    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": [table],
+                             "checkpoint": {"type": "memory"}}},
+           "pipelines": {"p": {"source": "s", "sinks": [{"type": "postgres", **sink}]}}}
+    spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
+    tracker, fatal = AckTracker(), []
+    worker = SinkWorker(spec, spec.build(), tracker, lambda name, exc: fatal.append(exc))
+    return worker, tracker, fatal
+
+
 def _kill_in_flight(dsn: str, stop: threading.Event, killed: list[int]) -> None:
     """Terminate the sink's session while it runs a batch's statement, three times."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -55,13 +67,7 @@ def test_connection_killed_with_statements_in_flight_loses_nothing_and_keeps_ord
                      " $$ BEGIN INSERT INTO applied (id, v) VALUES (NEW.id, NEW.v); RETURN NEW; END $$")
         conn.execute("CREATE TRIGGER log_applied AFTER INSERT OR UPDATE ON items FOR EACH ROW"
                      " EXECUTE FUNCTION log_applied()")
-    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["public.items"],
-                             "checkpoint": {"type": "memory"}}},
-           "pipelines": {"p": {"source": "s", "sinks": [{"type": "postgres", "dsn": pg_database,
-                                                         "retry": {"initial_backoff": 0.05}}]}}}
-    spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
-    tracker, fatal = AckTracker(), []
-    worker = SinkWorker(spec, spec.build(), tracker, lambda name, exc: fatal.append(exc))
+    worker, tracker, fatal = _worker(tmp_path, "public.items", dsn=pg_database, retry={"initial_backoff": 0.05})
     stop, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_in_flight, args=(pg_database, stop, killed), daemon=True)
     batches = _batches()
@@ -101,13 +107,7 @@ def test_a_statement_that_fails_in_flight_is_delivered_again_and_only_its_bad_ro
     the bad row is left out."""
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL CHECK (v >= 0), note text)")
-    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["public.items"],
-                             "checkpoint": {"type": "memory"}}},
-           "pipelines": {"p": {"source": "s", "sinks": [{"type": "postgres", "dsn": pg_database,
-                                                         "on_error": "skip", "batch_size": ROWS}]}}}
-    spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
-    tracker, fatal = AckTracker(), []
-    worker = SinkWorker(spec, spec.build(), tracker, lambda name, exc: fatal.append(exc))
+    worker, tracker, fatal = _worker(tmp_path, "public.items", dsn=pg_database, on_error="skip", batch_size=ROWS)
     batches = _batches()[:BATCHES // 2]
     bad = batches[5][100]
     bad.after = {**bad.after, "v": -1}
@@ -241,13 +241,7 @@ def test_two_keys_swapping_a_unique_value_in_one_batch_are_applied(pg_database, 
     run's changes now go in turn, as the source made them."""
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL UNIQUE)")
-    raw = {"sources": {"s": {"type": "postgres", "dsn": "postgresql://unused/x", "tables": ["public.t"],
-                             "checkpoint": {"type": "memory"}}},
-           "pipelines": {"p": {"source": "s", "sinks": [{"type": "postgres", "dsn": pg_database,
-                                                         "on_error": "stop"}]}}}
-    spec = parse_config(raw, tmp_path / "c.yaml", {}).pipelines["p"].sinks[0]
-    tracker, fatal = AckTracker(), []
-    worker = SinkWorker(spec, spec.build(), tracker, lambda name, exc: fatal.append(exc))
+    worker, tracker, fatal = _worker(tmp_path, "public.t", dsn=pg_database, on_error="stop")
     first = [_ev(1, i, {"id": i, "v": i}) for i in range(10)]
     swap = [_ev(2, 0, {"id": 0, "v": 100}, "u"), _ev(2, 1, {"id": 1, "v": 0}, "u"),
             _ev(2, 2, {"id": 0, "v": 1}, "u")] + [_ev(2, 3 + i, {"id": i, "v": i}, "u") for i in range(2, 10)]
