@@ -170,7 +170,8 @@ class SinkWorker:
                     try:
                         handle = sink.send(chunk)
                     except Exception as exc:
-                        rest = [(done if j == len(chunks) - 1 else [], c)
+                        # the batches taken are acknowledged with the last chunk
+                        rest = [(seqs if j == len(chunks) - 1 else [], c)
                                 for j, c in enumerate(chunks[k:], start=k)]
                         self._redeliver(window, rest, exc)
                         window.clear()
