@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 
@@ -45,14 +46,30 @@ def cli(*args: str) -> str:
     return proc.stdout + proc.stderr
 
 
+def _metrics_and_dead_ports() -> tuple[int, int]:
+    """A metrics port whose next port is free too (source ``down``, the second, listens on
+    port + 1), and a port with nothing behind it that is neither.  Two free_port() calls in a
+    row often give neighbours: the dead source's DSN then named its own metrics port."""
+    while True:
+        metrics, dead = free_port(), free_port()
+        if dead in (metrics, metrics + 1):
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", metrics + 1))
+            except OSError:
+                continue
+        return metrics, dead
+
+
 def test_no_password_in_any_log(tmp_path, pg_server, pg_database):
     make_orders(pg_database)
     with psycopg.connect(pg_database, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE app LOGIN SUPERUSER PASSWORD '{PASSWORD}'") if not conn.execute(
             "SELECT 1 FROM pg_roles WHERE rolname = 'app'").fetchone() else None
     dsn = pg_database.replace("postgres@", f"app:{PASSWORD}@")
-    config = write_config(tmp_path, dsn, CONFIG.replace("PORT", str(free_port()))
-                          .replace("DEAD", str(free_port())))
+    metrics, dead = _metrics_and_dead_ports()
+    config = write_config(tmp_path, dsn, CONFIG.replace("PORT", str(metrics)).replace("DEAD", str(dead)))
     insert(pg_database, 1, 3)  # rows there before the first run: its snapshot (a connection of its own) copies them
     out = tmp_path / "out/orders.jsonl"
     outputs = []
