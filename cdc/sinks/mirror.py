@@ -694,11 +694,9 @@ class PostgresMirrorSink(_MirrorSink):
         one = (f"WITH moved AS ({self._position_sql('$2', '$3', '$4', '$5')} RETURNING 1),"
                f" applied AS ({self._json_upsert(table, key_cols, cols, '$1', ' WHERE EXISTS (SELECT 1 FROM moved)')})"
                f" SELECT count(*) FROM moved").replace("%%", "%")  # sent as it is: no '%' placeholders
-        encoding = self.target.conn.info.encoding
-        if encoding != "utf-8":  # orjson writes UTF-8
-            doc = doc.decode().encode(encoding)
         stored[source_table] = position
-        return one, [doc, *(None if v is None else v.encode(encoding)
+        # the session is UTF8 (``session``), as orjson writes
+        return one, [doc, *(None if v is None else v.encode()
                             for v in (self.sink_name, source_table, position, expected))], source_table
 
     def truncate_sql(self, qt: str) -> str:
