@@ -423,17 +423,26 @@ def test_mirror_started_on_a_non_empty_table_with_ddl_mid_copy_ends_equal(kind, 
             with server.connect(db) as conn, conn.cursor() as cur:
                 cur.execute("SELECT id, v, w FROM big ORDER BY id")
                 return [tuple(r) for r in cur.fetchall()]
-    with running(cfg) as r:
-        _wait(lambda: (_copied(r.runner) or 0) > 0, 60, "the first chunks")
-        sql(target, "ALTER TABLE big ADD COLUMN w int DEFAULT 7, ALTER COLUMN v TYPE bigint")
-        ddl()
-        assert not r.runner.snapshots.finished, "the copy finished before the DDL: make the table bigger"
-        _wait(lambda: r.runner.snapshots.finished or not r.thread.is_alive(), 120, "the copy")
-        assert r.thread.is_alive(), r.runner.error
-        assert r.runner.snapshots.skipped == {}
-        expected = [tuple(row) for row in rows()]
-        _wait(lambda: [tuple(row) for row in sql(target, "SELECT id, v, w FROM big ORDER BY id")] == expected, 60,
-              "the mirror to reach the source's state")
+    import psycopg
+    # The target is locked against writes (and altered) in a transaction held until the source's DDL is done:
+    # the mirror waits, and the copy stops at the in-flight limit (4,096 rows), far from the
+    # table's end, so the DDL lands mid-copy however fast the copy runs.
+    with psycopg.connect(target) as hold:
+        hold.execute("LOCK TABLE big IN EXCLUSIVE MODE")  # writes wait, reads do not
+        with running(cfg) as r:
+            try:
+                _wait(lambda: r.runner.snapshots.chunks_emitted > 0, 60, "the first chunks")
+                hold.execute("ALTER TABLE big ADD COLUMN w int DEFAULT 7, ALTER COLUMN v TYPE bigint")
+                ddl()
+                assert not r.runner.snapshots.finished, "the copy finished before the DDL: make the table bigger"
+            finally:
+                hold.commit()  # the mirror goes on (or stops) only once the lock is gone
+            _wait(lambda: r.runner.snapshots.finished or not r.thread.is_alive(), 120, "the copy")
+            assert r.thread.is_alive(), r.runner.error
+            assert r.runner.snapshots.skipped == {}
+            expected = [tuple(row) for row in rows()]
+            _wait(lambda: [tuple(row) for row in sql(target, "SELECT id, v, w FROM big ORDER BY id")] == expected,
+                  60, "the mirror to reach the source's state")
     assert len(expected) == 30000
 
 
