@@ -111,9 +111,12 @@ class SnapshotReader(Protocol):
     """Reads a source's tables chunk by chunk for snapshots (see ``docs/snapshots.md``).
     Used by the runner's thread only, on its own connection (not the stream's)."""
 
-    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None,
+                   max_bytes: int | None = None) -> Chunk | None:
         """Up to ``limit`` rows of ``table`` with keys after ``after`` (None: from the start),
-        in key order, read in a new snapshot, with that snapshot's watermark.  None when
+        in key order, read in a new snapshot, with that snapshot's watermark and the bytes
+        the rows came in; rows past ``max_bytes`` are not kept (the chunk ends at the last
+        row kept, at least one, and is not ``done``).  None when
         the snapshot cannot be used yet (try again a moment later).  Raises
         ``SnapshotInputError`` for a table without a primary key or a bad ``where``."""
 

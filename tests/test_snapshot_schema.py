@@ -98,15 +98,15 @@ def test_postgres_a_table_rewritten_after_the_chunk_snapshot_is_read_again(pg_da
         # the chunk's transaction takes its snapshot, then the rewrite commits, then COPY reads
         original = reader._copy
 
-        def copy_after_a_rewrite(conn, query):
+        def copy_after_a_rewrite(conn, query, *more):
             if not getattr(copy_after_a_rewrite, "done", False):
                 copy_after_a_rewrite.done = True
                 query_snapshot, _, rest = query.partition(b"::text; ")
                 conn.pgconn.exec_(query_snapshot.split(b";", 1)[0] + b";")  # BEGIN ...
                 snap = conn.pgconn.exec_(b"SELECT pg_current_snapshot()::text").get_value(0, 0).decode()
                 sql(pg_database, "ALTER TABLE t ALTER COLUMN v TYPE bigint")
-                return original(conn, b"SELECT '" + snap.encode() + b"'::text; " + rest)
-            return original(conn, query)
+                return original(conn, b"SELECT '" + snap.encode() + b"'::text; " + rest, *more)
+            return original(conn, query, *more)
 
         reader._copy = copy_after_a_rewrite
         chunk = _chunk(reader, "public.t", first.last_key)

@@ -100,7 +100,7 @@ class SourceRunner:
         # copying existing rows (docs/snapshots.md); None for a source that cannot
         self.snapshots = (SnapshotController(source, self.source, self.source.snapshot, self.spec.tables,
                                              self.source.snapshot_chunk_size, config.state_dir,
-                                             self.source.snapshot_parallelism)
+                                             self.source.snapshot_parallelism, self.spec.max_in_flight_bytes)
                           if isinstance(self.source, Snapshottable) else None)
 
     @property
@@ -235,6 +235,7 @@ class SourceRunner:
         read = snapshots.chunks_read
         # the next chunk is read while the sinks still work on the last one
         room = (self.tracker.events_in_flight < self.spec.max_in_flight_events + snapshots.chunk_size
+                and self.tracker.bytes_in_flight < self.spec.max_in_flight_bytes
                 and not self._stop.is_set())
         items = snapshots.tick(room, self._in_tx)
         if items:
@@ -285,6 +286,8 @@ class SourceRunner:
                 emitted += len(mine)
                 deliveries.extend((w, mine) for w in p.workers)
         seen = self.source.bytes_read if self._counts_bytes else 0
+        if self.snapshots is not None:
+            seen += self.snapshots.bytes_emitted
         nbytes, self._bytes_seen = seen - self._bytes_seen, seen
         seq = self.tracker.add(len(deliveries), position, len(events), nbytes, batch_ts_ms(items))
         for worker, mine in deliveries:

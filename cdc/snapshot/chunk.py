@@ -54,7 +54,8 @@ class Chunk:
     ``done`` is True when the table has no rows after this chunk; ``watermark`` is the
     reader's opaque description of the snapshot the rows were read in; ``json_null``:
     key tuple -> the json columns of that row holding JSON ``null`` (not SQL NULL), for
-    rows that have any."""
+    rows that have any; ``nbytes``: the bytes the rows came in.  A chunk cut at
+    ``read_chunk``'s ``max_bytes`` ends at its last row and is not ``done``."""
 
     table: str
     rows: list[tuple[tuple, ChangeEvent]]
@@ -65,6 +66,7 @@ class Chunk:
     first_index: int = 0   # rows of this copy emitted before this chunk (set when emitted)
     copy_uid: str = ""     # the copy's identity, saved in the checkpoint (set when emitted)
     json_null: dict[tuple, list[str]] = field(default_factory=dict)
+    nbytes: int = 0        # the bytes the rows came in (counted in ``max_in_flight_bytes``)
 
 
 def key_changed(table: str, was: str, key: list[str], after: list, source: str) -> str:

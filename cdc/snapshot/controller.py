@@ -53,12 +53,17 @@ class _Window:
 
 class SnapshotController:
     def __init__(self, source_name: str, source, mode: str, tables: list[str], chunk_size: int,
-                 state_dir: Path | None = None, parallelism: int = 1) -> None:
+                 state_dir: Path | None = None, parallelism: int = 1, max_bytes: int | None = None) -> None:
         self.name = source_name
         self.source = source
         self.mode = mode
         self.tables = list(tables)
         self.chunk_size = max(1, int(chunk_size))
+        # A chunk's bytes: half of max_in_flight_bytes, shared by the chunks open at once.  A
+        # chunk is cut there, and the table's next chunks hold as many rows as fit (row_bytes).
+        self.chunk_bytes = max(1, max_bytes // (2 * max(1, int(parallelism)))) if max_bytes else None
+        self.row_bytes: dict[str, float] = {}  # table -> bytes per row of its last chunk read
+        self.bytes_emitted = 0                 # the bytes of the rows handed on (max_in_flight_bytes)
         self.state_dir = state_dir
         self.done: list[str] = []            # tables whose initial copy is done (or needs none)
         self.skipped: dict[str, str] = {}    # tables of ``done`` not copied: why (refused, cancelled)
@@ -240,6 +245,7 @@ class SnapshotController:
         chunk.copy_uid = entry["uid"]
         events = self.reader.events(chunk, rows, position, chunk.done) if rows else []
         self.chunks_emitted += 1
+        self.bytes_emitted += chunk.nbytes
         entry["after"] = chunk.last_key
         entry["rows"] += len(events)
         self.rows_total += len(events)
@@ -308,7 +314,8 @@ class SnapshotController:
                                       "total": None if entry.get("where") else reader.estimate(entry["table"]),
                                       "started": time.time(),
                                       "finished": None, "resumed_after": entry["after"]}
-            chunk = reader.read_chunk(entry["table"], after, self.chunk_size, entry.get("where"))
+            chunk = reader.read_chunk(entry["table"], after, self._limit(entry["table"]), entry.get("where"),
+                                      self.chunk_bytes)
         except SnapshotInputError as exc:
             # mid-copy (e.g. the table renamed or dropped): what is missing, and the way back
             self._failures = 0  # the server answered, with a refusal or an error of the table
@@ -342,8 +349,18 @@ class SnapshotController:
             return []
         self.windows.append(_Window(entry, chunk))
         self.chunks_read += 1
+        if chunk.rows and chunk.nbytes:
+            self.row_bytes[entry["table"]] = chunk.nbytes / len(chunk.rows)
         log.debug("source %s: chunk of %s after %s: %d rows", self.name, entry["table"], after, len(chunk.rows))
         return self._emit_reached(self.source.snapshot_position())
+
+    def _limit(self, table: str) -> int:
+        """The rows of the table's next chunk: ``snapshot_chunk_size``, or fewer when that many
+        of the rows its last chunk measured would pass ``chunk_bytes``."""
+        per_row = self.row_bytes.get(table)
+        if per_row is None or self.chunk_bytes is None:
+            return self.chunk_size
+        return max(1, min(self.chunk_size, int(self.chunk_bytes / per_row)))
 
     def _detail(self, exc: BaseException) -> str:
         """The error's text without the ``source NAME:`` its class puts first (the log line has it)."""

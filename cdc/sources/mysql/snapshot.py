@@ -251,9 +251,11 @@ _READ_SIZE = 1 << 18
 _LONG = 0xffffff  # a packet of this size is continued in the next one
 
 
-def _read_rows(conn: pymysql.Connection, t: _Table, query: str) -> tuple[list, dict]:
-    """The rows of ``query`` as ``(key, event)`` pairs, and the chunk's ``json_null``,
-    parsed from the socket's bytes as they come (``_compile``) rather than by pymysql's
+def _read_rows(conn: pymysql.Connection, t: _Table, query: str,
+               max_bytes: int | None = None) -> tuple[list, dict, int, bool]:
+    """The rows of ``query`` as ``(key, event)`` pairs, the chunk's ``json_null``, the bytes
+    they came in, and whether rows were dropped: those after ``max_bytes`` are read and not
+    kept.  Parsed from the socket's bytes as they come (``_compile``) rather than by pymysql's
     per-field loop.  Any failure but an error the server reported closes the connection
     (the rest of the result is unread)."""
     conn.query(query, unbuffered=True)  # sends it, reads the column descriptions
@@ -262,11 +264,22 @@ def _read_rows(conn: pymysql.Connection, t: _Table, query: str) -> tuple[list, d
     rfile = conn._rfile
     out: list = []
     json_null: dict = {}
+    kept, kept_json_null = out, json_null
+    received = 0
+    nbytes = None  # the bytes received when rows stopped being kept
+    room = max_bytes if max_bytes is not None else 1 << 62
+    dropped = 0
     buf = b""
     pos = 0
     try:
         while True:
             pos = parse(buf, pos, len(buf), out, json_null)
+            if out is not kept:
+                dropped += len(out)
+                out.clear()
+                json_null.clear()
+            elif received >= room:  # the rest is read and dropped
+                nbytes, out, json_null = received, [], {}
             end = len(buf)
             if pos + 4 <= end:
                 size = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
@@ -274,9 +287,10 @@ def _read_rows(conn: pymysql.Connection, t: _Table, query: str) -> tuple[list, d
                     payload = buf[pos + 4:pos + 4 + size]
                     if payload[0] == 0xff:
                         pymysql.err.raise_mysql_exception(payload)
-                    return out, json_null
+                    return kept, kept_json_null, received if nbytes is None else nbytes, dropped > 0
                 if size == _LONG:  # a row in several packets
                     payload, rest = _long_payload(rfile, buf[pos:])
+                    received += len(payload)
                     parse_one(payload, out, json_null)
                     buf, pos = rest, 0
                     continue
@@ -286,6 +300,7 @@ def _read_rows(conn: pymysql.Connection, t: _Table, query: str) -> tuple[list, d
             data = rfile.read(want) if want > _READ_SIZE else rfile.read1(_READ_SIZE)
             if not data:
                 raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
+            received += len(data)
             buf = buf[pos:] + data
             pos = 0
     except pymysql.err.MySQLError as exc:
@@ -529,13 +544,15 @@ class MySQLSnapshotReader:
         if problem:
             raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
 
-    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None,
+                   max_bytes: int | None = None) -> Chunk | None:
         try:
-            return self._read_chunk(table, after, limit, where)
+            return self._read_chunk(table, after, limit, where, max_bytes)
         except CopyRefused as exc:
             raise exc.dropped(table, after, where) from None
 
-    def _read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+    def _read_chunk(self, table: str, after: list | None, limit: int, where: str | None,
+                    max_bytes: int | None) -> Chunk | None:
         t = self._table(table, after)
         self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
@@ -554,7 +571,7 @@ class MySQLSnapshotReader:
                     cur.execute("SHOW STATUS WHERE Variable_name IN"
                                 " ('Binlog_snapshot_file', 'Binlog_snapshot_position')")
                     status = dict(cur.fetchall())
-                    rows, json_null = _read_rows(conn, t, query)
+                    rows, json_null, nbytes, cut = _read_rows(conn, t, query, max_bytes)
                     shape = self._shape(cur, table)  # DDL waits for the commit: the shape the rows have
                 finally:
                     if conn.open:  # else closed by a failed read
@@ -588,10 +605,10 @@ class MySQLSnapshotReader:
             self._tables.pop(table, None)
             return None
         watermark = (status["Binlog_snapshot_file"], int(status["Binlog_snapshot_position"]))
-        done = len(rows) <= limit
+        done = len(rows) <= limit and not cut
         rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
-        return Chunk(table, rows, last_key, done, watermark, t.key, json_null=json_null)
+        return Chunk(table, rows, last_key, done, watermark, t.key, json_null=json_null, nbytes=nbytes)
 
     def _retry_after_ddl(self, t: _Table, errno: int) -> bool:
         """After an error that DDL can cause: the columns are read again if they changed (or

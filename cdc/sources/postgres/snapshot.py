@@ -431,13 +431,15 @@ class PostgresSnapshotReader:
         if problem:
             raise SnapshotInputError(f"--where {where!r} on {table}: {problem}", source=self.source_name)
 
-    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None,
+                   max_bytes: int | None = None) -> Chunk | None:
         try:
-            return self._read_chunk(table, after, limit, where)
+            return self._read_chunk(table, after, limit, where, max_bytes)
         except CopyRefused as exc:
             raise exc.dropped(table, after, where) from None
 
-    def _read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
+    def _read_chunk(self, table: str, after: list | None, limit: int, where: str | None,
+                    max_bytes: int | None) -> Chunk | None:
         t = self._table(table, after)
         self._one_condition(table, where)  # a request that did not come through ``cdc snapshot``
         conn = self._connect()
@@ -455,8 +457,9 @@ class PostgresSnapshotReader:
                 # committed before this copy started but not visible in the snapshot makes the
                 # snapshot unusable for now (see docs/snapshots.md).
                 try:
-                    text, lines = self._copy(conn, b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;"
-                                                   b" SELECT pg_current_snapshot()::text; " + query)
+                    text, lines, nbytes, cut = self._copy(
+                        conn, b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text; "
+                        + query, max_bytes)
                     ident = sql.Literal(sql.Identifier(t.schema, t.name).as_string(conn)).as_string(conn)
                     high, racy, shape = self._simple(conn, (
                         f"SELECT pg_logical_emit_message(false, '{WATERMARK_PREFIX}', '')::text, pg_current_xact_id(),"
@@ -500,10 +503,10 @@ class PostgresSnapshotReader:
             return None
         if noted:  # below xmin, visible to every later snapshot (xmin only grows)
             self._noted = {x for x in noted if wm.full(x) >= wm.xmin}
-        done = len(rows) <= limit
+        done = len(rows) <= limit and not cut
         rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
-        return Chunk(table, rows, last_key, done, wm, t.key, json_null=json_null)
+        return Chunk(table, rows, last_key, done, wm, t.key, json_null=json_null, nbytes=nbytes)
 
     def _query(self, t: _Table, after: list | None, limit: int, where: str | None) -> sql.Composed:
         key = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
@@ -550,12 +553,17 @@ class PostgresSnapshotReader:
             raise psycopg.DataError("the watermark statement returned no row")
         return (*rows[0], rows[1])
 
-    def _copy(self, conn: psycopg.Connection, query: bytes) -> tuple[str, list[bytes]]:
-        """(the snapshot's text, the lines of the ``COPY ... TO STDOUT``), read with libpq's
-        calls directly (psycopg's Copy object costs a few microseconds per row)."""
+    def _copy(self, conn: psycopg.Connection, query: bytes,
+              max_bytes: int | None) -> tuple[str, list[bytes], int, bool]:
+        """(the snapshot's text, the lines of the ``COPY ... TO STDOUT``, their bytes, whether
+        lines were dropped), read
+        with libpq's calls directly (psycopg's Copy object costs a few microseconds per row).
+        Lines past ``max_bytes`` are read and dropped: the chunk ends at the last line kept."""
         pgconn = self._send(conn, query)
         snapshot = None
         lines: list[bytes] = []
+        kept = 0
+        cut = False
         error = None
         while (result := _next_result(pgconn)) is not None:
             status = result.status
@@ -564,10 +572,15 @@ class PostgresSnapshotReader:
             elif status == pq.ExecStatus.COPY_OUT:
                 append = lines.append
                 get = pgconn.get_copy_data
+                room = max_bytes if max_bytes is not None else 1 << 62
                 while True:
                     n, data = get(1)  # without waiting: libpq's blocking wait would hold the GIL
                     if n > 0:
-                        append(bytes(data))
+                        if kept < room:
+                            append(bytes(data))
+                            kept += n
+                        else:
+                            cut = True
                         continue
                     if n < 0:
                         break
@@ -579,7 +592,7 @@ class PostgresSnapshotReader:
         if error is not None or snapshot is None:
             cls = psycopg.OperationalError if pgconn.status != pq.ConnStatus.OK else psycopg.DataError
             raise cls(error or "no snapshot")
-        return snapshot, lines
+        return snapshot, lines, kept, cut
 
     # ---- the stream side ---------------------------------------------------------------
 

@@ -1,0 +1,91 @@
+"""A snapshot of wide rows stays within ``max_in_flight_bytes``: a chunk is cut at a byte
+budget (half the limit, shared by the chunks open at once), the next chunks of the table are
+sized by the bytes per row the last one measured, and the rows copied count in the bytes in
+flight like the streamed ones.
+
+Both sources, ``cdc run`` as a real process: 200 rows of 1 MiB (incompressible text) at the
+default ``snapshot_chunk_size`` (10,000 rows, so the whole table in one chunk were it counted in
+rows only) with ``max_in_flight_bytes`` of 32 MiB, into a file sink (rows do wait in flight)."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+
+import yaml
+from test_snapshot_memory import LAUNCHER
+
+from mysql_helpers import db_of, execute
+from pgutil import sql
+
+ROWS = 200
+ROW_BYTES = 1 << 20
+LIMIT = 32 << 20
+BOUND_MIB = 150  # 61-77 MiB; without the byte budget 438-648 MiB (the table read in one chunk)
+
+
+def _run(tmp_path, source: dict) -> tuple[float, str, list]:
+    raw = {"sources": {"db": {**source, "snapshot": "initial_only", "max_in_flight_bytes": LIMIT,
+                              "checkpoint": {"type": "file", "path": "state/db.json"}}},
+           "pipelines": {"all": {"source": "db", "sinks": [{"type": "file", "path": "out/all.jsonl"}]}}}
+    path = tmp_path / "pipelines.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-m", "cdc", "run", str(path)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    code, maxrss_kib = (int(v) for v in proc.stdout.split()[-2:])
+    assert code == 0, proc.stderr[-3000:]
+    out = [json.loads(line) for line in (tmp_path / "out/all.jsonl").read_text().splitlines()]
+    return maxrss_kib / 1024, proc.stderr, out
+
+
+def _check(peak: float, log: str, out: list, table_suffix: str) -> None:
+    reads = [e for e in out if e["op"] == "r"]
+    assert sorted(e["after"]["id"] for e in reads) == list(range(1, ROWS + 1)), log[-3000:]
+    assert all(len(e["after"]["payload"]) == ROW_BYTES for e in reads)
+    assert f"{table_suffix} done: {ROWS} rows" in log, log[-3000:]
+    print(f"{ROWS} rows of 1 MiB, max_in_flight_bytes 32 MiB: peak RSS {peak:.0f} MiB")
+    assert peak <= BOUND_MIB, f"peak RSS {peak:.0f} MiB"
+
+
+def test_postgres_snapshot_of_wide_rows_stays_within_the_byte_limit(pg_database, tmp_path):
+    sql(pg_database, "CREATE TABLE wide (id int PRIMARY KEY, payload text NOT NULL)",
+        "ALTER TABLE wide ALTER payload SET STORAGE EXTERNAL",
+        # 1 MiB of text that does not compress: md5s of different numbers
+        f"INSERT INTO wide SELECT g, (SELECT string_agg(md5((g * 100000 + i)::text), '')"
+        f" FROM generate_series(1, {ROW_BYTES // 32}) i) FROM generate_series(1, {ROWS}) g")
+    peak, log, out = _run(tmp_path, {"type": "postgres", "dsn": pg_database, "tables": ["public.wide"]})
+    _check(peak, log, out, "public.wide")
+
+
+def test_mariadb_snapshot_of_wide_rows_stays_within_the_byte_limit(mariadb_server, mariadb_database, tmp_path):
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE wide (id int PRIMARY KEY, payload longtext NOT NULL)",
+            "SET SESSION max_recursive_iterations = 100000",
+            f"INSERT INTO wide SELECT seq, (SELECT GROUP_CONCAT(MD5(seq * 100000 + i.seq) SEPARATOR '')"
+            f" FROM seq_1_to_{ROW_BYTES // 32} i) FROM seq_1_to_{ROWS}")
+    peak, log, out = _run(tmp_path, {"type": "mysql", "dsn": mariadb_server.dsn(db, user="cdc"),
+                                     "tables": [f"{db}.wide"], "server_id": random.randint(5000, 90000)})
+    _check(peak, log, out, f"{db}.wide")
+
+
+def test_rows_copied_count_in_the_bytes_in_flight(pg_database, tmp_path):
+    """In-process, into a slow sink: the copy stops reading once the rows it handed on reach
+    ``max_in_flight_bytes`` (they used to count as 0 bytes: the copy read on to the event limit)."""
+    from test_memory_bytes import LIMIT as SMALL_LIMIT
+    from test_memory_bytes import ROW_BYTES as MID_ROW_BYTES
+    from test_memory_bytes import ROWS as MID_ROWS
+    from test_memory_bytes import SLACK
+    from test_memory_bytes import _run as run_slowly
+    sql(pg_database, "CREATE TABLE mid (id int PRIMARY KEY, payload text NOT NULL)",
+        f"INSERT INTO mid SELECT g, repeat(md5(g::text), {MID_ROW_BYTES // 32}) FROM generate_series(1, {MID_ROWS}) g")
+    raw = {"sources": {"s": {"type": "postgres", "dsn": pg_database, "tables": ["mid"],
+                             "checkpoint": {"type": "memory"}, "snapshot": "initial",
+                             "max_in_flight_events": 1_000_000, "max_in_flight_bytes": SMALL_LIMIT}},
+           "pipelines": {"p": {"source": "s", "sinks": [{"type": "discard", "batch_size": 4}]}}}
+    peak, acked = run_slowly(raw, tmp_path, lambda: None)
+    print(f"peak bytes in flight {peak / 2**20:.1f} MiB (limit {SMALL_LIMIT / 2**20:.0f} MiB)")
+    assert acked == MID_ROWS
+    # a chunk read while the sinks have room adds at most half the limit (plus one row)
+    assert SMALL_LIMIT // 2 < peak <= SMALL_LIMIT + SMALL_LIMIT // 2 + SLACK
