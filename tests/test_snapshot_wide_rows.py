@@ -45,6 +45,7 @@ def _check(peak: float, log: str, out: list, table_suffix: str) -> None:
     assert sorted(e["after"]["id"] for e in reads) == list(range(1, ROWS + 1)), log[-3000:]
     assert all(len(e["after"]["payload"]) == ROW_BYTES for e in reads)
     assert f"{table_suffix} done: {ROWS} rows" in log, log[-3000:]
+    assert f"rows of {table_suffix} take 10" in log and "its chunks hold 7 rows" in log, log[-3000:]  # 8 MiB / 1 MiB
     print(f"{ROWS} rows of 1 MiB, max_in_flight_bytes 32 MiB: peak RSS {peak:.0f} MiB")
     assert peak <= BOUND_MIB, f"peak RSS {peak:.0f} MiB"
 

@@ -350,7 +350,12 @@ class SnapshotController:
         self.windows.append(_Window(entry, chunk))
         self.chunks_read += 1
         if chunk.rows and chunk.nbytes:
-            self.row_bytes[entry["table"]] = chunk.nbytes / len(chunk.rows)
+            table, was = entry["table"], self._limit(entry["table"])
+            self.row_bytes[table] = chunk.nbytes / len(chunk.rows)
+            if self._limit(table) < self.chunk_size <= was:
+                log.info("source %s: rows of %s take %.0f kB each: its chunks hold %d rows (half of"
+                         " max_in_flight_bytes, shared by the chunks open at once), not snapshot_chunk_size",
+                         self.name, table, self.row_bytes[table] / 1000, self._limit(table))
         log.debug("source %s: chunk of %s after %s: %d rows", self.name, entry["table"], after, len(chunk.rows))
         return self._emit_reached(self.source.snapshot_position())
 
