@@ -171,6 +171,25 @@ def test_mariadb_applies_batch_once(my_target):
     s.close()
 
 
+def test_mariadb_names_with_a_percent_sign(mariadb_server, mariadb_database):
+    """A table, a column, a position table and a sink whose names hold '%' (``discount_%``):
+    PyMySQL reads '%' in a statement with parameters as a placeholder ("not enough arguments
+    for format string"), so every write failed."""
+    db = mariadb_database.rsplit("/", 1)[1]
+    with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE `t%` (id int PRIMARY KEY, `discount_%` int)")
+    sink = MySQLMirrorSink(mariadb_database, tables={"public.orders": TableMapping(table="t%")},
+                           position_table="pos%", context=Context(None, name="m%"))
+    sink.open()
+    sink.write([ev(1, "c", after={"id": 1, "discount_%": 5}), ev(2, "c", after={"id": 2, "discount_%": 6})])
+    sink.write([ev(3, "u", before={"id": 1}, after={"id": 1, "discount_%": 7}), ev(4, "d", before={"id": 2})])
+    assert my_rows(mariadb_database, "SELECT id, `discount_%` FROM `t%` ORDER BY id") == [(1, 7)]
+    assert my_rows(mariadb_database, "SELECT sink, event_id FROM `pos%`") == [("m%", "0/1A0004:0")]
+    sink.write([ev(5, "t")])
+    assert my_rows(mariadb_database, "SELECT count(*) FROM `t%`") == [(0,)]
+    sink.close()
+
+
 # ---- through the engine: PostgreSQL source -> PostgreSQL mirror, kill -9 and restart ---------
 
 def test_engine_mirror_kill9_restart_neither_loses_nor_reapplies(pg_database, pg_server, tmp_path):
@@ -304,3 +323,22 @@ pipelines:
     assert result.exit_code == 3 and "replayed 1, superseded 1, failed 0" in result.output, result.stderr
     assert rows() == [(0, "new", "1.00"), (2, "new", "2.00"), (3, "new", "oops")]
     assert [e.event.id for e in store.list()] == [e1.id]
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_table_sink_into_a_table_named_with_a_percent_sign(kind, request):
+    """The ``table`` sink (a dead-letter queue's usual place) inserts with parameters: a '%' in
+    its table's name was read as a placeholder by both drivers."""
+    from cdc.deadletter.stores import TableDeadLetterStore
+    from cdc.sinks.table import TableSink
+    dsn = request.getfixturevalue("pg_database" if kind == "postgres" else "mariadb_database")
+    sink = TableSink(dsn, table="dead_letters_%")
+    sink.open()
+    sink.write([ev(1, "c", after={"id": 1, "status": "new", "total": "1"}), ev(2, "d", before={"id": 1})])
+    TableDeadLetterStore(sink).remove("0/1A0003:0")  # what a replay does with an entry replayed
+    sink.close()
+    query = "SELECT event_id FROM {} ORDER BY seq"
+    if kind == "postgres":
+        assert pg_rows(dsn, query.format('"dead_letters_%"')) == [("0/1A0001:0",), ("0/1A0002:0",)]
+    else:
+        assert my_rows(dsn, query.format("`dead_letters_%`")) == [("0/1A0001:0",), ("0/1A0002:0",)]

@@ -83,7 +83,8 @@ class TableDeadLetterStore:
     def remove(self, entry_id: str) -> None:
         t = self._target()
         with t.conn.cursor() as cur:
-            cur.execute(f"DELETE FROM {t.quote(self.sink.table)} WHERE entry_id = %s", (entry_id,))
+            table = t.quote(self.sink.table).replace("%", "%%")  # not a placeholder
+            cur.execute(f"DELETE FROM {table} WHERE entry_id = %s", (entry_id,))
         t.conn.commit()
 
 

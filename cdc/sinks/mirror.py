@@ -728,6 +728,7 @@ class MySQLMirrorSink(_MirrorSink):
     """``type: mysql`` sink (MySQL or MariaDB): ``dsn: mysql://user:pw@host:port/db``."""
 
     dialect = "mysql"
+    percent = "%%"  # PyMySQL formats every statement it is given parameters for (even none: ())
 
     def adapt(self, value):
         if isinstance(value, (dict, list)):
@@ -760,12 +761,12 @@ class MySQLMirrorSink(_MirrorSink):
         return f"DELETE FROM {qt}"
 
     def conflict_sql(self, key_cols: list[str], other_cols: list[str]) -> str:
-        q = self.target.quote_column
+        q = self._column
         cols = other_cols or key_cols[:1]
         return "ON DUPLICATE KEY UPDATE " + ", ".join(f"{q(c)} = VALUES({q(c)})" for c in cols)
 
     def _save_position(self, cur, source_table: str, event_id: str, expected: str | None) -> None:
         # one explicit transaction per batch: nothing commits once its connection is gone
-        cur.execute(f"INSERT INTO {self.target.quote(self.position_table)} (sink, source_table, event_id)"
+        cur.execute(f"INSERT INTO {self._name(self.position_table)} (sink, source_table, event_id)"
                     " VALUES (%s, %s, %s) ON DUPLICATE KEY UPDATE event_id = VALUES(event_id)",
                     (self.sink_name, source_table, event_id))

@@ -56,7 +56,8 @@ class TableSink:
             entry = ((e.message or {}).get("dead_letter") or {}).get("id") or e.id
             sink = ((e.message or {}).get("dead_letter") or {}).get("sink")
             rows.append((entry, e.id, sink, e.to_json().decode()))
-        sql = f"INSERT INTO {t.quote(self.table)} (entry_id, event_id, sink, body) VALUES (%s, %s, %s, %s)"
+        table = t.quote(self.table).replace("%", "%%")  # both drivers read '%' as a placeholder here
+        sql = f"INSERT INTO {table} (entry_id, event_id, sink, body) VALUES (%s, %s, %s, %s)"
         try:
             with t.conn.cursor() as cur:
                 cur.executemany(sql, rows)
