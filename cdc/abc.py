@@ -35,6 +35,7 @@ capability             implemented by              used by
 ``RecordsDatabase``    a checkpoint store          refuse a position saved reading another database
 ``DeadLetterStore``    a dead-letter queue         ``cdc dlq list|replay``
 ``Countable``          a dead-letter sink          ``cdc status``: dead letters held
+``WritesTables``       a sink (database mirrors)   ``cdc validate|check|run``: two sinks, one table
 ``Snapshottable``      a source                    the engine: copy existing rows (``docs/snapshots.md``)
 ``StartsOver``         a source                    the engine: ``snapshot: when_needed`` after a lost position
 =====================  ==========================  ===============================================
@@ -55,7 +56,7 @@ __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", 
            "Checkable", "DefaultBatchSize", "Pipelined",
            "ReportsSkipped", "ReportsReadiness", "KeepsAlive", "Preflight", "Describable", "TableNaming",
            "CountsBytes", "SlotOwner", "PositionCheck", "ReadersSeen", "Timestamped", "DeadLetterStore", "Countable", "Problem",
-           "RecordsDatabase", "Snapshottable", "SnapshotReader", "StartsOver"]
+           "RecordsDatabase", "Snapshottable", "SnapshotReader", "StartsOver", "WritesTables"]
 
 TransformResult = ChangeEvent | None | Iterable[ChangeEvent]
 
@@ -333,6 +334,15 @@ class Timestamped(Protocol):
 
     def saved_at(self) -> float | None:
         """Seconds since the epoch of the last save, or None."""
+
+
+@runtime_checkable
+class WritesTables(Protocol):
+    """A sink that writes each source table into a table of a database (the mirrors).  Two
+    such sinks writing one table are not ordered against each other: the config warns."""
+
+    def target_of(self, table: str) -> str:
+        """Where the rows of source table ``table`` go: ``table NAME of HOST:PORT/DATABASE``."""
 
 
 @runtime_checkable

@@ -342,3 +342,16 @@ def test_table_sink_into_a_table_named_with_a_percent_sign(kind, request):
         assert pg_rows(dsn, query.format('"dead_letters_%"')) == [("0/1A0001:0",), ("0/1A0002:0",)]
     else:
         assert my_rows(dsn, query.format("`dead_letters_%`")) == [("0/1A0001:0",), ("0/1A0002:0",)]
+
+
+def test_the_dsn_connect_timeout_is_kept(pg_database):
+    """cdc's 10 s default for a target's connection replaced a ``connect_timeout`` in the DSN."""
+    sep = "&" if "?" in pg_database else "?"
+    for dsn, expected in ((f"{pg_database}{sep}connect_timeout=3", "connect_timeout=3"),
+                          (pg_database, "connect_timeout=10")):
+        sink = PostgresMirrorSink(dsn, context=Context(None, name="m"))
+        sink.open()
+        try:
+            assert expected in sink.target.conn.info.dsn, sink.target.conn.info.dsn
+        finally:
+            sink.close()

@@ -13,6 +13,7 @@ import click
 from ..abc import Checkable, Preflight, Timestamped
 from ..checkpoints import build_store
 from ..config import Config, SourceSpec
+from ..config.targets import shared_target_tables
 from ..observe.secrets import redact
 from .common import CONFIG, NoAnswer, answer_within, command_timeout, load_or_exit
 
@@ -39,6 +40,7 @@ def check_config(cfg: Config) -> list[Finding]:
                 if sink.dead_letter is not None:
                     dead = sink.dead_letter
                     out.extend(_answered(f"sink {dead.context.name} ({dead.type})", _sink, dead.context.name, dead))
+    out.extend(Finding(path, "warning", message) for path, message in shared_target_tables(cfg))
     return out
 
 

@@ -11,6 +11,7 @@ import time
 import click
 
 from ..config import Config
+from ..config.targets import shared_target_tables
 from ..errors import CdcError, ConfigError
 from .common import CONFIG, fail, load_or_exit, report_config_error
 
@@ -27,6 +28,10 @@ log = logging.getLogger("cdc")
 def run(config: str, source_name: str | None, grace_period: float) -> None:
     """Run the pipelines of CONFIG."""
     cfg = load_or_exit(config)
+    from ..engine.supervisor import PARENT_ENV
+    if not os.environ.get(PARENT_ENV):  # a supervised child's supervisor said it already
+        for path, message in shared_target_tables(cfg):
+            log.warning("%s: %s", path, message)
     if source_name is None and len(cfg.sources) > 1:
         from ..engine.supervisor import supervise
         _refuse_running(cfg)

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from ..config.targets import shared_target_tables
 from .common import CONFIG, load_or_exit
 
 __all__ = ["validate", "schema"]
@@ -18,6 +19,8 @@ def validate(config: str) -> None:
     """Check CONFIG; print every problem with its key path."""
     cfg = load_or_exit(config)
     click.echo(f"{config}: valid ({len(cfg.sources)} source(s), {len(cfg.pipelines)} pipeline(s))")
+    for path, message in shared_target_tables(cfg):
+        click.echo(f"warning: {path}: {message}", err=True)
 
 
 @click.command()

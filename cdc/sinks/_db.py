@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import PermanentSinkError, SinkError, TransientSinkError
 
-__all__ = ["Target", "connect", "sink_error"]
+__all__ = ["Target", "connect", "sink_error", "database_of"]
 
 # MySQL/MariaDB error codes worth retrying: lock wait, deadlock, lost/refused connection, a full disk.
 _MYSQL_TRANSIENT = {1205, 1213, 2002, 2003, 2006, 2013, 2055,
@@ -53,7 +53,10 @@ def connect(dsn: str) -> Target:
     try:
         if dialect == "postgres":
             import psycopg
-            return Target(psycopg.connect(dsn, connect_timeout=10), dialect)
+            from psycopg.conninfo import conninfo_to_dict, make_conninfo
+            if "connect_timeout" not in conninfo_to_dict(dsn):  # the DSN's wins
+                dsn = make_conninfo(dsn, connect_timeout=10)
+            return Target(psycopg.connect(dsn), dialect)
         import pymysql
         conn = pymysql.connect(**mysql_params(dsn))
         with conn.cursor() as cur:  # timestamps are exchanged in UTC, as the events carry them
@@ -61,6 +64,17 @@ def connect(dsn: str) -> Target:
         return Target(conn, dialect)
     except Exception as exc:
         raise sink_error(exc, "cannot connect") from exc
+
+
+def database_of(dsn: str) -> str:
+    """``host:port/database`` of a target DSN, for messages and for telling targets apart."""
+    if dialect_of(dsn) == "mysql":
+        params = mysql_params(dsn)
+        return f"{params['host']}:{params['port']}/{params['database'] or ''}"
+    from psycopg.conninfo import conninfo_to_dict
+    params = conninfo_to_dict(dsn)
+    host = str(params.get("host") or "localhost")
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or params.get('user') or ''}"
 
 
 def mysql_params(dsn: str) -> dict[str, Any]:

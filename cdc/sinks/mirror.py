@@ -52,7 +52,7 @@ from ..config.model import Context
 from ..errors import PermanentSinkError, TransientSinkError
 from ..event import UNAVAILABLE, ChangeEvent
 from ..snapshot.chunk import place
-from ._db import Target, connect, sink_error
+from ._db import Target, connect, database_of, sink_error
 from ._pg_async import Statement
 
 __all__ = ["PostgresMirrorSink", "MySQLMirrorSink", "TableMapping", "order_key", "stream_of"]
@@ -166,6 +166,17 @@ class _MirrorSink:
         self._sent: Statement | None = None  # PostgreSQL: the statement in flight (``send``)
         # PostgreSQL: (parsed, stored) positions as every statement sent leaves them (``send``)
         self._known: tuple[dict[str, dict[str, tuple[tuple, str]]], dict[str, str]] | None = None
+
+    def target_of(self, table: str) -> str:
+        """``WritesTables``: the target table (qualified as the server would: ``public.`` on
+        PostgreSQL, the DSN's database on MySQL) and the server and database."""
+        bare = table.rpartition(".")[2]
+        m = self.mappings.get(table) or self.mappings.get(bare) or _UNMAPPED
+        name = m.table or bare
+        where = database_of(self.dsn)
+        if "." not in name:
+            name = f"public.{name}" if self.dialect == "postgres" else f"{where.rpartition('/')[2]}.{name}"
+        return f"table {name} of {where}"
 
     def _name(self, table: str) -> str:
         """``table`` quoted, for a statement with parameters."""
