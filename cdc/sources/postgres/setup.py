@@ -5,6 +5,7 @@ Each problem is a ``SourceSetupError`` that says what to change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -13,6 +14,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ...errors import PositionLostError, SourceConnectionError, SourceSetupError
+from .waits import NamedWaits
 
 __all__ = ["prepare", "check", "primary_keys", "connect", "slot_problem", "slot_loss", "publication_problems",
            "generated_columns", "missing_tables", "captured_oids", "primary_key_of", "quoted"]
@@ -22,6 +24,7 @@ _RESET = "cdc checkpoint reset <config> --source {source}"
 
 
 CONNECT_TIMEOUT = 10  # seconds, unless the DSN (or PGCONNECT_TIMEOUT) says otherwise
+WAIT_WARNING_AFTER = 10.0  # seconds a set-up statement waits for other sessions before a WARNING names them
 
 
 def connect(dsn: str, source: str) -> psycopg.Connection:
@@ -178,14 +181,15 @@ def slot_loss(conn: psycopg.Connection, slot: str, position: dict | None, source
 
 def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot: str,
             source: str, create: bool = True, position: dict | None = None,
-            dropped_while_reading: bool = False) -> list[str]:
+            dropped_while_reading: bool = False, dsn: str | None = None) -> list[str]:
     """Fail with every problem at once, then make sure the publication publishes exactly
     the tables and the slot exists.  The publication comes first: a slot must not
     start decoding before its publication exists.
 
     ``position`` is the checkpoint: with one, a missing slot is an error (never
     re-created here, see ``slot_problem``: ``PositionLostError``) and a missing table is not (the WAL may still
-    hold its changes).  Returns the configured tables that do not exist."""
+    hold its changes).  Returns the configured tables that do not exist.  With ``dsn``, a
+    statement that waits for other sessions names them (``NamedWaits``)."""
     resuming = position is not None or dropped_while_reading
     problems = check(conn, tables, source, missing_ok=resuming)
     if problems:
@@ -202,7 +206,8 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
     exists = conn.execute("SELECT puballtables, pubviaroot FROM pg_publication WHERE pubname = %s",
                           (publication,)).fetchone()
     name = sql.Identifier(publication)
-    try:
+    with NamedWaits(dsn, conn.info.backend_pid, source, WAIT_WARNING_AFTER) as waits, _setup_errors(source):
+        waits.step(f"{'creating' if not exists else 'updating'} publication {publication}")
         if not exists:
             if not create:
                 raise SourceSetupError(f"publication {publication} does not exist", source=source)
@@ -222,6 +227,7 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
         if slot_row is not None and slot_row[2] == "lost" and create and slot_row[1] == conn.info.dbname:
             # no checkpoint (a first run, after a reset, or when_needed starting over): an
             # invalidated slot can serve nothing, and nothing read from it is owed
+            waits.step(f"dropping the invalidated replication slot {slot}")
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             log.warning("source %s: replication slot %s was invalidated (wal_status lost); with no checkpoint "
                         "to resume, it was dropped to be created again", source, slot)
@@ -231,6 +237,7 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
                 raise SourceSetupError(f"replication slot {slot} does not exist (create: false): create it "
                                        f"with SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')",
                                        source=source)
+            waits.step(f"creating replication slot {slot} (it waits for the transactions running now to end)")
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             log.info("source %s: created replication slot %s", source, slot)
         elif slot_row[1] != conn.info.dbname:
@@ -239,11 +246,17 @@ def prepare(conn: psycopg.Connection, tables: list[str], publication: str, slot:
         elif slot_row[0] != "pgoutput":
             raise SourceSetupError(f"replication slot {slot} uses plugin {slot_row[0]}, not pgoutput: "
                                    f"choose another slot name", source=source)
+    return gone
+
+
+@contextlib.contextmanager
+def _setup_errors(source: str):
+    try:
+        yield
     except psycopg.errors.InsufficientPrivilege as exc:
         raise SourceSetupError(f"not allowed to set up CDC: {str(exc).strip()} (create the publication "
                                f"as the tables' owner, or grant ownership)", source=source,
                                sqlstate=exc.sqlstate) from exc
-    return gone
 
 
 def generated_columns(conn: psycopg.Connection, tables: list[str]) -> dict[str, list[str]]:

@@ -139,7 +139,8 @@ class PostgresSource:
                 # With a checkpoint (or after streaming once) the slot must exist: never
                 # re-create it silently at the current position (what lies between is lost).
                 self._gone = setup.prepare(conn, self.tables, self.publication, self.slot, self.name,
-                                           self.create, position, dropped_while_reading=self._started)
+                                           self.create, position, dropped_while_reading=self._started,
+                                           dsn=self.dsn)
                 oids = setup.captured_oids(conn, self.tables)
                 self._oids = {oid: table for table, oid in oids.items()}
                 self._partitions = setup.partitions(conn, oids)
