@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 
+import pytest
 import yaml
 from test_snapshot_memory import LAUNCHER
 
@@ -90,3 +91,54 @@ def test_rows_copied_count_in_the_bytes_in_flight(pg_database, tmp_path):
     assert acked == MID_ROWS
     # a chunk read while the sinks have room adds at most half the limit (plus one row)
     assert SMALL_LIMIT // 2 < peak <= SMALL_LIMIT + SMALL_LIMIT // 2 + SLACK
+
+
+# ---- the readers: what a cut chunk holds and counts ---------------------------------------------
+
+def _wide_readers(kind: str, request, rows: int, row_bytes: int):
+    """A table ``w`` of ``rows`` rows of ``row_bytes`` incompressible bytes, and a reader of it."""
+    payload = f"(SELECT string_agg(md5((g * 100000 + i)::text), '') FROM generate_series(1, {row_bytes // 32}) i)"
+    if kind == "postgres":
+        from cdc.sources.postgres.snapshot import PostgresSnapshotReader
+        dsn = request.getfixturevalue("pg_database")
+        sql(dsn, "CREATE TABLE w (id int PRIMARY KEY, payload text NOT NULL)",
+            "ALTER TABLE w ALTER payload SET STORAGE EXTERNAL",
+            f"INSERT INTO w SELECT g, {payload} FROM generate_series(1, {rows}) g")
+        return PostgresSnapshotReader(dsn, "db", dsn.rsplit("/", 1)[1]), "public.w"
+    from mysql_helpers import make_source
+    server, db = request.getfixturevalue("mariadb_server"), db_of(request.getfixturevalue("mariadb_database"))
+    execute(server, db, "CREATE TABLE w (id int PRIMARY KEY, payload longtext NOT NULL)",
+            f"INSERT INTO w SELECT seq, (SELECT GROUP_CONCAT(MD5(seq * 100000 + i.seq) SEPARATOR '')"
+            f" FROM seq_1_to_{row_bytes // 32} i) FROM seq_1_to_{rows}")
+    return make_source(server, db, [f"{db}.w"]).snapshot_reader(), f"{db}.w"
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_chunk_counts_the_bytes_of_the_rows_it_holds(kind, request):
+    """Found by review: the bytes counted the row read past ``limit`` to tell the table's end
+    (and, on MariaDB, bytes read ahead), so the bytes per row came out too high and the
+    chunks shrank from one to the next (8, 7, 6, 6 rows where 7 fit; 3, 2, 1 where 2 did)."""
+    reader, table = _wide_readers(kind, request, 12, 1 << 20)
+    try:
+        for limit in (7, 3, 1):
+            chunk = reader.read_chunk(table, None, limit, None, 8 << 20)
+            assert len(chunk.rows) == limit and not chunk.done
+            assert limit << 20 <= chunk.nbytes < (limit << 20) + (64 << 10), (limit, chunk.nbytes)
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_chunk_cut_at_its_byte_budget_holds_at_least_one_row(kind, request):
+    """Found by review: MariaDB dropped rows as soon as the bytes received passed the budget,
+    even before the first row was whole: 0 rows in 4 reads of 10 (200 kB rows, 64 kB budget)."""
+    reader, table = _wide_readers(kind, request, 6, 200 * 1024)
+    try:
+        after = None
+        for _ in range(6):
+            chunk = reader.read_chunk(table, after, 1000, None, 64 << 10)
+            assert [k for k, _ in chunk.rows] == [((after or [0])[0] + 1,)], (after, [k for k, _ in chunk.rows])
+            after = chunk.last_key
+        assert reader.read_chunk(table, after, 1000, None, 64 << 10).done
+    finally:
+        reader.close()

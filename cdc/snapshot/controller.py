@@ -64,6 +64,7 @@ class SnapshotController:
         self.chunk_bytes = max(1, max_bytes // (2 * max(1, int(parallelism)))) if max_bytes else None
         self.row_bytes: dict[str, float] = {}  # table -> bytes per row of its last chunk read
         self.bytes_emitted = 0                 # the bytes of the rows handed on (max_in_flight_bytes)
+        self._told_wide: set[str] = set()      # tables whose narrower chunks were logged
         self.state_dir = state_dir
         self.done: list[str] = []            # tables whose initial copy is done (or needs none)
         self.skipped: dict[str, str] = {}    # tables of ``done`` not copied: why (refused, cancelled)
@@ -352,7 +353,8 @@ class SnapshotController:
         if chunk.rows and chunk.nbytes:
             table, was = entry["table"], self._limit(entry["table"])
             self.row_bytes[table] = chunk.nbytes / len(chunk.rows)
-            if self._limit(table) < self.chunk_size <= was:
+            if self._limit(table) < self.chunk_size <= was and table not in self._told_wide:
+                self._told_wide.add(table)
                 log.info("source %s: rows of %s take %.0f kB each: its chunks hold %d rows (half of"
                          " max_in_flight_bytes, shared by the chunks open at once), not snapshot_chunk_size",
                          self.name, table, self.row_bytes[table] / 1000, self._limit(table))

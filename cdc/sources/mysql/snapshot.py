@@ -265,21 +265,23 @@ def _read_rows(conn: pymysql.Connection, t: _Table, query: str,
     out: list = []
     json_null: dict = {}
     kept, kept_json_null = out, json_null
-    received = 0
-    nbytes = None  # the bytes received when rows stopped being kept
+    nbytes = 0  # the bytes of the rows kept
     room = max_bytes if max_bytes is not None else 1 << 62
     dropped = 0
     buf = b""
     pos = 0
     try:
         while True:
+            start = pos
             pos = parse(buf, pos, len(buf), out, json_null)
             if out is not kept:
                 dropped += len(out)
                 out.clear()
                 json_null.clear()
-            elif received >= room:  # the rest is read and dropped
-                nbytes, out, json_null = received, [], {}
+            else:
+                nbytes += pos - start
+                if nbytes >= room and kept:  # the rest is read and dropped
+                    out, json_null = [], {}
             end = len(buf)
             if pos + 4 <= end:
                 size = buf[pos] | buf[pos + 1] << 8 | buf[pos + 2] << 16
@@ -287,11 +289,18 @@ def _read_rows(conn: pymysql.Connection, t: _Table, query: str,
                     payload = buf[pos + 4:pos + 4 + size]
                     if payload[0] == 0xff:
                         pymysql.err.raise_mysql_exception(payload)
-                    return kept, kept_json_null, received if nbytes is None else nbytes, dropped > 0
+                    return kept, kept_json_null, nbytes, dropped > 0
                 if size == _LONG:  # a row in several packets
                     payload, rest = _long_payload(rfile, buf[pos:])
-                    received += len(payload)
                     parse_one(payload, out, json_null)
+                    if out is kept:
+                        nbytes += len(payload)
+                        if nbytes >= room:
+                            out, json_null = [], {}
+                    else:
+                        dropped += len(out)
+                        out.clear()
+                        json_null.clear()
                     buf, pos = rest, 0
                     continue
                 want = pos + 4 + size - end  # the rest of this packet, in one read
@@ -300,7 +309,6 @@ def _read_rows(conn: pymysql.Connection, t: _Table, query: str,
             data = rfile.read(want) if want > _READ_SIZE else rfile.read1(_READ_SIZE)
             if not data:
                 raise pymysql.err.OperationalError(2013, "Lost connection to server during query")
-            received += len(data)
             buf = buf[pos:] + data
             pos = 0
     except pymysql.err.MySQLError as exc:
@@ -606,7 +614,9 @@ class MySQLSnapshotReader:
             return None
         watermark = (status["Binlog_snapshot_file"], int(status["Binlog_snapshot_position"]))
         done = len(rows) <= limit and not cut
-        rows = rows[:limit]
+        if len(rows) > limit:  # the row that tells the end is not the chunk's: nor are its bytes
+            nbytes = nbytes * limit // len(rows)
+            rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
         return Chunk(table, rows, last_key, done, watermark, t.key, json_null=json_null, nbytes=nbytes)
 

@@ -504,7 +504,9 @@ class PostgresSnapshotReader:
         if noted:  # below xmin, visible to every later snapshot (xmin only grows)
             self._noted = {x for x in noted if wm.full(x) >= wm.xmin}
         done = len(rows) <= limit and not cut
-        rows = rows[:limit]
+        if len(rows) > limit:  # the row that tells the end is not the chunk's: nor are its bytes
+            nbytes -= len(lines[limit])
+            rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
         return Chunk(table, rows, last_key, done, wm, t.key, json_null=json_null, nbytes=nbytes)
 
