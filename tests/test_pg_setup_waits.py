@@ -68,3 +68,21 @@ def test_a_start_that_waits_for_other_sessions_says_which(blocker, pg_database, 
         other.close()
         runner.request_stop()
         thread.join(30)
+
+
+def test_cdc_check_names_the_transactions_a_first_start_would_wait_for(pg_database, tmp_path, monkeypatch):
+    from cdc.sources.postgres import preflight
+    monkeypatch.setattr(preflight, "OPEN_TX_WARN_SECONDS", 0)  # 60 s in use
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    source = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()}).sources["db"].build()
+    assert not [m for _, m in source.preflight(None, None) if "waits for it" in m]
+    with psycopg.connect(pg_database, application_name="report-job") as other:
+        other.execute("INSERT INTO t VALUES (0, 'open')")
+        time.sleep(1.1)
+        found = [(level, m) for level, m in source.preflight(None, None) if "waits for it" in m]
+        assert len(found) == 1, found
+        level, message = found[0]
+        assert level == "warning" and f"pid {other.info.backend_pid}" in message and "report-job" in message
+        assert f"creating replication slot {source.slot}" in message and "pg_terminate_backend" in message
+        other.rollback()
+    assert not [m for _, m in source.preflight(None, None) if "waits for it" in m]

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["problems"]
 
 WAL_WARN_BYTES = 1 << 30  # an inactive slot holding more WAL than this is worth a warning
+OPEN_TX_WARN_SECONDS = 60  # a transaction open this long would hold up creating the slot
 
 
 def problems(source: PostgresSource, position: dict | None = None) -> list[Problem]:
@@ -42,6 +43,8 @@ def problems(source: PostgresSource, position: dict | None = None) -> list[Probl
                                  f"set slot: to another name for this source"))
         elif mine is not None and mine[1]:
             out.append(("warning", f"slot {source.slot} is in use by another connection: is cdc already running?"))
+        if mine is None and source.create:
+            out += _slot_waits_for(conn, source.slot)
         lost = setup.slot_loss(conn, source.slot, position, source.name)
         if lost and source.snapshot == "when_needed":
             out.append(("warning", f"the checkpoint at {(position or {}).get('lsn')} cannot be resumed: {lost[0]}; the "
@@ -67,6 +70,28 @@ def problems(source: PostgresSource, position: dict | None = None) -> list[Probl
                 out.append(("warning", f"inactive slot {slot} holds {retained / 2**20:.0f} MiB of WAL: "
                                        f"SELECT pg_drop_replication_slot('{slot}') if nothing uses it"))
         out += _publication_rights(conn, source)
+    return out
+
+
+def _slot_waits_for(conn, slot: str) -> list[Problem]:
+    """Creating a slot waits for every transaction holding a transaction id at that moment:
+    the ones open for long now (a session idle in a transaction, a prepared transaction)
+    would hold up ``cdc run``'s start (which names them too, while it waits)."""
+    out: list[Problem] = []
+    for pid, state, app, user, secs, query in conn.execute(
+            "SELECT pid, state, application_name, usename, extract(epoch FROM now() - xact_start)::int,"
+            " left(query, 120) FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+            " AND xact_start < now() - make_interval(secs => %s) ORDER BY xact_start", (OPEN_TX_WARN_SECONDS,)):
+        out.append(("warning", f"session pid {pid} ({state} in a transaction open for {secs} s, application "
+                               f"{app or '?'}, user {user}, last query: {(query or '').strip()}): creating "
+                               f"replication slot {slot} waits for it to end, so cdc run would wait: commit or "
+                               f"roll it back first, or end it (SELECT pg_terminate_backend({pid}))"))
+    for gid, owner, database, secs in conn.execute(
+            "SELECT gid, owner, database, extract(epoch FROM now() - prepared)::int FROM pg_prepared_xacts"
+            " ORDER BY prepared"):
+        out.append(("warning", f"prepared transaction {gid!r} (owner {owner}, database {database}, prepared "
+                               f"{secs} s ago): creating replication slot {slot} waits for it, so cdc run would "
+                               f"wait: COMMIT PREPARED or ROLLBACK PREPARED it first"))
     return out
 
 
