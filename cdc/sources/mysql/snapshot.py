@@ -346,6 +346,7 @@ def connection_lost(exc: pymysql.MySQLError) -> bool:
 #: next rows) and each send; the dsn's connect_timeout, read_timeout, write_timeout win
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
+LOCK_TIMEOUT = 5.0  # seconds a chunk waits for a lock on its table (LOCK TABLES, DDL), then tries later
 WRITE_TIMEOUT = 60.0
 
 _PASSWORD = (": the dsn's user or password is not (or no longer) accepted; the binlog stream, connected "
@@ -420,6 +421,7 @@ class MySQLSnapshotReader:
                 with conn.cursor() as cur:
                     cur.execute("SET time_zone = '+00:00'")
                     cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    cur.execute(f"SET SESSION lock_wait_timeout = {max(1, round(LOCK_TIMEOUT))}")
                     cur.execute("SELECT @@version")
                     if "mariadb" not in cur.fetchone()[0].lower():
                         conn.close()
@@ -589,6 +591,12 @@ class MySQLSnapshotReader:
             # the columns were read; read them and the chunk again
             if exc.args and exc.args[0] in (1054, 1412) and self._retry_after_ddl(t, exc.args[0]):
                 return None
+            if exc.args and exc.args[0] == 1205:  # lock_wait_timeout: another session holds the table
+                raise SourceConnectionError(
+                    f"a chunk of {table} waited {max(1, round(LOCK_TIMEOUT))} s (lock_wait_timeout) for a lock on it "
+                    f"held by another session (LOCK TABLES, or DDL: SHOW PROCESSLIST names it): the copy tries "
+                    f"again; end that session's lock (UNLOCK TABLES, or KILL it) to let it go on",
+                    source=self.source_name) from None
             if connection_lost(exc):
                 thread_id = (getattr(conn, "server_thread_id", None) or [None])[0]
                 self.close()

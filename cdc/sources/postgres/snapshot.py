@@ -58,6 +58,7 @@ def _unescape(field: bytes) -> bytes:
 #: round trip before it takes the server for hung (longer: a live server ends a slow statement first)
 CONNECT_TIMEOUT = 10
 STATEMENT_TIMEOUT = 60.0
+LOCK_TIMEOUT = 5.0  # seconds a chunk waits for a lock another session holds on its table, then tries later
 READ_TIMEOUT = 90.0
 
 # The server refuses the copy's connection and will go on refusing until someone acts: the copy
@@ -275,10 +276,13 @@ class PostgresSnapshotReader:
                 raise SourceConnectionError(f"snapshot connection to {self.server}: {message}",
                                             source=self.source_name) from exc
             self.conn = conn
-            if "statement_timeout" not in self.conninfo:  # the dsn's options win
+            settings = [f"SET {name} = {int(seconds * 1000)}"
+                        for name, seconds in (("statement_timeout", STATEMENT_TIMEOUT), ("lock_timeout", LOCK_TIMEOUT))
+                        if name not in self.conninfo]  # the dsn's options win
+            if settings:
                 try:
                     with self._answer("the copy's session settings"):
-                        conn.execute(f"SET statement_timeout = {int(STATEMENT_TIMEOUT * 1000)}")
+                        conn.execute("; ".join(settings))
                 except psycopg.Error as exc:
                     self.close()
                     raise SourceConnectionError(f"snapshot connection to {self.server}: {str(exc).strip()}",
@@ -471,6 +475,9 @@ class PostgresSnapshotReader:
                     if conn.pgconn.status == pq.ConnStatus.OK:
                         conn.pgconn.exec_(b"ROLLBACK")
                     raise
+        except psycopg.errors.LockNotAvailable:
+            raise SourceConnectionError(f"a chunk of {table} waited {LOCK_TIMEOUT:g} s (lock_timeout) for a lock "
+                                        f"on it held by {self._lock_holders(t)}", source=self.source_name) from None
         except psycopg.OperationalError as exc:
             self.close()
             raise SourceConnectionError(f"snapshot read of {table} (server {self.server}): {str(exc).strip()}",
@@ -509,6 +516,25 @@ class PostgresSnapshotReader:
             rows = rows[:limit]
         last_key = list(rows[-1][0]) if rows else after
         return Chunk(table, rows, last_key, done, wm, t.key, json_null=json_null, nbytes=nbytes)
+
+    def _lock_holders(self, t: _Table) -> str:
+        """The sessions holding a lock on ``t`` that a read waits for, for the message."""
+        try:
+            with self._answer("who holds a lock on the table"):
+                rows = self._connect().execute(
+                    "SELECT l.pid, l.mode, a.state, a.application_name, a.usename,"
+                    " extract(epoch FROM now() - a.xact_start)::int, left(a.query, 120)"
+                    " FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
+                    " WHERE l.relation = %s::regclass AND l.granted AND l.mode = 'AccessExclusiveLock'"
+                    " ORDER BY l.pid", (sql.Identifier(t.schema, t.name).as_string(self.conn),)).fetchall()
+        except (psycopg.Error, SourceConnectionError):
+            return "another session (pg_locks names it)"
+        if not rows:
+            return "another session (gone by now)"
+        return "; ".join(f"pid {pid} ({mode}; {state or '?'}, its transaction open for {secs} s, application "
+                         f"{app or '?'}, user {user}, last query: {(query or '').strip()})"
+                         for pid, mode, state, app, user, secs, query in rows) + \
+            ": the copy tries again; end that transaction (or SELECT pg_terminate_backend(pid)) to let it go on"
 
     def _query(self, t: _Table, after: list | None, limit: int, where: str | None) -> sql.Composed:
         key = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
@@ -565,7 +591,7 @@ class PostgresSnapshotReader:
         snapshot = None
         lines: list[bytes] = []
         kept = 0
-        cut = False
+        cut = locked = False
         error = None
         while (result := _next_result(pgconn)) is not None:
             status = result.status
@@ -591,7 +617,12 @@ class PostgresSnapshotReader:
                     error = pgconn.get_error_message().strip()
             elif status == pq.ExecStatus.FATAL_ERROR and error is None:
                 error = result.error_message.decode(errors="replace").strip()
+                sqlstate = result.error_field(pq.DiagnosticField.SQLSTATE)
+                if sqlstate == b"55P03":  # lock_not_available: lock_timeout
+                    locked = True
         if error is not None or snapshot is None:
+            if locked and pgconn.status == pq.ConnStatus.OK:
+                raise psycopg.errors.LockNotAvailable(error or "lock timeout")
             cls = psycopg.OperationalError if pgconn.status != pq.ConnStatus.OK else psycopg.DataError
             raise cls(error or "no snapshot")
         return snapshot, lines, kept, cut

@@ -1,0 +1,98 @@
+"""A table locked by another session (a migration's ACCESS EXCLUSIVE lock, held longer than
+the copy's ``statement_timeout``) dropped its copy on PostgreSQL, as if the chunk's query
+were too slow: the operator had to copy it again by hand (MariaDB retried: its lock wait
+timeout is a transient error).  Now a chunk waits at most ``LOCK_TIMEOUT``, and the copy
+tries again later with a WARNING that names the sessions holding the table; it finishes once
+they are gone."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import psycopg
+
+from pgutil import Running, config, file_pipeline, read_jsonl, sql
+
+
+def test_a_copy_waits_out_a_table_lock_held_longer_than_the_statement_timeout(pg_database, tmp_path, caplog,
+                                                                               monkeypatch):
+    from cdc.snapshot import controller
+    from cdc.sources.postgres import snapshot
+    monkeypatch.setattr(snapshot, "STATEMENT_TIMEOUT", 2.0)  # 60 s in use
+    monkeypatch.setattr(snapshot, "LOCK_TIMEOUT", 1.0)       # 5 s in use
+    monkeypatch.setattr(controller, "ERROR_DELAY", 0.5)
+    sql(pg_database, "CREATE TABLE big (id int PRIMARY KEY, v text)",
+        "INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 3000) g")
+    cfg = config(tmp_path, pg_database, ["public.big"], {"all": file_pipeline()}, snapshot="initial",
+                 snapshot_chunk_size=500)
+    # the publication and the slot exist already: creating them would wait for the migration too (the
+    # lock, and its transaction id: tests/test_pg_setup_waits.py)
+    source = cfg.sources["db"].build()
+    sql(pg_database, f"CREATE PUBLICATION {source.publication} FOR TABLE big",
+        f"SELECT pg_create_logical_replication_slot('{source.slot}', 'pgoutput')")
+    with psycopg.connect(pg_database, application_name="nightly-migration") as migration:
+        migration.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
+        with caplog.at_level(logging.WARNING, logger="cdc"), Running(cfg) as r:
+            time.sleep(4.0)  # twice the statement timeout
+            assert r.thread.is_alive(), r.runner.error
+            assert not r.runner.snapshots.finished and r.runner.snapshots.skipped == {}, r.runner.snapshots.skipped
+            migration.commit()
+            deadline = time.monotonic() + 60
+            while not r.runner.snapshots.finished:
+                assert time.monotonic() < deadline and r.thread.is_alive(), r.runner.error
+                time.sleep(0.05)
+            assert r.runner.snapshots.skipped == {}
+            out = tmp_path / "out/all.jsonl"
+            deadline = time.monotonic() + 30
+            while len([e for e in read_jsonl(out) if e["op"] == "r"]) < 3000:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    ids = sorted(e["after"]["id"] for e in read_jsonl(out) if e["op"] == "r")
+    assert ids == list(range(1, 3001))
+    waits = [r.getMessage() for r in caplog.records if "lock" in r.getMessage()]
+    assert waits and "nightly-migration" in waits[0] and "AccessExclusiveLock" in waits[0], waits
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_mariadb_copy_waits_out_a_table_lock_held_longer_than_its_read_timeout(mariadb_server, mariadb_database,
+                                                                                tmp_path, caplog, monkeypatch):
+    """``LOCK TABLES ... WRITE`` (or DDL's metadata lock) held longer than the copy's
+    ``read_timeout``: the chunk got no row while the server answered, so the copy was dropped
+    as a too slow query."""
+    from test_snapshot_mysql import Running as MyRunning
+    from test_snapshot_mysql import _config as my_config
+
+    from cdc.snapshot import controller
+    from cdc.sources.mysql import snapshot
+
+    from mysql_helpers import db_of, execute
+    monkeypatch.setattr(snapshot, "READ_TIMEOUT", 2.0)   # 60 s in use
+    monkeypatch.setattr(snapshot, "LOCK_TIMEOUT", 1.0)   # 5 s in use
+    monkeypatch.setattr(controller, "ERROR_DELAY", 0.5)
+    db = db_of(mariadb_database)
+    execute(mariadb_server, db, "CREATE TABLE big (id int PRIMARY KEY, v varchar(20))",
+            "INSERT INTO big SELECT seq, CONCAT('v', seq) FROM seq_1_to_3000")
+    cfg = my_config(tmp_path, mariadb_server, db, [f"{db}.big"], snapshot="initial", snapshot_chunk_size=500)
+    with mariadb_server.connect(db) as migration, migration.cursor() as cur:
+        cur.execute("LOCK TABLES big WRITE")
+        with caplog.at_level(logging.WARNING, logger="cdc"), MyRunning(cfg) as r:
+            time.sleep(4.0)  # twice the read timeout
+            assert r.thread.is_alive(), r.runner.error
+            assert not r.runner.snapshots.finished and r.runner.snapshots.skipped == {}, r.runner.snapshots.skipped
+            cur.execute("UNLOCK TABLES")
+            deadline = time.monotonic() + 60
+            while not r.runner.snapshots.finished:
+                assert time.monotonic() < deadline and r.thread.is_alive(), r.runner.error
+                time.sleep(0.05)
+            assert r.runner.snapshots.skipped == {}
+            out = tmp_path / "out/all.jsonl"
+            deadline = time.monotonic() + 30
+            while len([e for e in read_jsonl(out) if e["op"] == "r"]) < 3000:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    ids = sorted(e["after"]["id"] for e in read_jsonl(out) if e["op"] == "r")
+    assert ids == list(range(1, 3001))
+    waits = [r.getMessage() for r in caplog.records if "lock_wait_timeout" in r.getMessage()]
+    assert waits and "SHOW PROCESSLIST" in waits[0], [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
