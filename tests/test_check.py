@@ -205,3 +205,15 @@ def test_check_warns_about_generated_columns(tmp_path, pg_database):
     code, findings = cdc_check(config)
     warnings = [f["message"] for f in findings if f["level"] == "warning"]
     assert code == 0 and any("public.audit has generated columns (twice)" in w for w in warnings), findings
+
+
+def test_check_warns_about_two_sinks_writing_one_table(tmp_path, pg_database):
+    make_orders(pg_database)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE audit (id int PRIMARY KEY)")
+    mirror = f'{{type: postgres, dsn: "{pg_database}"}}'
+    text = CONFIG.replace("SINK", mirror) + f"  again:\n    source: shop\n    tables: [orders]\n    sinks: [{mirror}]\n"
+    code, findings = cdc_check(write_config(tmp_path, pg_database, text))
+    shared = [f for f in findings if "not ordered" in f["message"]]
+    assert code == 0 and [f["level"] for f in shared] == ["warning"], findings
+    assert shared[0]["area"] == "pipelines.again.sinks[0]" and "table public.orders of" in shared[0]["message"]

@@ -30,7 +30,7 @@ def run(config: str, source_name: str | None, grace_period: float) -> None:
     cfg = load_or_exit(config)
     from ..engine.supervisor import PARENT_ENV
     if not os.environ.get(PARENT_ENV):  # a supervised child's supervisor said it already
-        for path, message in shared_target_tables(cfg):
+        for path, message in shared_target_tables(cfg, source_name):
             log.warning("%s: %s", path, message)
     if source_name is None and len(cfg.sources) > 1:
         from ..engine.supervisor import supervise

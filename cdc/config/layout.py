@@ -47,6 +47,7 @@ def read_layout(raw: dict, directory: Path, problems: list[ConfigProblem]
         pipelines[name] = _pipeline(name, spec, sources, directory, problems)
     listen, state_dir = _ops_keys(raw, directory, problems)
     _shared_positions({n: s for n, s in sources.items() if s is not None}, problems)
+    _sink_names(pipelines, problems)
     # a source is None only where a problem was recorded, and then the loader raises
     return cast("dict[str, SourceSpec]", sources), pipelines, listen, state_dir
 
@@ -71,6 +72,18 @@ def _shared_positions(sources: dict[str, SourceSpec], problems: list[ConfigProbl
             if same != name:
                 problems.append(ConfigProblem(f"{spec.path}.slot", f"slot {source.slot} is also the slot of "
                                               f"source {same}: each source needs its own"))
+
+
+def _sink_names(pipelines: dict[str, PipelineSpec], problems: list[ConfigProblem]) -> None:
+    """A sink's name is its identity: in metrics and status, and for a database mirror the rows
+    of its position table (two mirrors of one name would move each other's position)."""
+    seen: dict[str, str] = {}
+    for pipeline in pipelines.values():
+        for spec in pipeline.sinks:
+            first = seen.setdefault(spec.context.name, spec.path)
+            if first != spec.path:
+                problems.append(ConfigProblem(f"{spec.path}.name", f"{spec.context.name!r} is also the name of "
+                                                                   f"{first}: each sink needs its own"))
 
 
 def _checkpoint_identity(comp: Component) -> tuple:

@@ -10,15 +10,18 @@ from .model import Config
 __all__ = ["shared_target_tables"]
 
 
-def shared_target_tables(cfg: Config) -> list[tuple[str, str]]:
-    """(key path of the later sink, warning) for every target table written by two sinks."""
-    writers: dict[str, str] = {}  # "table T of H:P/D" -> the sink that writes it first
-    found: list[tuple[str, str]] = []
+def shared_target_tables(cfg: Config, source: str | None = None) -> list[tuple[str, str]]:
+    """(key path of the later sink, warning) for every pair of sinks that write the same
+    target tables, one warning per pair; with ``source``, the pairs with a sink of its own."""
+    writers: dict[str, tuple[str, str, str]] = {}  # "table T of H:P/D" -> the first sink's path, name, source
+    shared: dict[tuple[str, str], list[str]] = {}  # (first path, later path) -> the targets both write
+    names: dict[str, str] = {}                     # sink path -> name
+    of_source: dict[str, str] = {}                 # sink path -> its pipeline's source
     for pipeline in cfg.pipelines.values():
-        source = cfg.sources.get(pipeline.source)
-        if source is None:
+        spec_source = cfg.sources.get(pipeline.source)
+        if spec_source is None:
             continue
-        tables = pipeline.tables if pipeline.tables is not None else source.tables
+        tables = pipeline.tables if pipeline.tables is not None else spec_source.tables
         for spec in pipeline.sinks:
             try:
                 sink = spec.build()
@@ -26,14 +29,24 @@ def shared_target_tables(cfg: Config) -> list[tuple[str, str]]:
                 continue  # reported by the config's own checks
             if not isinstance(sink, WritesTables):
                 continue
+            names[spec.path], of_source[spec.path] = spec.context.name, pipeline.source
             for table in tables:
-                target = sink.target_of(table)
-                first = writers.setdefault(target, spec.context.name)
-                if first != spec.context.name:
-                    found.append((spec.path, f"writes {target}, as sink {first} does: the two are not ordered "
-                                             f"against each other (each keeps its own position), so while one "
-                                             f"is behind it writes older rows over the other's newer ones, and "
-                                             f"where their events differ (tables, transforms) a row can stay "
-                                             f"wrong; write each table from one sink, unless the two never "
-                                             f"write the same key (shards merged into one table)"))
+                try:
+                    target = sink.target_of(table)
+                except Exception:
+                    continue  # a DSN that does not parse: the sink's own connection says why
+                first = writers.setdefault(target, (spec.path, spec.context.name, pipeline.source))
+                if first[0] != spec.path:
+                    shared.setdefault((first[0], spec.path), []).append(target)
+    found = []
+    for (first, later), targets in shared.items():
+        if source is not None and source not in (of_source[first], of_source[later]):
+            continue
+        what = targets[0] if len(targets) == 1 else f"{len(targets)} tables ({', '.join(targets[:3])}" + \
+            (", ..." if len(targets) > 3 else "") + ")"
+        found.append((later, f"writes {what}, as sink {names[first]} ({first}) does: the two are not ordered "
+                             f"against each other (each keeps its own position), so while one is behind it "
+                             f"writes older rows over the other's newer ones, and where their events differ "
+                             f"(tables, transforms) a row can stay wrong; write each table from one sink, unless "
+                             f"the two never write the same key (shards merged into one table)"))
     return found

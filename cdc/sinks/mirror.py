@@ -768,6 +768,13 @@ class MySQLMirrorSink(_MirrorSink):
                 out[column] = _bits
         return out
 
+    def execute_run(self, cur, sql: str, rows: list) -> None:
+        if "%%" in sql:  # a name with '%': PyMySQL before 1.2 leaves ON DUPLICATE KEY's '%%' doubled in executemany
+            for r in rows:
+                cur.execute(sql, _values(r))
+            return
+        super().execute_run(cur, sql, rows)
+
     def truncate_sql(self, qt: str) -> str:
         return f"DELETE FROM {qt}"
 
