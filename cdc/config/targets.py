@@ -13,7 +13,7 @@ __all__ = ["shared_target_tables"]
 def shared_target_tables(cfg: Config, source: str | None = None) -> list[tuple[str, str]]:
     """(key path of the later sink, warning) for every pair of sinks that write the same
     target tables, one warning per pair; with ``source``, the pairs with a sink of its own."""
-    writers: dict[str, tuple[str, str, str]] = {}  # "table T of H:P/D" -> the first sink's path, name, source
+    writers: dict[str, str] = {}                   # "table T of H:P/D" -> the path of the first sink writing it
     shared: dict[tuple[str, str], list[str]] = {}  # (first path, later path) -> the targets both write
     names: dict[str, str] = {}                     # sink path -> name
     of_source: dict[str, str] = {}                 # sink path -> its pipeline's source
@@ -35,9 +35,9 @@ def shared_target_tables(cfg: Config, source: str | None = None) -> list[tuple[s
                     target = sink.target_of(table)
                 except Exception:
                     continue  # a DSN that does not parse: the sink's own connection says why
-                first = writers.setdefault(target, (spec.path, spec.context.name, pipeline.source))
-                if first[0] != spec.path:
-                    shared.setdefault((first[0], spec.path), []).append(target)
+                writer = writers.setdefault(target, spec.path)
+                if writer != spec.path:
+                    shared.setdefault((writer, spec.path), []).append(target)
     found = []
     for (first, later), targets in shared.items():
         if source is not None and source not in (of_source[first], of_source[later]):

@@ -3,6 +3,7 @@ quote identifiers, and classify driver errors as transient or permanent."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -54,7 +55,7 @@ def connect(dsn: str) -> Target:
         if dialect == "postgres":
             import psycopg
             from psycopg.conninfo import conninfo_to_dict, make_conninfo
-            if "connect_timeout" not in conninfo_to_dict(dsn):  # the DSN's wins
+            if "connect_timeout" not in conninfo_to_dict(dsn) and not os.environ.get("PGCONNECT_TIMEOUT"):
                 dsn = make_conninfo(dsn, connect_timeout=10)
             return Target(psycopg.connect(dsn), dialect)
         import pymysql

@@ -78,14 +78,14 @@ def _slot_waits_for(conn, slot: str) -> list[Problem]:
     the ones open for long now (a session idle in a transaction, a prepared transaction)
     would hold up ``cdc run``'s start (which names them too, while it waits)."""
     out: list[Problem] = []
-    for pid, state, app, user, secs, query in conn.execute(
-            "SELECT pid, state, application_name, usename, extract(epoch FROM now() - xact_start)::int,"
-            " left(query, 120) FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+    for pid, state, app, user, db, secs in conn.execute(
+            "SELECT pid, state, application_name, usename, datname, extract(epoch FROM now() - xact_start)::int"
+            " FROM pg_stat_activity WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
             " AND xact_start < now() - make_interval(secs => %s) ORDER BY xact_start", (OPEN_TX_WARN_SECONDS,)):
-        out.append(("warning", f"session pid {pid} ({state} in a transaction open for {secs} s, application "
-                               f"{app or '?'}, user {user}, last query: {(query or '').strip()}): creating "
-                               f"replication slot {slot} waits for it to end, so cdc run would wait: commit or "
-                               f"roll it back first, or end it (SELECT pg_terminate_backend({pid}))"))
+        out.append(("warning", f"session pid {pid} ({state or 'state hidden'}, its transaction open for {secs} s, "
+                               f"application {app or '?'}, user {user}, database {db}): creating replication slot "
+                               f"{slot} waits for it to end, so cdc run would wait: commit or roll it back first, "
+                               f"or end it (SELECT pg_terminate_backend({pid}))"))
     for gid, owner, database, secs in conn.execute(
             "SELECT gid, owner, database, extract(epoch FROM now() - prepared)::int FROM pg_prepared_xacts"
             " ORDER BY prepared"):

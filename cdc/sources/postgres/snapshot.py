@@ -523,7 +523,7 @@ class PostgresSnapshotReader:
             with self._answer("who holds a lock on the table"):
                 rows = self._connect().execute(
                     "SELECT l.pid, l.mode, a.state, a.application_name, a.usename,"
-                    " extract(epoch FROM now() - a.xact_start)::int, left(a.query, 120)"
+                    " extract(epoch FROM now() - a.xact_start)::int"
                     " FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
                     " WHERE l.relation = %s::regclass AND l.granted AND l.mode = 'AccessExclusiveLock'"
                     " ORDER BY l.pid", (sql.Identifier(t.schema, t.name).as_string(self.conn),)).fetchall()
@@ -531,9 +531,9 @@ class PostgresSnapshotReader:
             return "another session (pg_locks names it)"
         if not rows:
             return "another session (gone by now)"
-        return "; ".join(f"pid {pid} ({mode}; {state or '?'}, its transaction open for {secs} s, application "
-                         f"{app or '?'}, user {user}, last query: {(query or '').strip()})"
-                         for pid, mode, state, app, user, secs, query in rows) + \
+        return "; ".join(f"pid {pid} ({mode}; {state or 'state hidden'}, its transaction open for {secs} s, "
+                         f"application {app or '?'}, user {user})"
+                         for pid, mode, state, app, user, secs in rows) + \
             ": the copy tries again; end that transaction (or SELECT pg_terminate_backend(pid)) to let it go on"
 
     def _query(self, t: _Table, after: list | None, limit: int, where: str | None) -> sql.Composed:

@@ -19,8 +19,9 @@ __all__ = ["NamedWaits"]
 
 log = logging.getLogger("cdc.source.postgres")
 
-_BLOCKERS = (b"SELECT a.pid, a.state, a.application_name, a.usename, host(a.client_addr),"
-             b" extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::int, left(a.query, 120)"
+# Not the sessions' query text: it may hold personal data or secrets, and the pid finds it.
+_BLOCKERS = (b"SELECT a.pid, a.state, a.application_name, a.usename, a.datname, host(a.client_addr),"
+             b" extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::int"
              b" FROM pg_stat_activity a WHERE a.pid = ANY (pg_blocking_pids($1::int)) ORDER BY a.pid")
 
 
@@ -55,13 +56,14 @@ class NamedWaits:
 
     def _run(self) -> None:
         side = SideConnection(self.dsn or "")
+        warned: tuple[float, float] | None = None  # (the step's start, when) of the last warning
         try:
             while not self._stop.wait(0.2):
-                waited = time.monotonic() - self._since
-                if waited >= self.after:
-                    self._warn(side, waited)
-                    if self._stop.wait(self.every):
-                        return
+                since, now = self._since, time.monotonic()
+                due = self.after if warned is None or warned[0] != since else warned[1] - since + self.every
+                if now - since >= due:
+                    self._warn(side, now - since)
+                    warned = (since, time.monotonic())
         finally:
             side.close()
 
@@ -81,10 +83,10 @@ class NamedWaits:
                         self.source, what, waited)
             return
         sessions = "; ".join(
-            f"pid {_text(pid)} ({_text(state) or '?'} for {_text(secs)} s, application "
-            f"{_text(app) or '?'}, user {_text(user)}{', from ' + _text(addr) if addr else ''}, last query: "
-            f"{_text(query).strip()[:120]})"
-            for pid, state, app, user, addr, secs, query in rows)
+            f"pid {_text(pid)} ({_text(state) or 'state hidden'}, its transaction open for {_text(secs)} s, "
+            f"application {_text(app) or '?'}, user {_text(user)}, database {_text(db)}"
+            f"{', from ' + _text(addr) if addr else ''})"
+            for pid, state, app, user, db, addr, secs in rows)
         log.warning("source %s: %s has waited %.0f s for other sessions: %s. It goes on once they end: commit or "
                     "roll back their transactions, or end them (SELECT pg_terminate_backend(pid))",
                     self.source, what, waited, sessions)
