@@ -37,6 +37,7 @@ capability             implemented by              used by
 ``Countable``          a dead-letter sink          ``cdc status``: dead letters held
 ``WritesTables``       a sink (database mirrors)   ``cdc validate|check|run``: two sinks, one table
 ``Snapshottable``      a source                    the engine: copy existing rows (``docs/snapshots.md``)
+``ReadsByBytes``       a snapshot reader           the copy: chunks bounded by ``max_in_flight_bytes``
 ``StartsOver``         a source                    the engine: ``snapshot: when_needed`` after a lost position
 =====================  ==========================  ===============================================
 """
@@ -56,7 +57,7 @@ __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", 
            "Checkable", "DefaultBatchSize", "Pipelined",
            "ReportsSkipped", "ReportsReadiness", "KeepsAlive", "Preflight", "Describable", "TableNaming",
            "CountsBytes", "SlotOwner", "PositionCheck", "ReadersSeen", "Timestamped", "DeadLetterStore", "Countable", "Problem",
-           "RecordsDatabase", "Snapshottable", "SnapshotReader", "StartsOver", "WritesTables"]
+           "RecordsDatabase", "Snapshottable", "SnapshotReader", "ReadsByBytes", "StartsOver", "WritesTables"]
 
 TransformResult = ChangeEvent | None | Iterable[ChangeEvent]
 
@@ -112,12 +113,9 @@ class SnapshotReader(Protocol):
     """Reads a source's tables chunk by chunk for snapshots (see ``docs/snapshots.md``).
     Used by the runner's thread only, on its own connection (not the stream's)."""
 
-    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None,
-                   max_bytes: int | None = None) -> Chunk | None:
+    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None) -> Chunk | None:
         """Up to ``limit`` rows of ``table`` with keys after ``after`` (None: from the start),
-        in key order, read in a new snapshot, with that snapshot's watermark and the bytes
-        the rows came in; rows past ``max_bytes`` are not kept (the chunk ends at the last
-        row kept, at least one, and is not ``done``).  None when
+        in key order, read in a new snapshot, with that snapshot's watermark.  None when
         the snapshot cannot be used yet (try again a moment later).  Raises
         ``SnapshotInputError`` for a table without a primary key or a bad ``where``."""
 
@@ -144,6 +142,19 @@ class SnapshotReader(Protocol):
         or the table cannot be copied (no primary key)."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReadsByBytes(Protocol):
+    """A snapshot reader that bounds its chunks in bytes: its ``read_chunk`` also takes
+    ``max_bytes`` (rows past it are not kept: the chunk ends at the last row kept, at least
+    one, and is not ``done``) and sets ``Chunk.nbytes``, the bytes of the rows kept."""
+
+    def read_chunk(self, table: str, after: list | None, limit: int, where: str | None,
+                   max_bytes: int | None = None) -> Chunk | None: ...
+
+    def row_bytes(self, table: str) -> float | None:
+        """The table's bytes per row by the server's statistics (sizes the first chunk), or None."""
 
 
 @runtime_checkable

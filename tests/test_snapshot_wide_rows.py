@@ -142,3 +142,44 @@ def test_a_chunk_cut_at_its_byte_budget_holds_at_least_one_row(kind, request):
         assert reader.read_chunk(table, after, 1000, None, 64 << 10).done
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_the_first_chunk_of_a_wide_table_is_sized_from_the_server_statistics(kind, request):
+    """Found by review: a table's first chunk was read at ``snapshot_chunk_size`` rows (10,000
+    of 1 MiB: 10 GB read and dropped at every start, and a statement_timeout that drops the
+    copy).  With statistics, the reader estimates the bytes per row, and the controller sizes
+    the first chunk with it."""
+    from cdc.abc import ReadsByBytes
+    from cdc.snapshot.controller import SnapshotController
+    reader, table = _wide_readers(kind, request, 40, 1 << 20)
+    try:
+        assert isinstance(reader, ReadsByBytes)
+        if kind == "postgres":
+            sql(request.getfixturevalue("pg_database"), "ANALYZE w")
+        else:
+            execute(request.getfixturevalue("mariadb_server"), table.split(".")[0], "ANALYZE TABLE w")
+        estimate = reader.row_bytes(table)
+        assert estimate is not None and (1 << 20) / 2 < estimate < 2 * (1 << 20), estimate
+
+        class Source:
+            def snapshot_reader(self):
+                return reader
+
+            def snapshot_position(self):
+                return None
+
+        limits = []
+        read_chunk = reader.read_chunk
+
+        def recorded(table, after, limit, where, *rest, **options):
+            limits.append(limit)
+            return read_chunk(table, after, limit, where, *rest, **options)
+        reader.read_chunk = recorded
+        controller = SnapshotController("db", Source(), "initial", [table], 10_000, max_bytes=32 << 20)
+        controller.plan(None)
+        controller.tick(True, False)
+        assert 3 <= limits[0] <= 16, limits  # 8 MiB of 1 MiB rows asked for, not 10,000 (read and cut)
+        assert not controller.windows[0].chunk.done
+    finally:
+        reader.close()

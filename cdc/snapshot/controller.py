@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..abc import ReadsByBytes
 from ..errors import CdcError, SourceConnectionError
 from ..event import ChangeEvent, Commit
 from . import requests as signals
@@ -65,6 +66,7 @@ class SnapshotController:
         self.row_bytes: dict[str, float] = {}  # table -> bytes per row of its last chunk read
         self.bytes_emitted = 0                 # the bytes of the rows handed on (max_in_flight_bytes)
         self._told_wide: set[str] = set()      # tables whose narrower chunks were logged
+        self._estimated: set[str] = set()      # tables whose bytes per row the statistics were asked for
         self.state_dir = state_dir
         self.done: list[str] = []            # tables whose initial copy is done (or needs none)
         self.skipped: dict[str, str] = {}    # tables of ``done`` not copied: why (refused, cancelled)
@@ -315,8 +317,16 @@ class SnapshotController:
                                       "total": None if entry.get("where") else reader.estimate(entry["table"]),
                                       "started": time.time(),
                                       "finished": None, "resumed_after": entry["after"]}
-            chunk = reader.read_chunk(entry["table"], after, self._limit(entry["table"]), entry.get("where"),
-                                      self.chunk_bytes)
+            table = entry["table"]
+            if isinstance(reader, ReadsByBytes) and self.chunk_bytes is not None:
+                if table not in self._estimated:  # the first chunk: sized by the server's statistics
+                    self._estimated.add(table)
+                    estimate = reader.row_bytes(table)
+                    if estimate and table not in self.row_bytes:
+                        self.row_bytes[table] = estimate
+                chunk = reader.read_chunk(table, after, self._limit(table), entry.get("where"), self.chunk_bytes)
+            else:
+                chunk = reader.read_chunk(table, after, self.chunk_size, entry.get("where"))
         except SnapshotInputError as exc:
             # mid-copy (e.g. the table renamed or dropped): what is missing, and the way back
             self._failures = 0  # the server answered, with a refusal or an error of the table
@@ -351,9 +361,9 @@ class SnapshotController:
         self.windows.append(_Window(entry, chunk))
         self.chunks_read += 1
         if chunk.rows and chunk.nbytes:
-            table, was = entry["table"], self._limit(entry["table"])
+            table = entry["table"]
             self.row_bytes[table] = chunk.nbytes / len(chunk.rows)
-            if self._limit(table) < self.chunk_size <= was and table not in self._told_wide:
+            if self._limit(table) < self.chunk_size and table not in self._told_wide:
                 self._told_wide.add(table)
                 log.info("source %s: rows of %s take %.0f kB each: its chunks hold %d rows (half of"
                          " max_in_flight_bytes, shared by the chunks open at once), not snapshot_chunk_size",

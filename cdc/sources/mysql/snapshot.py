@@ -528,6 +528,19 @@ class MySQLSnapshotReader:
             return None
         return int(row[0]) if row and row[0] is not None else None
 
+    def row_bytes(self, table: str) -> float | None:
+        """``ReadsByBytes``: InnoDB's average row length (its data over its row count, from
+        its statistics), or None while it has none."""
+        db, name = table.split(".", 1)
+        try:
+            with self._connect().cursor() as cur:
+                cur.execute("SELECT AVG_ROW_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
+                            " AND TABLE_NAME = %s", (db, name))
+                row = cur.fetchone()
+        except (pymysql.MySQLError, SourceConnectionError, CopyRefused):
+            return None
+        return float(row[0]) if row and row[0] else None
+
     def check_where(self, table: str, where: str) -> None:
         """``cdc snapshot``: the table and the condition (SnapshotInputError), or the server's
         failure (another SourceError)."""

@@ -405,6 +405,19 @@ class PostgresSnapshotReader:
             return None
         return int(row[0]) if row and row[0] >= 0 else None
 
+    def row_bytes(self, table: str) -> float | None:
+        """``ReadsByBytes``: the table's size (TOAST included, compressed) over its row count,
+        from the last ANALYZE or VACUUM; None before either."""
+        try:
+            conn = self._connect()
+            with self._answer(f"the row size of {table}"):
+                row = conn.execute(
+                    "SELECT pg_table_size(oid) / reltuples FROM pg_class WHERE oid = %s::regclass AND reltuples > 0",
+                    (sql.Identifier(*table.split(".", 1)).as_string(conn),)).fetchone()
+        except (psycopg.Error, SourceConnectionError, CopyRefused):
+            return None
+        return float(row[0]) if row and row[0] else None
+
     def check_where(self, table: str, where: str) -> None:
         """``cdc snapshot``: the table and the condition (SnapshotInputError), or the server's
         failure (another SourceError)."""
