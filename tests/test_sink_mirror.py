@@ -355,3 +355,37 @@ def test_the_dsn_connect_timeout_is_kept(pg_database):
             assert expected in sink.target.conn.info.dsn, sink.target.conn.info.dsn
         finally:
             sink.close()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_column_added_to_the_target_while_the_sink_runs_gets_its_conversion(kind, request):
+    """Found by review: the target's column types were read once per table, so a bytea / blob /
+    json column the operator added to the target first (the safe order) got the events' values
+    unconverted, silently: base64 text stored as its bytes, a JSON string stored as a number."""
+    import base64
+    dsn = request.getfixturevalue("pg_database" if kind == "postgres" else "mariadb_database")
+    blob, doc = ("bytea", "jsonb") if kind == "postgres" else ("blob", "json")
+    run = (lambda q: pg_rows(dsn, q)) if kind == "postgres" else (lambda q: my_rows(dsn, q))
+
+    def ddl(statement: str) -> None:
+        if kind == "postgres":
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(statement)
+        else:
+            db = dsn.rsplit("/", 1)[1]
+            with request.getfixturevalue("mariadb_server").connect(db) as conn, conn.cursor() as cur:
+                cur.execute(statement)
+    ddl("CREATE TABLE orders (id int PRIMARY KEY, status text)")
+    Sink = PostgresMirrorSink if kind == "postgres" else MySQLMirrorSink
+    sink = Sink(dsn, context=Context(None, name="m"))
+    sink.open()
+    sink.write([ev(1, "c", after={"id": 1, "status": "new"})])
+    ddl(f"ALTER TABLE orders ADD COLUMN data {blob}, ADD COLUMN doc {doc}")  # the target first
+    raw = b"\x00\xff\x10"
+    sink.write([ev(2, "c", after={"id": 2, "status": "new", "data": base64.b64encode(raw).decode(), "doc": "123"})])
+    sink.write([ev(3 + i, "c", after={"id": 3 + i, "status": "new", "data": base64.b64encode(raw).decode(),
+                                      "doc": "123"}) for i in range(10)])  # a run: one statement
+    sink.close()
+    rows = run("SELECT id, data, doc FROM orders WHERE id >= 2 ORDER BY id")
+    assert len(rows) == 11 and all(bytes(r[1]) == raw for r in rows), rows
+    assert all(r[2] == ("123" if kind == "postgres" else '"123"') for r in rows), rows  # a JSON string, not 123

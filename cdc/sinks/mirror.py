@@ -156,7 +156,7 @@ class _MirrorSink:
         self.target: Target | None = None
         self._sql_cache: dict[tuple, str] = {}
         self._upserts: dict[str, tuple[str, list[str], tuple[str, ...]]] = {}  # sql -> table, keys, columns
-        self._converters: dict[str, dict[str, Callable[[Any], Any]]] = {}  # target table -> column -> fn
+        self._converters: dict[str, dict[str, Callable[[Any], Any] | None]] = {}  # table -> column -> fn or None
         self._cur: Any = None
         self._plans: dict[tuple, list[tuple[str, str, Callable[[Any], Any], bool]]] = {}  # see _row
         self._temps: dict[tuple, str] = {}     # (table, columns) -> temporary table (PostgreSQL), per connection
@@ -216,6 +216,7 @@ class _MirrorSink:
             self._sent = None
         self._known = None
         self._converters.clear()
+        self._plans.clear()  # keyed by the converters' id
         self._temps.clear()  # a failed batch may be a changed table: read the catalog again
         if self.target is not None:
             self.target.close()
@@ -333,7 +334,12 @@ class _MirrorSink:
         if e.op == "d":
             out.append(self._delete(table, key_cols, self._row(e.before or e.key or {}, rename, convert)))
             return
-        row = self._row(e.after or {}, rename, convert)
+        try:
+            row = self._row(e.after or {}, rename, convert, strict=True)
+        except _NewColumns:  # not in the target when its columns were read: added since? read them again
+            convert = self._converters[table] = self.converters(self._cur, table)
+            self._plans.clear()
+            row = self._row(e.after or {}, rename, convert)
         json_null = e.source.get("json_null")
         if json_null.__class__ is list:
             _json_nulls(row, json_null, rename, convert)
@@ -343,11 +349,16 @@ class _MirrorSink:
                 out.append(self._delete(table, key_cols, old))  # the key changed
         out.append(self._upsert(table, key_cols, row))
 
-    def _row(self, row: dict, rename: dict[str, str], convert: dict[str, Callable[[Any], Any]]) -> dict:
+    def _row(self, row: dict, rename: dict[str, str], convert: dict[str, Callable[[Any], Any] | None],
+             strict: bool = False) -> dict:
+        """``row`` renamed and converted for the target; ``strict``: ``_NewColumns`` for a column
+        the target's columns (``convert``: every column, its conversion or None) do not have."""
         # a plan per (converters, renames, source columns): (source column, target column, conversion)
-        plan_key = (id(convert), id(rename), tuple(row))
+        plan_key = (id(convert), id(rename), tuple(row))  # _plans is cleared when converters are read again
         plan = self._plans.get(plan_key)
         if plan is None:
+            if strict and any(rename.get(k, k) not in convert for k in row):
+                raise _NewColumns
             adapt = self.adapt
             plan = []
             for k in row:
@@ -397,7 +408,7 @@ class _MirrorSink:
         change (``_row`` does not call it for anything else)."""
         return value
 
-    def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:  # pragma: no cover
+    def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any] | None]:  # pragma: no cover
         """Column -> conversion of a JSON value, for the columns whose type needs one."""
         raise NotImplementedError
 
@@ -413,6 +424,10 @@ class _MirrorSink:
 
 
 # ---- conversions of JSON values by the target column's type ------------------------------
+
+class _NewColumns(Exception):
+    """An event has a column the target's columns, as last read, do not have."""
+
 
 class _JsonColumn:
     """The conversion into a json column: any JSON value; ``null`` (None) is JSON null where
@@ -430,7 +445,7 @@ class _JsonColumn:
         return None if value is None and not self.not_null else self.wrap(value)
 
 
-def _json_nulls(row: dict, names: list, rename: dict[str, str], convert: dict[str, Callable[[Any], Any]]) -> None:
+def _json_nulls(row: dict, names: list, rename: dict[str, str], convert: dict[str, Callable[[Any], Any] | None]) -> None:
     """JSON null into the json columns that ``source.json_null`` names (the event's value
     is None, as for SQL NULL); a column that is not json in the target keeps SQL NULL."""
     for name in names:
@@ -540,14 +555,15 @@ class PostgresMirrorSink(_MirrorSink):
             return Jsonb(value)
         return value
 
-    def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:
+    def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any] | None]:
         from psycopg.types.json import Jsonb
         self._settle()  # the connection is free for the catalog
         cur.execute("SELECT a.attname, t.typname, t.typcategory, a.attnotnull FROM pg_attribute a"
                     " JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s)"
                     " AND a.attnum > 0 AND NOT a.attisdropped", (self.target.quote(table),))
-        out: dict[str, Callable[[Any], Any]] = {}
+        out: dict[str, Callable[[Any], Any] | None] = {}
         for name, typname, category, not_null in cur.fetchall():
+            out[name] = None  # every column: one the target lacks is told from one without a conversion
             if typname in ("json", "jsonb"):
                 out[name] = _JsonColumn(Jsonb, not_null)
             elif typname == "bytea":
@@ -746,7 +762,7 @@ class MySQLMirrorSink(_MirrorSink):
             return orjson.dumps(value).decode()
         return value
 
-    def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any]]:
+    def converters(self, cur, table: str) -> dict[str, Callable[[Any], Any] | None]:
         schema, _, name = table.rpartition(".")
         cur.execute("SELECT COLUMN_NAME, DATA_TYPE, IS_NULLABLE FROM information_schema.COLUMNS"
                     " WHERE TABLE_SCHEMA = COALESCE(%s, DATABASE()) AND TABLE_NAME = %s", (schema or None, name))
@@ -755,8 +771,9 @@ class MySQLMirrorSink(_MirrorSink):
         cur.execute("SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS"
                     " WHERE CONSTRAINT_SCHEMA = COALESCE(%s, DATABASE()) AND TABLE_NAME = %s", (schema or None, name))
         checked_json = {m for (clause,) in cur.fetchall() for m in re.findall(r"json_valid\(`((?:[^`]|``)+)`\)", clause)}
-        out: dict[str, Callable[[Any], Any]] = {}
+        out: dict[str, Callable[[Any], Any] | None] = {}
         for column, data_type, nullable in columns:
+            out[column] = None  # every column: one the target lacks is told from one without a conversion
             data_type = data_type.lower()
             if data_type == "json" or column.replace("`", "``") in checked_json:
                 out[column] = _JsonColumn(_json_text, nullable == "NO")
