@@ -389,3 +389,31 @@ def test_a_column_added_to_the_target_while_the_sink_runs_gets_its_conversion(ki
     rows = run("SELECT id, data, doc FROM orders WHERE id >= 2 ORDER BY id")
     assert len(rows) == 11 and all(bytes(r[1]) == raw for r in rows), rows
     assert all(r[2] == ("123" if kind == "postgres" else '"123"') for r in rows), rows  # a JSON string, not 123
+
+
+def test_a_target_that_lacks_a_source_column_stops_cdc_saying_what_and_how(pg_server, pg_database, tmp_path, caplog):
+    """Found by review: the halt said only 'cannot apply batch: UndefinedColumn: column "b" of
+    relation "orders" does not exist': not the source table, not that nothing is lost, not the fix."""
+    import logging
+
+    from test_snapshot_mirror import _cfg
+
+    from pgutil import Running, sql
+    target = pg_server.create_database(f"mirror_{pg_database.rsplit('/', 1)[1]}")
+    sql(target, "CREATE TABLE orders (id int PRIMARY KEY, status text)")
+    sql(pg_database, "CREATE TABLE orders (id int PRIMARY KEY, status text)")
+    cfg = _cfg(tmp_path, {"type": "postgres", "dsn": pg_database, "tables": ["public.orders"], "snapshot": "never"},
+               target)
+    with caplog.at_level(logging.ERROR, logger="cdc"), Running(cfg) as r:
+        sql(pg_database, "INSERT INTO orders VALUES (1, 'new')", "ALTER TABLE orders ADD COLUMN b int",
+            "INSERT INTO orders VALUES (2, 'new', 7)")
+        deadline = time.monotonic() + 30
+        while r.thread.is_alive():
+            assert time.monotonic() < deadline, "cdc did not stop"
+            time.sleep(0.05)
+    message = str(r.runner.error)
+    assert "public.orders" in message and 'column "b"' in message, message
+    assert "alter the target table" in message and "start cdc again" in message, message
+    halted = [rec.getMessage() for rec in caplog.records if "halted" in rec.getMessage()]
+    assert halted and "nothing is lost" in halted[0], halted
+    assert pg_rows(target, "SELECT id FROM orders") == [(1,)]

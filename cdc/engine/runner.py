@@ -119,7 +119,8 @@ class SourceRunner:
         self._stop.set()
 
     def _sink_failed(self, sink: str, exc: BaseException) -> None:
-        log.error("sink %s halted: %s", sink, exc)
+        log.error("sink %s halted: %s (cdc stops; nothing is lost: the checkpoint stays before the events it has "
+                  "not acknowledged, and they are delivered again when cdc starts)", sink, exc)
         self._sink_halted = True
         if self.error is None:
             self.error = exc if isinstance(exc, CdcError) else CdcError(f"sink {sink}: {exc}")

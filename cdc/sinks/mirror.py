@@ -49,7 +49,7 @@ from typing import Any
 import orjson
 
 from ..config.model import Context
-from ..errors import PermanentSinkError, TransientSinkError
+from ..errors import PermanentSinkError, SinkError, TransientSinkError
 from ..event import UNAVAILABLE, ChangeEvent
 from ..snapshot.chunk import place
 from ._db import Target, connect, database_of, sink_error
@@ -243,10 +243,25 @@ class _MirrorSink:
                 self._apply(cur, statements, positions, changed, stored)
             t.conn.commit()
         except Exception as exc:
-            err = sink_error(exc, "cannot apply batch")
+            err = self._batch_error(exc, events)
             self._reset()  # rolls back; the next write reconnects
             raise err from exc
         self.skipped = skipped
+
+    def _batch_error(self, exc: BaseException, events: Sequence[ChangeEvent] | None, about: str = "") -> SinkError:
+        """``exc`` as a sink error naming the batch (its source tables and ids) and, when the
+        target refused the rows as they are, the likely cause and the fix."""
+        if events:
+            tables = sorted({e.table for e in events})
+            about = (f"{', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}; events {events[0].id} to "
+                     f"{events[-1].id}")
+        err = sink_error(exc, f"cannot apply a batch ({about}) to {database_of(self.dsn)}" if about
+                         else "cannot apply a batch")
+        if isinstance(err, PermanentSinkError) and _schema_mismatch(exc):
+            err = PermanentSinkError(f"{err}; the target table does not take these rows as they are (a column added, "
+                                     f"renamed or retyped, or a key changed, at the source?): alter the target table "
+                                     f"to match, then start cdc again")
+        return err
 
     def _settle(self) -> None:
         """Wait for what an asynchronous send left in flight (PostgreSQL); raise its error."""
@@ -424,6 +439,23 @@ class _MirrorSink:
 
 
 # ---- conversions of JSON values by the target column's type ------------------------------
+
+# The target refused the rows as they are: an unknown table or column, no key for ON CONFLICT,
+# a value of the wrong type or size, a NULL into NOT NULL (PostgreSQL SQLSTATEs, MySQL codes).
+_SCHEMA_STATES = ("42703", "42P01", "42P10", "42804", "23502")
+_SCHEMA_CODES = frozenset({1054, 1146, 1264, 1265, 1292, 1366, 1406, 1048, 1364})
+
+
+def _schema_mismatch(exc: BaseException) -> bool:
+    import psycopg
+    import pymysql
+    if isinstance(exc, psycopg.Error):
+        state = exc.sqlstate or ""
+        return state in _SCHEMA_STATES or state.startswith("22")
+    if isinstance(exc, pymysql.MySQLError):
+        return bool(exc.args) and exc.args[0] in _SCHEMA_CODES
+    return False
+
 
 class _NewColumns(Exception):
     """An event has a column the target's columns, as last read, do not have."""
@@ -665,7 +697,7 @@ class PostgresMirrorSink(_MirrorSink):
             self._sent = Statement(conn, *one)
             return self._sent
         except Exception as exc:
-            err = sink_error(exc, "cannot apply batch")
+            err = self._batch_error(exc, events)
             self._reset()
             raise err from exc
 
@@ -676,7 +708,7 @@ class PostgresMirrorSink(_MirrorSink):
             if not self._ended(handle, timeout):
                 return False
         except Exception as exc:
-            err = sink_error(exc, "cannot apply batch")
+            err = self._batch_error(exc, None, handle.about)
             if handle is self._sent:
                 self._reset()
             raise err from exc
