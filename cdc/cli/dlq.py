@@ -11,7 +11,7 @@ down) keeps all its entries and counts them as failed.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 
@@ -19,6 +19,7 @@ from ..abc import ReportsSkipped
 from ..config import Component, Config, PipelineSpec
 from ..deadletter import TRANSFORMS_SINK, DeadLetter, DeadLetterStore, UnsupportedStore, store_for
 from ..observe.secrets import redact
+from ..snapshot.chunk import copy_again
 from .common import CONFIG, NoAnswer, answer_within, command_timeout, fail, load_or_exit
 
 __all__ = ["dlq"]
@@ -118,13 +119,15 @@ def list_(config: str, sink: str | None, as_json: bool) -> None:
 @CONFIG
 @click.option("--sink", help="Only this sink's dead letters.")
 @click.option("--id", "entry_id", help="Only this dead letter (its id or the event id).")
-def replay(config: str, sink: str | None, entry_id: str | None) -> None:
+@click.option("--drop-superseded", is_flag=True,
+              help="Remove the entries a database mirror finds superseded (once their tables are copied again).")
+def replay(config: str, sink: str | None, entry_id: str | None, drop_superseded: bool) -> None:
     """Re-send parked events; an entry is removed once its sink applied it.
 
     Exits 1 if any entry failed again, else 3 if any was superseded (a database mirror
-    already holds a newer change of its table, so it was not applied), else 0."""
+    already holds a newer change of its table, so it was not applied) and kept, else 0."""
     cfg = load_or_exit(config)
-    total = _Counts()
+    total = _Counts(drop_superseded=drop_superseded)
     found = 0
     for q in _queues_or_exit(cfg, sink):
         if q.store is None:
@@ -143,8 +146,14 @@ def replay(config: str, sink: str | None, entry_id: str | None) -> None:
     if entry_id and not found and not total.failed:
         fail(f"no dead letter {entry_id} is parked{' for sink ' + sink if sink else ''} (replayed already, "
              f"or never parked): `cdc dlq list {config}` shows the ids")
-    click.echo(f"replayed {total.sent}, superseded {total.superseded}, failed {total.failed}")
-    sys.exit(1 if total.failed else 3 if total.superseded else 0)
+    for (source, table), n in total.superseded_tables.items():
+        click.echo(f"{n} dead letter(s) of {table} superseded: newer changes of {table} were applied after them, so "
+                   f"they are not applied over those. To bring {table} in line with its source, copy it again: "
+                   f"{copy_again(source, table).replace('CONFIG', config, 1)}; then remove these entries: "
+                   f"cdc dlq replay {config} --drop-superseded", err=True)
+    dropped = " (dropped)" if drop_superseded and total.superseded else ""
+    click.echo(f"replayed {total.sent}, superseded {total.superseded}{dropped}, failed {total.failed}")
+    sys.exit(1 if total.failed else 3 if total.superseded and not drop_superseded else 0)
 
 
 @dataclass
@@ -152,6 +161,8 @@ class _Counts:
     sent: int = 0
     superseded: int = 0        # kept: the sink skipped it as behind its stored position
     failed: int = 0
+    drop_superseded: bool = False
+    superseded_tables: dict = field(default_factory=dict)  # (source, table) -> superseded entries kept
 
 
 def _replay(q: _Queue, entries: list[DeadLetter], counts: _Counts) -> None:
@@ -196,9 +207,21 @@ def _replay(q: _Queue, entries: list[DeadLetter], counts: _Counts) -> None:
                 continue
             if superseded:
                 counts.superseded += 1
+                if counts.drop_superseded:
+                    try:
+                        q.store.remove(entry.id)
+                    except OSError as exc:
+                        counts.failed += 1
+                        click.echo(f"{entry.id}: cannot remove it from {exc.filename or 'the dead-letter queue'}: "
+                                   f"{exc.strerror}", err=True)
+                        return
+                    click.echo(f"{entry.id}: superseded, dropped: event {entry.event.id} of {entry.event.table}")
+                    continue
+                key = (q.pipeline.source, entry.event.table)
+                counts.superseded_tables[key] = counts.superseded_tables.get(key, 0) + 1
                 click.echo(f"{entry.id}: superseded: event {entry.event.id} was not applied to {where}: "
-                           f"the target already holds a newer change of {entry.event.table}; "
-                           "dead letter kept (apply it by hand if still needed)", err=True)
+                           f"the target already holds a newer change of {entry.event.table}; dead letter kept",
+                           err=True)
                 continue
             try:
                 q.store.remove(entry.id)
