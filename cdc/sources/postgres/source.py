@@ -404,9 +404,10 @@ class PostgresSource:
                         lines.append(
                             f"table {table} was dropped and created again while cdc ran: the new table is not in "
                             f"the publication, so its changes since it was created are not captured, and the rows "
-                            f"of the dropped table stay downstream (a drop sends no deletes). Start cdc again (it "
-                            f"puts the table back in the publication), then copy its rows: cdc snapshot CONFIG "
-                            f"--source {self.name} --table {table}")
+                            f"of the dropped table stay downstream (a drop sends no deletes). Nothing in the config "
+                            f"needs to change for it: empty {table} in the destination (a mirror's target table), "
+                            f"start cdc again (it puts the table back in the publication), then copy its rows: "
+                            f"cdc snapshot CONFIG --source {self.name} --table {table}")
                         continue
                     row = None
                     if table in known:
@@ -420,8 +421,8 @@ class PostgresSource:
             lines = [f"table {t} does not exist any more ({str(exc).strip()})" for t in self._gone]
         self._error = SourceSetupError(
             f"every change the WAL held up to {format_lsn(self._gone_until)} was delivered, including those "
-            f"of the missing tables; now change the config of source {self.name} (and pipelines' tables:), "
-            f"then start cdc again:\n  - " + "\n  - ".join(lines), source=self.name)
+            f"of the missing tables; now, for each, do what it says, then start cdc again:\n  - "
+            + "\n  - ".join(lines), source=self.name)
         self._gone = []
         self._recreated = set()
 
