@@ -35,7 +35,8 @@ capability             implemented by              used by
 ``RecordsDatabase``    a checkpoint store          refuse a position saved reading another database
 ``DeadLetterStore``    a dead-letter queue         ``cdc dlq list|replay``
 ``Countable``          a dead-letter sink          ``cdc status``: dead letters held
-``WritesTables``       a sink (database mirrors)   ``cdc validate|check|run``: two sinks, one table
+``WritesTables``       a sink (database mirrors)   ``cdc validate|check|run``: two sinks, one table;
+                                                   ``cdc check``: the target tables exist, with a key
 ``Snapshottable``      a source                    the engine: copy existing rows (``docs/snapshots.md``)
 ``ReadsByBytes``       a snapshot reader           the copy: chunks bounded by ``max_in_flight_bytes``
 ``StartsOver``         a source                    the engine: ``snapshot: when_needed`` after a lost position
@@ -354,6 +355,10 @@ class WritesTables(Protocol):
 
     def target_of(self, table: str) -> str:
         """Where the rows of source table ``table`` go: ``table NAME of HOST:PORT/DATABASE``."""
+
+    def check_tables(self, tables: list[str]) -> list[Problem]:
+        """``cdc check``: the problems of writing these source tables (a target table missing,
+        or without a primary key or unique index to write on)."""
 
 
 @runtime_checkable

@@ -217,3 +217,28 @@ def test_check_warns_about_two_sinks_writing_one_table(tmp_path, pg_database):
     shared = [f for f in findings if "not ordered" in f["message"]]
     assert code == 0 and [f["level"] for f in shared] == ["warning"], findings
     assert shared[0]["area"] == "pipelines.again.sinks[0]" and "table public.orders of" in shared[0]["message"]
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_check_says_which_target_tables_a_mirror_lacks(kind, tmp_path, pg_database, request):
+    """Found by review: cdc check said "ready to run" for a mirror whose target had no table
+    for a captured one (or one without a key); cdc run then halted on the first event."""
+    make_orders(pg_database)
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("CREATE TABLE audit (id int PRIMARY KEY)")
+    if kind == "postgres":
+        target = request.getfixturevalue("pg_server").create_database(f"t_{slot_name(pg_database)[-8:]}")
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders (id int, status text)")  # no key
+        mirror = f'{{type: postgres, dsn: "{target}"}}'
+    else:
+        target = request.getfixturevalue("mariadb_database")
+        db = target.rsplit("/", 1)[1]
+        with request.getfixturevalue("mariadb_server").connect(db) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE orders (id int, status text)")
+        mirror = f'{{type: mysql, dsn: "{target}"}}'
+    code, findings = cdc_check(write_config(tmp_path, pg_database, CONFIG.replace("SINK", mirror)))
+    errors = [f["message"] for f in findings if f["level"] == "error"]
+    assert code == 1 and len(errors) == 2, findings
+    assert "target table orders in" in errors[0] and "no primary key or unique index" in errors[0], errors
+    assert "target table audit in" in errors[1] and "does not exist" in errors[1], errors

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..abc import Checkable, Preflight, Timestamped
+from ..abc import Checkable, Preflight, Timestamped, WritesTables
 from ..checkpoints import build_store
 from ..config import Config, SourceSpec
 from ..config.targets import shared_target_tables
@@ -35,8 +35,10 @@ def check_config(cfg: Config) -> list[Finding]:
     for name, spec in cfg.sources.items():
         out.extend(_answered(f"source {name} ({spec.type})", _source, name, spec))
         for pipeline in cfg.pipelines_of(name):
+            tables = pipeline.tables if pipeline.tables is not None else spec.tables
             for sink in pipeline.sinks:
-                out.extend(_answered(f"sink {sink.context.name} ({sink.type})", _sink, sink.context.name, sink))
+                out.extend(_answered(f"sink {sink.context.name} ({sink.type})", _sink, sink.context.name, sink,
+                                     tables))
                 if sink.dead_letter is not None:
                     dead = sink.dead_letter
                     out.extend(_answered(f"sink {dead.context.name} ({dead.type})", _sink, dead.context.name, dead))
@@ -80,7 +82,7 @@ def _source(name: str, spec: SourceSpec) -> list[Finding]:
     return found or [Finding(area, "ok", "ready")]
 
 
-def _sink(name: str, spec) -> Finding:
+def _sink(name: str, spec, tables: list[str] | None = None) -> list[Finding]:
     area = f"sink {name} ({spec.type})"
     try:
         sink = spec.build()
@@ -90,8 +92,14 @@ def _sink(name: str, spec) -> Finding:
             sink.open()
             sink.close()
     except Exception as exc:
-        return Finding(area, "error", f"unreachable: {_text(exc)}")
-    return Finding(area, "ok", "reachable")
+        return [Finding(area, "error", f"unreachable: {_text(exc)}")]
+    found = []
+    if tables and isinstance(sink, WritesTables):
+        try:
+            found = [Finding(area, level, redact(message)) for level, message in sink.check_tables(tables)]
+        except Exception as exc:
+            found = [Finding(area, "error", f"cannot read its tables: {_text(exc)}")]
+    return found or [Finding(area, "ok", "reachable")]
 
 
 def _running(cfg: Config) -> dict[str, int | None]:

@@ -178,6 +178,35 @@ class _MirrorSink:
             name = f"public.{name}" if self.dialect == "postgres" else f"{where.rpartition('/')[2]}.{name}"
         return f"table {name} of {where}"
 
+    def check_tables(self, tables: list[str]) -> list[tuple[str, str]]:
+        """``WritesTables``: each source table's target table exists, with a primary key or a
+        unique index (``key:`` in its mapping names the columns otherwise)."""
+        target = connect(self.dsn)
+        problems = []
+        try:
+            with target.conn.cursor() as cur:
+                for table in tables:
+                    bare = table.rpartition(".")[2]
+                    m = self.mappings.get(table) or self.mappings.get(bare) or _UNMAPPED
+                    name = m.table or bare
+                    where = f"{name} in {database_of(self.dsn)} (for {table})"
+                    found = self.table_keys(cur, name)
+                    if found is None:
+                        problems.append(("error", f"target table {where} does not exist: create it (cdc does "
+                                                  f"not), with the columns it is to hold and a primary key"))
+                    elif not found and not m.key:
+                        problems.append(("error", f"target table {where} has no primary key or unique index to "
+                                                  f"write on: add one, or name the key columns with key: in "
+                                                  f"tables: of this sink"))
+            target.conn.rollback()
+        finally:
+            target.close()
+        return problems
+
+    def table_keys(self, cur, table: str) -> bool | None:  # pragma: no cover - overridden
+        """None: ``table`` does not exist; else whether it has a primary key or unique index."""
+        raise NotImplementedError
+
     def _name(self, table: str) -> str:
         """``table`` quoted, for a statement with parameters."""
         return self.target.quote(table).replace("%", self.percent)
@@ -457,6 +486,10 @@ def _schema_mismatch(exc: BaseException) -> bool:
     return False
 
 
+def _pg_quote(name: str) -> str:
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split(".", 1))
+
+
 class _NewColumns(Exception):
     """An event has a column the target's columns, as last read, do not have."""
 
@@ -605,6 +638,12 @@ class PostgresMirrorSink(_MirrorSink):
             elif category == "S":  # a JSON object or array into a text column: its JSON
                 out[name] = _as_text
         return out
+
+    def table_keys(self, cur, table: str) -> bool | None:
+        cur.execute("SELECT EXISTS (SELECT FROM pg_index WHERE indrelid = c.oid AND indisunique)"
+                    " FROM pg_class c WHERE c.oid = to_regclass(%s)", (_pg_quote(table),))
+        row = cur.fetchone()
+        return None if row is None else bool(row[0])
 
     def execute_run(self, cur, sql: str, rows: list) -> None:
         """A run of upserts as one ``INSERT ... SELECT ... FROM json_populate_recordset(...)
@@ -823,6 +862,14 @@ class MySQLMirrorSink(_MirrorSink):
                 cur.execute(sql, _values(r))
             return
         super().execute_run(cur, sql, rows)
+
+    def table_keys(self, cur, table: str) -> bool | None:
+        schema, _, name = table.rpartition(".")
+        cur.execute("SELECT (SELECT COUNT(*) FROM information_schema.STATISTICS s WHERE s.TABLE_SCHEMA = t.TABLE_SCHEMA"
+                    " AND s.TABLE_NAME = t.TABLE_NAME AND s.NON_UNIQUE = 0) FROM information_schema.TABLES t"
+                    " WHERE t.TABLE_SCHEMA = COALESCE(%s, DATABASE()) AND t.TABLE_NAME = %s", (schema or None, name))
+        row = cur.fetchone()
+        return None if row is None else row[0] > 0
 
     def truncate_sql(self, qt: str) -> str:
         return f"DELETE FROM {qt}"
