@@ -372,37 +372,33 @@ class _MirrorSink:
         key_cols = m.key or [rename.get(k, k) for k in (e.key or {})]
         if not key_cols:
             raise PermanentSinkError(f"table {e.table} has no primary key to mirror on (set key: in tables)")
-        convert = self._converters.get(table)
-        if convert is None:
-            convert = self._converters[table] = self.converters(self._cur, table)
+        if table not in self._converters:
+            self._converters[table] = self.converters(self._cur, table)
         if e.op == "d":
-            out.append(self._delete(table, key_cols, self._row(e.before or e.key or {}, rename, convert)))
+            out.append(self._delete(table, key_cols, self._row(e.before or e.key or {}, rename, table)))
             return
-        try:
-            row = self._row(e.after or {}, rename, convert, strict=True)
-        except _NewColumns:  # not in the target when its columns were read: added since? read them again
-            convert = self._converters[table] = self.converters(self._cur, table)
-            self._plans.clear()
-            row = self._row(e.after or {}, rename, convert)
+        row = self._row(e.after or {}, rename, table)
         json_null = e.source.get("json_null")
         if json_null.__class__ is list:
-            _json_nulls(row, json_null, rename, convert)
+            _json_nulls(row, json_null, rename, self._converters[table])
         if e.op == "u" and e.before:
-            old = self._row(e.before, rename, convert)
+            old = self._row(e.before, rename, table)
             if any(k in old and old[k] != row.get(k) for k in key_cols):
                 out.append(self._delete(table, key_cols, old))  # the key changed
         out.append(self._upsert(table, key_cols, row))
 
-    def _row(self, row: dict, rename: dict[str, str], convert: dict[str, Callable[[Any], Any] | None],
-             strict: bool = False) -> dict:
-        """``row`` renamed and converted for the target; ``strict``: ``_NewColumns`` for a column
-        the target's columns (``convert``: every column, its conversion or None) do not have."""
-        # a plan per (converters, renames, source columns): (source column, target column, conversion)
-        plan_key = (id(convert), id(rename), tuple(row))  # _plans is cleared when converters are read again
+    def _row(self, row: dict, rename: dict[str, str], table: str) -> dict:
+        """``row`` renamed and converted for the target ``table``.  Its columns' conversions
+        (``_converters``: every column, its conversion or None) are read again when ``row`` has
+        a column they lack: one added to the target since (the operator's safe order)."""
+        # a plan per (table, renames, source columns): (source column, target column, conversion)
+        plan_key = (table, id(rename), tuple(row))  # renames live as long as the sink; cleared with the columns
         plan = self._plans.get(plan_key)
         if plan is None:
-            if strict and any(rename.get(k, k) not in convert for k in row):
-                raise _NewColumns
+            convert = self._converters[table]
+            if any(rename.get(k, k) not in convert for k in row):
+                convert = self._converters[table] = self.converters(self._cur, table)
+                self._plans.clear()
             adapt = self.adapt
             plan = []
             for k in row:
@@ -488,10 +484,6 @@ def _schema_mismatch(exc: BaseException) -> bool:
 
 def _pg_quote(name: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in name.split(".", 1))
-
-
-class _NewColumns(Exception):
-    """An event has a column the target's columns, as last read, do not have."""
 
 
 class _JsonColumn:
