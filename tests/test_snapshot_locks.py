@@ -21,15 +21,17 @@ def test_a_copy_waits_out_a_table_lock_held_longer_than_the_statement_timeout(pg
     from cdc.sources.postgres import snapshot
     monkeypatch.setattr(snapshot, "STATEMENT_TIMEOUT", 2.0)  # 60 s in use
     monkeypatch.setattr(snapshot, "LOCK_TIMEOUT", 1.0)       # 5 s in use
-    monkeypatch.setattr(controller, "ERROR_DELAY", 0.5)
+    monkeypatch.setattr(controller, "LOCKED_DELAY", 0.5)
     sql(pg_database, "CREATE TABLE big (id int PRIMARY KEY, v text)",
-        "INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 3000) g")
-    cfg = config(tmp_path, pg_database, ["public.big"], {"all": file_pipeline()}, snapshot="initial",
-                 snapshot_chunk_size=500)
+        "INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 3000) g",
+        "CREATE TABLE other (id int PRIMARY KEY)", "INSERT INTO other SELECT generate_series(1, 700)")
+    # found by review: one locked table held up the copies of the others (queued after it)
+    cfg = config(tmp_path, pg_database, ["public.big", "public.other"], {"all": file_pipeline()},
+                 snapshot="initial", snapshot_chunk_size=500)
     # the publication and the slot exist already: creating them would wait for the migration too (the
     # lock, and its transaction id: tests/test_pg_setup_waits.py)
     source = cfg.sources["db"].build()
-    sql(pg_database, f"CREATE PUBLICATION {source.publication} FOR TABLE big",
+    sql(pg_database, f"CREATE PUBLICATION {source.publication} FOR TABLE big, other",
         f"SELECT pg_create_logical_replication_slot('{source.slot}', 'pgoutput')")
     with psycopg.connect(pg_database, application_name="nightly-migration") as migration:
         migration.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
@@ -37,6 +39,7 @@ def test_a_copy_waits_out_a_table_lock_held_longer_than_the_statement_timeout(pg
             time.sleep(4.0)  # twice the statement timeout
             assert r.thread.is_alive(), r.runner.error
             assert not r.runner.snapshots.finished and r.runner.snapshots.skipped == {}, r.runner.snapshots.skipped
+            assert r.runner.snapshots.done == ["public.other"], r.runner.snapshots.done  # not held up by big
             migration.commit()
             deadline = time.monotonic() + 60
             while not r.runner.snapshots.finished:
@@ -45,13 +48,14 @@ def test_a_copy_waits_out_a_table_lock_held_longer_than_the_statement_timeout(pg
             assert r.runner.snapshots.skipped == {}
             out = tmp_path / "out/all.jsonl"
             deadline = time.monotonic() + 30
-            while len([e for e in read_jsonl(out) if e["op"] == "r"]) < 3000:
+            while len([e for e in read_jsonl(out) if e["op"] == "r"]) < 3700:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-    ids = sorted(e["after"]["id"] for e in read_jsonl(out) if e["op"] == "r")
+    ids = sorted(e["after"]["id"] for e in read_jsonl(out) if e["op"] == "r" and e["source"]["table"] == "big")
     assert ids == list(range(1, 3001))
     waits = [r.getMessage() for r in caplog.records if "lock" in r.getMessage()]
-    assert waits and "nightly-migration" in waits[0] and "AccessExclusiveLock" in waits[0], waits
+    assert waits and "nightly-migration" in waits[0] and "holding an ACCESS EXCLUSIVE lock" in waits[0], waits
+    assert "the copies of the other tables go on" in waits[0], waits
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
 
 
@@ -69,7 +73,7 @@ def test_mariadb_copy_waits_out_a_table_lock_held_longer_than_its_read_timeout(m
     from mysql_helpers import db_of, execute
     monkeypatch.setattr(snapshot, "READ_TIMEOUT", 2.0)   # 60 s in use
     monkeypatch.setattr(snapshot, "LOCK_TIMEOUT", 1.0)   # 5 s in use
-    monkeypatch.setattr(controller, "ERROR_DELAY", 0.5)
+    monkeypatch.setattr(controller, "LOCKED_DELAY", 0.5)
     db = db_of(mariadb_database)
     execute(mariadb_server, db, "CREATE TABLE big (id int PRIMARY KEY, v varchar(20))",
             "INSERT INTO big SELECT seq, CONCAT('v', seq) FROM seq_1_to_3000")
@@ -96,3 +100,36 @@ def test_mariadb_copy_waits_out_a_table_lock_held_longer_than_its_read_timeout(m
     waits = [r.getMessage() for r in caplog.records if "lock_wait_timeout" in r.getMessage()]
     assert waits and "SHOW PROCESSLIST" in waits[0], [r.getMessage() for r in caplog.records]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+
+
+def test_a_lock_queued_behind_another_session_names_both(pg_database, monkeypatch):
+    """Found by review: an ALTER TABLE waiting behind a session's open transaction makes the
+    copy's read queue behind the ALTER; the message said 'held by another session (gone by now)'."""
+    import threading
+
+    import pytest
+
+    from cdc.snapshot.chunk import TableLocked
+    from cdc.sources.postgres import snapshot
+    monkeypatch.setattr(snapshot, "LOCK_TIMEOUT", 1.0)
+    sql(pg_database, "CREATE TABLE big (id int PRIMARY KEY)", "INSERT INTO big SELECT generate_series(1, 10)")
+    reader = snapshot.PostgresSnapshotReader(pg_database, "db", pg_database.rsplit("/", 1)[1])
+    reader.read_chunk("public.big", None, 5, None)  # its columns read before the locks
+    with psycopg.connect(pg_database, application_name="report") as reading, \
+            psycopg.connect(pg_database, application_name="migration") as altering:
+        reader_pid, alter_pid = reading.info.backend_pid, altering.info.backend_pid
+        reading.execute("SELECT count(*) FROM big")  # an ACCESS SHARE lock, in an open transaction
+        alter = threading.Thread(target=lambda: altering.execute("ALTER TABLE big ADD COLUMN z int"), daemon=True)
+        alter.start()
+        time.sleep(0.5)  # the ALTER waits behind the open transaction
+        try:
+            with pytest.raises(TableLocked) as err:
+                reader.read_chunk("public.big", [5], 5, None)
+        finally:
+            reading.rollback()
+            alter.join(10)
+            reader.close()
+    message = str(err.value)
+    assert f"pid {alter_pid} (" in message and "application migration" in message, message
+    assert "waiting for an ACCESS EXCLUSIVE lock" in message and f"behind pid {reader_pid} (" in message
+    assert "application report" in message, message

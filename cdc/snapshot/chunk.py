@@ -7,12 +7,12 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PermanentError, SourceError
+from ..errors import PermanentError, SourceConnectionError, SourceError
 from ..event import ChangeEvent
 from ..lsn import format_lsn
 
-__all__ = ["Chunk", "SnapshotInputError", "CopyRefused", "copy_again", "MODES", "emit_events", "place", "key_changed",
-           "no_key_warning"]
+__all__ = ["Chunk", "SnapshotInputError", "TableLocked", "CopyRefused", "copy_again", "MODES", "emit_events", "place",
+           "key_changed", "no_key_warning"]
 
 #: ``snapshot:`` modes, with Debezium's meanings
 MODES = ("initial", "never", "initial_only", "when_needed")
@@ -27,6 +27,11 @@ def copy_again(source: str, table: str, where: str | None = None) -> str:
     """The command that copies ``table`` again (a dropped or refused copy's way back)."""
     command = f"cdc snapshot CONFIG --source {source} --table {table}"
     return f"{command} --where {shlex.quote(where)}" if where else command
+
+
+class TableLocked(SourceConnectionError):
+    """A chunk waited its lock timeout for a lock another session holds on the table (a
+    migration): that table's copy tries again later; the other tables' copies go on."""
 
 
 class CopyRefused(SnapshotInputError):

@@ -28,7 +28,7 @@ from ..abc import ReadsByBytes
 from ..errors import CdcError, SourceConnectionError
 from ..event import ChangeEvent, Commit
 from . import requests as signals
-from .chunk import Chunk, SnapshotInputError, copy_again
+from .chunk import Chunk, SnapshotInputError, TableLocked, copy_again
 
 __all__ = ["SnapshotController", "INITIAL", "POSITION_KEY"]
 
@@ -38,6 +38,7 @@ POSITION_KEY = "snapshot"  # the copy's progress, saved beside the log position 
 RETRY_DELAY = 0.2          # seconds before reading a chunk again whose snapshot could not be used
 ERROR_DELAY = 5.0          # seconds before reconnecting the snapshot reader after a lost connection,
 MAX_ERROR_DELAY = 60.0     # doubled after each failure in a row up to this
+LOCKED_DELAY = 5.0         # seconds before a copy whose table was locked tries again, doubled up to MAX_ERROR_DELAY
 ESCALATE_AFTER = 300.0     # seconds of failures in a row after which each one is an ERROR, not a WARNING
 REQUEST_POLL = 1.0         # seconds between looks at the request directory
 NOT_COPIED_NEVER = "snapshot: never"  # why a table has no initial copy (cdc status: "not copied: ...")
@@ -81,6 +82,7 @@ class SnapshotController:
         self._not_before = 0.0
         self._next_request_look = 0.0
         self._chunks_retried = 0
+        self._locked: dict[str, tuple[float, float, float]] = {}  # copy uid -> (not before, delay, since)
         self._failures = 0                   # reader failures in a row (SourceConnectionError)
         self._failing_since = 0.0            # time.monotonic() of the first of them
         self._unsaved = False                # the copies changed since the last commit handed on
@@ -173,9 +175,13 @@ class SnapshotController:
                 and time.monotonic() >= self._not_before)
 
     def _next_entry(self) -> tuple[dict, list | None] | None:
-        """The copy and the key to read the next chunk after: the open chunks come first."""
+        """The copy and the key to read the next chunk after: the open chunks come first; a
+        copy whose table is locked waits (``TableLocked``) while the others go on."""
         last = self.windows[-1] if self.windows else None
+        now = time.monotonic()
         for entry in self.queue:
+            if entry["uid"] in self._locked and self._locked[entry["uid"]][0] > now:
+                continue
             if last is not None and last.entry is entry:
                 if last.chunk.done:
                     last = None  # this copy has been read to its end: the next one
@@ -350,10 +356,20 @@ class SnapshotController:
             self._changed()
             self._unsaved = True
             return []
+        except TableLocked as exc:
+            _, delay, since = self._locked.get(entry["uid"], (0.0, LOCKED_DELAY / 2, now))
+            delay = min(delay * 2, MAX_ERROR_DELAY)
+            self._locked[entry["uid"]] = (now + delay, delay, since)
+            others = " (the copies of the other tables go on)" if len(self.queue) > 1 else ""
+            log.warning("source %s: snapshot %s of %s: %s; locked for %.0fs now: the stream goes on%s; this copy "
+                        "tries again in %.0fs", self.name, entry["id"], entry["table"], self._detail(exc),
+                        now - since, others, delay)
+            return []
         except SourceConnectionError as exc:
             self._failed(entry, exc, now)
             return []
         self._recovered(entry)
+        self._locked.pop(entry["uid"], None)
         if chunk is None:  # the snapshot could not be used: read again a moment later
             self._chunks_retried += 1
             self._not_before = now + RETRY_DELAY

@@ -26,7 +26,7 @@ import pymysql.cursors
 
 from ...errors import SourceConnectionError, SourceSetupError
 from ...event import ChangeEvent
-from ...snapshot.chunk import Chunk, CopyRefused, SnapshotInputError, emit_events, key_changed
+from ...snapshot.chunk import Chunk, CopyRefused, SnapshotInputError, TableLocked, emit_events, key_changed
 from ...snapshot.where import condition_problem
 from . import settings as checks
 from .types import float32
@@ -605,10 +605,10 @@ class MySQLSnapshotReader:
             if exc.args and exc.args[0] in (1054, 1412) and self._retry_after_ddl(t, exc.args[0]):
                 return None
             if exc.args and exc.args[0] == 1205:  # lock_wait_timeout: another session holds the table
-                raise SourceConnectionError(
+                raise TableLocked(
                     f"a chunk of {table} waited {max(1, round(LOCK_TIMEOUT))} s (lock_wait_timeout) for a lock on it "
-                    f"held by another session (LOCK TABLES, or DDL: SHOW PROCESSLIST names it): the copy tries "
-                    f"again; end that session's lock (UNLOCK TABLES, or KILL it) to let it go on",
+                    f"held by another session (LOCK TABLES, or DDL: SHOW PROCESSLIST names it): end that "
+                    f"session's lock (UNLOCK TABLES, or KILL it) to let the copy go on",
                     source=self.source_name) from None
             if connection_lost(exc):
                 thread_id = (getattr(conn, "server_thread_id", None) or [None])[0]

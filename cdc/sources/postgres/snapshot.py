@@ -27,7 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from ...errors import SourceConnectionError, SourceSetupError
 from ...event import ChangeEvent
 from ...lsn import format_lsn, parse_lsn
-from ...snapshot.chunk import Chunk, CopyRefused, SnapshotInputError, emit_events, key_changed
+from ...snapshot.chunk import Chunk, CopyRefused, SnapshotInputError, TableLocked, emit_events, key_changed
 from ...snapshot.where import condition_problem
 from .replication import SESSION_OPTIONS
 from .types import _bool, _timestamp, converter_for, is_json
@@ -432,6 +432,7 @@ class PostgresSnapshotReader:
         try:
             with self._answer("the check of --where"), conn.transaction():
                 conn.execute("SET TRANSACTION READ ONLY")
+                conn.execute("SET LOCAL lock_timeout = 0")  # a locked table: the check waits (the command's timeout)
                 conn.execute(query)
         except psycopg.OperationalError as exc:
             self.close()
@@ -489,8 +490,8 @@ class PostgresSnapshotReader:
                         conn.pgconn.exec_(b"ROLLBACK")
                     raise
         except psycopg.errors.LockNotAvailable:
-            raise SourceConnectionError(f"a chunk of {table} waited {LOCK_TIMEOUT:g} s (lock_timeout) for a lock "
-                                        f"on it held by {self._lock_holders(t)}", source=self.source_name) from None
+            raise TableLocked(f"a chunk of {table} waited {LOCK_TIMEOUT:g} s (lock_timeout) for a lock on it: "
+                              f"{self._lock_holders(t)}", source=self.source_name) from None
         except psycopg.OperationalError as exc:
             self.close()
             raise SourceConnectionError(f"snapshot read of {table} (server {self.server}): {str(exc).strip()}",
@@ -531,23 +532,34 @@ class PostgresSnapshotReader:
         return Chunk(table, rows, last_key, done, wm, t.key, json_null=json_null, nbytes=nbytes)
 
     def _lock_holders(self, t: _Table) -> str:
-        """The sessions holding a lock on ``t`` that a read waits for, for the message."""
+        """The sessions a read of ``t`` waits for, for the message: those holding an ACCESS
+        EXCLUSIVE lock on it, and those waiting for one (an ALTER TABLE queued behind another
+        session's transaction, which the read queues behind) with the sessions they wait for."""
         try:
             with self._answer("who holds a lock on the table"):
-                rows = self._connect().execute(
-                    "SELECT l.pid, l.mode, a.state, a.application_name, a.usename,"
-                    " extract(epoch FROM now() - a.xact_start)::int"
-                    " FROM pg_locks l JOIN pg_stat_activity a USING (pid)"
-                    " WHERE l.relation = %s::regclass AND l.granted AND l.mode = 'AccessExclusiveLock'"
-                    " ORDER BY l.pid", (sql.Identifier(t.schema, t.name).as_string(self.conn),)).fetchall()
+                conn = self._connect()
+                rows = conn.execute(
+                    "SELECT l.pid, l.granted, CASE WHEN l.granted THEN '{}'::int[] ELSE pg_blocking_pids(l.pid) END"
+                    " FROM pg_locks l WHERE l.relation = %s::regclass AND l.mode = 'AccessExclusiveLock'"
+                    " ORDER BY l.granted DESC, l.pid", (sql.Identifier(t.schema, t.name).as_string(conn),)).fetchall()
+                pids = sorted({pid for pid, _, _ in rows} | {b for _, _, blockers in rows for b in blockers})
+                about = {row[0]: row[1:] for row in conn.execute(
+                    "SELECT pid, state, application_name, usename, extract(epoch FROM now() - xact_start)::int"
+                    " FROM pg_stat_activity WHERE pid = ANY (%s)", (pids,))}
         except (psycopg.Error, SourceConnectionError):
             return "another session (pg_locks names it)"
         if not rows:
             return "another session (gone by now)"
-        return "; ".join(f"pid {pid} ({mode}; {state or 'state hidden'}, its transaction open for {secs} s, "
-                         f"application {app or '?'}, user {user})"
-                         for pid, mode, state, app, user, secs in rows) + \
-            ": the copy tries again; end that transaction (or SELECT pg_terminate_backend(pid)) to let it go on"
+
+        def who(pid: int) -> str:
+            state, app, user, secs = about.get(pid, (None, None, None, None))
+            open_for = f", its transaction open for {secs} s" if secs is not None else ""
+            return f"pid {pid} ({state or 'state hidden'}{open_for}, application {app or '?'}, user {user or '?'})"
+        parts = [f"{who(pid)} holding an ACCESS EXCLUSIVE lock" if granted else
+                 f"{who(pid)} waiting for an ACCESS EXCLUSIVE lock (an ALTER TABLE?)"
+                 + (f" behind {', '.join(who(b) for b in blockers)}" if blockers else "")
+                 for pid, granted, blockers in rows]
+        return "; ".join(parts) + ": end those transactions (or SELECT pg_terminate_backend(pid)) to let the copy go on"
 
     def _query(self, t: _Table, after: list | None, limit: int, where: str | None) -> sql.Composed:
         key = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
