@@ -333,7 +333,8 @@ def test_mirror_replay_of_superseded_event_keeps_the_entry(shop, pg_server, tmp_
     assert "1 dead letter(s) of public.orders superseded" in result.stderr, result.stderr
     assert f"cdc snapshot {config} --source shop --table public.orders" in result.stderr, result.stderr
     # once the table is copied again, the superseded entries can go
-    dropped = cli.invoke(main, ["dlq", "replay", str(config), "--drop-superseded"])
+    assert f"cdc dlq replay {config} --sink copy --drop-superseded" in result.stderr, result.stderr
+    dropped = cli.invoke(main, ["dlq", "replay", str(config), "--sink", "copy", "--drop-superseded"])
     assert dropped.exit_code == 0 and "replayed 0, superseded 1 (dropped), failed 0" in dropped.output, \
         dropped.output + dropped.stderr
     assert cli.invoke(main, ["dlq", "list", str(config), "--json"]).output.strip() == ""

@@ -146,11 +146,12 @@ def replay(config: str, sink: str | None, entry_id: str | None, drop_superseded:
     if entry_id and not found and not total.failed:
         fail(f"no dead letter {entry_id} is parked{' for sink ' + sink if sink else ''} (replayed already, "
              f"or never parked): `cdc dlq list {config}` shows the ids")
-    for (source, table), n in total.superseded_tables.items():
+    for (source, table, queue), n in total.superseded_tables.items():
         click.echo(f"{n} dead letter(s) of {table} superseded: newer changes of {table} were applied after them, so "
                    f"they are not applied over those. To bring {table} in line with its source, copy it again: "
                    f"{copy_again(source, table).replace('CONFIG', config, 1)}; then remove these entries: "
-                   f"cdc dlq replay {config} --drop-superseded", err=True)
+                   f"cdc dlq replay {config} --sink {queue}{' --id ' + entry_id if entry_id else ''} "
+                   f"--drop-superseded", err=True)
     dropped = " (dropped)" if drop_superseded and total.superseded else ""
     click.echo(f"replayed {total.sent}, superseded {total.superseded}{dropped}, failed {total.failed}")
     sys.exit(1 if total.failed else 3 if total.superseded and not drop_superseded else 0)
@@ -162,7 +163,7 @@ class _Counts:
     superseded: int = 0        # kept: the sink skipped it as behind its stored position
     failed: int = 0
     drop_superseded: bool = False
-    superseded_tables: dict = field(default_factory=dict)  # (source, table) -> superseded entries kept
+    superseded_tables: dict = field(default_factory=dict)  # (source, table, queue) -> superseded entries kept
 
 
 def _replay(q: _Queue, entries: list[DeadLetter], counts: _Counts) -> None:
@@ -217,7 +218,7 @@ def _replay(q: _Queue, entries: list[DeadLetter], counts: _Counts) -> None:
                         return
                     click.echo(f"{entry.id}: superseded, dropped: event {entry.event.id} of {entry.event.table}")
                     continue
-                key = (q.pipeline.source, entry.event.table)
+                key = (q.pipeline.source, entry.event.table, q.sink)
                 counts.superseded_tables[key] = counts.superseded_tables.get(key, 0) + 1
                 click.echo(f"{entry.id}: superseded: event {entry.event.id} was not applied to {where}: "
                            f"the target already holds a newer change of {entry.event.table}; dead letter kept",

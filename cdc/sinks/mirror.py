@@ -282,14 +282,16 @@ class _MirrorSink:
         target refused the rows as they are, the likely cause and the fix."""
         if events:
             tables = sorted({e.table for e in events})
-            about = (f"{', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}; events {events[0].id} to "
-                     f"{events[-1].id}")
+            ids = f"event {events[0].id}" if len(events) == 1 else f"events {events[0].id} to {events[-1].id}"
+            about = f"{', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}; {ids}"
         err = sink_error(exc, f"cannot apply a batch ({about}) to {database_of(self.dsn)}" if about
                          else "cannot apply a batch")
         if isinstance(err, PermanentSinkError) and _schema_mismatch(exc):
             err = PermanentSinkError(f"{err}; the target table does not take these rows as they are (a column added, "
-                                     f"renamed or retyped, or a key changed, at the source?): alter the target table "
-                                     f"to match, then start cdc again")
+                                     f"renamed or retyped, or a key changed, at the source? or a row the target lacks, "
+                                     f"updated without every column?): alter the target table to match, or copy the "
+                                     f"table again (cdc snapshot), then start cdc again (or, for dead letters, replay "
+                                     f"them)")
         return err
 
     def _settle(self) -> None:
@@ -467,7 +469,7 @@ class _MirrorSink:
 
 # The target refused the rows as they are: an unknown table or column, no key for ON CONFLICT,
 # a value of the wrong type or size, a NULL into NOT NULL (PostgreSQL SQLSTATEs, MySQL codes).
-_SCHEMA_STATES = ("42703", "42P01", "42P10", "42804", "23502")
+_SCHEMA_STATES = ("42703", "42P01", "42P10", "42804", "23502", "22001", "22003", "22P02", "22007", "22008")
 _SCHEMA_CODES = frozenset({1054, 1146, 1264, 1265, 1292, 1366, 1406, 1048, 1364})
 
 
@@ -476,7 +478,7 @@ def _schema_mismatch(exc: BaseException) -> bool:
     import pymysql
     if isinstance(exc, psycopg.Error):
         state = exc.sqlstate or ""
-        return state in _SCHEMA_STATES or state.startswith("22")
+        return state in _SCHEMA_STATES
     if isinstance(exc, pymysql.MySQLError):
         return bool(exc.args) and exc.args[0] in _SCHEMA_CODES
     return False
