@@ -15,6 +15,21 @@ import psycopg
 from pgutil import Running, config, file_pipeline, read_jsonl, sql
 
 
+def _copied(r, tmp_path, rows: int):
+    """The file sink's output once the copy has finished, none dropped, and its ``rows`` rows are out."""
+    deadline = time.monotonic() + 60
+    while not r.runner.snapshots.finished:
+        assert time.monotonic() < deadline and r.thread.is_alive(), r.runner.error
+        time.sleep(0.05)
+    assert r.runner.snapshots.skipped == {}
+    out = tmp_path / "out/all.jsonl"
+    deadline = time.monotonic() + 30
+    while len([e for e in read_jsonl(out) if e["op"] == "r"]) < rows:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return out
+
+
 def test_a_copy_waits_out_a_table_lock_held_longer_than_the_statement_timeout(pg_database, tmp_path, caplog,
                                                                                monkeypatch):
     from cdc.snapshot import controller
@@ -41,16 +56,7 @@ def test_a_copy_waits_out_a_table_lock_held_longer_than_the_statement_timeout(pg
             assert not r.runner.snapshots.finished and r.runner.snapshots.skipped == {}, r.runner.snapshots.skipped
             assert r.runner.snapshots.done == ["public.other"], r.runner.snapshots.done  # not held up by big
             migration.commit()
-            deadline = time.monotonic() + 60
-            while not r.runner.snapshots.finished:
-                assert time.monotonic() < deadline and r.thread.is_alive(), r.runner.error
-                time.sleep(0.05)
-            assert r.runner.snapshots.skipped == {}
-            out = tmp_path / "out/all.jsonl"
-            deadline = time.monotonic() + 30
-            while len([e for e in read_jsonl(out) if e["op"] == "r"]) < 3700:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            out = _copied(r, tmp_path, 3700)
     ids = sorted(e["after"]["id"] for e in read_jsonl(out) if e["op"] == "r" and e["source"]["table"] == "big")
     assert ids == list(range(1, 3001))
     waits = [r.getMessage() for r in caplog.records if "lock" in r.getMessage()]
@@ -85,16 +91,7 @@ def test_mariadb_copy_waits_out_a_table_lock_held_longer_than_its_read_timeout(m
             assert r.thread.is_alive(), r.runner.error
             assert not r.runner.snapshots.finished and r.runner.snapshots.skipped == {}, r.runner.snapshots.skipped
             cur.execute("UNLOCK TABLES")
-            deadline = time.monotonic() + 60
-            while not r.runner.snapshots.finished:
-                assert time.monotonic() < deadline and r.thread.is_alive(), r.runner.error
-                time.sleep(0.05)
-            assert r.runner.snapshots.skipped == {}
-            out = tmp_path / "out/all.jsonl"
-            deadline = time.monotonic() + 30
-            while len([e for e in read_jsonl(out) if e["op"] == "r"]) < 3000:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            out = _copied(r, tmp_path, 3000)
     ids = sorted(e["after"]["id"] for e in read_jsonl(out) if e["op"] == "r")
     assert ids == list(range(1, 3001))
     waits = [r.getMessage() for r in caplog.records if "lock_wait_timeout" in r.getMessage()]

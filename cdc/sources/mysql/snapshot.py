@@ -18,6 +18,7 @@ import hashlib
 import re
 import struct
 import time
+from typing import Any
 
 import orjson
 import pymysql
@@ -517,29 +518,27 @@ class MySQLSnapshotReader:
         self._tables[table] = t
         return t
 
-    def estimate(self, table: str) -> int | None:
+    def _statistic(self, table: str, column: str) -> Any:
+        """A column of the table's row in information_schema.TABLES (InnoDB's statistics), or None."""
         db, name = table.split(".", 1)
         try:
             with self._connect().cursor() as cur:
-                cur.execute("SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
+                cur.execute(f"SELECT {column} FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
                             " AND TABLE_NAME = %s", (db, name))
                 row = cur.fetchone()
-        except (pymysql.MySQLError, CopyRefused):  # refused: read_chunk says it, with the way back
+        except (pymysql.MySQLError, SourceConnectionError, CopyRefused):  # refused: read_chunk says it
             return None
-        return int(row[0]) if row and row[0] is not None else None
+        return row[0] if row else None
+
+    def estimate(self, table: str) -> int | None:
+        rows = self._statistic(table, "TABLE_ROWS")
+        return int(rows) if rows is not None else None
 
     def row_bytes(self, table: str) -> float | None:
-        """``ReadsByBytes``: InnoDB's average row length (its data over its row count, from
-        its statistics), or None while it has none."""
-        db, name = table.split(".", 1)
-        try:
-            with self._connect().cursor() as cur:
-                cur.execute("SELECT AVG_ROW_LENGTH FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s"
-                            " AND TABLE_NAME = %s", (db, name))
-                row = cur.fetchone()
-        except (pymysql.MySQLError, SourceConnectionError, CopyRefused):
-            return None
-        return float(row[0]) if row and row[0] else None
+        """``ReadsByBytes``: InnoDB's average row length (its data over its row count), or None
+        while it has none."""
+        length = self._statistic(table, "AVG_ROW_LENGTH")
+        return float(length) if length else None
 
     def check_where(self, table: str, where: str) -> None:
         """``cdc snapshot``: the table and the condition (SnapshotInputError), or the server's
