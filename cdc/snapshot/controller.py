@@ -369,7 +369,9 @@ class SnapshotController:
             self._failed(entry, exc, now)
             return []
         self._recovered(entry)
-        self._locked.pop(entry["uid"], None)
+        if self._locked.pop(entry["uid"], None) is not None:
+            log.info("source %s: snapshot %s of %s: the table is not locked any more: the copy goes on",
+                     self.name, entry["id"], entry["table"])
         if chunk is None:  # the snapshot could not be used: read again a moment later
             self._chunks_retried += 1
             self._not_before = now + RETRY_DELAY
