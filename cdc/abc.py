@@ -40,6 +40,7 @@ capability             implemented by              used by
 ``Snapshottable``      a source                    the engine: copy existing rows (``docs/snapshots.md``)
 ``ReadsByBytes``       a snapshot reader           the copy: chunks bounded by ``max_in_flight_bytes``
 ``StartsOver``         a source                    the engine: ``snapshot: when_needed`` after a lost position
+``Interruptible``      a source                    the engine: a stop ends a set-up that waits (``SetUpInterrupted``)
 =====================  ==========================  ===============================================
 """
 
@@ -58,7 +59,8 @@ __all__ = ["Source", "Sink", "CheckpointStore", "Transform", "TransformResult", 
            "Checkable", "DefaultBatchSize", "Pipelined",
            "ReportsSkipped", "ReportsReadiness", "KeepsAlive", "Preflight", "Describable", "TableNaming",
            "CountsBytes", "SlotOwner", "PositionCheck", "ReadersSeen", "Timestamped", "DeadLetterStore", "Countable", "Problem",
-           "RecordsDatabase", "Snapshottable", "SnapshotReader", "ReadsByBytes", "StartsOver", "WritesTables"]
+           "RecordsDatabase", "Snapshottable", "SnapshotReader", "ReadsByBytes", "StartsOver", "WritesTables",
+           "Interruptible"]
 
 TransformResult = ChangeEvent | None | Iterable[ChangeEvent]
 
@@ -184,6 +186,16 @@ class StartsOver(Protocol):
     def start_over(self) -> None:
         """Forget every position read or saved, so that the next ``open(None)`` starts at
         the log's current end (PostgreSQL: creating the replication slot again)."""
+
+
+@runtime_checkable
+class Interruptible(Protocol):
+    """A source whose ``open()`` can wait on other sessions (PostgreSQL: creating the slot
+    waits for the transactions running at that moment)."""
+
+    def interrupt(self) -> None:
+        """A stop was asked for (from another thread or a signal handler): end what ``open()``
+        waits for; it then raises ``SetUpInterrupted``."""
 
 
 @runtime_checkable

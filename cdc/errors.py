@@ -9,7 +9,8 @@ server setting that must change.  A retry policy decides with ``isinstance``::
     ├── SourceError                 the source database cannot be read
     │   ├── SourceSetupError        a setting or privilege must change (names it)
     │   │   └── PositionLostError   the server no longer holds the log at the checkpoint
-    │   └── SourceConnectionError   lost or refused connection: reconnect and resume
+    │   ├── SourceConnectionError   lost or refused connection: reconnect and resume
+    │   └── SetUpInterrupted        a stop asked for while the source was being set up
     ├── TransformError              a transform raised on an event
     ├── SinkError                   a sink could not deliver a batch
     │   ├── TransientSinkError      worth retrying: timeouts, broker down, 5xx, 429
@@ -34,6 +35,7 @@ __all__ = [
     "SourceSetupError",
     "PositionLostError",
     "SourceConnectionError",
+    "SetUpInterrupted",
     "TransformError",
     "SinkError",
     "TransientSinkError",
@@ -118,6 +120,11 @@ class PositionLostError(SourceSetupError):
 
 class SourceConnectionError(SourceError, TransientError):
     """The connection to the source failed; the runner resumes from its checkpoint."""
+
+
+class SetUpInterrupted(SourceError):
+    """A stop was asked for while the source was being set up (``Interruptible``): the
+    statement it waited in was cancelled, and nothing past it was set up.  A clean stop."""
 
 
 def _describe(event: ChangeEvent | None) -> str:

@@ -89,3 +89,26 @@ def test_cdc_check_names_the_transactions_a_first_start_would_wait_for(pg_databa
         assert f"creating replication slot {source.slot}" in message and "pg_terminate_backend" in message
         other.rollback()
         assert not [m for _, m in source.preflight(None, None) if mine in m]
+
+
+def test_a_stop_while_the_slot_waits_ends_the_wait(pg_database, tmp_path, caplog, monkeypatch):
+    """Found by review: SIGTERM while creating the slot waited for the other session to end
+    (104 s in the review's run), then created the slot after the stop was asked for."""
+    from cdc.sources.postgres import setup
+    monkeypatch.setattr(setup, "WAIT_WARNING_AFTER", 0.5)
+    sql(pg_database, "CREATE TABLE t (id int PRIMARY KEY, v text)")
+    cfg = config(tmp_path, pg_database, ["public.t"], {"all": file_pipeline()})
+    with psycopg.connect(pg_database) as other:
+        other.execute("INSERT INTO t VALUES (0, 'open')")
+        runner, thread = _start(cfg)
+        with caplog.at_level(logging.WARNING, logger="cdc"):
+            _wait(lambda: any("creating replication slot" in r.getMessage() for r in caplog.records), 30,
+                  "the slot's wait")
+        stop_at = time.monotonic()
+        runner.request_stop()
+        thread.join(15)
+        assert not thread.is_alive() and time.monotonic() - stop_at < 10
+        slot = runner.source.slot
+        other.rollback()
+    assert runner.error is None, runner.error
+    assert sql(pg_database, f"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'") == [(0,)]

@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..abc import CountsBytes, Snapshottable, StartsOver
+from ..abc import CountsBytes, Interruptible, Snapshottable, StartsOver
 from ..checkpoints import build_store
 from ..config.model import Config, PipelineSpec
 from ..deadletter.record import TRANSFORMS_SINK
-from ..errors import CdcError, CheckpointError, PositionLostError, SourceConnectionError, TransformError
+from ..errors import CdcError, CheckpointError, PositionLostError, SetUpInterrupted, SourceConnectionError, TransformError
 from ..event import ChangeEvent, Commit
 from ..faults import crash_point
 from ..snapshot import SnapshotController
@@ -117,6 +117,8 @@ class SourceRunner:
 
     def request_stop(self) -> None:
         self._stop.set()
+        if not self.source_connected and isinstance(self.source, Interruptible):
+            self.source.interrupt()  # a set-up that waits (for other sessions) ends now
 
     def _sink_failed(self, sink: str, exc: BaseException) -> None:
         log.error("sink %s halted: %s (cdc stops; nothing is lost: the checkpoint stays before the events it has "
@@ -148,6 +150,9 @@ class SourceRunner:
             except PositionLostError as exc:
                 self._start_over(exc, position)
                 self.source.open(None)
+            except SetUpInterrupted as exc:
+                log.info("%s", exc)
+                return 0
             self.source_connected = True
             self._loop()
         except TransformError as exc:

@@ -111,4 +111,12 @@ def sink_error(exc: BaseException, what: str) -> SinkError:
     except ImportError:
         pass
     cls = TransientSinkError if transient else PermanentSinkError
-    return cls(f"{what}: {type(exc).__name__}: {exc}")
+    text = str(exc)
+    try:
+        import psycopg
+        if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+            # one line: not the statement's text and caret (LINE 1: ...), nor DETAIL's row values
+            text = exc.diag.message_primary
+    except ImportError:
+        pass
+    return cls(f"{what}: {type(exc).__name__}: {text}")

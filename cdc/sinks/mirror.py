@@ -286,12 +286,16 @@ class _MirrorSink:
             about = f"{', '.join(tables[:5])}{', ...' if len(tables) > 5 else ''}; {ids}"
         err = sink_error(exc, f"cannot apply a batch ({about}) to {database_of(self.dsn)}" if about
                          else "cannot apply a batch")
-        if isinstance(err, PermanentSinkError) and _schema_mismatch(exc):
+        if isinstance(err, PermanentSinkError) and _no_key(exc):
+            err = PermanentSinkError(f"{err}; the target table has no primary key or unique index on the key columns: "
+                                     f"add one, or name the columns with key: in this sink's tables:, then start cdc "
+                                     f"again (cdc check names such tables)")
+        elif isinstance(err, PermanentSinkError) and _schema_mismatch(exc):
             err = PermanentSinkError(f"{err}; the target table does not take these rows as they are (a column added, "
                                      f"renamed or retyped, or a key changed, at the source? or a row the target lacks, "
                                      f"updated without every column?): alter the target table to match, or copy the "
-                                     f"table again (cdc snapshot), then start cdc again (or, for dead letters, replay "
-                                     f"them)")
+                                     f"table again (cdc snapshot), then start cdc again (dead letters: cdc dlq replay; "
+                                     f"those it finds superseded come back with the table's copy)")
         return err
 
     def _settle(self) -> None:
@@ -469,7 +473,13 @@ class _MirrorSink:
 
 # The target refused the rows as they are: an unknown table or column, no key for ON CONFLICT,
 # a value of the wrong type or size, a NULL into NOT NULL (PostgreSQL SQLSTATEs, MySQL codes).
-_SCHEMA_STATES = ("42703", "42P01", "42P10", "42804", "23502", "22001", "22003", "22P02", "22007", "22008")
+_SCHEMA_STATES = ("42703", "42P01", "42804", "23502", "22001", "22003", "22P02", "22007", "22008")
+
+
+def _no_key(exc: BaseException) -> bool:
+    """No unique index for ON CONFLICT (PostgreSQL's 42P10)."""
+    import psycopg
+    return isinstance(exc, psycopg.Error) and exc.sqlstate == "42P10"
 _SCHEMA_CODES = frozenset({1054, 1146, 1264, 1265, 1292, 1366, 1406, 1048, 1364})
 
 

@@ -361,9 +361,9 @@ class SnapshotController:
             delay = min(delay * 2, MAX_ERROR_DELAY)
             self._locked[entry["uid"]] = (now + delay, delay, since)
             others = " (the copies of the other tables go on)" if len(self.queue) > 1 else ""
-            log.warning("source %s: snapshot %s of %s: %s; locked for %.0fs now: the stream goes on%s; this copy "
-                        "tries again in %.0fs", self.name, entry["id"], entry["table"], self._detail(exc),
-                        now - since, others, delay)
+            locked = f"locked for {now - since:.0f}s now" if now > since else "locked"
+            log.warning("source %s: snapshot %s of %s: %s; %s: the stream goes on%s; this copy tries again in %.0fs",
+                        self.name, entry["id"], entry["table"], self._detail(exc), locked, others, delay)
             return []
         except SourceConnectionError as exc:
             self._failed(entry, exc, now)

@@ -15,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from ...abc import Problem
 from ...config.model import Context
-from ...errors import CdcError, SourceConnectionError, SourceError, SourceSetupError
+from ...errors import CdcError, SetUpInterrupted, SourceConnectionError, SourceError, SourceSetupError
 from ...event import ChangeEvent, Commit
 from ...lsn import format_lsn, parse_lsn
 from . import preflight, setup, slots
@@ -91,6 +91,8 @@ class PostgresSource:
         self._gone_until = 0                   # ... and the WAL position then
         self._recreated: set[str] = set()      # configured tables dropped and created again while read
         self._last_table_check = time.monotonic()
+        self._opening: psycopg.Connection | None = None  # the set-up connection while open() runs
+        self._interrupted = False                        # a stop was asked for (interrupt())
         self._base_types: dict[int, int] = {}  # user-defined type oid -> the oid its values convert as
 
     @staticmethod
@@ -131,11 +133,25 @@ class PostgresSource:
 
     # ---- lifecycle -----------------------------------------------------------------
 
+    def interrupt(self) -> None:
+        """``Interruptible``: a stop was asked for; a set-up statement that waits (creating the
+        slot waits for the transactions running now) is cancelled (the slot is not created)."""
+        self._interrupted = True
+        conn = self._opening
+        if conn is not None:
+            try:
+                conn.cancel_safe(timeout=5.0)
+            except Exception:  # gone meanwhile, or the server does not answer: open() ends on its own
+                pass
+
     def open(self, position: dict | None) -> None:
         if position is not None:
             self._refuse_foreign_position(position)
         try:
             with setup.connect(self.dsn, self.name) as conn:
+                self._opening = conn
+                if self._interrupted:  # a stop asked for before the connection was there
+                    raise SetUpInterrupted(f"stopped before the set-up of source {self.name}", source=self.name)
                 # With a checkpoint (or after streaming once) the slot must exist: never
                 # re-create it silently at the current position (what lies between is lost).
                 self._gone = setup.prepare(conn, self.tables, self.publication, self.slot, self.name,
@@ -154,8 +170,15 @@ class PostgresSource:
                     log.warning("source %s: %s does not exist (renamed or dropped while cdc was stopped?): "
                                 "reading what the WAL holds for it up to %s, then stopping", self.name,
                                 ", ".join(self._gone), format_lsn(self._gone_until))
+        except psycopg.errors.QueryCanceled as exc:
+            if self._interrupted:  # by interrupt(): nothing set up past the statement cancelled
+                raise SetUpInterrupted(f"the set-up of source {self.name} was stopped: {str(exc).strip()}",
+                                       source=self.name) from None
+            raise SourceConnectionError(f"set-up failed: {str(exc).strip()}", source=self.name) from exc
         except psycopg.OperationalError as exc:  # the connection broke during set-up
             raise SourceConnectionError(f"set-up failed: {str(exc).strip()}", source=self.name) from exc
+        finally:
+            self._opening = None
         self._error = None
         if self._tx is not None:  # reconnecting mid-transaction: skip what was emitted
             self._skip = (self._tx[0], self._index)
