@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import signal
 import time
 
@@ -257,7 +258,8 @@ def test_slow_sink_batch_is_logged_with_a_hint(pg_database, tmp_path, caplog):
     with Running(cfg) as running:
         _insert(pg_database, 1, 1)
         wait_for(lambda: running.runner.tracker.acked_events == 1, 60, "the slow batch acknowledged")
-    assert "a batch of 1 events took 11s to deliver" in caplog.text, caplog.text[-2000:]
+    # 11 s of sleep; a loaded machine rounds it up
+    assert re.search(r"a batch of 1 events took 1[1-9]s to deliver", caplog.text), caplog.text[-2000:]
 
 
 def test_back_pressure_is_logged_once_for_a_stall_that_lasts_not_for_every_brief_one(pg_database, tmp_path,

@@ -425,6 +425,9 @@ class SourceRunner:
                     self.source.open(None)
                 self.source_connected, self.source_error = True, None
                 return True
+            except SetUpInterrupted as exc:  # a stop asked for while it waited
+                log.info("%s", exc)
+                return False
             except SourceConnectionError as exc:
                 self.source_connected, self.source_error = False, str(exc)
                 delay = backoff.next()
