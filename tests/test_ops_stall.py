@@ -171,7 +171,7 @@ def test_liveness_ticks_while_the_database_is_down(tmp_path, monkeypatch):
                     time.sleep(0.3)
                 assert not failures, failures[:3]
                 before = read_status(cfg.state_dir, "db")["updated_at"]
-                time.sleep(2.5)
+                time.sleep(3.5)  # written every 2 s at a tick of the 1 s backoff sleep: up to 3 s apart
                 assert read_status(cfg.state_dir, "db")["updated_at"] > before
                 server.start()
                 _insert(dsn, 3, 2)
