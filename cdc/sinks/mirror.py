@@ -167,12 +167,16 @@ class _MirrorSink:
         # PostgreSQL: (parsed, stored) positions as every statement sent leaves them (``send``)
         self._known: tuple[dict[str, dict[str, tuple[tuple, str]]], dict[str, str]] | None = None
 
+    def _target_table(self, table: str) -> tuple[str, TableMapping]:
+        """The target table of source table ``table`` (``schema.table`` / ``db.table``), and its mapping."""
+        bare = table.rpartition(".")[2]
+        m = self.mappings.get(table) or self.mappings.get(bare) or _UNMAPPED
+        return m.table or bare, m
+
     def target_of(self, table: str) -> str:
         """``WritesTables``: the target table (qualified as the server would: ``public.`` on
         PostgreSQL, the DSN's database on MySQL) and the server and database."""
-        bare = table.rpartition(".")[2]
-        m = self.mappings.get(table) or self.mappings.get(bare) or _UNMAPPED
-        name = m.table or bare
+        name, _ = self._target_table(table)
         where = database_of(self.dsn)
         if "." not in name:
             name = f"public.{name}" if self.dialect == "postgres" else f"{where.rpartition('/')[2]}.{name}"
@@ -186,9 +190,7 @@ class _MirrorSink:
         try:
             with target.conn.cursor() as cur:
                 for table in tables:
-                    bare = table.rpartition(".")[2]
-                    m = self.mappings.get(table) or self.mappings.get(bare) or _UNMAPPED
-                    name = m.table or bare
+                    name, m = self._target_table(table)
                     where = f"{name} in {database_of(self.dsn)} (for {table})"
                     found = self.table_keys(cur, name)
                     if found is None:
@@ -494,10 +496,6 @@ def _schema_mismatch(exc: BaseException) -> bool:
     return False
 
 
-def _pg_quote(name: str) -> str:
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split(".", 1))
-
-
 class _JsonColumn:
     """The conversion into a json column: any JSON value; ``null`` (None) is JSON null where
     SQL NULL cannot be (a NOT NULL column), else SQL NULL unless the event's
@@ -645,7 +643,7 @@ class PostgresMirrorSink(_MirrorSink):
 
     def table_keys(self, cur, table: str) -> bool | None:
         cur.execute("SELECT EXISTS (SELECT FROM pg_index WHERE indrelid = c.oid AND indisunique)"
-                    " FROM pg_class c WHERE c.oid = to_regclass(%s)", (_pg_quote(table),))
+                    " FROM pg_class c WHERE c.oid = to_regclass(%s)", (Target(None, "postgres").quote(table),))
         row = cur.fetchone()
         return None if row is None else bool(row[0])
 
