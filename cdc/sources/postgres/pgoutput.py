@@ -9,10 +9,18 @@ later events.  Tuples are decoded with ``struct.unpack_from`` over the message.
 from __future__ import annotations
 
 import builtins
+import functools
+import os
 import struct
 
 from ...event import UNAVAILABLE
 from .types import _bool, _date, _timestamp, _timestamptz, bc, converter_for, is_json
+
+try:  # the C twin of the generated decoders (setup.py); CDC_PURE_PYTHON=1 turns it off
+    from . import _cpgoutput
+except ImportError:  # installed without a C compiler
+    _cpgoutput = None  # type: ignore[assignment]
+SPEEDUPS = _cpgoutput is not None and not os.environ.get("CDC_PURE_PYTHON")
 
 __all__ = ["Relation", "Decoder", "PG_EPOCH_MS"]
 
@@ -58,6 +66,30 @@ MEMO_SIZE = 4096
 
 
 def _compile(rel: Relation):
+    """``decode(data, pos, old) -> (row, key, pos, json_null)`` for this relation: the C
+    decoder when it is built (``_cpgoutput.c``), else generated Python (``_generate``)."""
+    if not SPEEDUPS:
+        return _generate(rel)
+    codes = bytes(_C_TEXT if conv is None else _C_INT if conv is int else _C_BOOL if conv is _bool
+                  else _C_MEMO if conv in _MEMO else _C_JSON if is_json(conv) else _C_CALL
+                  for conv in rel.converters)
+    memos: tuple[dict | None, ...] = tuple({} if conv in _MEMO else None for conv in rel.converters)
+    index = {name: i for i, name in enumerate(rel.names)}
+
+    def fallback(data: bytes, start: int, old: dict | None):  # what the C decoder does not expect
+        json_null: list = []
+        row, pos = Decoder.tuple(data, start, rel, old, json_null)
+        return row, {k: row[k] for k in rel.key}, pos, json_null or None
+
+    plan = (tuple(rel.names), codes, tuple(rel.converters), memos, tuple(index[k] for k in rel.key), fallback,
+            UNAVAILABLE)
+    return functools.partial(_cpgoutput.decode, plan)
+
+
+_C_TEXT, _C_INT, _C_BOOL, _C_MEMO, _C_CALL, _C_JSON = range(6)  # the CODE_* of _cpgoutput.c
+
+
+def _generate(rel: Relation):
     """``decode(data, pos, old) -> (row, key, pos, json_null)``, unrolled for this
     relation's columns: one branch per column, common conversions inlined, dict literals
     at the end; about twice as fast as a loop over the columns.  ``json_null``: the json

@@ -1,0 +1,3 @@
+"""The C decoder of pgoutput TupleData (_cpgoutput.c); see pgoutput._compile."""
+
+def decode(plan: tuple, data: bytes, pos: int, old: dict | None, /) -> tuple[dict, dict, int, list[str] | None]: ...
