@@ -66,7 +66,7 @@ read_i32(const unsigned char *p)
 }
 
 static PyObject *
-decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+decode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "decode(plan, data, pos, old)");
@@ -95,7 +95,7 @@ decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return PyObject_Vectorcall(fallback, args + 1, 3, NULL);
     pos += 2;
 
-    PyObject *row = PyDict_New(), *json_null = NULL, *value = NULL;
+    PyObject *row = _PyDict_NewPresized(n), *json_null = NULL, *value = NULL;
     if (row == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -240,6 +240,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_cpgoutput", "pgoutput TupleData in C (cdc.sources.postgres.pgoutput)", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
