@@ -8,6 +8,7 @@ import pytest
 
 from cdc.errors import SourceSetupError
 from cdc.event import UNAVAILABLE
+from cdc.sources.postgres import pgoutput
 
 from pgutil import Running, file_pipeline, read_jsonl, sql, stream_config, wait_for_lines
 from servers import PostgresServer
@@ -53,7 +54,14 @@ def test_insert_update_delete_truncate(shop, tmp_path):
     assert "lsn" in state["position"]
 
 
-def test_unchanged_toast_is_never_null(shop, tmp_path):
+@pytest.fixture(params=["c", "python"])
+def decoder(request, monkeypatch):
+    """The C decoder (``_cpgoutput.c``), and the generated Python one with ``CDC_PURE_PYTHON``."""
+    monkeypatch.setattr(pgoutput, "SPEEDUPS", request.param == "c")
+    return request.param
+
+
+def test_unchanged_toast_is_never_null(shop, tmp_path, decoder):
     big = "".join(random.choices(string.ascii_letters, k=20000))  # incompressible: stored out of line
     sql(shop, "CREATE TABLE docs (id int PRIMARY KEY, title text, body text)",
         "CREATE TABLE docs_full (id int PRIMARY KEY, title text, body text)",
@@ -97,12 +105,13 @@ EXPECTED = {
 }
 
 
-def test_type_table(shop, tmp_path):
+def test_type_table(shop, tmp_path, decoder, caplog):
     sql(shop, TYPES)
     cfg = stream_config(tmp_path, shop, ["public.alltypes"], {"all": file_pipeline()})
-    with Running(cfg):
+    with caplog.at_level("INFO", logger="cdc"), Running(cfg):
         sql(shop, TYPE_ROW)
         [event] = wait_for_lines(tmp_path / "out/all.jsonl", 1)
+    assert ("decoding in C" if decoder == "c" else "decoding in Python") in caplog.text
     after = event["after"]
     assert after.pop("tstz") in ("2026-11-25T17:16:27.5Z", EXPECTED["tstz"])
     expected = {k: v for k, v in EXPECTED.items() if k != "tstz"}

@@ -22,6 +22,16 @@ except ImportError:  # installed without a C compiler
     _cpgoutput = None  # type: ignore[assignment]
 SPEEDUPS = _cpgoutput is not None and not os.environ.get("CDC_PURE_PYTHON")
 
+
+def decoder_kind() -> str:
+    """Which decoder runs, for the log line of a source's start."""
+    if SPEEDUPS:
+        return "decoding in C"
+    if _cpgoutput is not None:
+        return "decoding in Python: CDC_PURE_PYTHON is set"
+    return ("decoding in Python, about half as fast: the C speed-up was not built "
+            "(reinstall cdc where a C compiler and Python's headers are installed)")
+
 __all__ = ["Relation", "Decoder", "PG_EPOCH_MS"]
 
 PG_EPOCH_MS = 946_684_800_000

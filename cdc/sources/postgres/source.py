@@ -19,7 +19,7 @@ from ...errors import CdcError, SetUpInterrupted, SourceConnectionError, SourceE
 from ...event import ChangeEvent, Commit
 from ...lsn import format_lsn, parse_lsn
 from . import preflight, setup, slots
-from .pgoutput import Decoder
+from .pgoutput import Decoder, decoder_kind
 from .replication import ReplicationStream
 from .side import SideConnection, SideError
 from .snapshot import PostgresSnapshotReader
@@ -191,8 +191,9 @@ class PostgresSource:
         self.stream = ReplicationStream(self.dsn)
         self.stream.start(self.slot, start, options)
         self._started = True
-        log.info("source %s: streaming slot %s from %s", self.name, self.slot,
-                 format_lsn(start) if start else "the slot's confirmed position (no checkpoint yet)")
+        log.info("source %s: streaming slot %s from %s (%s)", self.name, self.slot,
+                 format_lsn(start) if start else "the slot's confirmed position (no checkpoint yet)",
+                 decoder_kind())
 
     def start_over(self) -> None:
         """After a lost position (``snapshot: when_needed``): the next ``open(None)`` is a
