@@ -91,11 +91,15 @@ decode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t size = PyBytes_GET_SIZE(data), pos = start;
     Py_ssize_t n = PyTuple_GET_SIZE(names);
     const unsigned char *code = (const unsigned char *)PyBytes_AS_STRING(codes);
-    if (pos + 2 > size || (buf[pos] << 8 | buf[pos + 1]) != n)
+    if (start > size || size - pos < 2 || (buf[pos] << 8 | buf[pos + 1]) != n)
         return PyObject_Vectorcall(fallback, args + 1, 3, NULL);
     pos += 2;
 
+#if PY_VERSION_HEX < 0x030E0000
     PyObject *row = _PyDict_NewPresized(n), *json_null = NULL, *value = NULL;
+#else
+    PyObject *row = PyDict_New(), *json_null = NULL, *value = NULL;
+#endif
     if (row == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -104,10 +108,10 @@ decode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             goto cut_short;
         unsigned char kind = buf[pos];
         if (kind == 't') {
-            if (pos + 5 > size)
+            if (size - pos < 5)
                 goto cut_short;
             long len = read_i32(buf + pos + 1);
-            if (len < 0 || pos + 5 + len > size)
+            if (len < 0 || len > size - pos - 5)
                 goto cut_short;
             const char *raw = (const char *)buf + pos + 5;
             switch (code[i]) {
@@ -172,10 +176,10 @@ decode(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
             Py_INCREF(value);
             pos += 1;
         } else { /* 'b' binary, which cdc does not request: hex */
-            if (pos + 5 > size)
+            if (size - pos < 5)
                 goto cut_short;
             long len = read_i32(buf + pos + 1);
-            if (len < 0 || pos + 5 + len > size)
+            if (len < 0 || len > size - pos - 5)
                 goto cut_short;
             value = to_hex(buf + pos + 5, len);
             if (value == NULL)

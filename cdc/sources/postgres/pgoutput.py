@@ -65,8 +65,8 @@ class Relation:
 
 _INLINE = {int: "int({})", _bool: "{} == b't'",
            # a BC date or timestamp ends in "BC" (67: C): rare, so one byte compare on the way
-           _date: "({0}.decode() if data[end - 1] != 67 else _bc({0}.decode()))",
-           _timestamp: "({0}.decode() if data[end - 1] != 67 else _bc({0}.decode())).replace(' ', 'T', 1)"}
+           _date: "({0}.decode() if {0}[-1] != 67 else _bc({0}.decode()))",
+           _timestamp: "({0}.decode() if {0}[-1] != 67 else _bc({0}.decode())).replace(' ', 'T', 1)"}
 
 
 # Date and time values repeat (rows written by one statement with now(), a day's orders):
@@ -93,6 +93,8 @@ def _compile(rel: Relation):
 
     plan = (tuple(rel.names), codes, tuple(rel.converters), memos, tuple(index[k] for k in rel.key), fallback,
             UNAVAILABLE)
+    if not len(plan[0]) == len(codes) == len(plan[2]) == len(memos):  # the C code trusts the plan
+        raise ValueError(f"{rel.qualified}: {len(rel.names)} column names, {len(rel.converters)} converters")
     return functools.partial(_cpgoutput.decode, plan)
 
 
@@ -111,6 +113,7 @@ def _generate(rel: Relation):
     json = [i for i, conv in enumerate(rel.converters) if is_json(conv)]
     lines = ["def decode(data, pos, old, _kl=_kl, int=int):",
              "  start = pos",
+             "  length = len(data)",
              "  json_null = None" if json else "",
              "  try:",
              f"    if data[pos] != {n >> 8} or data[pos + 1] != {n & 0xFF}:",
@@ -129,7 +132,9 @@ def _generate(rel: Relation):
             value = f"c{i}({raw})"
         lines += ["    kind, size = _kl(data, pos)",
                   "    if kind == 116:",
-                  "        end = pos + 5 + size"]
+                  "        end = pos + 5 + size",
+                  "        if size < 0 or end > length:",
+                  "            raise IndexError  # Decoder.tuple says what is wrong"]
         if conv in _MEMO:
             env[f"m{i}"] = {}
             lines += [f"        k = {raw}",
@@ -167,8 +172,16 @@ def _other(data: bytes, pos: int, name: str, old: dict | None):
     """An unchanged TOAST value ('u') or a binary one ('b')."""
     if data[pos] == 117:
         return (old[name] if old is not None and name in old else UNAVAILABLE), pos + 1
-    n = _i32(data, pos + 1)[0]
+    n = _length(data, pos)
     return data[pos + 5:pos + 5 + n].hex(), pos + 5 + n
+
+
+def _length(data: bytes, pos: int) -> int:
+    """The length of the value at ``pos`` (kind, int32 length), checked against the buffer."""
+    n = _i32(data, pos + 1)[0]
+    if n < 0 or pos + 5 + n > len(data):
+        raise struct.error(f"a value of {n} bytes at byte {pos} of {len(data)}")
+    return n
 
 
 def _cstring(data: bytes, pos: int) -> tuple[str, int]:
@@ -238,7 +251,7 @@ class Decoder:
         for i in range(ncols):
             kind = data[pos]
             if kind == 116:  # 't' text
-                n = _i32(data, pos + 1)[0]
+                n = _length(data, pos)
                 pos += 5
                 conv = converters[i]
                 raw = data[pos:pos + n]
@@ -254,7 +267,7 @@ class Decoder:
                 row[name] = old[name] if old is not None and name in old else UNAVAILABLE
                 pos += 1
             else:  # 'b' binary, only with the binary option, which cdc does not request
-                n = _i32(data, pos + 1)[0]
+                n = _length(data, pos)
                 row[names[i]] = data[pos + 5:pos + 5 + n].hex()
                 pos += 5 + n
         return row, pos

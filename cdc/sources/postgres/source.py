@@ -318,7 +318,7 @@ class PostgresSource:
                         continue  # emitted before a reconnect
                     if t == 73:
                         op, before = "c", None
-                        after, key, _, json_null = rel.decode(buf, p + 6, None)
+                        after, key, q, json_null = rel.decode(buf, p + 6, None)
                     else:
                         before = None
                         q = p + 5
@@ -329,9 +329,11 @@ class PostgresSource:
                             before = dict(key)
                         if t == 85:
                             op = "u"
-                            after, key, _, json_null = rel.decode(buf, q + 1, before)
+                            after, key, q, json_null = rel.decode(buf, q + 1, before)
                         else:
                             op, after, json_null = "d", None, None
+                    if q != end:  # the row must end where its message does: values are not read from the next
+                        raise struct.error(f"a {chr(t)} message of {end - p} bytes whose row ends at byte {q - p}")
                     source = bases.get(relid)
                     if source is None:  # once per table and transaction; copies are cheaper
                         source = bases[relid] = self._source_block(rel.schema, rel.table, 0, tx[2], tx[1])
