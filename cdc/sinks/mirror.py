@@ -4,7 +4,9 @@
   ``key:`` in the mapping); an update that changes the key deletes the old row;
   deletes delete; truncates empty the target table (``DELETE`` on MySQL, where
   ``TRUNCATE`` would commit the transaction).  Unchanged TOAST values are left as
-  they are.  The target tables must exist with a primary key or unique key.
+  they are: an event without them is an ``UPDATE`` of the row (of the old key's row when
+  the key changed), never an insert; a row the target lacks is a permanent error (written,
+  it would hold NULL there).  The target tables must exist with a primary key or unique key.
 - ``tables: {public.orders: {table: mirror.orders, columns: {status: state}}}`` (or
   just ``public.orders: mirror.orders``) maps source tables to target tables and
   renames columns; an unmapped table goes to the table of the same name (without
@@ -109,6 +111,16 @@ def _last_ids(stored: str) -> dict[str, tuple[tuple, str]]:
     return out
 
 
+class _Guarded(list):
+    """The parameters of a guarded update (the values set, then the key's), with the row
+    (``row``: column -> value), the key (``key``) and, for its error, (event, target table,
+    the columns whose values were not sent) (``about``)."""
+
+    row: dict
+    key: dict
+    about: tuple[ChangeEvent, str, list[str]]
+
+
 @dataclass
 class TableMapping:
     table: str | None = None                       # target table; default: the source table's name
@@ -156,6 +168,8 @@ class _MirrorSink:
         self.target: Target | None = None
         self._sql_cache: dict[tuple, str] = {}
         self._upserts: dict[str, tuple[str, list[str], tuple[str, ...]]] = {}  # sql -> table, keys, columns
+        # guarded updates (``_guarded_update``): sql -> table, keys, columns set from the row, moves the key
+        self._guarded: dict[str, tuple[str, list[str], tuple[str, ...], bool]] = {}
         self._converters: dict[str, dict[str, Callable[[Any], Any] | None]] = {}  # table -> column -> fn or None
         self._cur: Any = None
         self._plans: dict[tuple, list[tuple[str, str, Callable[[Any], Any], bool]]] = {}  # see _row
@@ -349,7 +363,9 @@ class _MirrorSink:
             j = i + 1
             while j < len(statements) and statements[j][0] == sql:
                 j += 1
-            if j - i == 1:
+            if sql in self._guarded:
+                self._execute_guarded(cur, sql, [params for _, params in statements[i:j]])
+            elif j - i == 1:
                 cur.execute(sql, _values(statements[i][1]))
             else:
                 self.execute_run(cur, sql, [params for _, params in statements[i:j]])
@@ -385,14 +401,19 @@ class _MirrorSink:
         if e.op == "d":
             out.append(self._delete(table, key_cols, self._row(e.before or e.key or {}, rename, table)))
             return
-        row = self._row(e.after or {}, rename, table)
+        after = e.after or {}
+        row = self._row(after, rename, table)
         json_null = e.source.get("json_null")
         if json_null.__class__ is list:
             _json_nulls(row, json_null, rename, self._converters[table])
-        if e.op == "u" and e.before:
-            old = self._row(e.before, rename, table)
-            if any(k in old and old[k] != row.get(k) for k in key_cols):
-                out.append(self._delete(table, key_cols, old))  # the key changed
+        old = self._row(e.before, rename, table) if e.op == "u" and e.before else None
+        moved = old is not None and any(k in old and old[k] != row.get(k) for k in key_cols)  # the key changed
+        if len(row) < len(after):  # a value not sent (an unchanged TOAST value): never inserted without it
+            unavailable = [rename.get(k, k) for k, v in after.items() if v.__class__ is str and v == UNAVAILABLE]
+            out.append(self._guarded_update(e, table, key_cols, row, old if moved else None, unavailable))
+            return
+        if old is not None and moved:
+            out.append(self._delete(table, key_cols, old))
         out.append(self._upsert(table, key_cols, row))
 
     def _row(self, row: dict, rename: dict[str, str], table: str) -> dict:
@@ -448,6 +469,62 @@ class _MirrorSink:
                 + self.conflict_sql(key_cols, [c for c in cols if c not in key_cols]))
             self._upserts[sql] = (table, key_cols, cols)
         return sql, row
+
+    def _guarded_update(self, e: ChangeEvent, table: str, key_cols: list[str], row: dict, old: dict | None,
+                        unavailable: list[str]) -> tuple[str, _Guarded]:
+        """An upsert whose row lacks the values of ``unavailable`` columns, as an ``UPDATE``
+        of the row with the key (``old``'s when the key changed, moving the row): inserted
+        without them, the row would hold NULL or the default there.  Its row count is checked
+        (``_execute_guarded``): no row is a permanent error saying what and how."""
+        where = old if old is not None else row
+        missing = [k for k in key_cols if k not in where]
+        if missing:
+            raise PermanentSinkError(f"cannot update {table}: key column(s) {missing} not in event {e.id}")
+        # the key's columns are set only when it moves (or when nothing else is left to set)
+        sets = tuple(c for c in row if old is not None or c not in key_cols) or tuple(key_cols[:1])
+        cache_key = ("g", table, tuple(key_cols), sets, old is not None)
+        sql = self._sql_cache.get(cache_key)
+        if sql is None:
+            q = self._column
+            sql = self._sql_cache[cache_key] = (f"UPDATE {self._name(table)} SET "
+                                                + ", ".join(f"{q(c)} = %s" for c in sets) + " WHERE "
+                                                + " AND ".join(f"{q(k)} = %s" for k in key_cols))
+            self._guarded[sql] = (table, key_cols, sets, old is not None)
+        params = _Guarded([row[c] for c in sets] + [where[k] for k in key_cols])
+        params.row, params.key = row, {k: where[k] for k in key_cols}
+        params.about = (e, table, unavailable)
+        return sql, params
+
+    def _execute_guarded(self, cur, sql: str, rows: list[_Guarded]) -> None:
+        """Guarded updates (``_guarded_update``), in turn: one that finds no row raises."""
+        table, key_cols = self._guarded[sql][:2]
+        for params in rows:
+            cur.execute(sql, params)
+            if cur.rowcount < 1:  # MySQL counts rows changed: an update to the same values is 0
+                self._check_rows(cur, table, key_cols, [params])
+
+    def _check_rows(self, cur, table: str, key_cols: list[str], rows: list[_Guarded]) -> None:
+        """Raise for the first of the guarded updates ``rows`` whose row the target lacks."""
+        q = self._column
+        exists = (f"SELECT 1 FROM {self._name(table)} WHERE "
+                  + " AND ".join(f"{q(k)} = %s" for k in key_cols))
+        for params in rows:
+            cur.execute(exists, list(params.key.values()))
+            if not cur.fetchall():
+                raise self._toast_error(params)
+
+    def _toast_error(self, params: _Guarded) -> PermanentSinkError:
+        e, table, unavailable = params.about
+        source = e.source.get("name") or "SOURCE"
+        return PermanentSinkError(
+            f"cannot apply event {e.id} ({e.table}) to table {table} of {database_of(self.dsn)}: the row with key "
+            f"{params.key} is not in the target, and the event does not carry the value of column(s) "
+            f"{', '.join(unavailable)} (unchanged TOAST values, which PostgreSQL sends only with REPLICA IDENTITY "
+            f"FULL): written without them, the row would hold NULL there, so it is not written. Fix: ALTER TABLE "
+            f"{e.table} REPLICA IDENTITY FULL at the source (later updates then carry every value), and copy the "
+            f"table again: cdc snapshot CONFIG --source {source} --table {e.table}, with on_error: dead_letter (or "
+            f"skip) on this sink so that this event is parked meanwhile (or insert the row into the target, then "
+            f"start cdc again)")
 
     # ---- dialect hooks --------------------------------------------------------------
 
@@ -670,6 +747,24 @@ class PostgresMirrorSink(_MirrorSink):
             cur.executemany(sql, [_values(r) for r in rows])
         else:
             cur.execute("RELEASE SAVEPOINT cdc_run")
+
+    def _execute_guarded(self, cur, sql: str, rows: list[_Guarded]) -> None:
+        """A run of guarded updates that do not move their key, as one ``UPDATE ... FROM
+        json_populate_recordset(...)`` of the last row of each key; one row per key updated,
+        or the run raises for the first row the target lacks."""
+        table, key_cols, cols, moves = self._guarded[sql]
+        last = _last_of_each_key(key_cols, [p.row for p in rows]) if len(rows) >= 8 and not moves else None
+        doc = _json_rows(last) if last is not None else None
+        if last is None or doc is None:
+            super()._execute_guarded(cur, sql, rows)
+            return
+        q = self._column
+        qt = self._name(table)
+        cur.execute(f"UPDATE {qt} AS t SET " + ", ".join(f"{q(c)} = v.{q(c)}" for c in cols)
+                    + f" FROM json_populate_recordset(NULL::{qt}, %s::json) AS v WHERE "
+                    + " AND ".join(f"t.{q(k)} = v.{q(k)}" for k in key_cols), (doc.decode(),))
+        if cur.rowcount != len(last):
+            self._check_rows(cur, table, key_cols, rows)
 
     def _upsert_last(self, cur, upsert: tuple[str, list[str], tuple[str, ...]], last: list[dict]) -> None:
         table, key_cols, cols = upsert
