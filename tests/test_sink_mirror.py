@@ -408,9 +408,12 @@ def test_a_target_that_lacks_a_source_column_stops_cdc_saying_what_and_how(pg_se
     cfg = _cfg(tmp_path, {"type": "postgres", "dsn": pg_database, "tables": ["public.orders"], "snapshot": "never"},
                target)
     with caplog.at_level(logging.ERROR, logger="cdc"), Running(cfg) as r:
-        sql(pg_database, "INSERT INTO orders VALUES (1, 'new')", "ALTER TABLE orders ADD COLUMN b int",
-            "INSERT INTO orders VALUES (2, 'new', 7)")
+        sql(pg_database, "INSERT INTO orders VALUES (1, 'new')")
         deadline = time.monotonic() + 30
+        while pg_rows(target, "SELECT id FROM orders") != [(1,)]:  # its own batch, applied before the DDL
+            assert time.monotonic() < deadline, "row 1 was not mirrored"
+            time.sleep(0.05)
+        sql(pg_database, "ALTER TABLE orders ADD COLUMN b int", "INSERT INTO orders VALUES (2, 'new', 7)")
         while r.thread.is_alive():
             assert time.monotonic() < deadline, "cdc did not stop"
             time.sleep(0.05)
