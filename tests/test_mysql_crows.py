@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import resource
 import struct
+import subprocess
+import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -118,7 +121,7 @@ def columns(draw, i: int):
         return col, valid | st.binary(min_size=col.bytes, max_size=col.bytes), False
     if kind == "decimal":
         precision = draw(st.integers(1, 65))
-        scale = draw(st.integers(0, min(precision, 30)))
+        scale = draw(st.integers(0, min(precision, 38)))  # MariaDB: up to 38
         col = _column(name, T.NEWDECIMAL, precision=precision, decimals=scale)
         size = len(_decimal_bytes(precision, scale, 0))
         valid = st.integers(-(10**precision - 1), 10**precision - 1).map(lambda n: _decimal_bytes(precision, scale, n))
@@ -262,8 +265,12 @@ def test_c_reads_valid_images_itself():
 
 
 def test_pure_python_switch(monkeypatch):
+    assert decoder_module.SPEEDUPS == (not os.environ.get("CDC_PURE_PYTHON"))
+    code = "from cdc.sources.mysql import decoder; print(decoder.SPEEDUPS, decoder._crows is not None)"
+    env = {**os.environ, "CDC_PURE_PYTHON": "1"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.split() == ["False", "True"]  # built, and off
     cols = [_column("id", T.LONG, is_primary=True)]
-    assert decoder_module.SPEEDUPS, "on unless CDC_PURE_PYTHON is set"
     monkeypatch.setattr(decoder_module, "SPEEDUPS", False)
     assert TableDecoder(cols).c_decoder is None
     monkeypatch.setattr(decoder_module, "SPEEDUPS", True)
@@ -283,15 +290,23 @@ def test_no_reference_leaks():
     rows = row * 100
     fast = _compile(cols, frozenset({"j"}), True)["c_decoder"]
     base = {"row": 0}
+    now, table, pos, prefix = 10**15, "db." + "t" * 20, 10**16, "p" * 10 + ":"
+    args = (base, now, table, pos)
 
     def run(times: int) -> None:
         for k in range(times):
             events: list = []
-            fast.emit_c(rows, 0, len(rows), 0, k, "p:", base, 5, "db.t", 7, events.append, ChangeEvent)
-            fast.emit_u(rows, 0, len(rows), 0, k, "p:", base, 5, "db.t", 7, events.append, ChangeEvent)
+            fast.emit_c(rows, 0, len(rows), 0, k, prefix, base, now, table, pos, events.append, ChangeEvent)
+            fast.emit_u(rows, 0, len(rows), 0, k, prefix, base, now, table, pos, events.append, ChangeEvent)
             fast.images(rows, 0, len(rows))
             fast.pairs(rows, 0, len(rows))
-            fast.emit_d(rows, 0, len(rows) - 1, 0, k, "p:", base, 5, "db.t", 7, events.append, ChangeEvent)
+            # cut short: the generated function decodes it
+            fast.emit_d(rows, 0, len(rows) - 1, 0, k, prefix, base, now, table, pos, events.append, ChangeEvent)
+
+    run(1)
+    counts = [sys.getrefcount(a) for a in args]
+    run(10)
+    assert [sys.getrefcount(a) for a in args] == counts, "the arguments' references are given back"
 
     run(200)
     gc.collect()

@@ -840,7 +840,7 @@ static int setup_column(Col *c, PyObject *spec) {
         break;
     case K_DECIMAL: {
         int precision = c->a, scale = c->b, intg = precision - scale, k = 0;
-        if (scale < 0 || intg < 0 || precision < 1 || precision > 65 || scale > 30) goto bad;
+        if (scale < 0 || intg < 0 || precision < 1 || precision > 65 || scale > 38) goto bad;
         if (intg % 9) { c->gbytes[k] = DIG2BYTES[intg % 9]; c->gdigits[k++] = intg % 9; }
         for (int g = 0; g < intg / 9 + scale / 9; g++) { c->gbytes[k] = 4; c->gdigits[k++] = 9; }
         if (scale % 9) { c->gbytes[k] = DIG2BYTES[scale % 9]; c->gdigits[k++] = scale % 9; }

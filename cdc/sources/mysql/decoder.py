@@ -294,7 +294,7 @@ def _c_spec(col, json_names: frozenset) -> tuple | None:
             return None
         return _K_BIT, name, col.bytes, col.bits, False, None
     if t == T.NEWDECIMAL:
-        if not (1 <= col.precision <= 65 and 0 <= col.decimals <= min(30, col.precision)):
+        if not (1 <= col.precision <= 65 and 0 <= col.decimals <= min(38, col.precision)):
             return None
         return _K_DECIMAL, name, col.precision, col.decimals, False, None
     if t in _C_TEMPORAL:
