@@ -4,7 +4,8 @@ results; a machine without a C compiler installs cdc without them (``optional=Tr
 
 from setuptools import Extension, setup
 
-SPEEDUPS = [("cdc.sources.postgres._cpgoutput", "cdc/sources/postgres/_cpgoutput.c")]
+SPEEDUPS = [("cdc.sources.postgres._cpgoutput", "cdc/sources/postgres/_cpgoutput.c"),
+            ("cdc.sources.mysql._crows", "cdc/sources/mysql/_crows.c")]
 
 setup(ext_modules=[Extension(name, [path], optional=True, extra_compile_args=["-O2"])
                    for name, path in SPEEDUPS])

@@ -16,7 +16,16 @@ from hypothesis import strategies as st
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 
+from cdc.sources.mysql import decoder as decoder_module
 from cdc.sources.mysql.decoder import TableDecoder
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def speedups(request, monkeypatch):
+    """Every test runs with the C row decoder (``_crows.c``) and with the generated Python one."""
+    monkeypatch.setattr(decoder_module, "SPEEDUPS", request.param == "c")
+    return request.param
+
 
 CHARS = st.characters(blacklist_categories=("Cs",), max_codepoint=0x2FFFF)
 TEXT = st.text(CHARS, max_size=40)
@@ -139,6 +148,7 @@ def _read_rows(server, db: str, table: str, start: tuple[str, int], json_names: 
             decoder = decoders[ev.table_id]
             assert ev.table == table
             assert decoder.fast, [c.type for c in ev.columns]
+            assert (decoder.c_decoder is not None) == decoder_module.SPEEDUPS, "C reads every type of the fuzz"
             assert decoder.images(ev) is not None, "the fast path reads this event"
             out.append((decoder.rows(ev), decoder.library_rows(ev)))
     finally:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import pytest
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import DeleteRowsEvent, TableMapEvent, UpdateRowsEvent, WriteRowsEvent
 from test_mysql_source import ALL_ROWS, ALL_TYPES
 
+from cdc.sources.mysql import decoder as decoder_module
 from cdc.sources.mysql.decoder import TableDecoder
 
 from mysql_helpers import db_of, execute
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def speedups(request, monkeypatch):
+    """Every test runs with the C row decoder (``_crows.c``) and with the generated Python one."""
+    monkeypatch.setattr(decoder_module, "SPEEDUPS", request.param == "c")
+    return request.param
+
 
 EDGE_ROWS = [
     # more edge values: small decimals, fractional times of every precision, multi-byte text
@@ -46,6 +56,7 @@ def _read_all(server, db: str) -> list[tuple[str, object, object]]:
                 continue
             decoder = decoders[ev.table_id]
             fast = decoder.rows(ev) if decoder.fast else None  # reads the bytes without consuming them
+            assert decoder.fast is False or (decoder.c_decoder is not None) == decoder_module.SPEEDUPS
             out.append((ev.table, decoder.fast, fast, decoder.library_rows(ev)))
     finally:
         stream.close()

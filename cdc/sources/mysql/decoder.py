@@ -7,11 +7,17 @@ and reuse it for every row event of that table.  Types the fast path does not
 cover (MySQL's binary JSON, geometry, pre-5.6 temporal formats) make the whole
 table fall back to the library's decoding, mapped by ``types.from_library``.
 Both paths give the same JSON values (see ``tests/test_mysql_decoder.py``).
+
+When the C twin of the generated functions is built (``_crows.c``, by ``setup.py``) and
+every column of a table has a C reader (``_c_spec``), the hot path is the C decoder; it
+hands an event it does not expect (bytes past its end...) to the generated functions.
+``CDC_PURE_PYTHON=1`` turns it off (read at import).
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import struct
 import time
 from collections.abc import Callable
@@ -23,7 +29,14 @@ from pymysqlreplication.row_event import UpdateRowsEvent
 from ...event import ChangeEvent
 from .types import column_encoding, float32, frac, from_library
 
+try:  # the C twin of the generated decoders (setup.py); CDC_PURE_PYTHON=1 turns it off
+    from . import _crows
+except ImportError:
+    _crows = None  # type: ignore[assignment]
+
 __all__ = ["TableDecoder", "compile_image", "column_encoding"]
+
+SPEEDUPS = _crows is not None and not os.environ.get("CDC_PURE_PYTHON")
 
 _from = int.from_bytes
 _STRUCTS = {T.TINY: "b", T.SHORT: "h", T.LONG: "i", T.LONGLONG: "q", T.FLOAT: "f", T.DOUBLE: "d"}
@@ -235,6 +248,82 @@ def _column_code(i: int, col, env: dict) -> tuple[list[str], str | None] | None:
     return _cached(i, helper[0], helper[1], env), None
 
 
+# the K_* column kinds of _crows.c
+(_K_I8, _K_U8, _K_I16, _K_U16, _K_I24, _K_U24, _K_I32, _K_U32, _K_I64, _K_U64, _K_FLOAT, _K_DOUBLE, _K_YEAR,
+ _K_TEXT, _K_BINARY, _K_ENUM, _K_SET, _K_BIT, _K_DECIMAL, _K_DATETIME2, _K_TIMESTAMP2, _K_TIME2, _K_DATE) = range(23)
+_C_INTS = {T.TINY: _K_I8, T.SHORT: _K_I16, T.INT24: _K_I24, T.LONG: _K_I32, T.LONGLONG: _K_I64}
+_C_TEMPORAL = {T.DATETIME2: _K_DATETIME2, T.TIMESTAMP2: _K_TIMESTAMP2, T.TIME2: _K_TIME2}
+
+
+def _c_spec(col, json_names: frozenset) -> tuple | None:
+    """``(kind, name, a, b, json, obj)``: how ``_crows.c`` reads the column (the same as
+    ``_column_code``), or None when it has no reader for it."""
+    t = col.type
+    name = col.name
+    if not isinstance(name, str):
+        return None
+    if t in _C_INTS:
+        return _C_INTS[t] + bool(getattr(col, "unsigned", False)), name, 0, 0, False, None
+    if t == T.FLOAT:
+        return _K_FLOAT, name, 0, 0, False, None
+    if t == T.DOUBLE:
+        return _K_DOUBLE, name, 0, 0, False, None
+    if t == T.YEAR:
+        return _K_YEAR, name, 0, 0, False, None
+    if t in (T.VARCHAR, T.STRING, T.VAR_STRING, T.BLOB):
+        width = col.length_size if t == T.BLOB else 2 if col.max_length > 255 else 1
+        if width not in (1, 2, 3, 4):
+            return None
+        json = name in json_names
+        encoding = column_encoding(col)
+        if encoding:
+            return _K_TEXT, name, width, 0, json, encoding
+        return _K_BINARY, name, width, col.max_length if t == T.STRING else 0, json, None
+    if t == T.ENUM:
+        members = col.enum_values or [""]
+        if col.size not in (1, 2) or not all(isinstance(m, str) for m in members):
+            return None
+        return _K_ENUM, name, col.size, 0, False, list(members)
+    if t == T.SET:
+        members = tuple(col.set_values or [])
+        if not 1 <= col.size <= 8 or len(members) > 64 or not all(isinstance(m, str) for m in members):
+            return None
+        return _K_SET, name, col.size, 0, False, members
+    if t == T.BIT:
+        if not 1 <= col.bytes <= 8:
+            return None
+        return _K_BIT, name, col.bytes, col.bits, False, None
+    if t == T.NEWDECIMAL:
+        if not (1 <= col.precision <= 65 and 0 <= col.decimals <= min(38, col.precision)):
+            return None
+        return _K_DECIMAL, name, col.precision, col.decimals, False, None
+    if t in _C_TEMPORAL:
+        return (_K_TIMESTAMP2 if t == T.TIMESTAMP2 else _C_TEMPORAL[t]), name, col.fsp, 0, False, None
+    if t == T.DATE:
+        return _K_DATE, name, 0, 0, False, None
+    return None
+
+
+def _c_decoder(columns: list, json_names: frozenset, key_names: list | None, env: dict):
+    """The C decoder of this layout (``_crows.Decoder``), or None (no module, a column it
+    cannot read, CDC_PURE_PYTHON); ``env``'s generated functions are its fallback."""
+    if not SPEEDUPS or not _FAST_EVENTS:
+        return None
+    specs = []
+    for col in columns:
+        spec = _c_spec(col, json_names)
+        if spec is None:
+            return None
+        specs.append(spec)
+    positions = {col.name: i for i, col in enumerate(columns)}
+    key = tuple(positions[k] for k in key_names) if key_names else ()
+    try:
+        return _crows.Decoder(tuple(specs), key, _json, float32,
+                              (env["images"], env["pairs"], env["emit_c"], env["emit_u"], env["emit_d"]), ChangeEvent)
+    except (ValueError, TypeError):  # a spec it refuses: the generated code reads the table
+        return None
+
+
 def _no_nulls(codes: list, env: dict) -> list[str]:
     """The code for a row without NULLs: runs of fixed-width numbers read by one struct."""
     lines: list[str] = []
@@ -260,8 +349,9 @@ def compile_image(columns: list, json_names: frozenset = frozenset(), key_names:
     """Compiled readers for one table layout, or None when a column type has no fast reader:
     ``image(d, p) -> (row, next p)``, ``images(d, p, end) -> [row]`` and
     ``pairs(d, p, end) -> [(before, after)]`` (update events), and ``emit_c``, ``emit_u``,
-    ``emit_d``, which also build the ChangeEvents (see ``TableDecoder.emit``).
-    ``json_names``: text columns holding JSON (MariaDB)."""
+    ``emit_d``, which also build the ChangeEvents (see ``TableDecoder.emit``): the C
+    decoder's methods when it reads the table (then ``c_decoder`` is set), else the
+    generated functions. ``json_names``: text columns holding JSON (MariaDB)."""
     env: dict = {"_from": _from, "_b64": base64.b64encode, "_json": _json, "json_names": json_names,
                  "memo": []}
     codes = []
@@ -331,7 +421,12 @@ def compile_image(columns: list, json_names: frozenset = frozenset(), key_names:
                f"def emit_u{args}", *init, *head, *indent(body, 8), f"        before = {row}", *indent(body, 8),
                *json_null, make_u + rest, "        rowno += 1", "    return rowno"]
     exec(compile("\n".join(source), "<mysql row decoder>", "exec"), env)  # noqa: S102 - our own code
-    return env
+    fast = _c_decoder(columns, json_names, key_names, env)
+    if fast is None:
+        return env
+    # a dict of its own: the C decoder holds env's functions, env does not hold it
+    return {**env, "images": fast.images, "pairs": fast.pairs, "emit_c": fast.emit_c,
+            "emit_u": fast.emit_u, "emit_d": fast.emit_d, "c_decoder": fast}
 
 
 class TableDecoder:
@@ -344,6 +439,7 @@ class TableDecoder:
         self.json_names = frozenset(json_names)
         compiled = compile_image(columns, self.json_names, self.key) if fast else None
         self.fast = compiled is not None
+        self.c_decoder = compiled.get("c_decoder") if compiled else None  # the C decoder reads the table
         if compiled:
             self._images, self._pairs = compiled["images"], compiled["pairs"]
             self._emit = {"c": compiled["emit_c"], "u": compiled["emit_u"], "d": compiled["emit_d"]}
