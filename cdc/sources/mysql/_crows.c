@@ -959,6 +959,7 @@ static PyTypeObject DecoderType = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_crows", "MySQL/MariaDB row images to JSON values, in C (see decoder.py).", -1, NULL,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__crows(void) {
