@@ -31,7 +31,7 @@ from ...errors import ConfigError, ConfigProblem, PositionLostError, SourceConne
 from ...event import ChangeEvent, Commit
 from . import preflight, replicas
 from . import settings as checks
-from .decoder import TableDecoder
+from .decoder import TableDecoder, decoder_kind
 from .position import GtidState
 from .snapshot import MySQLSnapshotReader
 
@@ -367,7 +367,8 @@ class MySQLSource:
         self._in_begin = False
         self._position = position
         self.gtids = GtidState(gtid or "", self.info["mariadb"]) if self.info["gtid"] else None
-        log.info("source %s: reading the binlog of %s from %s", self.name, self.info["version"], position)
+        log.info("source %s: reading the binlog of %s from %s (%s)", self.name, self.info["version"], position,
+                 decoder_kind())
 
     def _refuse_foreign_position(self, position) -> None:
         """A checkpoint that is not a binlog position (a typo, or another source's) is refused
