@@ -19,6 +19,11 @@
    delivery reports, which confluent-kafka serves with the GIL held, one per message)
    cannot overlap cdc's reading in one process: discard time / (discard time + that)
    is reported as the ceiling of kafka/discard.
+5. The CPU budget: a Kafka run at ``--min-discard-ratio`` of the discard run needs at least
+   the discard run's CPU (cdc and its walsender, which decodes the WAL) plus what producing
+   alone costs (the bare producer's process and the broker's CPU), all within the discard
+   run's time / ratio, on every core of the machine.  When it needs more than the cores
+   have, the target is out of this machine's reach whatever cdc does.
 
 Commit -> acknowledged latency under steady writers is ``bench/latency_bench.py``.
 
@@ -134,12 +139,26 @@ def catch_up(dsn: str, bootstrap: str | None, workdir: Path, slot: str, broker_p
     engine = threading.Thread(target=runner.run, daemon=True)
     started, cpu, broker = time.perf_counter(), cpu_seconds(), proc_cpu(broker_pid)
     engine.start()
+    walsender = walsender_pid(dsn, slot)
     wait_acked(runner, TOTAL)
     seconds = time.perf_counter() - started
-    result = {"rows_s": TOTAL / seconds, "cpu_s": cpu_seconds() - cpu, "broker_cpu_s": proc_cpu(broker_pid) - broker}
+    result = {"rows_s": TOTAL / seconds, "cpu_s": cpu_seconds() - cpu, "broker_cpu_s": proc_cpu(broker_pid) - broker,
+              "walsender_cpu_s": proc_cpu(walsender)}
     runner.request_stop()
     engine.join(60)
     return result
+
+
+def walsender_pid(dsn: str, slot: str) -> int:
+    """The server process that decodes ``slot`` for cdc (its CPU: the same WAL decoded)."""
+    deadline = time.monotonic() + 30
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+            if row and row[0]:
+                return row[0]
+            time.sleep(0.01)
+    raise SystemExit(f"slot {slot}: no walsender within 30 s")
 
 
 def warm_up_broker(bootstrap: str) -> None:
@@ -242,15 +261,24 @@ def main() -> int:
             # produce() calls alone give a bound that counts nothing but GIL-held work.
             ceiling = (TOTAL / d["rows_s"]) / (TOTAL / d["rows_s"] + b["thread_cpu_s"])
             strict = (TOTAL / d["rows_s"]) / (TOTAL / d["rows_s"] + b["produce_cpu_s"])
+            # The CPU a Kafka run at the target would need, at least, against what the machine has in
+            # that time: the discard run's cdc and walsender, plus producing alone (its process and the
+            # broker), all within min_discard_ratio of the discard run's time on every core.
+            needed = d["cpu_s"] + d["walsender_cpu_s"] + b["cpu_s"] + b["broker_cpu_s"]
+            available = (os.cpu_count() or 1) * (TOTAL / d["rows_s"]) / args.min_discard_ratio
             rounds.append({"discard": d, "kafka": k, "bare": b, "ratio": k["rows_s"] / d["rows_s"],
-                           "bare_ratio": b["rows_s"] / d["rows_s"], "ceiling": ceiling, "strict_ceiling": strict})
+                           "bare_ratio": b["rows_s"] / d["rows_s"], "ceiling": ceiling, "strict_ceiling": strict,
+                           "cpu_needed_s": needed, "cpu_available_s": available})
             print(f"round {i + 1}: cdc -> discard {d['rows_s']:,.0f} rows/s (cdc CPU {d['cpu_s']:.1f} s);"
                   f" cdc -> kafka (acked) {k['rows_s']:,.0f} rows/s (cdc CPU {k['cpu_s']:.1f} s, broker CPU"
                   f" {k['broker_cpu_s']:.1f} s); kafka/discard {rounds[-1]['ratio']:.3f}; bare producer"
                   f" {b['rows_s']:,.0f} msg/s (CPU {b['cpu_s']:.1f} s, broker CPU {b['broker_cpu_s']:.1f} s),"
                   f" bare/discard {rounds[-1]['bare_ratio']:.3f}; the bare producer's own thread {b['thread_cpu_s']:.2f}"
                   f" CPU s ({b['produce_cpu_s']:.2f} in produce()): kafka/discard at most {ceiling:.3f}"
-                  f" ({strict:.3f} from produce() alone)", flush=True)
+                  f" ({strict:.3f} from produce() alone); CPU for {args.min_discard_ratio}x: at least {needed:.1f} s"
+                  f" (cdc {d['cpu_s']:.1f} + its walsender {d['walsender_cpu_s']:.1f} + producing alone {b['cpu_s']:.1f}"
+                  f" + the broker {b['broker_cpu_s']:.1f}), {os.cpu_count()} cores have {available:.1f} s in that"
+                  f" time", flush=True)
 
     ratios = sorted(r["ratio"] for r in rounds)
     ratio = statistics.median(ratios)
@@ -259,11 +287,17 @@ def main() -> int:
     ceiling = statistics.median(r["ceiling"] for r in rounds)
     strict = statistics.median(r["strict_ceiling"] for r in rounds)
     print(f"bare producer alone / cdc -> discard: median {bare_ratio:.3f}")
+    needed = statistics.median(r["cpu_needed_s"] for r in rounds)
+    available = statistics.median(r["cpu_available_s"] for r in rounds)
+    print(f"CPU a Kafka run at {args.min_discard_ratio}x of discard needs at least, median {needed:.1f} s; the machine's"
+          f" {os.cpu_count()} cores have {available:.1f} s in that time"
+          + (": the target needs more CPU than this machine has" if needed > available else ""))
     print(f"ceiling: discard time / (discard time + the bare producer thread's CPU), median {ceiling:.3f};"
           f" with its produce() calls alone {strict:.3f}")
     results = {"pg_recvlogical_rows_s": round(recv_rate), "kafka_discard_ratio_median": round(ratio, 3),
                "bare_producer_discard_ratio_median": round(bare_ratio, 3), "ceiling_median": round(ceiling, 3),
-               "produce_only_ceiling_median": round(strict, 3),
+               "produce_only_ceiling_median": round(strict, 3), "cpu_needed_s_median": round(needed, 2),
+               "cpu_available_s_median": round(available, 2),
                "kafka_discard_ratios": [round(r, 3) for r in ratios],
                "rounds": [{k: ({n: round(v, 1) for n, v in r[k].items()} if isinstance(r[k], dict) else round(r[k], 3))
                            for k in r} for r in rounds], "sink_config": SINK_OPTIONS}
