@@ -294,3 +294,44 @@ def test_an_idle_stream_hears_the_heartbeats_and_stays_connected(mariadb_server,
             assert all(isinstance(item, Commit) for item in source.poll(0.5))
     finally:
         source.close()
+
+
+CHARSETS = ("latin1", "utf16", "utf16le", "ucs2", "utf32", "cp1250", "utf8mb4")
+
+
+@pytest.mark.parametrize("path", ["c", "python"])
+def test_text_in_every_character_set_reads_as_the_server_reads_it(mariadb_server, mariadb_database, monkeypatch,
+                                                                    path):
+    """Found by review: utf16 columns came out as other characters (read little-endian), utf32
+    stopped the source, ucs2/utf16le came out as base64, and latin1's bytes 0x81, 0x8D, 0x8F,
+    0x90, 0x9D (which MySQL's latin1 maps to U+0081...) stopped the source; with both decoders."""
+    from cdc.sources.mysql import decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "SPEEDUPS", path == "c")
+    db = db_of(mariadb_database)
+    columns = ", ".join(f"c_{cs} varchar(20) CHARACTER SET {cs}" for cs in CHARSETS)
+    execute(mariadb_server, db, f"CREATE TABLE texts (id int PRIMARY KEY, {columns})")
+    source = make_source(mariadb_server, db, [f"{db}.texts"])
+    source.open(None)
+    values = ["héllo €", "Łódź ščř", "plain", ""]
+    try:
+        for i, text in enumerate(values):
+            literal = "'" + text + "'"
+            row = ", ".join(f"CONVERT({literal} USING {cs})" if cs != "cp1250" or i != 1 else literal
+                            for cs in CHARSETS)
+            execute(mariadb_server, db, f"INSERT INTO texts VALUES ({i}, {row})", sql_mode="")  # '?' where lossy
+        # latin1's five bytes that cp1252 leaves undefined, and a few others, as raw bytes
+        execute(mariadb_server, db, "INSERT INTO texts (id, c_latin1) VALUES (9, _latin1 x'80818D8F909DE9')",
+                "UPDATE texts SET c_utf16 = 'x😀y', c_utf32 = '😀', c_utf8mb4 = '😀' WHERE id = 9")
+        events = collect(source, len(values) + 2)
+    finally:
+        source.close()
+    with mariadb_server.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, " + ", ".join(f"CONVERT(c_{cs} USING utf8mb4)" for cs in CHARSETS)
+                    + " FROM texts ORDER BY id")
+        truth = {row[0]: dict(zip((f"c_{cs}" for cs in CHARSETS), row[1:])) for row in cur.fetchall()}
+    latest = {}
+    for e in events:
+        latest[e.after["id"]] = {k: v for k, v in e.after.items() if k != "id"}
+    assert latest == truth
+    assert truth[9]["c_latin1"] == "€\x81\x8d\x8f\x90\x9dé" and truth[9]["c_utf16"] == "x😀y"

@@ -33,6 +33,7 @@ import base64
 import codecs
 import datetime
 import decimal
+import encodings.cp1252
 import struct
 
 from pymysqlreplication.constants import FIELD_TYPE
@@ -43,11 +44,31 @@ __all__ = ["column_encoding", "float32", "frac", "format_time", "from_library"]
 _pack_f = struct.Struct("<f").pack
 
 
+# MySQL's latin1 is cp1252, except that cp1252's five undefined bytes are U+0081, U+008D,
+# U+008F, U+0090 and U+009D (Python's cp1252 refuses them): registered as "mysql_latin1".
+_LATIN1 = "".join(chr(i) if c == "\ufffe" else c for i, c in enumerate(encodings.cp1252.decoding_table))
+_LATIN1_ENCODE = codecs.charmap_build(_LATIN1)
+_LATIN1_INFO = codecs.CodecInfo(name="mysql_latin1",
+                                encode=lambda text, errors="strict": codecs.charmap_encode(text, errors, _LATIN1_ENCODE),
+                                decode=lambda data, errors="strict": codecs.charmap_decode(data, errors, _LATIN1))
+codecs.register(lambda name: _LATIN1_INFO if name == "mysql_latin1" else None)
+# The binlog carries each column's bytes in its own character set.  The library names a column's
+# codec (``character_set_name``: "cp1252" for latin1, "utf16" for utf16...); where that codec
+# reads the bytes otherwise: UTF-16 and UTF-32 are big-endian without a byte order mark, ucs2 is
+# UTF-16's first plane (Python's "utf16"/"utf32" took them as little-endian: other characters,
+# or an error), ucs2 and utf16le have no Python codec of that name (they were taken for binary
+# data), and cp1252 refuses latin1's five extra bytes.
+_BINLOG_CODECS = {"cp1252": "mysql_latin1", "utf16": "utf-16-be", "ucs2": "utf-16-be", "utf16le": "utf-16-le",
+                  "utf32": "utf-32-be"}
+
+
 def column_encoding(column) -> str | None:
-    """The Python codec of a character column, None for binary data (as the library decides)."""
+    """The Python codec of a character column's binlog bytes, None for binary data."""
     name = column.character_set_name
     if name is None:
         return "utf8"
+    if name in _BINLOG_CODECS:
+        return _BINLOG_CODECS[name]
     encoding = RowsEvent.charset_to_encoding(name)
     try:
         codecs.lookup(encoding)
