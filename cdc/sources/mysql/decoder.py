@@ -17,7 +17,6 @@ hands an event it does not expect (bytes past its end...) to the generated funct
 from __future__ import annotations
 
 import base64
-import os
 import struct
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from pymysqlreplication.constants import FIELD_TYPE as T
 from pymysqlreplication.row_event import UpdateRowsEvent
 
 from ...event import ChangeEvent
+from ..speedups import PURE_PYTHON, describe
 from .types import column_encoding, float32, frac, from_library
 
 try:  # the C twin of the generated decoders (setup.py); CDC_PURE_PYTHON=1 turns it off
@@ -36,17 +36,13 @@ except ImportError:
 
 __all__ = ["TableDecoder", "compile_image", "column_encoding"]
 
-SPEEDUPS = _crows is not None and not os.environ.get("CDC_PURE_PYTHON")
+SPEEDUPS = _crows is not None and not PURE_PYTHON
 
 
 def decoder_kind() -> str:
     """Which decoder runs, for the log line of a source's start."""
-    if SPEEDUPS:
-        return "decoding in C where a table's column types allow"
-    if _crows is not None:
-        return "decoding in Python: CDC_PURE_PYTHON is set"
-    return ("decoding in Python, about a third as fast: the C speed-up was not built "
-            "(reinstall cdc where a C compiler and Python's headers are installed)")
+    return describe(_crows is not None, SPEEDUPS, "decoding in C where a table's column types allow",
+                    "about a third as fast")
 
 _from = int.from_bytes
 _STRUCTS = {T.TINY: "b", T.SHORT: "h", T.LONG: "i", T.LONGLONG: "q", T.FLOAT: "f", T.DOUBLE: "d"}

@@ -10,27 +10,23 @@ from __future__ import annotations
 
 import builtins
 import functools
-import os
 import struct
 
 from ...event import UNAVAILABLE
+from ..speedups import PURE_PYTHON, describe
 from .types import _bool, _date, _timestamp, _timestamptz, bc, converter_for, is_json
 
 try:  # the C twin of the generated decoders (setup.py); CDC_PURE_PYTHON=1 turns it off
     from . import _cpgoutput
 except ImportError:  # installed without a C compiler
     _cpgoutput = None  # type: ignore[assignment]
-SPEEDUPS = _cpgoutput is not None and not os.environ.get("CDC_PURE_PYTHON")
+SPEEDUPS = _cpgoutput is not None and not PURE_PYTHON
 
 
 def decoder_kind() -> str:
     """Which decoder runs, for the log line of a source's start."""
-    if SPEEDUPS:
-        return "decoding in C"
-    if _cpgoutput is not None:
-        return "decoding in Python: CDC_PURE_PYTHON is set"
-    return ("decoding in Python, about half as fast: the C speed-up was not built "
-            "(reinstall cdc where a C compiler and Python's headers are installed)")
+    return describe(_cpgoutput is not None, SPEEDUPS, "decoding in C", "about half as fast")
+
 
 __all__ = ["Relation", "Decoder", "PG_EPOCH_MS"]
 
