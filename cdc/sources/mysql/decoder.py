@@ -304,7 +304,7 @@ def _c_spec(col, json_names: frozenset) -> tuple | None:
             return None
         return _K_DECIMAL, name, col.precision, col.decimals, False, None
     if t in _C_TEMPORAL:
-        return (_K_TIMESTAMP2 if t == T.TIMESTAMP2 else _C_TEMPORAL[t]), name, col.fsp, 0, False, None
+        return _C_TEMPORAL[t], name, col.fsp, 0, False, None
     if t == T.DATE:
         return _K_DATE, name, 0, 0, False, None
     return None

@@ -902,11 +902,14 @@ class MySQLSource:
         index = self._index
         # rows emitted before a reconnect are skipped (their number is the first to emit)
         first = self._skip[1] - index if self._skip[0] == key and index < self._skip[1] else 0
-        rows: list = []  # a rows event is handed on whole or not at all (a row that fails to decode)
-        count = emit(*args, op, first, index, prefix, base, now_ms, qualified, pos, rows.append)
-        if count is None:  # the library's decoding (emit() is then the library event's)
-            count = self._library_rows(args[0], op, first, index, prefix, base, now_ms, qualified, pos, rows)
-        out += rows
+        had = len(out)
+        try:
+            count = emit(*args, op, first, index, prefix, base, now_ms, qualified, pos, out.append)
+            if count is None:  # the library's decoding (emit() is then the library event's)
+                count = self._library_rows(args[0], op, first, index, prefix, base, now_ms, qualified, pos, out)
+        except BaseException:
+            del out[had:]  # a rows event is handed on whole or not at all (a row that fails to decode)
+            raise
         self._index = index + count
 
     def _library_rows(self, ev, op, first, index, prefix, base, now_ms, qualified, pos, out) -> int:
